@@ -1,0 +1,141 @@
+"""Settings: the only module that reads the environment (and a ``.env`` file).
+
+Every secret is a ``SecretStr`` so ``repr()`` and logs show ``**********``.
+``load_settings()`` turns a missing or malformed variable into one ``ConfigError`` line
+naming it, never a traceback.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+SERVICEM8_DEFAULT_URL = "https://api.servicem8.com/api_1.0"
+COREDINATION_DEFAULT_URL = "https://app.coredination.net/api/1"
+
+
+class Settings(BaseSettings):
+    """One connection: a ServiceM8 account, a Coredination group, where the bridge keeps state.
+
+    The field name in upper case is the environment variable (``servicem8_api_key`` is
+    ``SERVICEM8_API_KEY``).
+    """
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    # --- the two APIs -------------------------------------------------------------------------
+    servicem8_api_key: SecretStr = Field(description="ServiceM8 API key (X-Api-Key header).")
+    servicem8_base_url: str = Field(SERVICEM8_DEFAULT_URL, description="ServiceM8 REST base URL.")
+    coredination_api_key: SecretStr = Field(description="Coredination API key (API-Key header).")
+    coredination_base_url: str = Field(
+        COREDINATION_DEFAULT_URL, description="Coredination REST base URL."
+    )
+    servicem8_timezone: str | None = Field(
+        None,
+        description="IANA timezone for ServiceM8's naive stamps; default: the account's "
+        "vendor timezone_name.",
+    )
+
+    # --- the bridge ------------------------------------------------------------------------------
+    redis_url: SecretStr | None = Field(
+        None, description="Redis for broker, links and budgets; unset: an embedded Redis."
+    )
+    webhook_token: SecretStr | None = Field(
+        None, description="Secret carried in webhook callback URLs; required by the web receiver."
+    )
+    bridge_connection_id: str = Field(
+        "default",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Names this connection; namespaces every Redis key and derived id.",
+    )
+    bridge_state_dir: Path = Field(
+        Path(".bridge"), description="Local folder for the embedded Redis and other state."
+    )
+
+    # --- budgets (ARCHITECTURE section 2; ServiceM8's documented limits) -------------------------
+    servicem8_rate_per_minute: int = Field(180, gt=0, description="ServiceM8 calls per window.")
+    servicem8_rate_window_seconds: int = Field(
+        60, gt=0, description="The 'minute' window's length (shorter in tests)."
+    )
+    servicem8_rate_per_day: int = Field(20_000, gt=0, description="ServiceM8 calls per day.")
+    servicem8_day_reset_timezone: str | None = Field(
+        None, description="Where ServiceM8's day ends; default: the account's timezone."
+    )
+    coredination_rate_per_minute: int = Field(600, gt=0)
+    budget_margin_seconds: int = Field(
+        1, ge=0, description="Added to every budget window, against request timing jitter."
+    )
+    bulk_reserve_share: float = Field(
+        0.2, ge=0, lt=1, description="Share of each window that bulk work (backfill) may not take."
+    )
+    auth_pause_seconds: float = Field(
+        300.0, gt=0, description="How long 401/402/403 pause an API before one probe call."
+    )
+
+    # --- sync ------------------------------------------------------------------------------------
+    servicem8_poll_seconds: float = Field(60.0, gt=0, description="ServiceM8 poll interval.")
+    coredination_poll_seconds: float = Field(60.0, gt=0, description="Coredination poll interval.")
+    staff_match_seconds: float = Field(900.0, gt=0, description="Staff ⇄ user re-match interval.")
+    servicem8_poll_overlap_seconds: int = Field(
+        900, ge=0, description="How far behind its cursor each ServiceM8 poll re-reads."
+    )
+    conflict_tie_winner: Literal["servicem8", "coredination"] = Field(
+        "servicem8", description="Who wins when both sides changed at the same moment."
+    )
+    coredination_send_message: bool = Field(
+        False, description="Ask Coredination to notify users the bridge schedules."
+    )
+
+    # --- HTTP ------------------------------------------------------------------------------------
+    http_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
+    http_read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a response.")
+
+    # --- logging ---------------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = Field(
+        "auto", description="auto: console on a terminal, JSON otherwise."
+    )
+
+    @field_validator("servicem8_base_url", "coredination_base_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in {"http", "https"} or not parts.netloc:
+            raise ValueError("must be an http(s) URL")
+        return value.rstrip("/")
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the log redactor."""
+        values = [self.servicem8_api_key, self.coredination_api_key, self.webhook_token]
+        secrets = [v.get_secret_value() for v in values if v is not None]
+        if self.redis_url is not None:
+            password = urlsplit(self.redis_url.get_secret_value()).password
+            if password:
+                secrets.append(password)
+        return [s for s in secrets if s]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings, or raise ``ConfigError`` with one line naming each bad variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "settings"
+            message = "is required" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{name} {message}")
+        raise ConfigError("configuration: " + "; ".join(problems)) from None

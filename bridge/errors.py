@@ -1,0 +1,103 @@
+"""The exception tree. Each branch tells the caller what to do, not what went wrong::
+
+    BridgeError
+    ├── ConfigError                 fix the settings; nothing will work until then
+    └── ApiError                    a call to ServiceM8 or Coredination did not succeed
+        ├── RetryableError          try again later, the same request can succeed
+        │   ├── RateLimited         429: wait for the window (``window`` = minute | day | None)
+        │   ├── Unavailable         5xx, timeout, connection reset
+        │   └── BudgetExhausted     our own budget has no token now: defer, do not send
+        └── PermanentError          do not retry the same request
+            ├── AuthError           401 / 402 / 403: pause the connection, tell the operator
+            ├── NotFound            404
+            └── Rejected            400 / 406 / other 4xx: the request itself is wrong
+
+Messages and fields never carry a secret: body excerpts pass through the log redactor.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+Api = Literal["servicem8", "coredination"]
+Window = Literal["minute", "day"]
+
+
+class BridgeError(Exception):
+    """Root of every error the bridge raises on purpose."""
+
+
+class ConfigError(BridgeError):
+    """A setting is missing or malformed. The message is one line naming the variable."""
+
+
+class ApiError(BridgeError):
+    def __init__(
+        self,
+        message: str,
+        *,
+        api: Api,
+        status: int | None = None,
+        operation: str | None = None,
+        body_excerpt: str | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.api = api
+        self.status = status
+        self.operation = operation
+        self.body_excerpt = body_excerpt
+        self.request_id = request_id
+
+    @property
+    def reason(self) -> str:
+        return str(self.args[0]) if self.args else type(self).__name__
+
+    def describe(self) -> dict[str, object]:
+        """Fields for logs and dead letters (already secret-free)."""
+        return {
+            "error": type(self).__name__,
+            "api": self.api,
+            "status": self.status,
+            "operation": self.operation,
+            "reason": self.reason,
+            "body_excerpt": self.body_excerpt,
+        }
+
+
+class RetryableError(ApiError):
+    """The same request may succeed later."""
+
+
+class RateLimited(RetryableError):
+    def __init__(self, message: str, *, window: Window | None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.window = window
+
+
+class Unavailable(RetryableError):
+    """5xx, a timeout or a broken connection."""
+
+
+class BudgetExhausted(RetryableError):
+    """Our shared budget had no token: nothing was sent. ``retry_in`` says when to try again."""
+
+    def __init__(self, message: str, *, retry_in: float, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_in = retry_in
+
+
+class PermanentError(ApiError):
+    """Retrying the same request cannot help."""
+
+
+class AuthError(PermanentError):
+    """401 bad key, 402 account not in good standing, 403 missing scope or permission."""
+
+
+class NotFound(PermanentError):
+    pass
+
+
+class Rejected(PermanentError):
+    """400 / 406 / other 4xx: validation or a malformed request."""

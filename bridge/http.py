@@ -1,0 +1,357 @@
+"""HTTP plumbing shared by both clients: pooled sessions, timeouts, one classification function per
+API, a short in-process retry, and the call gate (the shared budget) every request passes first.
+
+Classification is pure: ``classify_servicem8(status, headers, body, exc)`` returns an ``Outcome``;
+``raise_for(outcome, ...)`` turns it into the error tree of ``bridge.errors``. Tests drive both with
+hand-built values, no HTTP stubbing.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import requests
+from pydantic import SecretStr
+from requests.adapters import HTTPAdapter
+
+from bridge.errors import (
+    Api,
+    ApiError,
+    AuthError,
+    NotFound,
+    RateLimited,
+    Rejected,
+    Unavailable,
+    Window,
+)
+from bridge.log import get_logger, redactor
+
+log = get_logger(__name__)
+
+OutcomeKind = Literal["ok", "rate_limited", "unavailable", "auth", "not_found", "rejected"]
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+EXCERPT_CHARS = 300
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: OutcomeKind
+    reason: str
+    window: Window | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+
+OK = Outcome("ok", "ok")
+
+
+def _message(body: str) -> str:
+    """The ``message`` of a JSON error body, or the text itself."""
+    text = body.strip()
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except ValueError:
+            return text
+        if isinstance(data, dict):
+            for key in ("message", "error", "errorMessage"):
+                if isinstance(data.get(key), str):
+                    return str(data[key])
+    return text
+
+
+def _transport_failure(exc: BaseException) -> Outcome:
+    if isinstance(exc, requests.Timeout):
+        return Outcome("unavailable", "timeout")
+    return Outcome("unavailable", f"connection failed: {type(exc).__name__}")
+
+
+def _by_status(status: int, message: str) -> Outcome:
+    short = message[:120] or f"HTTP {status}"
+    if 200 <= status < 300:
+        return OK
+    if status >= 500:
+        return Outcome("unavailable", f"HTTP {status}: {short}")
+    if status in (401, 402, 403):
+        return Outcome("auth", f"HTTP {status}: {short}")
+    if status == 404:
+        return Outcome("not_found", f"HTTP 404: {short}")
+    return Outcome("rejected", f"HTTP {status}: {short}")
+
+
+def classify_servicem8(
+    status: int | None,
+    headers: Mapping[str, str] | None = None,
+    body: str = "",
+    exc: BaseException | None = None,
+) -> Outcome:
+    """ServiceM8 (reference/API-NOTES.md A7).
+
+    429 comes as plain text ("Number of allowed API requests per minute exceeded") or as JSON
+    ``{"errorCode":429,"message":"... per day exceeded"}``; the window is read from the words.
+    A 200 whose JSON ``errorCode`` is not 0 is a rejection: writes answer ``{"errorCode":0,...}``.
+    """
+    if exc is not None or status is None:
+        return _transport_failure(exc or RuntimeError("no response"))
+    message = _message(body)
+    if status == 429:
+        lowered = message.lower()
+        window: Window | None = (
+            "day" if "per day" in lowered else "minute" if "per minute" in lowered else None
+        )
+        return Outcome("rate_limited", message[:120] or "HTTP 429", window)
+    if status == 200 and body.lstrip().startswith("{"):
+        try:
+            data = json.loads(body)
+        except ValueError:
+            data = None
+        if (
+            isinstance(data, dict)
+            and "errorCode" in data
+            and str(data["errorCode"])
+            not in (
+                "0",
+                "",
+            )
+        ):
+            return Outcome("rejected", f"errorCode {data['errorCode']}: {message[:120]}")
+    return _by_status(status, message)
+
+
+def classify_coredination(
+    status: int | None,
+    headers: Mapping[str, str] | None = None,
+    body: str = "",
+    exc: BaseException | None = None,
+) -> Outcome:
+    """Coredination (API-NOTES B2): 400/406 validation, 401/403 auth, 503 retry later.
+
+    No rate limit is documented; a 429 is honoured anyway, with no window known.
+    """
+    if exc is not None or status is None:
+        return _transport_failure(exc or RuntimeError("no response"))
+    message = _message(body)
+    if status == 429:
+        return Outcome("rate_limited", message[:120] or "HTTP 429", None)
+    return _by_status(status, message)
+
+
+Classifier = Callable[[int | None, Mapping[str, str] | None, str, BaseException | None], Outcome]
+
+
+def raise_for(
+    outcome: Outcome,
+    *,
+    api: Api,
+    status: int | None,
+    operation: str,
+    body: str = "",
+    request_id: str | None = None,
+) -> None:
+    """Raise the error of the tree that ``outcome`` calls for; return quietly when it is ok."""
+    if outcome.ok:
+        return
+    excerpt = redactor.text(body[:EXCERPT_CHARS]) if body else None
+    common: dict[str, Any] = {
+        "api": api,
+        "status": status,
+        "operation": operation,
+        "body_excerpt": excerpt,
+        "request_id": request_id,
+    }
+    reason = redactor.text(f"{api} {operation}: {outcome.reason}")
+    if outcome.kind == "rate_limited":
+        raise RateLimited(reason, window=outcome.window, **common)
+    error_type: type[ApiError] = {
+        "unavailable": Unavailable,
+        "auth": AuthError,
+        "not_found": NotFound,
+        "rejected": Rejected,
+    }[outcome.kind]
+    raise error_type(reason, **common)
+
+
+# --- credentials ---------------------------------------------------------------------------------
+
+
+class Credentials(Protocol):
+    """Supplies the auth headers for one request. OAuth bearer tokens plug in here later."""
+
+    def headers(self) -> dict[str, str]: ...
+
+
+@dataclass(frozen=True)
+class ApiKeyAuth:
+    header: str
+    key: SecretStr
+
+    def headers(self) -> dict[str, str]:
+        return {self.header: self.key.get_secret_value()}
+
+
+@dataclass(frozen=True)
+class BearerTokenAuth:
+    """``Authorization: Bearer <token>``; ``token`` is asked for on every request so a refresher
+    can rotate it (ServiceM8 OAuth, API-NOTES A1)."""
+
+    token: Callable[[], str]
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token()}"}
+
+
+# --- the call gate (shared budget) ----------------------------------------------------------------
+
+
+class CallGate(Protocol):
+    """Asked before every request and told every outcome. The shared Redis budget implements it;
+    ``before_call`` raises ``BudgetExhausted`` when there is no token, so nothing is sent."""
+
+    def before_call(self, api: Api) -> None: ...
+
+    def after_call(self, api: Api, outcome: Outcome) -> None: ...
+
+
+class OpenGate:
+    """No budget: every call goes. For tests of the clients alone and one-off commands."""
+
+    def before_call(self, api: Api) -> None:
+        return None
+
+    def after_call(self, api: Api, outcome: Outcome) -> None:
+        return None
+
+
+# --- transport -----------------------------------------------------------------------------------
+
+
+def new_session(pool_size: int = 16) -> requests.Session:
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=2, pool_maxsize=pool_size, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    return session
+
+
+class Transport:
+    """Sends one API's requests: gate, auth, timeouts, classification, short retry."""
+
+    def __init__(
+        self,
+        *,
+        api: Api,
+        base_url: str,
+        credentials: Credentials,
+        classify: Classifier,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        gate: CallGate | None = None,
+        session: requests.Session | None = None,
+        quick_retries: int = 1,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api: Api = api
+        self.base_url = base_url.rstrip("/")
+        self.credentials = credentials
+        self.classify = classify
+        self.timeout = (connect_timeout, read_timeout)
+        self.gate: CallGate = gate or OpenGate()
+        self.session = session or new_session()
+        self.quick_retries = quick_retries
+        self.sleep = sleep
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return f"{self.base_url}/{path.lstrip('/')}"
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        operation: str,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        form: Mapping[str, Any] | None = None,
+        idempotent: bool | None = None,
+    ) -> requests.Response:
+        """Send, classify, and return the response of a successful call; raise otherwise.
+
+        A request that is safe to repeat (by method, or ``idempotent=True`` for a create with a
+        client-supplied id) gets ``quick_retries`` more tries after a 5xx, timeout or reset.
+        Each try takes from the gate. Longer waits are the task layer's job (ARCHITECTURE 2).
+        """
+        repeatable = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
+        attempt = 0
+        while True:
+            try:
+                return self._send_once(method, path, operation, params, json_body, form)
+            except Unavailable:
+                if not repeatable or attempt >= self.quick_retries:
+                    raise
+                self.sleep(0.5 * (1.5**attempt))
+                attempt += 1
+
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        operation: str,
+        params: Mapping[str, Any] | None,
+        json_body: Any,
+        form: Mapping[str, Any] | None,
+    ) -> requests.Response:
+        self.gate.before_call(self.api)
+        headers = {"Accept": "application/json", **self.credentials.headers()}
+        started = time.monotonic()
+        response: requests.Response | None = None
+        try:
+            response = self.session.request(
+                method,
+                self.url(path),
+                params=params,
+                json=json_body,
+                data=form,
+                headers=headers,
+                timeout=self.timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as exc:
+            outcome = self.classify(None, None, "", exc)
+            status: int | None = None
+            body = ""
+        else:
+            status = response.status_code
+            body = response.text
+            outcome = self.classify(status, response.headers, body, None)
+        self.gate.after_call(self.api, outcome)
+        elapsed_ms = round((time.monotonic() - started) * 1000, 1)
+        if outcome.ok and response is not None:
+            log.debug("http.call", api=self.api, operation=operation, status=status, ms=elapsed_ms)
+            return response
+        log.warning(
+            "http.call_failed",
+            api=self.api,
+            operation=operation,
+            status=status,
+            outcome=outcome.kind,
+            reason=outcome.reason,
+            ms=elapsed_ms,
+        )
+        request_id = response.headers.get("x-request-id") if response is not None else None
+        raise_for(
+            outcome,
+            api=self.api,
+            status=status,
+            operation=operation,
+            body=body,
+            request_id=request_id,
+        )
+        raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,100 @@
+"""Builds the engine and its parts from settings, for the Celery tasks and the CLI alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, timedelta, tzinfo
+from zoneinfo import ZoneInfo
+
+import redis
+
+from bridge.budget import Budget, Window, servicem8_windows
+from bridge.config import Settings
+from bridge.coredination import CoredinationClient
+from bridge.errors import ConfigError
+from bridge.redis_server import EmbeddedRedis
+from bridge.servicem8 import ServiceM8Client
+from bridge.store import Store
+from bridge.sync.engine import Engine, EngineOptions
+from mappings.ids import connection_namespace
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    redis_url: str
+    redis: redis.Redis
+    store: Store
+    engine: Engine
+    budget: Budget
+    embedded: EmbeddedRedis | None = field(default=None)
+
+    def close(self) -> None:
+        self.redis.close()
+        if self.embedded is not None:
+            self.embedded.stop()
+
+
+def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
+    """``REDIS_URL``, or an embedded server in the state folder when it is unset."""
+    if settings.redis_url is not None:
+        return settings.redis_url.get_secret_value(), None
+    server = EmbeddedRedis(settings.bridge_state_dir / "redis").start()
+    return server.url, server
+
+
+def build(settings: Settings, redis_url: str | None = None) -> Runtime:
+    embedded = None
+    if redis_url is None:
+        redis_url, embedded = resolve_redis(settings)
+    try:
+        client = redis.Redis.from_url(redis_url, health_check_interval=30)
+        client.ping()
+    except redis.RedisError as exc:
+        raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
+    store = Store(client, settings.bridge_connection_id)
+    sm8_client: ServiceM8Client | None = None
+
+    def day_tz() -> tzinfo:
+        if settings.servicem8_day_reset_timezone:
+            return ZoneInfo(settings.servicem8_day_reset_timezone)
+        return sm8_client.tz if sm8_client is not None else UTC
+
+    budget = Budget(
+        redis_url=redis_url,
+        store=store,
+        windows={
+            "servicem8": servicem8_windows(
+                settings.servicem8_rate_per_minute,
+                settings.servicem8_rate_per_day,
+                settings.servicem8_rate_window_seconds,
+                settings.budget_margin_seconds,
+            ),
+            "coredination": [
+                Window(
+                    "minute",
+                    settings.coredination_rate_per_minute,
+                    60,
+                    settings.budget_margin_seconds,
+                )
+            ],
+        },
+        bulk_reserve_share=settings.bulk_reserve_share,
+        auth_pause_seconds=settings.auth_pause_seconds,
+        day_reset_tz=day_tz,
+    )
+    sm8_client = ServiceM8Client.from_settings(settings, gate=budget)
+    options = EngineOptions(
+        tie=settings.conflict_tie_winner,
+        sm8_overlap=timedelta(seconds=settings.servicem8_poll_overlap_seconds),
+        send_message=settings.coredination_send_message,
+        lock_seconds=2 * settings.http_read_timeout + 5,
+    )
+    engine = Engine(
+        store,
+        sm8_client,
+        CoredinationClient.from_settings(settings, gate=budget),
+        connection_namespace(settings.bridge_connection_id),
+        options,
+    )
+    return Runtime(settings, redis_url, client, store, engine, budget, embedded)

@@ -1,0 +1,251 @@
+"""ServiceM8Client: one thin method per endpoint the bridge uses, no business logic.
+
+Paths, fields and formats follow reference/servicem8-openapi.json and API-NOTES part A:
+``$filter`` with ``eq ne gt lt`` joined by ``and`` (at most 10), ``cursor=-1`` / ``x-next-cursor``
+paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, object webhooks at
+``{origin}/webhook_subscriptions`` (outside ``/api_1.0``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, tzinfo
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import requests
+
+from bridge.config import Settings
+from bridge.errors import ConfigError, Unavailable
+from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport, classify_servicem8
+from mappings.servicem8 import (
+    AllocationWindow,
+    Job,
+    JobAllocation,
+    SM8Record,
+    Staff,
+    Vendor,
+)
+from mappings.stamps import format_sm8_stamp
+
+R = TypeVar("R", bound=SM8Record)
+
+FILTER_OPS = frozenset({"eq", "ne", "gt", "lt"})
+MAX_FILTER_CONDITIONS = 10
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+FilterValue = str | int | float | bool | datetime | date
+
+
+@dataclass(frozen=True)
+class Filter:
+    """An immutable ``$filter`` expression (API-NOTES A2).
+
+    Strings are single-quoted with an embedded quote doubled (the OData rule; ServiceM8 documents
+    no escape), so a value can never close its quotes and add a condition. Stamps are written as
+    naive wall-clock strings in the account's timezone, which is why ``render`` takes ``tz``.
+    """
+
+    conditions: tuple[tuple[str, str, FilterValue], ...] = ()
+
+    def where(self, field: str, op: str, value: FilterValue) -> Filter:
+        if not _FIELD.match(field):
+            raise ValueError(f"not a field name: {field!r}")
+        if op not in FILTER_OPS:
+            raise ValueError(f"operator must be one of {sorted(FILTER_OPS)}, not {op!r}")
+        if len(self.conditions) >= MAX_FILTER_CONDITIONS:
+            raise ValueError(f"ServiceM8 accepts at most {MAX_FILTER_CONDITIONS} conditions")
+        return Filter((*self.conditions, (field, op, value)))
+
+    @staticmethod
+    def quote(value: FilterValue, tz: tzinfo = UTC) -> str:
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, int | float):
+            return repr(value) if isinstance(value, float) else str(value)
+        if isinstance(value, datetime):
+            value = format_sm8_stamp(value, tz)
+        elif isinstance(value, date):
+            value = value.isoformat()
+        return "'" + str(value).replace("'", "''") + "'"
+
+    def render(self, tz: tzinfo = UTC) -> str:
+        return " and ".join(f"{f} {op} {self.quote(v, tz)}" for f, op, v in self.conditions)
+
+    def __bool__(self) -> bool:
+        return bool(self.conditions)
+
+
+def where(field: str, op: str, value: FilterValue) -> Filter:
+    return Filter().where(field, op, value)
+
+
+def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if isinstance(value, bool):
+            out[key] = int(value)
+        elif isinstance(value, datetime):
+            out[key] = format_sm8_stamp(value, tz)
+        elif isinstance(value, date):
+            out[key] = value.isoformat()
+        else:
+            out[key] = value
+    return out
+
+
+class ServiceM8Client:
+    def __init__(self, transport: Transport, timezone_name: str | None = None) -> None:
+        self.transport = transport
+        self._tz: tzinfo | None = _zone(timezone_name) if timezone_name else None
+        origin = urlsplit(transport.base_url)
+        self.webhook_url = f"{origin.scheme}://{origin.netloc}/webhook_subscriptions"
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        gate: CallGate | None = None,
+        session: requests.Session | None = None,
+        credentials: Credentials | None = None,
+    ) -> ServiceM8Client:
+        transport = Transport(
+            api="servicem8",
+            base_url=settings.servicem8_base_url,
+            credentials=credentials or ApiKeyAuth("X-Api-Key", settings.servicem8_api_key),
+            classify=classify_servicem8,
+            connect_timeout=settings.http_connect_timeout,
+            read_timeout=settings.http_read_timeout,
+            gate=gate,
+            session=session,
+        )
+        return cls(transport, settings.servicem8_timezone)
+
+    # --- account -----------------------------------------------------------------------------
+    def vendor(self) -> Vendor:
+        rows = self._get("vendor.json", operation="vendor.list").json()
+        if not rows:
+            raise Unavailable("servicem8 vendor.list: empty answer", api="servicem8")
+        vendor = Vendor.from_wire(rows[0], self._tz or UTC)
+        if self._tz is None:
+            self._tz = _zone(vendor.timezone_name or "UTC")
+        return vendor
+
+    @property
+    def tz(self) -> tzinfo:
+        """The account's timezone, read once from ``/vendor.json`` unless configured."""
+        if self._tz is None:
+            self.vendor()
+        assert self._tz is not None
+        return self._tz
+
+    # --- job allocations ---------------------------------------------------------------------
+    def iter_allocations(self, flt: Filter | None = None) -> Iterator[JobAllocation]:
+        return self._paged("joballocation.json", JobAllocation, flt, "joballocation.list")
+
+    def get_allocation(self, uuid: str) -> JobAllocation:
+        data = self._get(f"joballocation/{uuid}.json", operation="joballocation.get").json()
+        return JobAllocation.from_wire(data, self.tz)
+
+    def create_allocation(self, fields: Mapping[str, Any], uuid: str | None = None) -> str:
+        """Create an allocation; with ``uuid`` the call is safe to repeat. Returns the uuid."""
+        body = _wire_fields(fields, self.tz)
+        if uuid:
+            body["uuid"] = uuid
+        response = self.transport.request(
+            "POST",
+            "joballocation.json",
+            operation="joballocation.create",
+            json_body=body,
+            idempotent=bool(uuid),
+        )
+        return response.headers.get("x-record-uuid") or uuid or ""
+
+    def update_allocation(self, uuid: str, fields: Mapping[str, Any]) -> None:
+        self.transport.request(
+            "POST",
+            f"joballocation/{uuid}.json",
+            operation="joballocation.update",
+            json_body=_wire_fields(fields, self.tz),
+            idempotent=True,
+        )
+
+    def delete_allocation(self, uuid: str) -> None:
+        """Soft delete: the record stays readable with ``active=0``."""
+        self.transport.request(
+            "DELETE", f"joballocation/{uuid}.json", operation="joballocation.delete"
+        )
+
+    # --- jobs, staff, windows ----------------------------------------------------------------
+    def get_job(self, uuid: str) -> Job:
+        return Job.from_wire(self._get(f"job/{uuid}.json", operation="job.get").json(), self.tz)
+
+    def iter_jobs(self, flt: Filter | None = None) -> Iterator[Job]:
+        return self._paged("job.json", Job, flt, "job.list")
+
+    def list_staff(self, flt: Filter | None = None) -> list[Staff]:
+        return list(self._paged("staff.json", Staff, flt, "staff.list"))
+
+    def list_allocation_windows(self) -> list[AllocationWindow]:
+        return list(
+            self._paged("allocationwindow.json", AllocationWindow, None, "allocationwindow.list")
+        )
+
+    # --- object webhooks (API-NOTES A6) ------------------------------------------------------
+    def subscribe_object(
+        self, obj: str, fields: list[str], callback_url: str, unique_id: str | None = None
+    ) -> None:
+        """ServiceM8 answers only after our receiver has echoed its challenge."""
+        form = {"object": obj, "fields": ",".join(fields), "callback_url": callback_url}
+        if unique_id:
+            form["unique_id"] = unique_id
+        self.transport.request(
+            "POST", f"{self.webhook_url}/object", operation="webhook.subscribe", form=form
+        )
+
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        rows = self._get(self.webhook_url, operation="webhook.list").json()
+        return list(rows) if isinstance(rows, list) else []
+
+    def unsubscribe(self, **match: str) -> None:
+        """Delete the subscriptions whose fields equal ``match`` (e.g. object, callback_url)."""
+        self.transport.request("DELETE", self.webhook_url, operation="webhook.delete", form=match)
+
+    # --- plumbing ----------------------------------------------------------------------------
+    def _get(
+        self, path: str, *, operation: str, params: Mapping[str, Any] | None = None
+    ) -> requests.Response:
+        return self.transport.request("GET", path, operation=operation, params=params)
+
+    def _paged(self, path: str, model: type[R], flt: Filter | None, operation: str) -> Iterator[R]:
+        """Cursor paging: ``cursor=-1`` first, then each ``x-next-cursor`` until it is absent."""
+        tz = self.tz if model is not Vendor else UTC
+        params: dict[str, str] = {"cursor": "-1"}
+        if flt:
+            params["$filter"] = flt.render(tz)
+        seen: set[str] = set()
+        while True:
+            response = self._get(path, operation=operation, params=params)
+            for row in response.json():
+                yield model.from_wire(row, tz)
+            cursor = response.headers.get("x-next-cursor")
+            if not cursor:
+                return
+            if cursor in seen:
+                raise Unavailable(
+                    f"servicem8 {operation}: the API repeated cursor {cursor}",
+                    api="servicem8",
+                    operation=operation,
+                )
+            seen.add(cursor)
+            params["cursor"] = cursor
+
+
+def _zone(name: str) -> tzinfo:
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(f"SERVICEM8_TIMEZONE: unknown timezone {name!r}") from None

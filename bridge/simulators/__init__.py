@@ -1,0 +1,12 @@
+"""Faithful local stand-ins for ServiceM8 and Coredination (ARCHITECTURE section 6).
+
+They follow reference/ closely (paths, verbs, field names, formats, error bodies, filters, paging,
+limits, webhooks) and add what a test needs: fault knobs, an admin surface (``/_admin/...``) to seed
+data and read request counts, and an injectable clock. Every assumption where the documents are
+silent is marked ``ASSUMPTION`` next to the code that makes it.
+"""
+
+from bridge.simulators.coredination import CoredinationSimulator
+from bridge.simulators.servicem8 import ServiceM8Simulator
+
+__all__ = ["CoredinationSimulator", "ServiceM8Simulator"]

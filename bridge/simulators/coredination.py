@@ -1,0 +1,622 @@
+"""A stateful Coredination job API on loopback (reference/004_*.txt, API-NOTES part B).
+
+Jobs with ids and uuids, ``PUT /job/{uuid}`` upsert, every documented list path and query
+parameter with offset paging, events recorded for every change, resource operations (schedule,
+unschedule, assign, and unassign, which the documents do not confirm), job state derived from
+resources, users, and webhook subscriptions with event delivery.
+
+ASSUMPTIONS shared with ``mappings.coredination`` (change both together): the resource shape, the
+``/user`` list, the ``created``/``modified`` common attributes, the ``/webhook`` subscription and
+its delivery body, and the error body ``{"status", "message"}``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid as uuidlib
+from datetime import UTC, datetime
+from typing import Any
+
+from bridge.simulators.base import SimError, SimReply, SimRequest, SimServer
+
+JOB_STATES = [
+    "INITIAL",
+    "DRAFT",
+    "PUBLISHED",
+    "ASSIGNED",
+    "SCHEDULED",
+    "IN_TRANSIT",
+    "ON_STATION",
+    "STARTED",
+    "PAUSED",
+    "FINISHED",
+    "CANCELED",
+    "CLOSED",
+]
+RESOURCE_STATES = [
+    "UNASSIGNED",
+    "DECLINED",
+    "ASSIGNED",
+    "SCHEDULED",
+    "ACCEPTED",
+    "INACTIVE",
+    "IN_TRANSIT",
+    "ON_STATION",
+    "STARTED",
+    "PAUSED",
+    "FINISHED",
+    "CANCELED",
+]
+DEFAULT_EXCLUDED = {"DRAFT", "FINISHED", "CANCELED", "CLOSED"}
+JOB_FIELDS = {
+    "title",
+    "description",
+    "allDay",
+    "startTime",
+    "endTime",
+    "duration",
+    "state",
+    "destinations",
+    "customFields",
+    "customerId",
+    "projectId",
+    "orderId",
+    "assetId",
+    "priority",
+}
+LIST_OMITS = {"events", "signature", "documents", "items", "customFields"}
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+RESOURCE_EVENT = {"ACCEPTED": "ACCEPT", "DECLINED": "DECLINE"}
+
+
+def _ms_param(value: str | None, name: str) -> int | None:
+    """A list parameter given as epoch ms or as a date / datetime string."""
+    if value is None or value == "":
+        return None
+    if re.fullmatch(r"-?\d+", value):
+        return int(value)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise SimError(400, f"Invalid timestamp for {name}") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+def derive_state(resources: list[dict[str, Any]], current: str) -> str:
+    """Job state from resource states (the Job page, "States")."""
+    states = [
+        r["state"]
+        for r in resources
+        if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")
+    ]
+    if not states:
+        return "PUBLISHED" if current not in ("DRAFT", "CANCELED", "CLOSED", "INITIAL") else current
+    for active in ("STARTED", "ON_STATION", "IN_TRANSIT"):
+        if active in states:
+            return active
+    if all(s == "FINISHED" for s in states):
+        return "FINISHED"
+    if "FINISHED" in states or "PAUSED" in states:
+        return "PAUSED"
+    if any(s in ("SCHEDULED", "ACCEPTED") for s in states):
+        return "SCHEDULED"
+    return "ASSIGNED"
+
+
+class CoredinationSimulator(SimServer):
+    name = "coredination"
+
+    def __init__(
+        self,
+        *,
+        api_keys: tuple[str, ...] = ("sim-coredination-key",),
+        seed: int | None = None,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(seed=seed, clock=clock)
+        self.api_keys = set(api_keys)
+        self.users: dict[int, dict[str, Any]] = {}
+        self.jobs: dict[int, dict[str, Any]] = {}
+        self.by_uuid: dict[str, int] = {}
+        self.webhooks: dict[int, dict[str, Any]] = {}
+        self._next = {
+            "user": 2_000_000,
+            "job": 100_000,
+            "event": 3_000_000,
+            "resource": 500_000,
+            "hook": 1,
+        }
+        self._routes_api()
+        self._routes_admin()
+
+    # --- wire conventions --------------------------------------------------------------------
+    def now_ms(self) -> int:
+        return int(self.now() * 1000)
+
+    def authenticate(self, request: SimRequest) -> bool:
+        key = request.header("api-key") or request.arg("api_key")
+        return key in self.api_keys
+
+    def error_reply(self, status: int, message: str) -> SimReply:
+        return SimReply(status, {"status": status, "message": message})
+
+    def unauthorized_reply(self) -> SimReply:
+        return self.error_reply(401, "Missing or invalid API key")
+
+    def rate_limited_reply(self, window: str) -> SimReply:
+        return self.error_reply(429, f"Too many requests per {window}")
+
+    def _id(self, kind: str) -> int:
+        self._next[kind] += 1
+        return self._next[kind]
+
+    # --- users -------------------------------------------------------------------------------
+    def add_user(self, email: str, first: str = "", last: str = "", **extra: Any) -> dict[str, Any]:
+        with self.lock:
+            user = {
+                "id": self._id("user"),
+                "uuid": str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4)),
+                "email": email,
+                "firstName": first,
+                "lastName": last,
+                "active": True,
+                **extra,
+            }
+            self.users[user["id"]] = user
+            return dict(user)
+
+    def _user(self, ref: str | None) -> dict[str, Any]:
+        if not ref:
+            raise SimError(400, "userId is required")
+        if ref == "me":
+            raise SimError(400, "'me' needs a user token; this request carries only an API key")
+        if ref.isdigit() and int(ref) in self.users:
+            return self.users[int(ref)]
+        for user in self.users.values():
+            if user["uuid"] == ref.lower():
+                return user
+        raise SimError(404, f"User {ref} not found")
+
+    # --- jobs --------------------------------------------------------------------------------
+    def _job(self, ref: str) -> dict[str, Any]:
+        if ref.isdigit() and int(ref) in self.jobs:
+            return self.jobs[int(ref)]
+        job_id = self.by_uuid.get(ref.lower())
+        if job_id is None:
+            raise SimError(404, f"Job {ref} not found")
+        return self.jobs[job_id]
+
+    def _event(self, job: dict[str, Any], type_: str, **fields: Any) -> dict[str, Any]:
+        event = {
+            "accuracy": None,
+            "comment": None,
+            "destinationId": None,
+            "discrepancy": False,
+            "eventTimeStamp": self.now_ms(),
+            "id": self._id("event"),
+            "internal": False,
+            "latitude": None,
+            "longitude": None,
+            "newResourceState": None,
+            "newState": None,
+            "toUserId": None,
+            "type": type_,
+            "userId": None,
+            "uuid": str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4)),
+            "vehicleId": None,
+        }
+        event.update(fields)
+        job["events"].append(event)
+        job["modified"] = event["eventTimeStamp"]
+        self._deliver(job, event)
+        return event
+
+    def _clean(self, data: Any) -> dict[str, Any]:
+        if not isinstance(data, dict):
+            raise SimError(400, "Job body must be a JSON object")
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            if key not in JOB_FIELDS:
+                continue  # ASSUMPTION: id, uuid, resources, events and unknown keys are ignored.
+            if key in ("startTime", "endTime") and value is not None:
+                if isinstance(value, bool) or not isinstance(value, int | str):
+                    raise SimError(406, f"{key} must be epoch milliseconds or a date")
+                value = _ms_param(str(value), key)
+            if key == "state" and value is not None and value not in JOB_STATES:
+                raise SimError(406, f"Unknown job state {value!r}")
+            if (
+                key == "duration"
+                and value is not None
+                and (isinstance(value, bool) or not isinstance(value, int))
+            ):
+                raise SimError(406, "duration must be whole minutes")
+            if key == "destinations" and not isinstance(value, list):
+                raise SimError(406, "destinations must be a list")
+            clean[key] = value
+        return clean
+
+    def create_job(self, data: dict[str, Any], uuid: str | None = None) -> dict[str, Any]:
+        clean = self._clean(data)
+        now = self.now_ms()
+        job: dict[str, Any] = {
+            "id": self._id("job"),
+            "uuid": (uuid or str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))).lower(),
+            "title": None,
+            "description": None,
+            "allDay": False,
+            "startTime": None,
+            "endTime": None,
+            "duration": None,
+            "state": "INITIAL",
+            "resources": [],
+            "destinations": [],
+            "customFields": {},
+            "created": now,
+            "modified": now,
+            "events": [],
+            "reported": False,
+        }
+        job.update(clean)
+        self.jobs[job["id"]] = job
+        self.by_uuid[job["uuid"]] = job["id"]
+        self._event(job, "CREATE", newState=job["state"])
+        return job
+
+    def update_job(self, job: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        clean = self._clean(data)
+        job.update(clean)
+        if "state" in clean:
+            self._event(job, "STATE_OVERRIDE", newState=clean["state"])
+        self._event(job, "UPDATE")
+        return job
+
+    def delete_job(self, job: dict[str, Any]) -> None:
+        self._event(job, "DELETE")
+        del self.jobs[job["id"]]
+        del self.by_uuid[job["uuid"]]
+
+    def set_resource(
+        self, job: dict[str, Any], user: dict[str, Any], state: str | None, event_type: str
+    ) -> bool:
+        """Put ``user`` in ``state`` on ``job`` (None removes it). False if nothing changed."""
+        current = next((r for r in job["resources"] if r["userId"] == user["id"]), None)
+        if state is None:
+            if current is None:
+                return False
+            job["resources"].remove(current)
+            new_resource_state = "UNASSIGNED"
+        else:
+            if current is not None and current["state"] == state:
+                return False
+            if current is None:
+                current = {
+                    "id": self._id("resource"),
+                    "userId": user["id"],
+                    "userUuid": user["uuid"],
+                    "state": state,
+                    "reported": False,
+                }
+                job["resources"].append(current)
+            current["state"] = state
+            new_resource_state = state
+        old_state = job["state"]
+        job["state"] = derive_state(job["resources"], job["state"])
+        self._event(
+            job,
+            event_type,
+            toUserId=user["id"],
+            newResourceState=new_resource_state,
+            newState=job["state"] if job["state"] != old_state else None,
+        )
+        return True
+
+    def resource_op(self, ref: str, op: str, user_ref: str | None) -> None:
+        job = self._job(ref)
+        user = self._user(user_ref)
+        current = next((r for r in job["resources"] if r["userId"] == user["id"]), None)
+        if op == "schedule":
+            # Scheduling keeps a resource that is already at work (accepted, started...) as it is.
+            if current is not None and current["state"] not in (
+                "UNASSIGNED",
+                "DECLINED",
+                "ASSIGNED",
+                "CANCELED",
+                "INACTIVE",
+            ):
+                return
+            self.set_resource(job, user, "SCHEDULED", "SCHEDULE")
+        elif op == "assign":
+            if current is not None and current["state"] not in (
+                "UNASSIGNED",
+                "DECLINED",
+                "SCHEDULED",
+                "CANCELED",
+                "INACTIVE",
+            ):
+                return
+            self.set_resource(job, user, "ASSIGNED", "ASSIGN")
+        elif op == "unschedule":
+            self.set_resource(job, user, None, "UNSCHEDULE")
+        elif op == "unassign":
+            # ASSUMPTION: /unassign exists and removes the resource like /unschedule.
+            self.set_resource(job, user, None, "UNASSIGN")
+
+    def user_action(self, job_ref: str, user_ref: str, state: str) -> None:
+        """What a worker does in the Coredination app: accept, decline, start, finish..."""
+        with self.lock:
+            if state not in RESOURCE_STATES:
+                raise SimError(400, f"Unknown resource state {state!r}")
+            job = self._job(job_ref)
+            user = self._user(user_ref)
+            if not any(r["userId"] == user["id"] for r in job["resources"]):
+                raise SimError(400, "User is not a resource on this job")
+            self.set_resource(job, user, state, RESOURCE_EVENT.get(state, "RESOURCE_ACTION"))
+
+    # --- lists -------------------------------------------------------------------------------
+    def list_jobs(self, req: SimRequest, kind: str, ref: str | None) -> list[dict[str, Any]]:
+        states_arg = req.arg("states")
+        states = (
+            {s.strip().upper() for s in states_arg.split(",") if s.strip()} if states_arg else None
+        )
+        by_resource_state = kind in ("mine", "user")
+        if states is None:
+            states = (
+                set(JOB_STATES) - DEFAULT_EXCLUDED
+                if not by_resource_state
+                else set(RESOURCE_STATES) - {"FINISHED", "CANCELED"}
+            )
+        now = self.now_ms()
+        start_of_today = now - now % 86_400_000
+        from_ms = _ms_param(req.arg("from"), "from")
+        from_ms = start_of_today if from_ms is None else from_ms
+        to_ms = _ms_param(req.arg("to"), "to")
+        modified = _ms_param(req.arg("modified"), "modified")
+        untimed = req.flag("untimed")
+        current = req.flag("current")
+        if kind == "mine":
+            raise SimError(
+                400, "/job/list/mine needs a user token; this request carries only an API key"
+            )
+        user = self._user(ref) if kind == "user" else None
+        rows = []
+        for job in self.jobs.values():
+            if kind == "unassigned" and job["resources"]:
+                continue
+            if (
+                kind in ("customer", "project", "order", "asset")
+                and str(job.get(f"{kind}Id")) != ref
+            ):
+                continue
+            if user is not None:
+                resource = next((r for r in job["resources"] if r["userId"] == user["id"]), None)
+                if resource is None or resource["state"] not in states:
+                    continue
+            elif job["state"] not in states:
+                continue
+            start = job["startTime"]
+            if start is None:
+                if not untimed:
+                    continue
+            else:
+                if to_ms is not None and start >= to_ms:
+                    continue
+                if start < from_ms and not (
+                    current and job["state"] not in ("FINISHED", "CANCELED", "CLOSED")
+                ):
+                    continue
+            if modified is not None and job["modified"] < modified:
+                continue
+            rows.append(job)
+        rows.sort(key=lambda j: (j["startTime"] is None, j["startTime"] or 0, j["id"]))
+        offset = int(req.arg("offset", "0") or 0)
+        limit_arg = req.arg("limit")
+        rows = rows[offset:] if limit_arg is None else rows[offset : offset + int(limit_arg)]
+        return [{k: v for k, v in j.items() if k not in LIST_OMITS} for j in rows]
+
+    # --- webhooks ----------------------------------------------------------------------------
+    def _deliver(self, job: dict[str, Any], event: dict[str, Any]) -> None:
+        for hook in self.webhooks.values():
+            if "job" not in hook["channels"]:
+                continue
+            if hook.get("filter") and not re.search(hook["filter"], event["type"]):
+                continue
+            body = {
+                "channel": "job",
+                "type": event["type"],
+                "jobId": job["id"],
+                "jobUuid": job["uuid"],
+                "eventTimeStamp": event["eventTimeStamp"],
+                "event": event,
+            }
+            self.deliverer.post(hook["url"], json.dumps(body).encode())
+
+    # --- routes ------------------------------------------------------------------------------
+    def _routes_api(self) -> None:
+        def version(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, {"version": "1", "simulator": True})
+
+        def users(req: SimRequest, p: dict[str, str]) -> SimReply:
+            rows = list(self.users.values())
+            offset = int(req.arg("offset", "0") or 0)
+            limit = req.arg("limit")
+            rows = rows[offset:] if limit is None else rows[offset : offset + int(limit)]
+            return SimReply(200, [dict(u) for u in rows])
+
+        def user(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, dict(self._user(p["id"])))
+
+        def job_list(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, self.list_jobs(req, p.get("kind") or "all", p.get("ref")))
+
+        def job_get(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, json.loads(json.dumps(self._job(p["id"]))))
+
+        def job_create(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, json.loads(json.dumps(self.create_job(req.json() or {}))))
+
+        def job_put(req: SimRequest, p: dict[str, str]) -> SimReply:
+            ref = p["id"]
+            try:
+                job = self._job(ref)
+            except SimError:
+                if not UUID.match(ref):
+                    raise
+                job = self.create_job(req.json() or {}, uuid=ref)
+                return SimReply(200, json.loads(json.dumps(job)))
+            return SimReply(200, json.loads(json.dumps(self.update_job(job, req.json() or {}))))
+
+        def job_delete(req: SimRequest, p: dict[str, str]) -> SimReply:
+            self.delete_job(self._job(p["id"]))
+            return SimReply(200, None)
+
+        def events(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, [dict(e) for e in self._job(p["id"])["events"]])
+
+        def resource(req: SimRequest, p: dict[str, str]) -> SimReply:
+            self.resource_op(p["id"], p["op"], req.arg("userId"))
+            return SimReply(200, None)
+
+        def note(req: SimRequest, p: dict[str, str]) -> SimReply:
+            form = req.form()
+            self._event(
+                self._job(p["id"]),
+                "NOTE",
+                comment=form.get("text"),
+                discrepancy="discrepancy" in form,
+            )
+            return SimReply(200, None)
+
+        def hook_create(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.json() or {}
+            url = data.get("url")
+            if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+                raise SimError(400, "url is required")
+            channels = data.get("channels") or ["job"]
+            if isinstance(channels, str):
+                channels = [c.strip() for c in channels.split(",") if c.strip()]
+            pattern = data.get("filter")
+            if pattern:
+                try:
+                    re.compile(pattern)
+                except re.error:
+                    raise SimError(400, "filter is not a valid regular expression") from None
+            hook: dict[str, Any] = {
+                "id": self._id("hook"),
+                "url": url,
+                "channels": channels,
+                "filter": pattern,
+            }
+            self.webhooks[hook["id"]] = hook
+            return SimReply(200, dict(hook))
+
+        def hook_list(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, [dict(h) for h in self.webhooks.values()])
+
+        def hook_delete(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if self.webhooks.pop(int(p["id"]), None) is None:
+                raise SimError(404, "Webhook not found")
+            return SimReply(200, None)
+
+        base = "/api/1"
+        self.route("GET", f"{base}/version", "version", version)
+        self.route("GET", f"{base}/user", "user.list", users)
+        self.route("GET", rf"{base}/user/(?P<id>[^/]+)", "user.get", user)
+        self.route(
+            "GET", rf"{base}/job(?:/list/(?P<kind>all|unassigned|mine))?", "job.list", job_list
+        )
+        self.route(
+            "GET",
+            rf"{base}/job/list/(?P<kind>user|customer|project|order|asset)/(?P<ref>[^/]+)",
+            "job.list",
+            job_list,
+        )
+        self.route("POST", f"{base}/job", "job.create", job_create)
+        self.route("GET", rf"{base}/job/(?P<id>[^/]+)", "job.get", job_get)
+        self.route("PUT", rf"{base}/job/(?P<id>[^/]+)", "job.put", job_put)
+        self.route("DELETE", rf"{base}/job/(?P<id>[^/]+)", "job.delete", job_delete)
+        self.route("GET", rf"{base}/job/(?P<id>[^/]+)/events", "job.events", events)
+        self.route(
+            "PUT",
+            rf"{base}/job/(?P<id>[^/]+)/(?P<op>schedule|unschedule|assign|unassign)",
+            "job.{op}",
+            resource,
+        )
+        self.route("POST", rf"{base}/job/(?P<id>[^/]+)/note", "job.note", note)
+        self.route("POST", f"{base}/webhook", "webhook.create", hook_create)
+        self.route("GET", f"{base}/webhook", "webhook.list", hook_list)
+        self.route("DELETE", rf"{base}/webhook/(?P<id>\d+)", "webhook.delete", hook_delete)
+
+    def _api_call(
+        self, name: str, handler: Any, request: SimRequest, params: dict[str, str], conn: Any
+    ) -> SimReply | None:
+        if name == "version":  # GET /version needs no key (API-NOTES B1)
+            return self._call(handler, request, params)
+        return super()._api_call(name, handler, request, params, conn)
+
+    # --- admin -------------------------------------------------------------------------------
+    def _routes_admin(self) -> None:
+        def seed(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, self.seed(req.json() or {}))
+
+        def state(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, self.snapshot())
+
+        def act(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.json() or {}
+            self.user_action(p["id"], str(data.get("userId")), str(data.get("state")))
+            return SimReply(200, {"ok": True})
+
+        def op(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.json() or {}
+            self.resource_op(p["id"], str(data.get("op")), str(data.get("userId")))
+            return SimReply(200, {"ok": True})
+
+        def reset(req: SimRequest, p: dict[str, str]) -> SimReply:
+            self.reset()
+            return SimReply(200, {"ok": True})
+
+        self.route("POST", "/_admin/seed", "admin", seed, api=False)
+        self.route("GET", "/_admin/state", "admin", state, api=False)
+        self.route("POST", r"/_admin/job/(?P<id>[^/]+)/action", "admin", act, api=False)
+        self.route("POST", r"/_admin/job/(?P<id>[^/]+)/op", "admin", op, api=False)
+        self.route("POST", "/_admin/reset", "admin", reset, api=False)
+
+    def seed(self, data: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+        out: dict[str, list[dict[str, Any]]] = {"users": [], "jobs": []}
+        with self.lock:
+            for row in data.get("users", []):
+                out["users"].append(
+                    self.add_user(row["email"], row.get("firstName", ""), row.get("lastName", ""))
+                )
+            for row in data.get("jobs", []):
+                job = self.create_job(row, uuid=row.get("uuid"))
+                out["jobs"].append({"id": job["id"], "uuid": job["uuid"]})
+        return out
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            return json.loads(  # type: ignore[no-any-return]
+                json.dumps(
+                    {
+                        "users": list(self.users.values()),
+                        "jobs": list(self.jobs.values()),
+                        "webhooks": list(self.webhooks.values()),
+                    }
+                )
+            )
+
+    def reset(self) -> None:
+        with self.lock:
+            self.users.clear()
+            self.jobs.clear()
+            self.by_uuid.clear()
+            self.webhooks.clear()
+            self.reset_counts()
+            self.limiter.clear()
+
+    def api_url(self) -> str:
+        """The value for COREDINATION_BASE_URL."""
+        return f"{self.root_url}/api/1"

@@ -1,0 +1,557 @@
+"""A stateful ServiceM8 REST API on loopback (reference/servicem8-openapi.json, API-NOTES part A).
+
+Serves ``/api_1.0/{object}.json`` and ``/api_1.0/{object}/{uuid}.json`` for joballocation, job,
+staff, allocationwindow and vendor; ``$filter`` (``eq ne gt lt`` joined by ``and``, at most 10);
+``cursor=-1`` / ``x-next-cursor`` paging; ``x-record-uuid`` on create; soft delete; ``edit_date`` in
+the account's timezone bumped on every write; 429 as text or JSON per minute or per day; and object
+webhooks at ``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid as uuidlib
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import requests
+
+from bridge.simulators.base import SimError, SimReply, SimRequest, SimServer
+
+STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?$")
+UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+EMPTY_STAMP = "0000-00-00 00:00:00"
+
+# Writable fields per object (the *Create schemas) and which of them are stamps / uuids / flags.
+OBJECTS: dict[str, dict[str, set[str]]] = {
+    "joballocation": {
+        "fields": {
+            "job_uuid",
+            "staff_uuid",
+            "allocation_date",
+            "allocation_window_uuid",
+            "allocated_by_staff_uuid",
+            "allocated_timestamp",
+            "expiry_timestamp",
+            "read_timestamp",
+            "completion_timestamp",
+            "sort_priority",
+            "queue_uuid",
+            "estimated_duration",
+            "revised_duration",
+            "requires_acceptance",
+            "acceptance_status",
+            "acceptance_timestamp",
+        },
+        "stamps": {
+            "allocation_date",
+            "allocated_timestamp",
+            "expiry_timestamp",
+            "read_timestamp",
+            "completion_timestamp",
+            "acceptance_timestamp",
+        },
+    },
+    "job": {
+        "fields": {
+            "created_by_staff_uuid",
+            "date",
+            "company_uuid",
+            "billing_address",
+            "status",
+            "category_uuid",
+            "purchase_order_number",
+            "queue_uuid",
+            "queue_expiry_date",
+            "queue_assigned_staff_uuid",
+            "badges",
+            "job_address",
+            "job_description",
+            "work_done_description",
+            "quote_date",
+            "work_order_date",
+            "completion_date",
+            "completion_actioned_by_uuid",
+            "unsuccessful_date",
+            "lat",
+            "lng",
+        },
+        "stamps": {"date", "quote_date", "work_order_date", "completion_date", "unsuccessful_date"},
+    },
+    "staff": {
+        "fields": {
+            "first",
+            "last",
+            "email",
+            "mobile",
+            "job_title",
+            "color",
+            "hide_from_schedule",
+            "status_message",
+            "security_role_uuid",
+            "labour_material_uuid",
+        },
+        "stamps": set(),
+    },
+    "allocationwindow": {
+        "fields": {"name", "start_time", "end_time", "sort_priority"},
+        "stamps": set(),
+    },
+    "vendor": {"fields": {"name", "timezone_name", "email"}, "stamps": set()},
+}
+UUID_FIELDS = {
+    "job_uuid",
+    "staff_uuid",
+    "allocation_window_uuid",
+    "allocated_by_staff_uuid",
+    "company_uuid",
+    "category_uuid",
+    "queue_uuid",
+    "created_by_staff_uuid",
+    "queue_assigned_staff_uuid",
+    "completion_actioned_by_uuid",
+    "security_role_uuid",
+    "labour_material_uuid",
+}
+JOB_STATUSES = {"Quote", "Work Order", "Unsuccessful", "Completed"}
+READ_ONLY_OBJECTS = {"vendor"}
+MAX_FILTER_CONDITIONS = 10
+FILTER_OPS = {"eq", "ne", "gt", "lt"}
+_TOKEN = re.compile(
+    r"\s*([A-Za-z_][A-Za-z0-9_]*)\s+(eq|ne|gt|lt)\s+('(?:[^']|'')*'|-?\d+(?:\.\d+)?)\s*", re.I
+)
+
+
+def parse_filter(text: str) -> list[tuple[str, str, Any]]:
+    """``field op value [and field op value]...``; strings in single quotes with '' for a quote.
+
+    ASSUMPTION: the quote escape. ServiceM8 documents single-quoted strings but no escape; ''
+    is the OData rule its filter syntax follows.
+    """
+    conditions: list[tuple[str, str, Any]] = []
+    pos = 0
+    while True:
+        match = _TOKEN.match(text, pos)
+        if match is None:
+            raise SimError(400, f"Invalid filter near {text[pos : pos + 30]!r}")
+        field, op, raw = match.group(1), match.group(2).lower(), match.group(3)
+        value: Any = raw[1:-1].replace("''", "'") if raw.startswith("'") else float(raw)
+        conditions.append((field, op, value))
+        pos = match.end()
+        if pos == len(text):
+            break
+        joiner = re.compile(r"and\s+", re.I).match(text, pos)
+        if joiner is None:
+            raise SimError(400, f"Invalid filter near {text[pos : pos + 30]!r}: only 'and' joins")
+        pos = joiner.end()
+    if len(conditions) > MAX_FILTER_CONDITIONS:
+        raise SimError(400, f"A filter may have at most {MAX_FILTER_CONDITIONS} conditions")
+    return conditions
+
+
+def _matches(record: dict[str, Any], conditions: list[tuple[str, str, Any]]) -> bool:
+    for field, op, wanted in conditions:
+        have = record.get(field)
+        if isinstance(wanted, float):
+            try:
+                left: Any = float(have)  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                return False
+        else:
+            left = "" if have is None else str(have)
+        ok = {
+            "eq": left == wanted,
+            "ne": left != wanted,
+            "gt": left > wanted,
+            "lt": left < wanted,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+class ServiceM8Simulator(SimServer):
+    name = "servicem8"
+
+    def __init__(
+        self,
+        *,
+        api_keys: tuple[str, ...] = ("sim-servicem8-key",),
+        timezone_name: str = "Australia/Sydney",
+        page_size: int = 5000,
+        rate_limit_body: str = "text",
+        seed: int | None = None,
+        clock: Any = None,
+    ) -> None:
+        super().__init__(seed=seed, clock=clock)
+        self.api_keys = set(api_keys)
+        self.page_size = page_size
+        self.rate_limit_body = rate_limit_body  # "text" (the docs) or "json" (the SDK examples)
+        self.records: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in OBJECTS}
+        self.order: dict[str, dict[str, int]] = {obj: {} for obj in OBJECTS}
+        self._seq = 0
+        self.subscriptions: list[dict[str, str]] = []
+        self.event_subscriptions: list[dict[str, str]] = []
+        self.vendor_uuid = str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+        self.tz = ZoneInfo(timezone_name)
+        self._put(
+            "vendor",
+            {
+                "uuid": self.vendor_uuid,
+                "active": 1,
+                "edit_date": self.stamp(),
+                "name": "Simulated Plumbing Pty Ltd",
+                "timezone_name": timezone_name,
+                "email": "office@example.com",
+            },
+        )
+        self._routes_api()
+        self._routes_admin()
+
+    # --- wire conventions --------------------------------------------------------------------
+    def stamp(self) -> str:
+        return datetime.fromtimestamp(self.now(), self.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def authenticate(self, request: SimRequest) -> bool:
+        key = request.header("x-api-key")
+        if key is not None:
+            return key in self.api_keys
+        auth = request.header("authorization") or ""
+        return auth.startswith("Bearer ") and auth[7:] in self.api_keys
+
+    def error_reply(self, status: int, message: str) -> SimReply:
+        return SimReply(status, {"errorCode": status, "message": message})
+
+    def unauthorized_reply(self) -> SimReply:
+        return SimReply(
+            401,
+            {
+                "errorCode": "401",
+                "message": "Authentication failed. Please check your API key or OAuth token.",
+            },
+        )
+
+    def rate_limited_reply(self, window: str) -> SimReply:
+        text = f"Number of allowed API requests per {window} exceeded"
+        if self.rate_limit_body == "json":
+            return SimReply(429, {"errorCode": 429, "message": text})
+        return SimReply(429, text, content_type="text/plain; charset=utf-8")
+
+    # --- state -------------------------------------------------------------------------------
+    def _put(self, obj: str, record: dict[str, Any]) -> None:
+        uuid = record["uuid"]
+        if uuid not in self.order[obj]:
+            self._seq += 1
+            self.order[obj][uuid] = self._seq
+        self.records[obj][uuid] = record
+
+    def _validate(self, obj: str, data: dict[str, Any], creating: bool) -> dict[str, Any]:
+        spec = OBJECTS[obj]
+        clean: dict[str, Any] = {}
+        for key, value in data.items():
+            if key == "active":
+                if str(value) not in {"0", "1", "True", "False", "true", "false"}:
+                    raise SimError(400, "Invalid value for active")
+                clean["active"] = 1 if str(value).lower() in {"1", "true"} else 0
+                continue
+            if key not in spec["fields"]:
+                continue  # ASSUMPTION: unknown and read-only fields are ignored, not refused.
+            if value is None:
+                value = EMPTY_STAMP if key in spec["stamps"] else ""
+            if key in spec["stamps"]:
+                if not isinstance(value, str) or not (value == EMPTY_STAMP or STAMP.match(value)):
+                    raise SimError(
+                        400, f"Invalid date format for {key}: expected YYYY-MM-DD HH:MM:SS"
+                    )
+                if len(value) == 10:
+                    value += " 00:00:00"
+            elif (
+                key in UUID_FIELDS
+                and value not in ("", None)
+                and (not isinstance(value, str) or not UUID.match(value))
+            ):
+                raise SimError(400, f"Invalid UUID for {key}")
+            clean[key] = value
+        if obj == "job":
+            status = clean.get("status")
+            if creating and status is None:
+                raise SimError(400, "status is required")
+            if status is not None and status not in JOB_STATUSES:
+                raise SimError(400, f"Invalid status {status!r}")
+        if obj == "joballocation" and creating and not clean.get("job_uuid"):
+            raise SimError(400, "job_uuid is required")
+        if obj == "staff" and creating:
+            for required in ("first", "last", "email"):
+                if not clean.get(required):
+                    raise SimError(400, f"{required} is required")
+        return clean
+
+    def _blank(self, obj: str, uuid: str) -> dict[str, Any]:
+        record: dict[str, Any] = {"uuid": uuid, "active": 1, "edit_date": EMPTY_STAMP}
+        for key in OBJECTS[obj]["fields"]:
+            record[key] = EMPTY_STAMP if key in OBJECTS[obj]["stamps"] else ""
+        if obj == "job":
+            record["generated_job_id"] = str(1000 + len(self.records["job"]) + 1)
+        return record
+
+    def create(self, obj: str, data: dict[str, Any]) -> str:
+        """Create (or, with a known client-supplied uuid, overwrite) a record; return its uuid.
+
+        ASSUMPTION: a create whose ``uuid`` already exists updates that record. The documents only
+        say a client-supplied uuid is accepted; this is the reading under which retries are safe,
+        and the bridge does not depend on it (it reads before it creates).
+        """
+        uuid = str(data.get("uuid") or uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+        if not UUID.match(uuid):
+            raise SimError(400, "Invalid UUID for uuid")
+        uuid = uuid.lower()
+        existing = self.records[obj].get(uuid)
+        clean = self._validate(obj, data, creating=existing is None)
+        before = dict(existing) if existing else {}
+        record = dict(existing) if existing else self._blank(obj, uuid)
+        record.update(clean)
+        if existing is None and "active" not in clean:
+            record["active"] = 1
+        self._write(obj, record, before)
+        return uuid
+
+    def update(self, obj: str, uuid: str, data: dict[str, Any]) -> None:
+        existing = self.records[obj].get(uuid.lower())
+        if existing is None:
+            raise SimError(404, "Resource not found")
+        clean = self._validate(obj, data, creating=False)
+        record = dict(existing)
+        record.update(clean)
+        self._write(obj, record, existing)
+
+    def delete(self, obj: str, uuid: str) -> None:
+        existing = self.records[obj].get(uuid.lower())
+        if existing is None:
+            raise SimError(404, "Resource not found")
+        self._write(obj, {**existing, "active": 0}, existing)
+
+    def _write(self, obj: str, record: dict[str, Any], before: dict[str, Any]) -> None:
+        record["edit_date"] = self.stamp()
+        self._put(obj, record)
+        changed = sorted(k for k, v in record.items() if before.get(k) != v and k != "edit_date")
+        self._notify(obj, record, changed)
+
+    # --- webhooks ----------------------------------------------------------------------------
+    def _notify(self, obj: str, record: dict[str, Any], changed: list[str]) -> None:
+        for sub in self.subscriptions:
+            if sub["object"] != obj:
+                continue
+            wanted = {f.strip() for f in sub.get("fields", "").split(",") if f.strip()}
+            if wanted and not wanted.intersection(changed):
+                continue
+            body = {
+                "object": obj,
+                "entry": [
+                    {"uuid": record["uuid"], "changed_fields": changed, "time": record["edit_date"]}
+                ],
+                "resource_url": f"{self.root_url}/api_1.0/{obj}/{record['uuid']}.json",
+            }
+            self.deliverer.post(sub["callback_url"], json.dumps(body).encode())
+
+    def _handshake(self, callback_url: str) -> None:
+        challenge = uuidlib.uuid4().hex
+        try:
+            response = requests.post(
+                callback_url, data={"mode": "subscribe", "challenge": challenge}, timeout=10
+            )
+        except requests.RequestException as exc:
+            raise SimError(
+                400, f"Callback URL did not respond to the challenge: {type(exc).__name__}"
+            ) from None
+        if response.status_code != 200 or response.text.strip() != challenge:
+            raise SimError(400, "Callback URL did not answer the challenge")
+
+    # --- routes ------------------------------------------------------------------------------
+    def _routes_api(self) -> None:
+        objects = "|".join(OBJECTS)
+
+        def list_(req: SimRequest, p: dict[str, str]) -> SimReply:
+            obj = p["obj"]
+            raw_filter = req.arg("$filter")
+            conditions = parse_filter(raw_filter) if raw_filter else []
+            rows = [r for r in self._ordered(obj) if _matches(r, conditions)]
+            cursor = req.arg("cursor")
+            headers: dict[str, str] = {}
+            if cursor is not None and cursor != "-1":
+                seq = self.order[obj].get(cursor.lower())
+                if seq is None:
+                    raise SimError(400, "Invalid cursor")
+                rows = [r for r in rows if self.order[obj][r["uuid"]] > seq]
+            page = rows[: self.page_size]
+            # ASSUMPTION: without a cursor the API answers the first page and no header.
+            if cursor is not None and len(rows) > self.page_size:
+                headers["x-next-cursor"] = page[-1]["uuid"]
+            return SimReply(200, page, headers)
+
+        def get(req: SimRequest, p: dict[str, str]) -> SimReply:
+            record = self.records[p["obj"]].get(p["uuid"].lower())
+            if record is None:
+                raise SimError(404, "Resource not found")
+            return SimReply(200, record)
+
+        def create(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if p["obj"] in READ_ONLY_OBJECTS:
+                raise SimError(405, "Method not allowed")
+            uuid = self.create(p["obj"], req.fields())
+            return SimReply(200, {"errorCode": 0, "message": "OK"}, {"x-record-uuid": uuid})
+
+        def update(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if p["obj"] in READ_ONLY_OBJECTS:
+                raise SimError(405, "Method not allowed")
+            self.update(p["obj"], p["uuid"], req.fields())
+            return SimReply(200, {"errorCode": 0, "message": "OK"})
+
+        def delete(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if p["obj"] in READ_ONLY_OBJECTS:
+                raise SimError(405, "Method not allowed")
+            self.delete(p["obj"], p["uuid"])
+            return SimReply(200, {"errorCode": 0, "message": "OK"})
+
+        def subscribe_object(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.fields()
+            obj = str(data.get("object") or "").lower()
+            callback = str(data.get("callback_url") or "")
+            if not obj:
+                raise SimError(400, "Please specify an object for subscription")
+            if obj not in OBJECTS:
+                raise SimError(400, f"{obj} is not an authorised object type")
+            if not callback.startswith(("http://", "https://")):
+                raise SimError(400, "Please specify a valid callback_url")
+            self.lock.release()  # the handshake calls back into a server that may call us
+            try:
+                self._handshake(callback)
+            finally:
+                self.lock.acquire()
+            sub = {
+                "object": obj,
+                "fields": str(data.get("fields") or ""),
+                "callback_url": callback,
+                "unique_id": str(data.get("unique_id") or ""),
+            }
+            self.subscriptions = [
+                s
+                for s in self.subscriptions
+                if not (s["object"] == obj and s["callback_url"] == callback)
+            ]
+            self.subscriptions.append(sub)
+            return SimReply(200, {"success": True})
+
+        def subscribe_event(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.fields()
+            if not data.get("event") or not data.get("callback_url"):
+                raise SimError(400, "Please specify an event and a callback_url")
+            sub = {
+                "event": str(data["event"]),
+                "callback_url": str(data["callback_url"]),
+                "unique_id": str(data.get("unique_id") or ""),
+            }
+            self.event_subscriptions.append(sub)
+            return SimReply(200, {"success": True})
+
+        def bare_post(req: SimRequest, p: dict[str, str]) -> SimReply:
+            raise SimError(400, "Please specify an object for subscription")
+
+        def list_subs(req: SimRequest, p: dict[str, str]) -> SimReply:
+            # ASSUMPTION: object subscriptions list with the fields they were made with.
+            return SimReply(200, [dict(s) for s in self.subscriptions + self.event_subscriptions])
+
+        def delete_sub(req: SimRequest, p: dict[str, str]) -> SimReply:
+            data = req.fields() or {k: v[0] for k, v in req.query.items()}
+            before = len(self.subscriptions) + len(self.event_subscriptions)
+
+            def keep(s: dict[str, str]) -> bool:
+                return not all(s.get(k) == str(v) for k, v in data.items() if k in s)
+
+            self.subscriptions = [s for s in self.subscriptions if keep(s)]
+            self.event_subscriptions = [s for s in self.event_subscriptions if keep(s)]
+            if before == len(self.subscriptions) + len(self.event_subscriptions):
+                raise SimError(404, "Subscription not found")
+            return SimReply(200, {"success": True})
+
+        self.route("GET", rf"/api_1\.0/(?P<obj>{objects})\.json", "{obj}.list", list_)
+        self.route("POST", rf"/api_1\.0/(?P<obj>{objects})\.json", "{obj}.create", create)
+        self.route("GET", rf"/api_1\.0/(?P<obj>{objects})/(?P<uuid>[^/]+)\.json", "{obj}.get", get)
+        self.route(
+            "POST", rf"/api_1\.0/(?P<obj>{objects})/(?P<uuid>[^/]+)\.json", "{obj}.update", update
+        )
+        self.route(
+            "DELETE", rf"/api_1\.0/(?P<obj>{objects})/(?P<uuid>[^/]+)\.json", "{obj}.delete", delete
+        )
+        self.route("POST", "/webhook_subscriptions/object", "webhook.subscribe", subscribe_object)
+        self.route(
+            "POST", "/webhook_subscriptions/event", "webhook.subscribe_event", subscribe_event
+        )
+        self.route("POST", "/webhook_subscriptions", "webhook.subscribe", bare_post)
+        self.route("GET", "/webhook_subscriptions", "webhook.list", list_subs)
+        self.route("DELETE", "/webhook_subscriptions", "webhook.delete", delete_sub)
+
+    def _ordered(self, obj: str) -> list[dict[str, Any]]:
+        order = self.order[obj]
+        return sorted(self.records[obj].values(), key=lambda r: order[r["uuid"]])
+
+    # --- admin -------------------------------------------------------------------------------
+    def _routes_admin(self) -> None:
+        def seed(req: SimRequest, p: dict[str, str]) -> SimReply:
+            created = self.seed(req.json() or {})
+            return SimReply(200, {"created": created})
+
+        def state(req: SimRequest, p: dict[str, str]) -> SimReply:
+            return SimReply(200, self.snapshot())
+
+        def reset(req: SimRequest, p: dict[str, str]) -> SimReply:
+            self.reset()
+            return SimReply(200, {"ok": True})
+
+        self.route("POST", "/_admin/seed", "admin", seed, api=False)
+        self.route("GET", "/_admin/state", "admin", state, api=False)
+        self.route("POST", "/_admin/reset", "admin", reset, api=False)
+
+    def seed(self, data: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
+        """Load records as a user of the ServiceM8 app would create them (webhooks fire)."""
+        created: dict[str, int] = {}
+        with self.lock:
+            for obj, rows in data.items():
+                if obj not in OBJECTS:
+                    raise SimError(400, f"unknown object {obj!r}")
+                for row in rows:
+                    if obj == "vendor":
+                        self._put(
+                            "vendor",
+                            {
+                                **self.records["vendor"][self.vendor_uuid],
+                                **row,
+                                "uuid": self.vendor_uuid,
+                            },
+                        )
+                        if row.get("timezone_name"):
+                            self.tz = ZoneInfo(str(row["timezone_name"]))
+                    else:
+                        self.create(obj, row)
+                    created[obj] = created.get(obj, 0) + 1
+        return created
+
+    def snapshot(self) -> dict[str, list[dict[str, Any]]]:
+        with self.lock:
+            return {obj: [dict(r) for r in self._ordered(obj)] for obj in OBJECTS}
+
+    def reset(self) -> None:
+        with self.lock:
+            vendor = self.records["vendor"][self.vendor_uuid]
+            self.records = {obj: {} for obj in OBJECTS}
+            self.order = {obj: {} for obj in OBJECTS}
+            self.subscriptions.clear()
+            self.event_subscriptions.clear()
+            self._put("vendor", vendor)
+            self.reset_counts()
+            self.limiter.clear()
+
+    def api_url(self) -> str:
+        """The value for SERVICEM8_BASE_URL."""
+        return f"{self.root_url}/api_1.0"

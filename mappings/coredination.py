@@ -1,0 +1,207 @@
+"""Coredination wire models, after the Job API page (reference/004_*.txt) and API-NOTES part B.
+
+Times are epoch milliseconds UTC (API-NOTES B2), read here as aware datetimes. Unknown fields are
+kept. States are kept as plain strings so a state Coredination adds later does not fail parsing;
+the known sets below are what the mapping rules reason about.
+
+ASSUMPTIONS (not in the documents; the simulator shares these shapes, change both together):
+- A resource in ``job.resources[]`` is ``{"id", "userId", "userUuid", "state", "reported"}``.
+- Users are listed at ``GET /user`` as ``{"id", "uuid", "email", "firstName", "lastName",
+  "active"}``.
+- The "common attributes" of a job include ``created`` and ``modified`` (epoch ms).
+- A webhook subscription is ``{"id", "url", "channels": [...], "filter": "<regex>"}`` at
+  ``/webhook``, and a delivery is ``{"channel", "type", "jobId", "jobUuid", "eventTimeStamp",
+  "event": {...}}``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+
+from mappings.stamps import parse_cd_time, to_epoch_ms
+
+JOB_STATES = frozenset(
+    {
+        "INITIAL",
+        "DRAFT",
+        "PUBLISHED",
+        "ASSIGNED",
+        "SCHEDULED",
+        "IN_TRANSIT",
+        "ON_STATION",
+        "STARTED",
+        "PAUSED",
+        "FINISHED",
+        "CANCELED",
+        "CLOSED",
+    }
+)
+RESOURCE_STATES = frozenset(
+    {
+        "UNASSIGNED",
+        "DECLINED",
+        "ASSIGNED",
+        "SCHEDULED",
+        "ACCEPTED",
+        "INACTIVE",
+        "IN_TRANSIT",
+        "ON_STATION",
+        "STARTED",
+        "PAUSED",
+        "FINISHED",
+        "CANCELED",
+    }
+)
+EVENT_TYPES = frozenset(
+    [
+        "CREATE",
+        "PUBLISH",
+        "UNPUBLISH",
+        "UPDATE",
+        "ASSIGN",
+        "UNASSIGN",
+        "SCHEDULE",
+        "UNSCHEDULE",
+        "RESOURCE_ACTION",
+        "NOTE",
+        "REPORT",
+        "REPORT_UPDATE",
+        "INVOICE",
+        "NOT_INVOICE",
+        "CLOSE",
+        "STATE_OVERRIDE",
+        "NOTIFY_REPORT",
+        "SIGN",
+        "WORKITEM_DONE",
+        "WORKITEM_NOTDONE",
+        "ACCEPT",
+        "DECLINE",
+        "SHARE",
+        "DELETE",
+        "ADD_RESOURCE",
+        "DELETE_RESOURCE",
+        "BROADCAST",
+        "SEND_SCHEDULE",
+        "CONFIRM_DISCREPANCY",
+        "SCHEDULE_VEHICLE",
+        "UNSCHEDULE_VEHICLE",
+        "ATTACH_FORM",
+        "DETACH_FORM",
+        "COMPLETE_FORM",
+        "ATTEST",
+        "ARRIVE",
+        "DEPART",
+        "UPDATE_ITEMS",
+        "UPDATE_DOCUMENTS",
+        "ASSIGN_ASSET",
+        "UNASSIGN_ASSET",
+    ]
+)
+# The default job list leaves these out; a poll for every change must ask for them explicitly
+# (API-NOTES B5).
+ALL_JOB_STATES_CSV = ",".join(sorted(JOB_STATES))
+
+Millis = Annotated[
+    datetime | None,
+    BeforeValidator(parse_cd_time),
+    PlainSerializer(to_epoch_ms, return_type=int | None),
+]
+
+
+class CdModel(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+class CdUser(CdModel):
+    id: int
+    uuid: str | None = None
+    email: str | None = None
+    first_name: str | None = Field(default=None, alias="firstName")
+    last_name: str | None = Field(default=None, alias="lastName")
+    active: bool = True
+
+    @property
+    def display_name(self) -> str:
+        return " ".join(p for p in (self.first_name, self.last_name) if p) or str(self.id)
+
+
+class CdResource(CdModel):
+    user_id: int = Field(alias="userId")
+    user_uuid: str | None = Field(default=None, alias="userUuid")
+    state: str = "UNASSIGNED"
+    reported: bool = False
+    id: int | None = None
+
+
+class CdEvent(CdModel):
+    id: int | None = None
+    uuid: str | None = None
+    type: str
+    event_time: Millis = Field(default=None, alias="eventTimeStamp")
+    user_id: int | None = Field(default=None, alias="userId")
+    to_user_id: int | None = Field(default=None, alias="toUserId")
+    new_state: str | None = Field(default=None, alias="newState")
+    new_resource_state: str | None = Field(default=None, alias="newResourceState")
+    comment: str | None = None
+
+
+class CdLocation(CdModel):
+    place_name: str | None = Field(default=None, alias="placeName")
+    latitude: float | None = None
+    longitude: float | None = None
+
+
+class CdDestination(CdModel):
+    location: CdLocation | None = None
+
+
+class CdJob(CdModel):
+    """A Coredination job. List items carry no ``events`` (the Job page, "List Item")."""
+
+    id: int | None = None
+    uuid: str | None = None
+    title: str | None = None
+    description: str | None = None
+    all_day: bool = Field(default=False, alias="allDay")
+    start_time: Millis = Field(default=None, alias="startTime")
+    end_time: Millis = Field(default=None, alias="endTime")
+    duration: int | None = None
+    state: str | None = None
+    resources: list[CdResource] = Field(default_factory=list)
+    destinations: list[CdDestination] = Field(default_factory=list)
+    events: list[CdEvent] | None = None
+    created: Millis = None
+    modified: Millis = None
+
+    def resource_for(self, user_id: int) -> CdResource | None:
+        return next((r for r in self.resources if r.user_id == user_id), None)
+
+
+def job_body(
+    *,
+    title: str | None,
+    description: str | None,
+    start: datetime | None,
+    end: datetime | None,
+    all_day: bool = False,
+    place_name: str | None = None,
+    latitude: float | None = None,
+    longitude: float | None = None,
+) -> dict[str, Any]:
+    """The JSON body of ``PUT /job/{uuid}`` for the fields the bridge owns."""
+    body: dict[str, Any] = {
+        "title": title,
+        "description": description,
+        "allDay": all_day,
+        "startTime": to_epoch_ms(start),
+        "endTime": to_epoch_ms(end),
+    }
+    if place_name or latitude is not None:
+        location = {"placeName": place_name, "latitude": latitude, "longitude": longitude}
+        body["destinations"] = [{"location": location}]
+    else:
+        body["destinations"] = []
+    return body

@@ -1,0 +1,131 @@
+"""One task base class that turns the error tree into what happens next (STYLE: classify once,
+act elsewhere):
+
+- ``BudgetExhausted`` → retry when the budget has a token again (no attempt counted);
+- ``RetryableError`` (429, 5xx, timeouts, resets) → retry on the spec's backoff until an hour has
+  passed since the first failure, then dead-letter;
+- ``PermanentError`` (auth, not found, rejected) → dead-letter at once;
+- a job lock not acquired in time → retry shortly.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+from celery import Task
+from redis.exceptions import LockError
+
+from bridge.budget import Priority, priority
+from bridge.errors import ApiError, BudgetExhausted, PermanentError, RetryableError
+from bridge.log import get_logger
+from bridge.retry import RetryPolicy
+from bridge.runtime import Runtime, build
+from tasks.app import MAX_COUNTDOWN, settings
+
+log = get_logger(__name__)
+
+_runtime: tuple[int, Runtime] | None = None
+
+
+def runtime() -> Runtime:
+    """This process's runtime, built on first use (after the prefork fork, never before)."""
+    global _runtime
+    if _runtime is None or _runtime[0] != os.getpid():
+        _runtime = (
+            os.getpid(),
+            build(settings, settings.redis_url.get_secret_value() if settings.redis_url else None),
+        )
+    return _runtime[1]
+
+
+class BridgeTask(Task):  # type: ignore[misc]
+    abstract = True
+    acks_late = True
+    reject_on_worker_lost = True
+    ignore_result = True
+    policy = RetryPolicy()
+
+    clock = staticmethod(time.time)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        token = priority.set(self._priority())
+        try:
+            return self.run(*args, **kwargs)
+        except BudgetExhausted as exc:
+            return self._wait_for_budget(exc)
+        except LockError as exc:
+            raise self.retry(countdown=1.0, exc=exc, max_retries=None) from None
+        except RetryableError as exc:
+            store = runtime().store
+            now = self.clock()
+            first, attempt = store.record_failure(self.request.id, now)
+            delay = self.policy.next_delay(attempt, first, now)
+            if delay is None:
+                self._dead_letter(exc, first, now, "gave up after an hour of retries", attempt + 1)
+                return None
+            log.warning(
+                "task.retrying",
+                attempt=attempt + 1,
+                delay=round(delay, 2),
+                **exc.describe(),
+            )
+            raise self.retry(
+                countdown=min(delay, MAX_COUNTDOWN), exc=exc, max_retries=None
+            ) from None
+        except PermanentError as exc:
+            now = self.clock()
+            self._dead_letter(exc, now, now, "permanent error", 1)
+            return None
+        finally:
+            priority.reset(token)
+
+    def _priority(self) -> Priority:
+        routing = str((self.request.delivery_info or {}).get("routing_key") or "")
+        if routing.endswith(".interactive") or self.name.startswith("bridge.webhook."):
+            return "interactive"
+        if routing.endswith(".bulk") or self.name.startswith("bridge.bulk."):
+            return "bulk"
+        return "normal"
+
+    def _wait_for_budget(self, exc: BudgetExhausted) -> None:
+        """No token: wait without blocking. A short wait is a countdown (spread a little so the
+        waiters do not all wake at once); a long one (a paused API, the day's budget) goes to
+        the deferred set, which the beat's release task re-enqueues when due."""
+        # A small spread (at most a quarter second) so waiters do not all wake in the same
+        # millisecond; more would leave freed tokens unused.
+        wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
+        if wait <= MAX_COUNTDOWN:
+            raise self.retry(countdown=wait, exc=exc, max_retries=None) from None
+        runtime().store.defer(
+            self.clock() + wait,
+            {
+                "task": self.name,
+                "args": list(self.request.args or []),
+                "kwargs": dict(self.request.kwargs or {}),
+                "id": self.request.id,
+                "queue": (self.request.delivery_info or {}).get("routing_key"),
+            },
+        )
+        log.info("task.deferred", seconds=round(wait, 1), reason=exc.reason)
+        return None
+
+    def _dead_letter(
+        self, exc: ApiError, first: float, now: float, why: str, attempts: int
+    ) -> None:
+        store = runtime().store
+        entry = {
+            "task": self.name,
+            "args": list(self.request.args or []),
+            "kwargs": dict(self.request.kwargs or {}),
+            **exc.describe(),
+            "why": why,
+            "attempts": attempts,
+            "first_failure": first,
+            "last_failure": now,
+        }
+        entry_id = store.dead_letter(entry)
+        store.forget_failure(self.request.id)
+        log.error("task.dead_lettered", dlq_id=entry_id, **exc.describe())

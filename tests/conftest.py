@@ -1,0 +1,146 @@
+"""Shared fixtures. Network is limited to loopback for the whole suite (pytest-socket,
+``--allow-hosts`` in pyproject.toml)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+import pytest
+
+from bridge.config import Settings
+from bridge.coredination import CoredinationClient
+from bridge.log import configure_logging, redactor
+from bridge.servicem8 import ServiceM8Client
+from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
+
+LOCAL_REDIS = "redis://127.0.0.1:6379/14"
+SM8_KEY = "smk-test-8f2c41d7e9"
+CD_KEY = "cdk-test-3a9b5e1f04"
+
+
+@pytest.fixture
+def sm8_sim() -> Iterator[ServiceM8Simulator]:
+    sim = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=7).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def cd_sim() -> Iterator[CoredinationSimulator]:
+    sim = CoredinationSimulator(api_keys=(CD_KEY,), seed=7).start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def settings(sm8_sim: ServiceM8Simulator, cd_sim: CoredinationSimulator) -> Settings:
+    return Settings(
+        servicem8_api_key=SM8_KEY,
+        servicem8_base_url=sm8_sim.api_url(),
+        coredination_api_key=CD_KEY,
+        coredination_base_url=cd_sim.api_url(),
+        http_read_timeout=2.0,
+        _env_file=None,
+    )
+
+
+@pytest.fixture
+def sm8(settings: Settings) -> ServiceM8Client:
+    return ServiceM8Client.from_settings(settings)
+
+
+@pytest.fixture
+def cd(settings: Settings) -> CoredinationClient:
+    return CoredinationClient.from_settings(settings)
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logging() -> Iterator[None]:
+    configure_logging("INFO", "console")
+    yield
+    redactor.clear()
+
+
+class Receiver:
+    """A loopback HTTP endpoint that answers the ServiceM8 challenge and records every POST."""
+
+    def __init__(self) -> None:
+        self.posts: list[dict[str, Any]] = []
+        self.event = threading.Event()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
+                form = parse_qs(body)
+                reply = form["challenge"][0] if form.get("mode") == ["subscribe"] else "ok"
+                if reply == "ok":
+                    receiver.posts.append({"path": self.path, "body": body})
+                    receiver.event.set()
+                data = reply.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+
+    def wait(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+        deadline = threading.Event()
+        for _ in range(int(timeout / 0.02)):
+            if len(self.posts) >= count:
+                break
+            deadline.wait(0.02)
+        return self.posts
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.server.shutdown()
+    r.server.server_close()
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The Redis on 127.0.0.1:6379 when it answers (database 14), else an embedded one."""
+    from bridge.redis_server import EmbeddedRedis, reachable
+
+    if reachable(LOCAL_REDIS):
+        yield LOCAL_REDIS
+        return
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis")).start()
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[Any]:
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def store(redis_client: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    import uuid
+
+    from bridge.store import Store
+
+    s = Store(redis_client, f"t{uuid.uuid4().hex[:10]}")
+    yield s
+    s.wipe()

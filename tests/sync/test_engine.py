@@ -1,0 +1,197 @@
+"""The sync use cases against both simulators and real Redis, one cycle at a time (no Celery).
+
+The same flows run under real workers in tests/e2e; here each step is a direct call so a failure
+points at the rule, not at the plumbing.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from bridge.simulators.scenario import seed_business
+from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+
+SYD = ZoneInfo("Australia/Sydney")
+
+
+def _cd_jobs_by_uuid(cd_sim):
+    return {j["uuid"]: j for j in cd_sim.snapshot()["jobs"]}
+
+
+def _resources(cd_sim, job_uuid):
+    job = _cd_jobs_by_uuid(cd_sim)[job_uuid]
+    return {r["userId"]: r["state"] for r in job["resources"]}
+
+
+def test_fifty_allocations_become_twenty_jobs_with_the_right_people(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=5, jobs=20, allocations=50)
+    sm8_sim.reset_counts()
+    report = engine.run_cycle()
+
+    jobs = _cd_jobs_by_uuid(cd_sim)
+    assert set(jobs) == {cd_job_uuid(engine.ns, j) for j in biz.jobs}
+    for job in biz.jobs:
+        expected = {}
+        for row in (a for a in biz.allocations if a["job_uuid"] == job):
+            user = biz.user_for(row["staff_uuid"])["id"]
+            expected[user] = "SCHEDULED" if row.get("allocation_date") else "ASSIGNED"
+        assert _resources(cd_sim, cd_job_uuid(engine.ns, job)) == expected
+    assert sm8_sim.write_count() == 0  # nothing echoed back
+    assert report.counts["coredination.job_created"] == 20
+    assert report.counts["coredination.scheduled"] + report.counts["coredination.assigned"] == 50
+
+
+def test_job_time_comes_from_the_earliest_dated_allocation(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
+    engine.run_cycle()
+    job = _cd_jobs_by_uuid(cd_sim)[cd_job_uuid(engine.ns, biz.jobs[0])]
+    # allocation 0: 2026-12-01 with the "Early Morning" window (07:00-09:00), Sydney time
+    assert job["startTime"] == int(datetime(2026, 12, 1, 7, tzinfo=SYD).timestamp() * 1000)
+    assert job["endTime"] == int(datetime(2026, 12, 1, 9, tzinfo=SYD).timestamp() * 1000)
+    assert job["title"].endswith(
+        sm8_sim.records["job"][biz.jobs[0]]["job_description"].splitlines()[0]
+    )
+    assert job["destinations"][0]["location"]["placeName"].endswith("NSW")
+
+
+def test_a_quiet_cycle_writes_nothing_and_reads_little(engine, sm8_sim, cd_sim):
+    seed_business(sm8_sim, cd_sim, staff=5, jobs=20, allocations=50)
+    engine.run_cycle()
+    engine.run_cycle(match_staff=False)  # the first re-read sees our own job writes once
+    sm8_sim.reset_counts()
+    cd_sim.reset_counts()
+    report = engine.run_cycle(match_staff=False)
+    assert sm8_sim.write_count() == 0 and cd_sim.write_count() == 0
+    assert sm8_sim.read_count() <= 2 and cd_sim.read_count() <= 2
+    assert report.writes("coredination") == report.writes("servicem8") == 0
+
+
+def test_coredination_schedule_unschedule_finish_flow_back_without_echo(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=5, jobs=2, allocations=2)
+    engine.run_cycle()
+    job, cd_job = biz.jobs[0], cd_job_uuid(engine.ns, biz.jobs[0])
+    staff_free = next(
+        s
+        for s in biz.staff
+        if s["uuid"] not in {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
+    )
+    user = biz.user_for(staff_free["uuid"])
+    cd_sim.resource_op(cd_job, "schedule", str(user["id"]))
+
+    cd_sim.reset_counts()
+    engine.run_cycle(match_staff=False)
+    derived = sm8_allocation_uuid(engine.ns, cd_job, user["id"])
+    row = sm8_sim.records["joballocation"][derived]
+    assert (row["job_uuid"], row["staff_uuid"], row["active"]) == (job, staff_free["uuid"], 1)
+    cd_start = _cd_jobs_by_uuid(cd_sim)[cd_job]["startTime"]
+    assert row["allocation_date"] == datetime.fromtimestamp(cd_start / 1000, SYD).strftime(
+        "%Y-%m-%d %H:%M:%S"
+    )
+    assert cd_sim.write_count() == 0  # no echo to Coredination
+
+    engine.run_cycle(match_staff=False)  # the poll re-reads our allocation: still no echo
+    assert cd_sim.write_count() == 0
+
+    cd_sim.user_action(cd_job, str(user["id"]), "FINISHED")
+    engine.run_cycle(match_staff=False)
+    assert (
+        sm8_sim.records["joballocation"][derived]["completion_timestamp"] != "0000-00-00 00:00:00"
+    )
+    assert cd_sim.write_count() == 0
+
+    cd_sim.user_action(cd_job, str(user["id"]), "SCHEDULED")
+    cd_sim.resource_op(cd_job, "unschedule", str(user["id"]))
+    engine.run_cycle(match_staff=False)
+    assert sm8_sim.records["joballocation"][derived]["active"] == 0
+    assert cd_sim.write_count() == 0
+
+
+def test_deleting_a_servicem8_allocation_unschedules_the_user(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
+    engine.run_cycle()
+    row = biz.allocations[0]
+    user = biz.user_for(row["staff_uuid"])["id"]
+    cd_job = cd_job_uuid(engine.ns, row["job_uuid"])
+    assert _resources(cd_sim, cd_job) == {user: "SCHEDULED"}
+    sm8_sim.delete("joballocation", row["uuid"])
+    sm8_sim.reset_counts()
+    engine.run_cycle(match_staff=False)
+    assert _resources(cd_sim, cd_job) == {}
+    assert sm8_sim.write_count() == 0
+
+
+def test_both_sides_changed_between_polls_the_later_change_wins(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+    engine.run_cycle()
+    # Job 0: ServiceM8 deletes (earlier), Coredination moves the user to ASSIGNED (later).
+    first = biz.allocations[0]
+    user0 = biz.user_for(first["staff_uuid"])["id"]
+    cd0 = cd_job_uuid(engine.ns, first["job_uuid"])
+    sm8_sim.delete("joballocation", first["uuid"])
+    cd_sim.clock_offset += 5
+    cd_sim.resource_op(cd0, "assign", str(user0))
+    # Job 1: Coredination unschedules (earlier), ServiceM8 drops the date (later).
+    second = biz.allocations[1]
+    user1 = biz.user_for(second["staff_uuid"])["id"]
+    cd1 = cd_job_uuid(engine.ns, second["job_uuid"])
+    cd_sim.resource_op(cd1, "unschedule", str(user1))
+    sm8_sim.clock_offset += 10
+    sm8_sim.update("joballocation", second["uuid"], {"allocation_date": "0000-00-00 00:00:00"})
+
+    engine.run_cycle(match_staff=False)
+    engine.run_cycle(match_staff=False)
+
+    assert _resources(cd_sim, cd0) == {user0: "ASSIGNED"}  # Coredination was later
+    live0 = [
+        a
+        for a in sm8_sim.records["joballocation"].values()
+        if a["job_uuid"] == first["job_uuid"]
+        and a["staff_uuid"] == first["staff_uuid"]
+        and a["active"] == 1
+    ]
+    assert len(live0) == 1 and live0[0]["allocation_date"] == "0000-00-00 00:00:00"
+
+    assert _resources(cd_sim, cd1) == {user1: "ASSIGNED"}  # ServiceM8 was later
+    assert sm8_sim.records["joballocation"][second["uuid"]]["active"] == 1
+
+
+def test_unmapped_staff_is_pending_then_syncs_once_linked(engine, sm8_sim, cd_sim, store):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=3, unmapped_staff=1)
+    report = engine.run_cycle()
+    orphan = biz.staff[-1]
+    pending = store.pending()
+    assert [k for k in pending if k.endswith(orphan["uuid"])]
+    assert report.counts["pending.unmapped_staff"] >= 1
+    job = next(a["job_uuid"] for a in biz.allocations if a["staff_uuid"] == orphan["uuid"])
+    late_user = cd_sim.add_user("late.joiner@example.com", "Late", "Joiner")
+    engine.link_staff(orphan["uuid"], late_user["id"])
+    engine.run_cycle(match_staff=False)
+    assert late_user["id"] in _resources(cd_sim, cd_job_uuid(engine.ns, job))
+    assert not [k for k in store.pending() if k.endswith(orphan["uuid"])]
+
+
+def test_email_match_is_case_insensitive_and_never_guesses(engine, sm8_sim, cd_sim, store):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
+    cd_sim.add_user(biz.staff[1]["email"].upper(), "Dup", "Licate")  # two users share an e-mail
+    report = engine.match_staff()
+    mapping = store.staff_map().s2u
+    assert mapping[biz.staff[0]["uuid"]] == biz.users[0]["id"]
+    assert biz.staff[1]["uuid"] not in mapping
+    assert report.counts["staff.ambiguous"] == 1
+
+
+def test_an_allocation_that_expires_unschedules_the_user(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
+    row = biz.allocations[0]
+    clock = [sm8_sim.now()]
+    engine.clock = lambda: clock[0]
+    expiry = datetime.fromtimestamp(clock[0] + 3600, SYD).strftime("%Y-%m-%d %H:%M:%S")
+    sm8_sim.update("joballocation", row["uuid"], {"expiry_timestamp": expiry})
+    engine.run_cycle()
+    cd_job = cd_job_uuid(engine.ns, row["job_uuid"])
+    user = biz.user_for(row["staff_uuid"])["id"]
+    assert _resources(cd_sim, cd_job) == {user: "SCHEDULED"}
+    clock[0] += 3601  # nothing changes in ServiceM8; only time passes
+    engine.run_cycle(match_staff=False)
+    assert _resources(cd_sim, cd_job) == {}

@@ -1,0 +1,104 @@
+"""Classification is table-tested with hand-built values, no HTTP (STYLE: classify once)."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+
+from bridge.errors import AuthError, NotFound, RateLimited, Rejected, Unavailable
+from bridge.http import Outcome, classify_coredination, classify_servicem8, raise_for
+
+MINUTE_TEXT = "Number of allowed API requests per minute exceeded"
+DAY_TEXT = "Number of allowed API requests per day exceeded"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "exc", "kind", "window"),
+    [
+        (200, '[{"uuid": "x"}]', None, "ok", None),
+        (200, '{"errorCode":0,"message":"OK"}', None, "ok", None),
+        (200, '{"errorCode":"0","message":"OK"}', None, "ok", None),
+        (200, '{"errorCode":1000,"message":"An error occurred"}', None, "rejected", None),
+        (429, MINUTE_TEXT, None, "rate_limited", "minute"),
+        (429, DAY_TEXT, None, "rate_limited", "day"),
+        (429, '{"errorCode":429,"message":"' + MINUTE_TEXT + '"}', None, "rate_limited", "minute"),
+        (429, '{"errorCode":429,"message":"' + DAY_TEXT + '"}', None, "rate_limited", "day"),
+        (429, "", None, "rate_limited", None),
+        (
+            500,
+            '{"errorCode":500,"message":"An unexpected error occurred."}',
+            None,
+            "unavailable",
+            None,
+        ),
+        (502, "<html>Bad gateway</html>", None, "unavailable", None),
+        (503, "", None, "unavailable", None),
+        (400, '{"errorCode":"1000","message":"bad"}', None, "rejected", None),
+        (401, '{"errorCode":"401","message":"Authentication failed."}', None, "auth", None),
+        (402, "Account not in good standing", None, "auth", None),
+        (403, '{"errorCode":"403","message":"Access forbidden."}', None, "auth", None),
+        (404, '{"errorCode":"404","message":"Resource not found"}', None, "not_found", None),
+        (406, "Not acceptable", None, "rejected", None),
+        (426, "HTTPS required", None, "rejected", None),
+        (None, "", requests.ReadTimeout("read timed out"), "unavailable", None),
+        (None, "", requests.ConnectTimeout("connect timed out"), "unavailable", None),
+        (None, "", requests.ConnectionError("Connection reset by peer"), "unavailable", None),
+        (None, "", requests.exceptions.ChunkedEncodingError("reset"), "unavailable", None),
+    ],
+)
+def test_servicem8_classification(status, body, exc, kind, window):
+    outcome = classify_servicem8(status, {}, body, exc)
+    assert outcome.kind == kind
+    assert outcome.window == window
+
+
+def test_timeouts_and_resets_say_which():
+    assert classify_servicem8(None, None, "", requests.ReadTimeout()).reason == "timeout"
+    reset = classify_servicem8(None, None, "", requests.ConnectionError("reset"))
+    assert reset.reason.startswith("connection failed")
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"),
+    [
+        (200, "ok"),
+        (204, "ok"),
+        (400, "rejected"),
+        (401, "auth"),
+        (403, "auth"),
+        (404, "not_found"),
+        (406, "rejected"),
+        (429, "rate_limited"),
+        (500, "unavailable"),
+        (503, "unavailable"),
+    ],
+)
+def test_coredination_classification(status, kind):
+    assert classify_coredination(status, {}, f'{{"status": {status}, "message": "m"}}').kind == kind
+
+
+def test_coredination_transport_failures_are_retryable():
+    assert classify_coredination(None, None, "", requests.ReadTimeout()).kind == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("outcome", "error"),
+    [
+        (Outcome("rate_limited", "per minute", "minute"), RateLimited),
+        (Outcome("unavailable", "HTTP 500"), Unavailable),
+        (Outcome("auth", "HTTP 401"), AuthError),
+        (Outcome("not_found", "HTTP 404"), NotFound),
+        (Outcome("rejected", "HTTP 400"), Rejected),
+    ],
+)
+def test_raise_for_maps_outcomes_to_the_tree(outcome, error):
+    with pytest.raises(error) as caught:
+        raise_for(outcome, api="servicem8", status=429, operation="joballocation.list", body="b")
+    assert caught.value.operation == "joballocation.list"
+    assert caught.value.body_excerpt == "b"
+    if isinstance(caught.value, RateLimited):
+        assert caught.value.window == "minute"
+
+
+def test_raise_for_is_quiet_when_ok():
+    raise_for(Outcome("ok", "ok"), api="coredination", status=200, operation="job.get")
