@@ -8,6 +8,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -366,6 +368,168 @@ def dlq_drop(
         out.print_json(json.dumps({"dropped": dropped}))
     else:
         out.print(f"dropped {len(dropped)} dead letter(s)")
+
+
+@app.command()
+@handles_errors
+def web(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run only the webhook receiver with /healthz and /metrics (needs REDIS_URL)."""
+    import uvicorn
+
+    from bridge.web import create_app
+
+    settings = settings_and_logging()
+    if settings.redis_url is None:
+        _fail("REDIS_URL is required for 'bridge web' ('bridge run' sets it for its parts)", 2)
+    if settings.webhook_token is None:
+        err.print("warning: WEBHOOK_TOKEN is not set; webhook endpoints answer 404", style="yellow")
+    # access_log off: uvicorn's access log prints request paths, and paths carry the token.
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
+                timeout_graceful_shutdown=5)  # fmt: skip
+
+
+@app.command()
+@handles_errors
+def run(
+    host: Annotated[str, typer.Option(help="Interface for the webhook server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the webhook server.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Worker, beat and webhook server together, on REDIS_URL or an embedded Redis in the state
+    folder. Ctrl-C or SIGTERM stops everything cleanly."""
+    from bridge.runtime import resolve_redis
+    from bridge.supervisor import Supervisor
+
+    settings = settings_and_logging()
+    redis_url, embedded = resolve_redis(settings)
+    where = f"embedded, data in {embedded.state_dir}" if embedded else "REDIS_URL"
+    out.print(f"bridge: Redis {where}; webhook server on http://{host}:{port} "
+              f"(/healthz, /metrics); Ctrl-C stops", highlight=False)  # fmt: skip
+    supervisor = Supervisor(settings, redis_url, host=host, port=port, concurrency=concurrency,
+                            embedded=embedded)  # fmt: skip
+    code = supervisor.run()
+    out.print("bridge: stopped" if code == 0 else "bridge: a part exited; everything stopped")
+    raise typer.Exit(code)
+
+
+@app.command()
+@handles_errors
+def demo(
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Leave the stack up to explore.")
+    ] = False,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Keep the demo's Redis and logs here (default: temporary).")
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Also write the summary (and both simulators' state) here.")
+    ] = None,
+) -> None:
+    """Both simulators, a small business, the whole bridge, four live changes and a summary."""
+    from bridge.demo import run_demo
+
+    configure_logging("WARNING", "console")
+    ok = run_demo(out, keep_running=keep_running, state_dir=state_dir, summary_json=summary_json)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+@handles_errors
+def backfill(
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%d %H:%M:%S"],
+            help="Allocations edited after this (account time). Default: every active.",
+        ),
+    ] = None,
+) -> None:
+    """Read ServiceM8 allocations (edited since DATE) and queue their sync as bulk work, which may
+    not take the share of the budget kept for webhooks and polls. Workers do the writing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from bridge.budget import priority
+    from bridge.queues import queue_name, sender
+
+    rt = _runtime()
+    token = priority.set("bulk")
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err) as progress:  # fmt: skip
+            reading = progress.add_task("reading allocations", total=None)
+            dirty = rt.engine.backfill(since, lambda n: progress.advance(reading, n))
+            progress.update(reading, total=progress.tasks[reading].completed)
+            queueing = progress.add_task("queueing job syncs", total=len(dirty))
+            celery_app = sender(rt.redis_url, rt.settings.bridge_connection_id)
+            bulk = queue_name(rt.settings.bridge_connection_id, "bulk")
+            queued = 0
+            for job in sorted(dirty):
+                if rt.store.claim_enqueue(job):
+                    celery_app.send_task("bridge.sync.job", args=[job], queue=bulk)
+                    queued += 1
+                progress.advance(queueing)
+    finally:
+        priority.reset(token)
+        rt.close()
+    out.print(f"backfill: {len(dirty)} job(s) with changes, {queued} sync(s) queued as bulk work")
+
+
+webhooks_app = typer.Typer(help="Webhook subscriptions in ServiceM8 and Coredination.")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("subscribe")
+@handles_errors
+def webhooks_subscribe() -> None:
+    """Point both systems' webhooks at WEBHOOK_PUBLIC_URL (the receiver must be running: ServiceM8
+    checks it with a challenge). Safe to repeat."""
+    from bridge.ops import subscribe_webhooks
+
+    rt = _runtime()
+    try:
+        done = subscribe_webhooks(rt)
+    finally:
+        rt.close()
+    out.print("subscribed: " + ", ".join(done))
+
+
+@webhooks_app.command("list")
+@handles_errors
+def webhooks_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every subscription in both systems (the token in URLs is masked)."""
+    import json
+
+    from bridge.ops import list_webhooks
+
+    rt = _runtime()
+    try:
+        rows = list_webhooks(rt)
+    finally:
+        rt.close()
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        out.print(f"{row['system']:<13} {row['what']:<14} {row['url']}", highlight=False)
+
+
+@webhooks_app.command("unsubscribe")
+@handles_errors
+def webhooks_unsubscribe() -> None:
+    """Remove the subscriptions that point at this bridge."""
+    from bridge.ops import unsubscribe_webhooks
+
+    rt = _runtime()
+    try:
+        done = unsubscribe_webhooks(rt)
+    finally:
+        rt.close()
+    out.print("unsubscribed: " + (", ".join(done) or "nothing"))
 
 
 @app.command()

@@ -51,6 +51,17 @@ class Settings(BaseSettings):
     webhook_token: SecretStr | None = Field(
         None, description="Secret carried in webhook callback URLs; required by the web receiver."
     )
+    webhook_public_url: str | None = Field(
+        None,
+        description="Where ServiceM8 and Coredination reach the web receiver (https://...); "
+        "used by 'bridge webhooks subscribe'.",
+    )
+    webhook_max_body_bytes: int = Field(
+        262_144, gt=0, description="Larger webhook bodies are refused with 413."
+    )
+    webhook_dedupe_seconds: int = Field(
+        86_400, gt=0, description="How long a webhook delivery is remembered to drop repeats."
+    )
     bridge_connection_id: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",

@@ -1,10 +1,13 @@
-"""Read-only views for operators: what ``bridge status`` and ``/metrics`` show. No API calls."""
+"""Operator views and actions: what ``bridge status`` and ``/metrics`` show (no API calls), and
+the webhook subscriptions."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
+from bridge.config import Settings
+from bridge.errors import ConfigError
 from bridge.runtime import Runtime
 from bridge.sync.engine import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
 
@@ -47,5 +50,76 @@ def status(rt: Runtime) -> dict[str, Any]:
             "servicem8.job": store.cursor(CURSOR_SM8_JOBS),
             "coredination.job": store.cursor(CURSOR_CD_JOBS),
         },
+        "poll_age_seconds": {
+            system: round(now - float(at), 1) if at else None
+            for system in ("servicem8", "coredination")
+            for at in [store.cursor(f"polled:{system}")]
+        },
         "counters": store.stats(),
     }
+
+
+# --- webhook subscriptions ------------------------------------------------------------------------
+# ServiceM8 object webhooks (API-NOTES A6): the fields whose change matters to the mapping rules.
+SM8_WEBHOOK_FIELDS = {
+    "joballocation": ["job_uuid", "staff_uuid", "allocation_date", "allocation_window_uuid",
+                      "expiry_timestamp", "completion_timestamp", "active"],
+    "job": ["job_address", "job_description", "generated_job_id", "lat", "lng", "active"],
+}  # fmt: skip
+
+
+def callback_urls(settings: Settings) -> dict[str, str]:
+    """Where each system should post, token included (a secret: never print these whole)."""
+    if not settings.webhook_public_url or settings.webhook_token is None:
+        raise ConfigError("WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN are needed to subscribe webhooks")
+    base = settings.webhook_public_url.rstrip("/")
+    token = settings.webhook_token.get_secret_value()
+    return {s: f"{base}/webhooks/{s}/{token}" for s in ("servicem8", "coredination")}
+
+
+def masked(url: str, settings: Settings) -> str:
+    token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
+    return url.replace(token, "<WEBHOOK_TOKEN>") if token else url
+
+
+def subscribe_webhooks(rt: Runtime) -> list[str]:
+    """Subscribe ServiceM8 object webhooks (job allocations, jobs) and a Coredination job webhook
+    to this bridge's receiver. Safe to repeat: existing subscriptions for the same URL are kept."""
+    urls = callback_urls(rt.settings)
+    done = []
+    for obj, fields in SM8_WEBHOOK_FIELDS.items():
+        # ServiceM8 checks the URL by the challenge handshake before it answers.
+        rt.sm8.subscribe_object(obj, fields, urls["servicem8"], unique_id=f"bridge-{obj}")
+        done.append(f"servicem8 {obj}")
+    hooks = rt.cd.list_webhooks()
+    if not any(h.get("url") == urls["coredination"] for h in hooks):
+        rt.cd.subscribe_webhook(urls["coredination"], channels=("job",))
+    done.append("coredination job")
+    return done
+
+
+def list_webhooks(rt: Runtime) -> list[dict[str, str]]:
+    rows = []
+    for sub in rt.sm8.list_subscriptions():
+        url = str(sub.get("callback_url") or sub.get("url") or "")
+        rows.append({"system": "servicem8", "what": str(sub.get("object") or sub.get("event")),
+                     "url": masked(url, rt.settings)})  # fmt: skip
+    for hook in rt.cd.list_webhooks():
+        rows.append({"system": "coredination", "what": ",".join(hook.get("channels") or []),
+                     "url": masked(str(hook.get("url") or ""), rt.settings)})  # fmt: skip
+    return rows
+
+
+def unsubscribe_webhooks(rt: Runtime) -> list[str]:
+    """Remove this bridge's subscriptions (those pointing at its callback URLs)."""
+    urls = callback_urls(rt.settings)
+    done = []
+    for sub in rt.sm8.list_subscriptions():
+        if sub.get("callback_url") == urls["servicem8"] and sub.get("object"):
+            rt.sm8.unsubscribe(object=str(sub["object"]), callback_url=urls["servicem8"])
+            done.append(f"servicem8 {sub['object']}")
+    for hook in rt.cd.list_webhooks():
+        if hook.get("url") == urls["coredination"]:
+            rt.cd.delete_webhook(hook["id"])
+            done.append("coredination job")
+    return done

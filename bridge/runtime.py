@@ -27,6 +27,8 @@ class Runtime:
     store: Store
     engine: Engine
     budget: Budget
+    sm8: ServiceM8Client
+    cd: CoredinationClient
     embedded: EmbeddedRedis | None = field(default=None)
 
     def close(self) -> None:
@@ -90,11 +92,14 @@ def build(settings: Settings, redis_url: str | None = None) -> Runtime:
         send_message=settings.coredination_send_message,
         lock_seconds=2 * settings.http_read_timeout + 5,
     )
+    cd_client = CoredinationClient.from_settings(settings, gate=budget)
     engine = Engine(
         store,
         sm8_client,
-        CoredinationClient.from_settings(settings, gate=budget),
+        cd_client,
         connection_namespace(settings.bridge_connection_id),
         options,
     )
-    return Runtime(settings, redis_url, client, store, engine, budget, embedded)
+    return Runtime(
+        settings, redis_url, client, store, engine, budget, sm8_client, cd_client, embedded
+    )

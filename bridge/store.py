@@ -32,6 +32,8 @@ key                   type    what it holds
 ``deferred``          zset    tasks waiting longer than a countdown may, by due time
 ``limits...``         list    the moving-window budget (the ``limits`` library's keys)
 ``lock:{J}``          string  the per-job lock (redis-py ``Lock``: token + expiry)
+``seen:{delivery}``   string  a webhook delivery already enqueued (expires: de-duplication window)
+``alive:{worker}``    string  a worker's last heartbeat (expires after ``ALIVE_SECONDS``)
 ====================  ======  ====================================================================
 
 Writes that must agree (job facts and the dirty mark, a link and its reverse) go in one
@@ -52,6 +54,10 @@ from redis.exceptions import LockError
 from redis.lock import Lock
 
 from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
+
+REDBEAT_PREFIX = "redbeat:"  # celery-redbeat's keys, under this connection's prefix
+BEAT_LOCK = REDBEAT_PREFIX + ":lock"
+ALIVE_SECONDS = 30  # a worker whose last heartbeat is older than this counts as dead
 
 
 def _dump(value: Any) -> str:
@@ -351,6 +357,31 @@ class Store:
 
     def forget_failure(self, task_id: str | None) -> None:
         self.r.delete(self.key(f"fail:{task_id}"))
+
+    # --- webhook deliveries and liveness ---------------------------------------------------------
+    def first_delivery(self, delivery: str, ttl: int) -> bool:
+        """True the first time a webhook delivery is seen within ``ttl`` seconds."""
+        return bool(self.r.set(self.key(f"seen:{delivery}"), "1", nx=True, ex=ttl))
+
+    def forget_delivery(self, delivery: str) -> None:
+        """Undo ``first_delivery`` when enqueueing failed, so a redelivery is not dropped."""
+        self.r.delete(self.key(f"seen:{delivery}"))
+
+    def heartbeat(self, worker: str, now: float, ttl: int) -> None:
+        self.r.set(self.key(f"alive:{worker}"), repr(now), ex=ttl)
+
+    def live_workers(self) -> dict[str, float]:
+        keys = list(self.r.scan_iter(match=self.key("alive:*"), count=1000))
+        values = self.r.mget(keys) if keys else []
+        start = len(self.key("alive:"))
+        return {k.decode()[start:]: float(v) for k, v in zip(keys, values, strict=True) if v}
+
+    def beat_alive(self) -> bool:
+        """celery-redbeat holds this lock (with an expiry it renews) while a beat runs."""
+        return bool(self.r.exists(self.key(BEAT_LOCK)))
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
 
     def queue_length(self, name: str) -> int:
         """Messages waiting in a broker list under this connection's prefix."""

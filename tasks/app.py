@@ -16,10 +16,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import socket
 import sys
+import time
 
+import redis
 from celery import Celery
-from celery.signals import setup_logging, task_postrun, task_prerun
+from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun
 from kombu.entity import Queue
 
 from bridge.config import Settings, load_settings
@@ -31,6 +36,7 @@ from bridge.queues import (
     task_routes,
     transport_options,
 )
+from bridge.store import ALIVE_SECONDS, REDBEAT_PREFIX, Store
 
 HARD_TIME_LIMIT = 150
 SOFT_TIME_LIMIT = 120
@@ -85,7 +91,7 @@ app.conf.update(
     task_routes=task_routes(CONNECTION),
     beat_scheduler="redbeat.RedBeatScheduler",
     redbeat_redis_url=_redis_url,
-    redbeat_key_prefix=f"b:{CONNECTION}:redbeat:",
+    redbeat_key_prefix=f"b:{CONNECTION}:{REDBEAT_PREFIX}",
     redbeat_lock_timeout=max(30, int(3 * min(settings.servicem8_poll_seconds, 60))),
     beat_max_loop_interval=min(5.0, POLL_TICK / 2),
     beat_schedule={
@@ -121,3 +127,20 @@ def _unbind_task(**_: object) -> None:
     import structlog
 
     structlog.contextvars.clear_contextvars()
+
+
+_alive_store: Store | None = None
+
+
+@heartbeat_sent.connect
+def _alive(sender: object = None, **_: object) -> None:
+    """Every worker heartbeat (about every 2 s) is written to Redis for ``/healthz``. Runs in the
+    worker's main process; a failed write only makes the worker look dead for a while."""
+    global _alive_store
+    name = getattr(getattr(sender, "eventer", None), "hostname", None)
+    with contextlib.suppress(redis.RedisError):
+        if _alive_store is None:
+            _alive_store = Store(redis.Redis.from_url(_redis_url), CONNECTION)
+        _alive_store.heartbeat(
+            name or f"{socket.gethostname()}:{os.getpid()}", time.time(), ALIVE_SECONDS
+        )

@@ -54,6 +54,7 @@ log = get_logger(__name__)
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
 CURSOR_SM8_JOBS = "servicem8:job"
 CURSOR_CD_JOBS = "coredination:job"
+BACKFILL_BATCH = 500
 
 
 @dataclass
@@ -534,6 +535,30 @@ class Engine:
                     )
                     continue
                 self.store.set_cursor(f"polled:{system}", repr(now))
+        return dirty
+
+    def backfill(
+        self, since: datetime | None, progress: Callable[[int], None] = lambda n: None
+    ) -> set[str]:
+        """Read every allocation edited after ``since`` (account time; ``None``: every active
+        one) and record it; return the jobs now dirty. Cursors are left alone."""
+        staff_map = self.store.staff_map()
+        if since is None:
+            flt = where("active", "eq", 1)
+        else:
+            flt = where("edit_date", "gt", since.replace(tzinfo=since.tzinfo or self.tz))
+        dirty: set[str] = set()
+        batch: list[AllocationFacts] = []
+        started = self.clock()
+        for allocation in self.sm8.iter_allocations(flt):
+            batch.append(self._facts(allocation, staff_map))
+            if len(batch) >= BACKFILL_BATCH:
+                dirty |= self.store.ingest_allocations(batch, read_started=started)
+                progress(len(batch))
+                batch = []
+        if batch:
+            dirty |= self.store.ingest_allocations(batch, read_started=started)
+            progress(len(batch))
         return dirty
 
     # --- a whole cycle, without Celery -----------------------------------------------------------

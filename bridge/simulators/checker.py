@@ -1,0 +1,122 @@
+"""The convergence checker: reads both simulators' state directly (not through the bridge) and
+lists every way they disagree under the mapping rules. Used by the demo's summary and the tests.
+
+Staff are matched to users by e-mail, case-insensitively, as the bridge does; pairs whose staff
+member has no user are *pending*, counted apart and never called a disagreement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import tzinfo
+from typing import Any
+from uuid import UUID
+
+from bridge.simulators.coredination import CoredinationSimulator
+from bridge.simulators.servicem8 import ServiceM8Simulator
+from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from mappings.rules import AllocationFacts, Presence, cd_presence, in_step, sm8_presence
+from mappings.stamps import parse_sm8_stamp, to_epoch_ms
+
+
+@dataclass
+class Convergence:
+    sm8_jobs: int = 0  # ServiceM8 jobs with a live allocation of mapped staff
+    cd_jobs: int = 0  # their Coredination jobs found
+    pairs: int = 0  # (job, staff member) pairs present on either side
+    by_presence: dict[str, int] = field(default_factory=dict)  # in-step pairs by presence
+    pending: int = 0
+    missing_in_cd: list[str] = field(default_factory=list)
+    missing_in_sm8: list[str] = field(default_factory=list)
+    disagree: list[str] = field(default_factory=list)
+    duplicates: list[str] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [*self.missing_in_cd, *self.missing_in_sm8, *self.disagree, *self.duplicates]
+
+    @property
+    def converged(self) -> bool:
+        return not self.problems
+
+
+def _facts(row: dict[str, Any], tz: tzinfo) -> AllocationFacts:
+    def ms(name: str) -> int | None:
+        return to_epoch_ms(parse_sm8_stamp(row.get(name), tz))
+
+    return AllocationFacts(
+        uuid=row["uuid"],
+        job_uuid=str(row["job_uuid"]).lower(),
+        staff_uuid=str(row.get("staff_uuid") or "").lower() or None,
+        active=str(row.get("active", 1)) == "1",
+        date_ms=ms("allocation_date"),
+        window=None,
+        completed_ms=ms("completion_timestamp"),
+        expires_ms=ms("expiry_timestamp"),
+        edited_ms=None,
+    )
+
+
+def check(
+    sm8: ServiceM8Simulator, cd: CoredinationSimulator, ns: UUID, now_ms: int | None = None
+) -> Convergence:
+    now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    result = Convergence()
+    with sm8.lock, cd.lock:
+        users = {str(u["email"]).lower(): u["id"] for u in cd.users.values()}
+        staff_user = {
+            uuid: users.get(str(s.get("email") or "").lower())
+            for uuid, s in sm8.records["staff"].items()
+        }
+        pairs: dict[tuple[str, str], list[AllocationFacts]] = defaultdict(list)
+        for row in sm8.records["joballocation"].values():
+            facts = _facts(row, sm8.tz)
+            if facts.staff_uuid:
+                pairs[(facts.job_uuid, facts.staff_uuid)].append(facts)
+        cd_jobs = {j["uuid"]: j for j in cd.jobs.values()}
+        user_staff = {u: s for s, u in staff_user.items() if u is not None}
+        sm8_job_for = {cd_job_uuid(ns, j): j for j in sm8.records["job"]}
+        for job_uuid, row in cd_jobs.items():  # resources with no allocation behind them
+            sm8_job = sm8_job_for.get(job_uuid)
+            if sm8_job is None:
+                continue
+            for resource in row["resources"]:
+                staff = user_staff.get(resource["userId"])
+                if staff is not None:
+                    pairs.setdefault((sm8_job, staff), [])
+        linked_jobs: set[str] = set()
+        for (job, staff), allocations in sorted(pairs.items()):
+            user = staff_user.get(staff)
+            s_presence = sm8_presence(allocations, now_ms)
+            if user is None:
+                result.pending += s_presence != Presence.ABSENT
+                continue
+            cd_job = cd_jobs.get(cd_job_uuid(ns, job))
+            resource = next(
+                (r for r in (cd_job or {}).get("resources", []) if r["userId"] == user), None
+            )
+            c_presence = cd_presence(resource["state"] if resource else None) or Presence.ABSENT
+            if s_presence == Presence.ABSENT and c_presence == Presence.ABSENT:
+                continue
+            result.pairs += 1
+            if s_presence != Presence.ABSENT:
+                linked_jobs.add(job)
+            name = f"job {job[:8]} staff {staff[:8]}"
+            live = [a for a in allocations if a.live(now_ms)]
+            derived = sm8_allocation_uuid(ns, cd_job_uuid(ns, job), user)
+            if len(live) > 1 and any(a.uuid == derived for a in live):
+                result.duplicates.append(f"{name}: {len(live)} live allocations")
+            if in_step(s_presence, c_presence):
+                key = s_presence.value
+                result.by_presence[key] = result.by_presence.get(key, 0) + 1
+            elif c_presence == Presence.ABSENT:
+                result.missing_in_cd.append(f"{name}: {s_presence} in ServiceM8, none in CD")
+            elif s_presence == Presence.ABSENT:
+                result.missing_in_sm8.append(f"{name}: {c_presence} in CD, none in ServiceM8")
+            else:
+                result.disagree.append(f"{name}: {s_presence} in ServiceM8, {c_presence} in CD")
+        result.sm8_jobs = len(linked_jobs)
+        result.cd_jobs = sum(1 for job in linked_jobs if cd_job_uuid(ns, job) in cd_jobs)
+    return result

@@ -1,0 +1,314 @@
+"""The webhook receiver, ``/healthz`` and ``/metrics`` (FastAPI under uvicorn).
+
+A webhook view verifies, enqueues and answers; nothing else (STYLE: thin edges). Deliveries are
+*hints*: each names a record, and the queued task re-reads it through the REST API, so a forged,
+lost, duplicated or reordered delivery can delay a change but never corrupt one.
+
+- ServiceM8 documents no signature (API-NOTES A6), so the callback URL carries a secret token
+  (``/webhooks/servicem8/{WEBHOOK_TOKEN}``), compared in constant time. A wrong or missing token
+  is 401 and enqueues nothing. Coredination's signing is undocumented (B6): same scheme.
+- ServiceM8's ``mode=subscribe`` handshake is answered with the challenge alone.
+- Bodies over ``WEBHOOK_MAX_BODY_BYTES`` are 413, media types other than JSON, form, JWT or plain
+  text are 415, unreadable bodies are 400; unknown objects and events are 200 and ignored.
+- Deliveries are de-duplicated in Redis by (record, change stamp) for ``WEBHOOK_DEDUPE_SECONDS``
+  (deliveries with no stamp: by body, for ten minutes). If enqueueing fails the mark is undone and
+  the answer is 503, so a redelivery is not dropped.
+- The token never reaches a log line: uvicorn's access log (which prints paths) is off and the
+  bridge logs its own ``webhook.received`` event without the path.
+
+Everything blocking (Redis, the broker) runs in the thread pool, so the event loop only reads
+bodies and answers well inside ServiceM8's 10-second limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from starlette.concurrency import run_in_threadpool
+
+from bridge.config import Settings
+from bridge.log import get_logger
+from bridge.runtime import Runtime
+from bridge.store import ALIVE_SECONDS
+from mappings.webhooks import (
+    BadPayload,
+    Hint,
+    Parsed,
+    coredination_hints,
+    decode_body,
+    handshake,
+    servicem8_hints,
+)
+
+log = get_logger(__name__)
+
+TASKS = {
+    "servicem8.joballocation": "bridge.webhook.servicem8_allocation",
+    "servicem8.job": "bridge.webhook.servicem8_job",
+    "coredination.job": "bridge.webhook.coredination_job",
+}
+PARSERS: dict[str, Callable[[Any], Parsed]] = {
+    "servicem8": servicem8_hints,
+    "coredination": coredination_hints,
+}
+MEDIA_TYPES = {
+    "",
+    "application/json",
+    "application/x-www-form-urlencoded",
+    "application/jwt",
+    "text/plain",
+}
+UNSTAMPED_DEDUPE_SECONDS = 600
+
+Send = Callable[[str, list[str]], None]
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any] | str
+
+    def response(self) -> Response:
+        if isinstance(self.body, str):
+            return PlainTextResponse(self.body, status_code=self.status)
+        return JSONResponse(self.body, status_code=self.status)
+
+
+class Receiver:
+    """The webhook logic, apart from HTTP: token, parse, de-duplicate, enqueue."""
+
+    def __init__(self, settings: Settings, runtime: Runtime, send: Send) -> None:
+        token = settings.webhook_token
+        self.token = token.get_secret_value().encode() if token is not None else None
+        self.settings = settings
+        self.store = runtime.store
+        self.send = send
+
+    def authentic(self, token: str | None) -> bool:
+        if self.token is None or token is None:
+            return False
+        return hmac.compare_digest(token.encode(), self.token)
+
+    def handle(self, source: str, raw: bytes, content_type: str) -> Reply:
+        """Everything after the token check and the body limits (run in the thread pool)."""
+        try:
+            body = decode_body(raw, content_type)
+            challenge = handshake(body) if source == "servicem8" else None
+            if challenge is not None:
+                log.info("webhook.handshake", source=source)
+                return Reply(200, challenge.challenge)
+            parsed = PARSERS[source](body)
+        except BadPayload as exc:
+            self.store.count({f"webhook.{source}.rejected": 1})
+            log.warning("webhook.rejected", source=source, reason=str(exc))
+            return Reply(400, {"error": str(exc)})
+        enqueued, duplicates = 0, 0
+        for hint in parsed.hints:
+            delivery = self._delivery_key(hint, raw)
+            ttl = self.settings.webhook_dedupe_seconds if hint.stamp else UNSTAMPED_DEDUPE_SECONDS
+            if not self.store.first_delivery(delivery, ttl):
+                duplicates += 1
+                continue
+            try:
+                self.send(TASKS[hint.kind], [hint.ref])
+            except Exception as exc:
+                self.store.forget_delivery(delivery)
+                log.error("webhook.enqueue_failed", source=source, error=type(exc).__name__)
+                return Reply(503, {"error": "could not queue the work; retry later"})
+            enqueued += 1
+        self.store.count(
+            {
+                f"webhook.{source}.enqueued": enqueued,
+                f"webhook.{source}.duplicate": duplicates,
+                f"webhook.{source}.ignored": len(parsed.ignored),
+            }
+        )
+        log.info(
+            "webhook.received",
+            source=source,
+            enqueued=enqueued,
+            duplicates=duplicates,
+            ignored=parsed.ignored[:5] or None,
+        )
+        return Reply(200, {"enqueued": enqueued, "duplicates": duplicates,
+                           "ignored": parsed.ignored[:20]})  # fmt: skip
+
+    @staticmethod
+    def _delivery_key(hint: Hint, raw: bytes) -> str:
+        stamp = hint.stamp or "body:" + hashlib.sha256(raw).hexdigest()
+        return hashlib.sha256(f"{hint.kind}|{hint.ref}|{stamp}".encode()).hexdigest()[:32]
+
+
+class _Body(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        self.status, self.message = status, message
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _Body(413, f"body larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _Body(413, f"body larger than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def health(runtime: Runtime, now: float | None = None) -> tuple[bool, dict[str, Any]]:
+    """Redis reachable, beat holding its lock (so ticking), a worker heartbeat in the last
+    ``ALIVE_SECONDS``."""
+    now = time.time() if now is None else now
+    checks: dict[str, Any] = {}
+    try:
+        runtime.store.ping()
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure to answer is "down", whatever the client raised
+        checks["redis"] = f"down ({type(exc).__name__})"
+        return False, checks
+    checks["beat"] = "ok" if runtime.store.beat_alive() else "no beat holds the schedule lock"
+    alive = {w: t for w, t in runtime.store.live_workers().items() if now - t < ALIVE_SECONDS}
+    checks["workers"] = len(alive)
+    healthy = checks["beat"] == "ok" and bool(alive)
+    return healthy, checks
+
+
+class StatusCollector:
+    """Prometheus metrics read from Redis at scrape time (every process's work shows, not only
+    this one's). Makes no API call."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def collect(self) -> Sequence[Metric]:
+        from bridge.ops import status
+
+        data = status(self.runtime)
+        gauges: list[Metric] = []
+
+        def gauge(name: str, doc: str, value: float) -> None:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            gauges.append(g)
+
+        gauge("bridge_links", "Linked ServiceM8 jobs.", data["links"])
+        gauge("bridge_staff_mapped", "ServiceM8 staff mapped to Coredination users.",
+              data["staff_mapped"])  # fmt: skip
+        gauge("bridge_pending_mappings", "Pairs parked until their staff member is mapped.",
+              data["pending"])  # fmt: skip
+        gauge("bridge_dead_letters", "Operations given up on (bridge dlq list).",
+              data["dead_letters"])  # fmt: skip
+        gauge("bridge_deferred", "Tasks waiting for budget or a long retry.", data["deferred"])
+        gauge("bridge_dirty_jobs", "Jobs with changes not yet synced.", data["dirty_jobs"])
+        lag = GaugeMetricFamily(
+            "bridge_cursor_lag_seconds",
+            "Seconds since the last complete poll of each system (its cursor covers changes up "
+            "to then).",
+            labels=["system"],
+        )
+        for system, age in data["poll_age_seconds"].items():
+            if age is not None:
+                lag.add_metric([system], age)
+        gauges.append(lag)
+        used = GaugeMetricFamily("bridge_budget_used", "API calls taken in the current window.",
+                                 labels=["api", "window"])  # fmt: skip
+        limit = GaugeMetricFamily("bridge_budget_limit", "API calls allowed per window.",
+                                  labels=["api", "window"])  # fmt: skip
+        for api, rows in data["budget"].items():
+            for row in rows:
+                used.add_metric([api, row["window"]], row["used"])
+                limit.add_metric([api, row["window"]], row["limit"])
+        gauges += [used, limit]
+        paused = GaugeMetricFamily("bridge_api_paused", "1 while an API is paused (429, auth).",
+                                   labels=["api"])  # fmt: skip
+        for api in ("servicem8", "coredination"):
+            paused.add_metric([api], 1.0 if api in data["paused"] else 0.0)
+        gauges.append(paused)
+        syncs = CounterMetricFamily("bridge_sync", "Sync outcomes by direction.",
+                                    labels=["direction", "outcome"])  # fmt: skip
+        hooks = CounterMetricFamily("bridge_webhooks", "Webhook deliveries by source and result.",
+                                    labels=["source", "result"])  # fmt: skip
+        for name, value in sorted(data["counters"].items()):
+            parts = name.split(".")
+            if parts[0] == "webhook" and len(parts) == 3:
+                hooks.add_metric(parts[1:], value)
+            elif len(parts) == 2:
+                syncs.add_metric(parts, value)
+        return [*gauges, syncs, hooks]
+
+
+def create_app(
+    settings: Settings | None = None,
+    runtime: Runtime | None = None,
+    send: Send | None = None,
+) -> FastAPI:
+    """The ASGI app. With no arguments (``uvicorn --factory``) it reads the settings."""
+    if settings is None:
+        from bridge.config import load_settings
+
+        settings = load_settings()
+    if runtime is None:
+        from bridge.runtime import build
+
+        runtime = build(settings)
+    if send is None:
+        from bridge.queues import sender
+
+        celery_app = sender(runtime.redis_url, settings.bridge_connection_id)
+
+        def send(task: str, args: list[str]) -> None:
+            celery_app.send_task(task, args=args)
+
+    receiver = Receiver(settings, runtime, send)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StatusCollector(runtime))
+    app = FastAPI(title="ServiceM8 ⇄ Coredination bridge", docs_url=None, redoc_url=None,
+                  openapi_url=None)  # fmt: skip
+
+    @app.post("/webhooks/{source}/{token}", include_in_schema=False)
+    async def webhook(source: str, token: str, request: Request) -> Response:
+        return await _webhook(source, token, request)
+
+    @app.post("/webhooks/{source}", include_in_schema=False)
+    async def webhook_without_token(source: str, request: Request) -> Response:
+        return await _webhook(source, None, request)
+
+    async def _webhook(source: str, token: str | None, request: Request) -> Response:
+        if source not in PARSERS:
+            return Reply(404, {"error": "unknown webhook source"}).response()
+        if receiver.token is None:
+            return Reply(404, {"error": "webhooks are not configured (WEBHOOK_TOKEN)"}).response()
+        if not receiver.authentic(token):
+            log.warning("webhook.unauthorised", source=source)
+            return Reply(401, {"error": "wrong or missing token"}).response()
+        content_type = request.headers.get("content-type", "")
+        if content_type.split(";", 1)[0].strip().lower() not in MEDIA_TYPES:
+            return Reply(415, {"error": "unsupported content type"}).response()
+        try:
+            raw = await _read_body(request, settings.webhook_max_body_bytes)
+        except _Body as exc:
+            return Reply(exc.status, {"error": exc.message}).response()
+        reply = await run_in_threadpool(receiver.handle, source, raw, content_type)
+        return reply.response()
+
+    @app.get("/healthz")
+    def healthz() -> Response:
+        healthy, checks = health(runtime)
+        return JSONResponse({"healthy": healthy, **checks}, status_code=200 if healthy else 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
+
+    return app

@@ -1,0 +1,228 @@
+"""The webhook receiver, /healthz and /metrics, driven over HTTP (FastAPI's test client) against
+real Redis. Enqueues are recorded by a stand-in for the Celery sender, so each test can count them;
+the real sender is exercised end to end in tests/e2e/test_run.py."""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from bridge.config import Settings
+from bridge.runtime import build
+from bridge.web import create_app
+from tests.conftest import CD_KEY, SM8_KEY
+
+TOKEN = "whk-test-61d0c9a4b7e2"
+ALLOCATION = "3f0b9c1e-5a7d-4c2b-9e8f-1a2b3c4d5e6f"
+JOB = "8d2e4f6a-1b3c-4d5e-8f9a-0b1c2d3e4f5a"
+
+
+class Sent(list[tuple[str, list[str]]]):
+    def __call__(self, task: str, args: list[str]) -> None:
+        self.append((task, args))
+
+
+@pytest.fixture
+def web(redis_url: str) -> Any:
+    settings = Settings(
+        servicem8_api_key=SM8_KEY,
+        coredination_api_key=CD_KEY,
+        redis_url=redis_url,
+        webhook_token=TOKEN,
+        webhook_max_body_bytes=4096,
+        bridge_connection_id=f"web{uuid.uuid4().hex[:8]}",
+        _env_file=None,
+    )
+    runtime = build(settings, redis_url)
+    sent = Sent()
+    client = TestClient(create_app(settings, runtime, sent))
+    client.sent = sent  # type: ignore[attr-defined]
+    client.runtime = runtime  # type: ignore[attr-defined]
+    yield client
+    runtime.store.wipe()
+    runtime.close()
+
+
+def documented(
+    obj: str = "joballocation", uuid_: str = ALLOCATION, time: str = "2026-11-23 10:00:00"
+):
+    return {
+        "object": obj,
+        "entry": [{"uuid": uuid_, "changed_fields": ["staff_uuid"], "time": time}],
+        "resource_url": f"https://api.servicem8.com/api_1.0/{obj}/{uuid_}.json",
+    }
+
+
+def post(web: TestClient, body: Any, *, token: str | None = TOKEN, source: str = "servicem8",
+         content_type: str = "application/json") -> Any:  # fmt: skip
+    url = f"/webhooks/{source}/{token}" if token is not None else f"/webhooks/{source}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return web.post(url, content=data, headers={"content-type": content_type})
+
+
+def test_handshake_answers_the_challenge_alone_and_enqueues_nothing(web):
+    r = web.post(f"/webhooks/servicem8/{TOKEN}", data={"mode": "subscribe", "challenge": "c4f2e9"})
+    assert (r.status_code, r.text) == (200, "c4f2e9")
+    assert web.sent == []
+
+
+def test_good_token_enqueues_one_push_per_entry(web):
+    body = documented()
+    body["entry"].append({"uuid": JOB.upper(), "changed_fields": [], "time": "2026-11-23 10:00:01"})
+    r = post(web, body)
+    assert r.status_code == 200
+    assert web.sent == [
+        ("bridge.webhook.servicem8_allocation", [ALLOCATION]),
+        ("bridge.webhook.servicem8_allocation", [JOB]),  # uuids normalised to lower case
+    ]
+    r = post(web, documented("job", JOB))
+    assert r.json()["enqueued"] == 1
+    assert web.sent[-1] == ("bridge.webhook.servicem8_job", [JOB])
+
+
+@pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x", TOKEN[:-1], TOKEN.upper()])
+def test_wrong_or_missing_token_is_401_and_enqueues_nothing(web, token):
+    r = post(web, documented(), token=token)
+    assert r.status_code == 401
+    assert web.sent == []
+
+
+def test_a_duplicate_delivery_is_acknowledged_and_enqueued_once(web):
+    first, second = post(web, documented()), post(web, documented())
+    assert (first.status_code, second.status_code) == (200, 200)
+    assert second.json() == {"enqueued": 0, "duplicates": 1, "ignored": []}
+    assert len(web.sent) == 1
+    post(web, documented(time="2026-11-23 10:05:00"))  # a later change of the same record
+    assert len(web.sent) == 2
+
+
+def test_unknown_objects_and_events_are_acknowledged_and_ignored(web):
+    r = post(web, documented("invoice", JOB))
+    assert r.status_code == 200 and r.json()["enqueued"] == 0
+    assert "not synced" in r.json()["ignored"][0]
+    r = post(
+        web, {"channel": "customer", "type": "CUSTOMER_CREATED", "id": 4}, source="coredination"
+    )
+    assert r.status_code == 200 and r.json()["enqueued"] == 0
+    r = post(web, {"hello": "world"})
+    assert r.status_code == 200
+    assert web.sent == []
+
+
+def test_oversized_body_is_413(web):
+    body = documented()
+    body["padding"] = "x" * 5000
+    r = post(web, body)
+    assert r.status_code == 413
+    assert web.sent == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "content_type"),
+    [
+        (b'{"object": "joballocation", "entry": [', "application/json"),
+        (b"\xff\xfe{}", "application/json"),
+        (b"[" * 100 + b"]" * 100, "application/json"),
+        (b"mode=subscribe&challenge=has space", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_malformed_body_is_400(web, raw, content_type):
+    r = post(web, raw, content_type=content_type)
+    assert r.status_code == 400
+    assert web.sent == []
+
+
+def test_other_media_types_are_415(web):
+    assert post(web, b"<xml/>", content_type="application/xml").status_code == 415
+    assert web.sent == []
+
+
+def test_observed_shapes_are_understood(web):
+    form = "object=joballocation&entry=" + json.dumps(documented()["entry"])
+    r = post(web, form.encode(), content_type="application/x-www-form-urlencoded")
+    assert r.json()["enqueued"] == 1
+    event = {"id": "evt-1", "type": "job.updated", "data": {"uuid": JOB, "status": "Work Order"}}
+    assert post(web, event).json()["enqueued"] == 1
+    entry = [{"uuid": ALLOCATION, "time": "t2"}]
+    payload = {"eventName": "webhook_subscription",
+               "eventArgs": {"object": "JobAllocation", "entry": entry}}  # fmt: skip
+    jwt = ".".join(
+        base64.urlsafe_b64encode(json.dumps(part).encode()).decode().rstrip("=")
+        for part in ({"alg": "HS256"}, payload, {"sig": 1})
+    )
+    assert post(web, jwt.encode(), content_type="application/jwt").json()["enqueued"] == 1
+    assert web.sent == [
+        ("bridge.webhook.servicem8_allocation", [ALLOCATION]),
+        ("bridge.webhook.servicem8_job", [JOB]),
+        ("bridge.webhook.servicem8_allocation", [ALLOCATION]),
+    ]
+
+
+def test_coredination_events_enqueue_a_pull_of_the_job(web):
+    body = {"channel": "job", "type": "RESOURCE_SCHEDULED", "jobId": 41, "jobUuid": JOB,
+            "eventTimeStamp": 1763900000000, "event": {"id": 7}}  # fmt: skip
+    assert post(web, body, source="coredination").json()["enqueued"] == 1
+    assert post(web, body, source="coredination").json()["duplicates"] == 1
+    assert (
+        post(web, {"job": {"id": 42}, "type": "x"}, source="coredination").json()["enqueued"] == 1
+    )
+    assert web.sent == [
+        ("bridge.webhook.coredination_job", [JOB]),
+        ("bridge.webhook.coredination_job", ["42"]),
+    ]
+
+
+def test_a_failed_enqueue_is_503_and_the_redelivery_is_not_dropped(web):
+    def broken(task: str, args: list[str]) -> None:
+        raise ConnectionError("broker down")
+
+    app = create_app(web.runtime.settings, web.runtime, broken)
+    assert post(TestClient(app), documented()).status_code == 503
+    assert post(web, documented()).json()["enqueued"] == 1
+
+
+def test_healthz_reports_each_part(web):
+    r = web.get("/healthz")
+    assert r.status_code == 503  # no beat, no worker in this test
+    assert r.json() == {"healthy": False, "redis": "ok", "beat": "no beat holds the schedule lock",
+                        "workers": 0}  # fmt: skip
+    store = web.runtime.store
+    store.heartbeat("w1@host", __import__("time").time(), 30)
+    store.r.set(store.key("redbeat::lock"), "token", ex=30)
+    assert web.get("/healthz").json() == {
+        "healthy": True,
+        "redis": "ok",
+        "beat": "ok",
+        "workers": 1,
+    }
+
+
+def test_metrics_are_prometheus_text_with_every_family(web):
+    post(web, documented())
+    post(web, documented())
+    text = web.get("/metrics").text
+    samples = {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+    assert samples[("bridge_links", ())] == 0
+    assert samples[("bridge_dead_letters", ())] == 0
+    assert samples[("bridge_pending_mappings", ())] == 0
+    assert samples[("bridge_budget_limit", (("api", "servicem8"), ("window", "minute")))] == 180
+    assert samples[("bridge_budget_limit", (("api", "servicem8"), ("window", "day")))] == 20_000
+    assert ("bridge_budget_used", (("api", "servicem8"), ("window", "day"))) in samples
+    assert (
+        samples[("bridge_webhooks_total", (("result", "enqueued"), ("source", "servicem8")))] == 1
+    )
+    assert (
+        samples[("bridge_webhooks_total", (("result", "duplicate"), ("source", "servicem8")))] == 1
+    )
+    assert samples[("bridge_api_paused", (("api", "servicem8"),))] == 0
+    assert TOKEN not in text
