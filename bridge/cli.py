@@ -548,6 +548,12 @@ def simulate(
     per_day: Annotated[
         int, typer.Option(help="ServiceM8 requests per day (0: no limit).")
     ] = 20_000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 inside a container).")
+    ] = "127.0.0.1",
+    seed_business: Annotated[
+        bool, typer.Option("--seed-business", help="Start with the demo's small business.")
+    ] = False,
 ) -> None:
     """Run both simulators on loopback until Ctrl-C. Admin surface at /_admin/... on each."""
     from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
@@ -555,8 +561,12 @@ def simulate(
     sm8 = ServiceM8Simulator(api_keys=(servicem8_key,))
     sm8.set_limits(per_minute=per_minute or None, per_day=per_day or None)
     cd = CoredinationSimulator(api_keys=(coredination_key,))
-    sm8.start(port=servicem8_port)
-    cd.start(port=coredination_port)
+    sm8.start(host=host, port=servicem8_port)
+    cd.start(host=host, port=coredination_port)
+    if seed_business:
+        from bridge.simulators.scenario import seed_business as seed
+
+        seed(sm8, cd, staff=4, jobs=6, allocations=8)
     out.print("Simulators running. Point the bridge at them with:")
     out.print(f"  SERVICEM8_BASE_URL={sm8.api_url()}", highlight=False)
     out.print(f"  SERVICEM8_API_KEY={servicem8_key}", highlight=False)

@@ -78,3 +78,46 @@ def test_staff_match_list_link_unlink(cli_env, sm8_sim, cd_sim):
     assert listed[biz.staff[2]["uuid"]]["cd_user_id"] == user["id"]
     assert listed[biz.staff[2]["uuid"]]["how"] == "manual"
     assert listed[biz.staff[0]["uuid"]]["cd_user_id"] is None
+
+
+def test_backfill_queues_one_bulk_sync_per_job_with_changes(cli_env, sm8_sim, cd_sim, redis_client):
+    seed_business(sm8_sim, cd_sim, staff=3, jobs=5, allocations=9)
+    result = run("backfill", "--since", "2020-01-01")
+    assert result.exit_code == 0, result.output
+    assert "5 job(s) with changes, 5 sync(s) queued as bulk work" in result.output
+    store = Store(redis_client, cli_env["BRIDGE_CONNECTION_ID"])
+    bulk = f"celery:bridge.{cli_env['BRIDGE_CONNECTION_ID']}.bulk"
+    assert store.queue_length(bulk) == 5
+    assert cd_sim.jobs == {}  # workers write, not the command
+    again = run("backfill")  # the syncs are still queued: nothing is queued twice
+    assert "0 sync(s) queued" in again.output
+    assert store.queue_length(bulk) == 5
+
+
+def test_webhooks_subscribe_list_unsubscribe(cli_env, sm8_sim, cd_sim, receiver, monkeypatch):
+    token = "whk-cli-0c7d2e9b41"
+    monkeypatch.setenv("WEBHOOK_TOKEN", token)
+    monkeypatch.setenv("WEBHOOK_PUBLIC_URL", receiver.url.rsplit("/", 1)[0])
+    result = run("webhooks", "subscribe")
+    assert result.exit_code == 0, result.output
+    assert "servicem8 joballocation, servicem8 job, coredination job" in result.output
+    assert len(sm8_sim.subscriptions) == 2 and len(cd_sim.webhooks) == 1
+    assert run("webhooks", "subscribe").exit_code == 0  # again: nothing doubled
+    assert len(sm8_sim.subscriptions) == 2 and len(cd_sim.webhooks) == 1
+    listed = run("webhooks", "list", "--json")
+    rows = json.loads(listed.output)
+    assert sorted((r["system"], r["what"]) for r in rows) == [
+        ("coredination", "job"),
+        ("servicem8", "job"),
+        ("servicem8", "joballocation"),
+    ]
+    assert token not in listed.output and "<WEBHOOK_TOKEN>" in listed.output
+    gone = run("webhooks", "unsubscribe")
+    assert gone.exit_code == 0 and token not in gone.output
+    assert sm8_sim.subscriptions == [] and cd_sim.webhooks == {}
+
+
+def test_webhooks_subscribe_without_a_public_url_says_what_is_missing(cli_env):
+    result = run("webhooks", "subscribe")
+    assert result.exit_code == 2
+    assert "WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN" in result.output

@@ -1,0 +1,21 @@
+# One image for every part: web (bridge web), worker and beat (celery -A tasks ...), flower and the
+# simulators. See docker-compose.yml.
+FROM python:3.12-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY bridge ./bridge
+COPY mappings ./mappings
+COPY tasks ./tasks
+RUN pip install . && useradd --create-home --uid 10001 bridge
+
+USER bridge
+ENV BRIDGE_STATE_DIR=/home/bridge/state \
+    LOG_FORMAT=json
+EXPOSE 8000
+CMD ["bridge", "run", "--host", "0.0.0.0"]

@@ -1,0 +1,138 @@
+"""``bridge run`` and ``bridge demo`` as a user starts them: separate processes, no REDIS_URL (so
+the embedded Redis), the simulators on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import requests
+
+from bridge.simulators.scenario import seed_business
+from mappings.ids import cd_job_uuid, connection_namespace
+from tests.conftest import CD_KEY, SM8_KEY
+from tests.e2e.conftest import eventually
+
+pytestmark = pytest.mark.e2e
+TOKEN = "whk-run-5e8a1c0f93"
+
+
+def _port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    ours = ("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
+    env.update(extra)
+    return env
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return requests.get(url, timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cleanly(
+    tmp_path: Path, sm8_sim, cd_sim
+):
+    port = _port()
+    env = _clean_env(
+        SERVICEM8_API_KEY=SM8_KEY, SERVICEM8_BASE_URL=sm8_sim.api_url(),
+        COREDINATION_API_KEY=CD_KEY, COREDINATION_BASE_URL=cd_sim.api_url(),
+        WEBHOOK_TOKEN=TOKEN, WEBHOOK_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        BRIDGE_STATE_DIR=str(tmp_path / "state"),
+        # Polls far apart: after the first one, only the webhook can carry the new allocation.
+        SERVICEM8_POLL_SECONDS="3600", COREDINATION_POLL_SECONDS="3600", STAFF_MATCH_SECONDS="1",
+        LOG_FORMAT="json", PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=4, allocations=4)
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--port", str(port)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        eventually(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout=60)
+        ns = connection_namespace("default")
+        eventually(lambda: len(cd_sim.jobs) == 4, timeout=30)  # the first poll
+        subscribed = subprocess.run(
+            [sys.executable, "-m", "bridge", "webhooks", "subscribe"],
+            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert subscribed.returncode == 0, subscribed.stderr
+        assert TOKEN not in subscribed.stdout + subscribed.stderr
+        job = biz.jobs[1]
+        taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
+        member = next(s for s in biz.staff if s["uuid"] not in taken)
+        user = biz.user_for(member["uuid"])["id"]
+        sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": member["uuid"],
+                                         "allocation_date": "2026-12-03 00:00:00"})  # fmt: skip
+
+        def scheduled() -> bool:
+            cd_job = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, job)]]
+            return any(r["userId"] == user and r["state"] == "SCHEDULED"
+                       for r in cd_job["resources"])  # fmt: skip
+
+        eventually(scheduled, timeout=20)
+        assert sm8_sim.deliverer.stats["queued"] >= 1  # it came by webhook
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+        log.close()
+    output = (tmp_path / "run.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    assert "bridge: stopped" in output
+    redis_dir = tmp_path / "state" / "redis"  # embedded, append-only
+    assert (redis_dir / "appendonly.aof").exists() or (redis_dir / "appendonlydir").exists()
+    assert TOKEN not in output
+    for name in ("worker", "beat", "web"):
+        assert f'"part": "{name}"' in output and '"event": "run.stopping"' in output
+
+
+def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path: Path):
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", "demo", "--summary-json", str(tmp_path / "summary.json")],
+        cwd=tmp_path, env=_clean_env(), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    took = time.monotonic() - started
+    print(f"\ndemo: exit {result.returncode} in {took:.1f}s")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "Both systems agree." in result.stdout
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    allocations = summary["simulators"]["servicem8_joballocations"]
+    jobs = summary["simulators"]["coredination_jobs"]
+    live = [a for a in allocations if str(a["active"]) == "1"]
+    present = [r for j in jobs for r in j["resources"]
+               if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")]  # fmt: skip
+    assert summary["servicem8_live_allocations"] == len(live)
+    assert summary["coredination_resources"] == len(present)
+    assert summary["coredination_jobs"] == sum(1 for j in jobs if j["resources"] and any(
+        r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE") for r in j["resources"]
+    ))  # fmt: skip
+    # Every live allocation has exactly one present resource, and the other way round.
+    assert len(live) == len(present)
+    assert sum(summary["pairs_in_step"].values()) == len(live)
+    assert summary["pairs_in_step"]["finished"] == sum(
+        1 for r in present if r["state"] == "FINISHED"
+    )
+    finished = [a for a in live if not str(a["completion_timestamp"]).startswith("0000")]
+    assert len(finished) == summary["pairs_in_step"]["finished"]
+    assert Counter(str(a["staff_uuid"]) for a in live)  # allocations spread over staff
+    assert summary["problems"] == [] and summary["answered_429"] == 0
+    for line in ("SCHEDULED on the job", "allocation deleted", "user unscheduled",
+                 "completion time set"):  # fmt: skip
+        assert line in result.stdout
