@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install test lint typecheck unit clean
+.PHONY: install demo run test lint typecheck unit clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,6 +13,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP) ## create .venv and install the bridge with its test tools
+
+demo: $(STAMP) ## both simulators, the whole bridge, live changes and a summary (exit 0 = in step)
+	$(BIN)/bridge demo
+
+run: $(STAMP) ## the bridge for real: settings from the environment or .env
+	$(BIN)/bridge run
 
 lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .

@@ -3,6 +3,7 @@ the webhook subscriptions."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -77,9 +78,15 @@ def callback_urls(settings: Settings) -> dict[str, str]:
     return {s: f"{base}/webhooks/{s}/{token}" for s in ("servicem8", "coredination")}
 
 
-def masked(url: str, settings: Settings) -> str:
-    token = settings.webhook_token.get_secret_value() if settings.webhook_token else None
-    return url.replace(token, "<WEBHOOK_TOKEN>") if token else url
+def masked(url: str) -> str:
+    """A callback URL with its token (current or old) hidden."""
+    return re.sub(r"(/webhooks/[A-Za-z0-9]+/)[^/?#]+", r"\1<WEBHOOK_TOKEN>", url)
+
+
+def _ours(url: str, callback: str) -> bool:
+    """Ours whatever its token: the same receiver and system (so a rotated token's old
+    subscriptions are found too)."""
+    return masked(url) == masked(callback)
 
 
 def subscribe_webhooks(rt: Runtime) -> list[str]:
@@ -103,23 +110,24 @@ def list_webhooks(rt: Runtime) -> list[dict[str, str]]:
     for sub in rt.sm8.list_subscriptions():
         url = str(sub.get("callback_url") or sub.get("url") or "")
         rows.append({"system": "servicem8", "what": str(sub.get("object") or sub.get("event")),
-                     "url": masked(url, rt.settings)})  # fmt: skip
+                     "url": masked(url)})  # fmt: skip
     for hook in rt.cd.list_webhooks():
         rows.append({"system": "coredination", "what": ",".join(hook.get("channels") or []),
-                     "url": masked(str(hook.get("url") or ""), rt.settings)})  # fmt: skip
+                     "url": masked(str(hook.get("url") or ""))})  # fmt: skip
     return rows
 
 
 def unsubscribe_webhooks(rt: Runtime) -> list[str]:
-    """Remove this bridge's subscriptions (those pointing at its callback URLs)."""
+    """Remove this bridge's subscriptions: those pointing at its receiver, with any token."""
     urls = callback_urls(rt.settings)
     done = []
     for sub in rt.sm8.list_subscriptions():
-        if sub.get("callback_url") == urls["servicem8"] and sub.get("object"):
-            rt.sm8.unsubscribe(object=str(sub["object"]), callback_url=urls["servicem8"])
+        url = str(sub.get("callback_url") or "")
+        if _ours(url, urls["servicem8"]) and sub.get("object"):
+            rt.sm8.unsubscribe(object=str(sub["object"]), callback_url=url)
             done.append(f"servicem8 {sub['object']}")
     for hook in rt.cd.list_webhooks():
-        if hook.get("url") == urls["coredination"]:
+        if _ours(str(hook.get("url") or ""), urls["coredination"]):
             rt.cd.delete_webhook(hook["id"])
             done.append("coredination job")
     return done
