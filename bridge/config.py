@@ -81,6 +81,12 @@ class Settings(BaseSettings):
         None, description="Where ServiceM8's day ends; default: the account's timezone."
     )
     coredination_rate_per_minute: int = Field(600, gt=0)
+    servicem8_budget: Literal["shared", "celery-rate-limit"] = Field(
+        "shared",
+        description="'shared': the Redis budget every process draws from. 'celery-rate-limit': "
+        "Celery's per-worker rate_limit on sync tasks instead (only for the benchmark that "
+        "shows why the shared budget exists).",
+    )
     budget_margin_seconds: int = Field(
         1, ge=0, description="Added to every budget window, against request timing jitter."
     )
@@ -94,6 +100,12 @@ class Settings(BaseSettings):
     # --- sync ------------------------------------------------------------------------------------
     servicem8_poll_seconds: float = Field(60.0, gt=0, description="ServiceM8 poll interval.")
     coredination_poll_seconds: float = Field(60.0, gt=0, description="Coredination poll interval.")
+    poll_seconds_with_webhooks: float = Field(
+        300.0,
+        ge=0,
+        description="While a system's webhooks arrive, poll it only this often (0: never "
+        "stretch the interval): the poll is then a safety net, and ServiceM8 calls are saved.",
+    )
     staff_match_seconds: float = Field(900.0, gt=0, description="Staff ⇄ user re-match interval.")
     servicem8_poll_overlap_seconds: int = Field(
         900, ge=0, description="How far behind its cursor each ServiceM8 poll re-reads."

@@ -12,6 +12,7 @@ from bridge.budget import Budget, Window, servicem8_windows
 from bridge.config import Settings
 from bridge.coredination import CoredinationClient
 from bridge.errors import ConfigError
+from bridge.http import CallGate, OpenGate
 from bridge.redis_server import EmbeddedRedis
 from bridge.servicem8 import ServiceM8Client
 from bridge.store import Store
@@ -85,7 +86,8 @@ def build(settings: Settings, redis_url: str | None = None) -> Runtime:
         auth_pause_seconds=settings.auth_pause_seconds,
         day_reset_tz=day_tz,
     )
-    sm8_client = ServiceM8Client.from_settings(settings, gate=budget)
+    sm8_gate: CallGate = budget if settings.servicem8_budget == "shared" else OpenGate()
+    sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate)
     options = EngineOptions(
         tie=settings.conflict_tie_winner,
         sm8_overlap=timedelta(seconds=settings.servicem8_poll_overlap_seconds),

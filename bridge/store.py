@@ -367,6 +367,10 @@ class Store:
         """Undo ``first_delivery`` when enqueueing failed, so a redelivery is not dropped."""
         self.r.delete(self.key(f"seen:{delivery}"))
 
+    def note_webhook(self, system: str, now: float) -> None:
+        """A valid webhook from ``system`` arrived (its polls may then run less often)."""
+        self.r.hset(self.key("cursor"), f"webhook:{system}", repr(now))
+
     def heartbeat(self, worker: str, now: float, ttl: int) -> None:
         self.r.set(self.key(f"alive:{worker}"), repr(now), ex=ttl)
 

@@ -119,12 +119,15 @@ class Receiver:
                 duplicates += 1
                 continue
             try:
-                self.send(TASKS[hint.kind], [hint.ref])
+                args = [hint.ref, *hint.event] if hint.kind == "coredination.job" else [hint.ref]
+                self.send(TASKS[hint.kind], args)
             except Exception as exc:
                 self.store.forget_delivery(delivery)
                 log.error("webhook.enqueue_failed", source=source, error=type(exc).__name__)
                 return Reply(503, {"error": "could not queue the work; retry later"})
             enqueued += 1
+        if parsed.hints:
+            self.store.note_webhook(source, time.time())
         self.store.count(
             {
                 f"webhook.{source}.enqueued": enqueued,

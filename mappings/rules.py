@@ -75,6 +75,26 @@ def cd_presence(resource_state: str | None) -> Presence | None:
     return CD_PRESENCE.get(resource_state.upper())
 
 
+# Job-field events: the fields flow ServiceM8 → Coredination only, so these never change a pair.
+JOB_FIELD_EVENTS = {"CREATE", "UPDATE"}
+
+
+def cd_event_known(
+    event_type: str, user: int | None, new_state: str | None, held: dict[int, str]
+) -> bool:
+    """Whether a Coredination event says nothing beyond the resources the bridge holds (``held``:
+    user id → state), typically the echo of the bridge's own write. Unknown events are not."""
+    kind = event_type.upper()
+    if kind in JOB_FIELD_EVENTS:
+        return True
+    if not kind or user is None:
+        return False
+    state = held.get(user)
+    if not new_state or new_state.upper() == "UNASSIGNED":
+        return state is None or state == "UNASSIGNED"
+    return state == new_state.upper()
+
+
 # --- ServiceM8 facts ------------------------------------------------------------------------------
 
 

@@ -54,6 +54,9 @@ class Hint:
     kind: HintKind
     ref: str  # ServiceM8 uuid (lower case), or a Coredination job uuid or numeric id
     stamp: str  # what tells this change from another of the same record ("" when unknown)
+    # Coredination only: (event type, user id, new resource state), "" where the body is silent.
+    # Lets the bridge skip re-reading a job when the event only echoes its own write.
+    event: tuple[str, str, str] = ("", "", "")
 
 
 @dataclass(frozen=True)
@@ -221,13 +224,21 @@ def coredination_hints(body: Any) -> Parsed:
         parsed.ignored.append("no job reference")
         return parsed
     event = body.get("event")
-    event_id = event.get("id") if isinstance(event, Mapping) else None
+    event = event if isinstance(event, Mapping) else {}
     stamp = "|".join(
         str(v)
-        for v in (event_type, body.get("eventTimeStamp"), event_id)
+        for v in (event_type, body.get("eventTimeStamp"), event.get("id"))
         if isinstance(v, str | int) and not isinstance(v, bool)
     )
-    parsed.hints.append(Hint("coredination.job", ref, stamp[:200]))
+    kind = event.get("type") or event_type
+    user = event.get("toUserId") if event.get("toUserId") is not None else event.get("userId")
+    state = event.get("newResourceState")
+    detail = (
+        kind[:40] if isinstance(kind, str) else "",
+        str(user) if isinstance(user, int) and not isinstance(user, bool) else "",
+        state[:20] if isinstance(state, str) and state.isalpha() else "",
+    )
+    parsed.hints.append(Hint("coredination.job", ref, stamp[:200], detail))
     return parsed
 
 

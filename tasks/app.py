@@ -109,6 +109,15 @@ app.conf.update(
     },
 )
 
+if settings.servicem8_budget == "celery-rate-limit":
+    # What a Celery user reaches for first: the nominal ServiceM8 rate as each worker's own limit
+    # on the tasks that write to ServiceM8. Per worker, so N workers send N times the rate.
+    _rate = f"{settings.servicem8_rate_per_minute / settings.servicem8_rate_window_seconds:.4f}/s"
+    app.conf.task_annotations = {
+        name: {"rate_limit": _rate}
+        for name in ("bridge.sync.job", "bridge.webhook.servicem8_allocation")
+    }
+
 
 @setup_logging.connect
 def _logging(**_: object) -> None:

@@ -35,7 +35,8 @@ def poll_cycle() -> None:
         {
             "servicem8": settings.servicem8_poll_seconds,
             "coredination": settings.coredination_poll_seconds,
-        }
+        },
+        with_webhooks=settings.poll_seconds_with_webhooks,
     )
     enqueue_syncs(rt.store.dirty())
 
@@ -77,8 +78,11 @@ def servicem8_job_changed(sm8_job_uuid: str) -> None:
 
 
 @app.task(base=BridgeTask, name="bridge.webhook.coredination_job")
-def coredination_job_changed(cd_job_ref: str) -> None:
-    enqueue_syncs(runtime().engine.pull_webhook(cd_job_ref), "interactive")
+def coredination_job_changed(
+    cd_job_ref: str, event_type: str = "", cd_user_id: str = "", state: str = ""
+) -> None:
+    event = (event_type, int(cd_user_id) if cd_user_id.isdigit() else None, state or None)
+    enqueue_syncs(runtime().engine.pull_webhook(cd_job_ref, event), "interactive")
 
 
 @app.task(base=BridgeTask, name="bridge.deferred.release")

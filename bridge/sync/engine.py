@@ -10,6 +10,7 @@ dirty mark, not a queued message, is what guarantees the job is synced.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,6 +36,7 @@ from mappings.rules import (
     Sm8Write,
     TieRule,
     allocation_facts,
+    cd_event_known,
     cd_job_body,
     cd_presence,
     cd_state_after,
@@ -54,7 +56,9 @@ log = get_logger(__name__)
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
 CURSOR_SM8_JOBS = "servicem8:job"
 CURSOR_CD_JOBS = "coredination:job"
+CdEvent = tuple[str, int | None, str | None]  # Coredination event type, user id, resource state
 BACKFILL_BATCH = 500
+WINDOWS_MAX_AGE = 3600.0
 
 
 @dataclass
@@ -102,6 +106,7 @@ class Engine:
         self.options = options or EngineOptions()
         self.clock = clock
         self._windows: dict[str, AllocationWindow] | None = None
+        self._windows_at = 0.0
         self._lease: Lock | None = None
 
     # --- small helpers ---------------------------------------------------------------------------
@@ -113,8 +118,21 @@ class Engine:
         return self.sm8.tz
 
     def windows(self, refresh: bool = False) -> dict[str, AllocationWindow]:
-        if self._windows is None or refresh:
-            self._windows = {w.uuid.lower(): w for w in self.sm8.list_allocation_windows()}
+        """ServiceM8's allocation windows, shared through Redis by every process: listed once an
+        hour, or when an allocation names one we do not know (at most once a minute)."""
+        now = self.clock()
+        if self._windows is not None and not refresh and now - self._windows_at < 60:
+            return self._windows
+        rows, fetched = self.store.directory("windows"), self.store.cursor("fetched:windows")
+        age = now - float(fetched) if fetched else math.inf
+        if age > WINDOWS_MAX_AGE or (refresh and age > 60):
+            listed = self.sm8.list_allocation_windows()
+            keep = {"uuid", "name", "start_time", "end_time"}
+            rows = {w.uuid.lower(): w.model_dump(include=keep) for w in listed}
+            self.store.save_directory("windows", rows)
+            self.store.set_cursor("fetched:windows", repr(now))
+        self._windows = {u: AllocationWindow.model_validate(r) for u, r in rows.items()}
+        self._windows_at = now
         return self._windows
 
     def _facts(self, allocation: JobAllocation, staff_map: StaffMap) -> AllocationFacts:
@@ -268,11 +286,15 @@ class Engine:
             self.store.set_cursor(CURSOR_CD_JOBS, str(newest))
         return dirty
 
-    def pull_job(self, sm8_job: str) -> set[str]:
-        """Re-read the Coredination job linked to ``sm8_job`` and record its resources."""
+    def pull_job(self, sm8_job: str, event: CdEvent | None = None) -> set[str]:
+        """Re-read the Coredination job linked to ``sm8_job`` and record its resources; unless
+        ``event`` (from a webhook) tells nothing beyond what the bridge already holds."""
         with self._locked(sm8_job):
             record = self.store.load_job(sm8_job)
             if record.cd is None:
+                return set()
+            if event is not None and cd_event_known(*event, record.cd.resources):
+                log.debug("pull.echo_skipped", sm8_job_uuid=sm8_job, event=event[0])
                 return set()
             try:
                 job = self.cd.get_job(record.cd.uuid)
@@ -287,9 +309,10 @@ class Engine:
             self.store.mark_dirty([sm8_job])
             return {sm8_job}
 
-    def pull_webhook(self, ref: str) -> set[str]:
+    def pull_webhook(self, ref: str, event: CdEvent | None = None) -> set[str]:
+        """A Coredination webhook named job ``ref`` (and maybe the event: type, user, state)."""
         sm8_job = self.store.job_for_cd(ref)
-        return self.pull_job(sm8_job) if sm8_job else set()
+        return self.pull_job(sm8_job, event) if sm8_job else set()
 
     # --- decide and write ------------------------------------------------------------------------
     def sync_job(self, sm8_job: str) -> Report:
@@ -511,16 +534,24 @@ class Engine:
             self.sm8.delete_allocation(write.uuid)
             report.add("servicem8.deleted")
 
-    def poll_due(self, intervals: dict[str, float]) -> set[str]:
+    def poll_due(self, intervals: dict[str, float], with_webhooks: float = 0.0) -> set[str]:
         """Ingest each system whose poll interval has elapsed, ServiceM8 then Coredination, before
         any sync runs: a pair changed on both sides between two polls is then decided with both
-        changes in view, so the later one wins."""
+        changes in view, so the later one wins.
+
+        While a system's webhooks arrive (one within the last ``with_webhooks`` seconds), its
+        interval stretches to ``with_webhooks``: the poll is then only the safety net for a lost
+        webhook, and ServiceM8's budget is better spent on changes."""
         now = self.clock()
         dirty = self.store.due_expiries(self.now_ms())
         polls = {"servicem8": self.poll_servicem8, "coredination": self.poll_coredination}
         for system, poll in polls.items():
+            interval = intervals.get(system, 0)
+            hooked = self.store.cursor(f"webhook:{system}")
+            if hooked is not None and now - float(hooked) < with_webhooks:
+                interval = max(interval, with_webhooks)
             last = self.store.cursor(f"polled:{system}")
-            if last is not None and now - float(last) < intervals.get(system, 0) * 0.9:
+            if last is not None and now - float(last) < interval * 0.9:
                 continue
             with self.store.poll_lock(system) as held:
                 if not held:

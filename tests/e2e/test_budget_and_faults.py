@@ -36,7 +36,7 @@ def test_four_workers_share_the_budget_without_a_single_429(tmp_path, redis_url,
     # Windows of 45 s: the budget's fixed costs per window (its one-second margin, a task's wake-up)
     # are then small next to the window, as they are next to ServiceM8's real minute.
     limit, window = 40, 45
-    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim,
+    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
                   SERVICEM8_RATE_PER_MINUTE=str(limit), SERVICEM8_RATE_WINDOW_SECONDS=str(window),
                   SERVICEM8_POLL_SECONDS="10", COREDINATION_POLL_SECONDS="1")  # fmt: skip
     try:
@@ -72,12 +72,12 @@ def test_four_workers_share_the_budget_without_a_single_429(tmp_path, redis_url,
         assert len(sm8_sim.records["joballocation"]) == 200  # every operation landed, once
     finally:
         stack.stop()
-        stack.store.wipe()
+        stack.wipe()
 
 
 def test_a_429_storm_loses_nothing(tmp_path, redis_url, sm8_sim, cd_sim):
-    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, SERVICEM8_RATE_WINDOW_SECONDS="3",
-                  SERVICEM8_POLL_SECONDS="2")  # fmt: skip
+    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
+                  SERVICEM8_RATE_WINDOW_SECONDS="3", SERVICEM8_POLL_SECONDS="2")  # fmt: skip
     try:
         ns = connection_namespace(stack.connection)
         biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=20, allocations=20)
@@ -99,7 +99,7 @@ def test_a_429_storm_loses_nothing(tmp_path, redis_url, sm8_sim, cd_sim):
             assert secret not in logs
     finally:
         stack.stop()
-        stack.store.wipe()
+        stack.wipe()
 
 
 def test_an_hour_of_5xx_dead_letters_then_replay_succeeds(stack, sm8_sim, cd_sim, monkeypatch):

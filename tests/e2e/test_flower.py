@@ -20,7 +20,7 @@ def test_flower_requires_basic_auth_and_lists_the_worker(stack):
         port = sock.getsockname()[1]
     stack.worker("fw1")
     stack.env["FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
-    flower = stack._spawn("flower", ["flower", "--address=127.0.0.1", f"--port={port}"])
+    flower = stack.celery("flower", ["flower", "--address=127.0.0.1", f"--port={port}"])
     api = f"http://127.0.0.1:{port}/api/workers"
 
     def answering() -> int | None:

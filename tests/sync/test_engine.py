@@ -195,3 +195,36 @@ def test_an_allocation_that_expires_unschedules_the_user(engine, sm8_sim, cd_sim
     clock[0] += 3601  # nothing changes in ServiceM8; only time passes
     engine.run_cycle(match_staff=False)
     assert _resources(cd_sim, cd_job) == {}
+
+
+def test_a_coredination_webhook_echoing_our_own_write_costs_no_read(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
+    engine.run_cycle()
+    cd_job = cd_job_uuid(engine.ns, biz.jobs[0])
+    user = biz.user_for(biz.allocations[0]["staff_uuid"])["id"]
+    state = _resources(cd_sim, cd_job)[user]
+    cd_sim.reset_counts()
+    # The events our own writes caused: the job upsert and the user's resource operation.
+    assert engine.pull_webhook(cd_job, ("UPDATE", None, None)) == set()
+    assert engine.pull_webhook(cd_job, ("SCHEDULE", user, state)) == set()
+    assert cd_sim.read_count() == 0
+    # A change the bridge does not hold is read (and marks the job for a sync).
+    cd_sim.user_action(cd_job, str(user), "ACCEPTED")
+    assert engine.pull_webhook(cd_job, ("RESOURCE_ACTION", user, "ACCEPTED")) == {biz.jobs[0]}
+    assert cd_sim.read_count() == 1
+    # An event the bridge cannot judge (no user, unknown type) is read too.
+    assert engine.pull_webhook(cd_job, ("STATE_OVERRIDE", None, None)) == set()
+    assert cd_sim.read_count() == 2
+
+
+def test_allocation_windows_are_listed_once_for_every_process(engine, sm8_sim, cd_sim, store):
+    from bridge.sync.engine import Engine
+
+    seed_business(sm8_sim, cd_sim, staff=3, jobs=2, allocations=4)
+    engine.run_cycle()
+    other = Engine(store, engine.sm8, engine.cd, engine.ns)  # another worker process
+    sm8_sim.reset_counts()
+    assert other.windows() == engine.windows()
+    assert sm8_sim.read_count() == 0
+    assert other.windows(refresh=True)  # an unknown window within a minute: still no call
+    assert sm8_sim.read_count() == 0

@@ -172,9 +172,17 @@ def test_coredination_events_enqueue_a_pull_of_the_job(web):
     assert (
         post(web, {"job": {"id": 42}, "type": "x"}, source="coredination").json()["enqueued"] == 1
     )
+    body["event"] = {
+        "id": 8,
+        "type": "SCHEDULE",
+        "toUserId": 2000001,
+        "newResourceState": "SCHEDULED",
+    }
+    assert post(web, body, source="coredination").json()["enqueued"] == 1
     assert web.sent == [
-        ("bridge.webhook.coredination_job", [JOB]),
-        ("bridge.webhook.coredination_job", ["42"]),
+        ("bridge.webhook.coredination_job", [JOB, "RESOURCE_SCHEDULED", "", ""]),
+        ("bridge.webhook.coredination_job", ["42", "x", "", ""]),
+        ("bridge.webhook.coredination_job", [JOB, "SCHEDULE", "2000001", "SCHEDULED"]),
     ]
 
 

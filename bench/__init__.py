@@ -1,0 +1,1 @@
+"""Benchmarks on the real path; ``python -m bench --help``."""

@@ -1,0 +1,157 @@
+"""The real deployment shape, for the benchmarks and the end-to-end tests: ``celery -A tasks
+worker`` / ``beat`` and ``bridge web`` as separate processes on real Redis, both simulators on
+loopback in this process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import redis
+import requests
+
+from bridge.store import Store
+
+SM8_KEY = "bench-servicem8-key-4c1f"
+CD_KEY = "bench-coredination-key-9a2e"
+OUR_PREFIXES = ("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_", "BUDGET_")
+
+
+def eventually(check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns a truthy value; fail with its last result otherwise."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s; last result: {last!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class Stack:
+    """Bridge processes for one fresh connection; ``stop()`` ends them, ``wipe()`` its keys."""
+
+    def __init__(
+        self,
+        tmp_path: Path,
+        redis_url: str,
+        sm8_sim: Any,
+        cd_sim: Any,
+        *,
+        sm8_key: str = SM8_KEY,
+        cd_key: str = CD_KEY,
+        **env: str,
+    ) -> None:
+        self.tmp = tmp_path
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.connection = f"s{uuid.uuid4().hex[:9]}"
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith(OUR_PREFIXES)}
+        self.env.update(
+            {
+                "REDIS_URL": redis_url,
+                "BRIDGE_CONNECTION_ID": self.connection,
+                "SERVICEM8_API_KEY": sm8_key,
+                "SERVICEM8_BASE_URL": sm8_sim.api_url(),
+                "COREDINATION_API_KEY": cd_key,
+                "COREDINATION_BASE_URL": cd_sim.api_url(),
+                "SERVICEM8_POLL_SECONDS": "1",
+                "COREDINATION_POLL_SECONDS": "1",
+                "STAFF_MATCH_SECONDS": "2",
+                "HTTP_READ_TIMEOUT": "5",
+                "LOG_FORMAT": "json",
+                "LOG_LEVEL": "INFO",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
+        self.env.update(env)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self.client = redis.Redis.from_url(redis_url)
+        self.store = Store(self.client, self.connection)
+        self.web_port: int | None = None
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        with open(self.tmp / f"{name}.log", "ab") as log:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
+                [sys.executable, *args],
+                cwd=self.tmp,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.processes[name] = proc
+        return proc
+
+    def celery(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        return self._spawn(name, ["-m", "celery", "-A", "tasks", *args])
+
+    def worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen[bytes]:
+        return self.celery(
+            name,
+            ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
+             "-n", f"{name}-{self.connection}@%h", "--without-gossip", "--without-mingle"],
+        )  # fmt: skip
+
+    def beat(self) -> subprocess.Popen[bytes]:
+        return self.celery("beat", ["beat", "--loglevel", "INFO", "--pidfile="])
+
+    def web(self) -> str:
+        """Start the webhook server; its base URL once it answers."""
+        self.web_port = free_port()
+        self._spawn("web", ["-m", "bridge", "web", "--port", str(self.web_port)])
+        base = f"http://127.0.0.1:{self.web_port}"
+
+        def answering() -> bool:
+            try:
+                return requests.get(f"{base}/metrics", timeout=1).status_code == 200
+            except requests.RequestException:
+                return False
+
+        eventually(answering, timeout=30, interval=0.1)
+        return base
+
+    def send(self, task: str, *args: Any) -> None:
+        from bridge.queues import sender
+
+        sender(self.env["REDIS_URL"], self.connection).send_task(task, args=list(args))
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a worker and its pool children), mid-task."""
+        proc = self.processes.pop(name)
+        os.killpg(proc.pid, sig)
+        proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        for proc in self.processes.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes.values():
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        self.processes.clear()
+
+    def wipe(self) -> None:
+        self.store.wipe()
+        self.client.close()
+
+    def logs(self) -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.tmp.glob("*.log")))
