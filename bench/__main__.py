@@ -99,6 +99,9 @@ def main(
     ),
 ) -> None:
     """Measure the bridge on the real path and print every figure against its target."""
+    from bridge.log import configure_logging
+
+    configure_logging("WARNING", "console")
     names = only or list(SCENARIOS)
     unknown = set(names) - set(SCENARIOS)
     if unknown:

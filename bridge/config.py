@@ -73,7 +73,7 @@ class Settings(BaseSettings):
 
     # --- budgets (ARCHITECTURE section 2; ServiceM8's documented limits) -------------------------
     servicem8_rate_per_minute: int = Field(180, gt=0, description="ServiceM8 calls per window.")
-    servicem8_rate_window_seconds: int = Field(
+    servicem8_rate_window_seconds: float = Field(
         60, gt=0, description="The 'minute' window's length (shorter in tests)."
     )
     servicem8_rate_per_day: int = Field(20_000, gt=0, description="ServiceM8 calls per day.")
@@ -87,8 +87,15 @@ class Settings(BaseSettings):
         "Celery's per-worker rate_limit on sync tasks instead (only for the benchmark that "
         "shows why the shared budget exists).",
     )
-    budget_margin_seconds: int = Field(
-        1, ge=0, description="Added to every budget window, against request timing jitter."
+    budget_margin_seconds: float = Field(
+        1.0, ge=0, description="Added to every budget window, against request timing jitter."
+    )
+    budget_max_sleep_seconds: float = Field(
+        2.0,
+        ge=0,
+        le=30,
+        description="A call whose budget slot frees within this many seconds reserves it and "
+        "waits in place; longer waits are deferred.",
     )
     bulk_reserve_share: float = Field(
         0.2, ge=0, lt=1, description="Share of each window that bulk work (backfill) may not take."

@@ -64,7 +64,6 @@ def build(settings: Settings, redis_url: str | None = None) -> Runtime:
         return sm8_client.tz if sm8_client is not None else UTC
 
     budget = Budget(
-        redis_url=redis_url,
         store=store,
         windows={
             "servicem8": servicem8_windows(
@@ -85,6 +84,7 @@ def build(settings: Settings, redis_url: str | None = None) -> Runtime:
         bulk_reserve_share=settings.bulk_reserve_share,
         auth_pause_seconds=settings.auth_pause_seconds,
         day_reset_tz=day_tz,
+        max_sleep=settings.budget_max_sleep_seconds,
     )
     sm8_gate: CallGate = budget if settings.servicem8_budget == "shared" else OpenGate()
     sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate)

@@ -30,7 +30,8 @@ key                   type    what it holds
 ``pause:{api}``       string  ``{"until","reason","kind"}`` while an API is paused (429 or bad
                               credentials); expires by itself
 ``deferred``          zset    tasks waiting longer than a countdown may, by due time
-``limits...``         list    the moving-window budget (the ``limits`` library's keys)
+``budget:{api}:{w}``  list    the moving-window budget: the times of the last ``limit`` calls
+                              (taken or reserved) in window ``w``, newest first
 ``lock:{J}``          string  the per-job lock (redis-py ``Lock``: token + expiry)
 ``seen:{delivery}``   string  a webhook delivery already enqueued (expires: de-duplication window)
 ``alive:{worker}``    string  a worker's last heartbeat (expires after ``ALIVE_SECONDS``)
@@ -45,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -124,6 +125,56 @@ class StaffMap:
     s2u: dict[str, int]
     u2s: dict[int, str]
     manual: frozenset[str]
+
+
+# Take (or reserve) one call in every window of an API, atomically for every process on every
+# host. KEYS: one list per window, newest first. ARGV: now, max_wait, then per window the limit
+# this caller may fill (bulk work leaves a reserve), the limit kept, and the span in seconds.
+# A window whose last `fill` entries span less than `span` is full until its `fill`-th newest
+# entry is `span` old. The call goes at the latest such time (or now); if that is more than
+# max_wait away nothing is taken and the wait is returned, else the time is recorded in every
+# window. Returns {wait as text, index of the window that decided it (0: none), taken 0/1}.
+_TAKE_SLOT = """
+local now = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local at, blocking = now, 0
+for i, key in ipairs(KEYS) do
+  local fill = tonumber(ARGV[3 * i])
+  local span = tonumber(ARGV[3 * i + 2])
+  local head = redis.call('LINDEX', key, 0)
+  if head and tonumber(head) > at then at = tonumber(head) end
+  local nth = redis.call('LINDEX', key, fill - 1)
+  if nth and tonumber(nth) + span > at then
+    at = tonumber(nth) + span
+    blocking = i
+  end
+end
+local wait = at - now
+if wait > max_wait then return {tostring(wait), blocking, 0} end
+for i, key in ipairs(KEYS) do
+  local keep = tonumber(ARGV[3 * i + 1])
+  local span = tonumber(ARGV[3 * i + 2])
+  redis.call('LPUSH', key, string.format('%.6f', at))
+  redis.call('LTRIM', key, 0, keep - 1)
+  redis.call('PEXPIRE', key, math.ceil((span + wait) * 1000) + 1000)
+end
+return {tostring(wait), blocking, 1}
+"""
+
+
+@dataclass(frozen=True)
+class SlotWindow:
+    name: str
+    fill: int  # how many calls this caller may see in the span (less than keep for bulk work)
+    keep: int  # the window's limit
+    span: float  # seconds, margin included
+
+
+@dataclass(frozen=True)
+class Slot:
+    taken: bool
+    wait: float  # seconds until the call may go (0: now)
+    window: str | None  # the window that made it wait
 
 
 class Store:
@@ -323,6 +374,28 @@ class Store:
         )
         # A compare-and-delete must be one step; WATCH/MULTI would retry on every other job's mark.
         return bool(self.r.eval(script, 1, self.key("dirty"), job_uuid, str(generation)))
+
+    # --- the API budget --------------------------------------------------------------------------
+    def take_slot(
+        self, api: str, windows: Sequence[SlotWindow], now: float, max_wait: float
+    ) -> Slot:
+        """One call of ``api`` now or within ``max_wait`` seconds, in every window at once."""
+        if not windows:
+            return Slot(True, 0.0, None)
+        keys = [self.key(f"budget:{api}:{w.name}") for w in windows]
+        args: list[str] = [repr(now), repr(max_wait)]
+        for w in windows:
+            args += [str(max(1, w.fill)), str(w.keep), repr(w.span)]
+        wait, blocking, taken = self.r.eval(_TAKE_SLOT, len(keys), *keys, *args)
+        name = windows[int(blocking) - 1].name if int(blocking) else None
+        return Slot(bool(taken), max(0.0, float(wait)), name)
+
+    def slots_used(self, api: str, window: SlotWindow, now: float) -> tuple[int, float | None]:
+        """Calls of ``api`` in the span before ``now`` (and reserved after it), and when the
+        oldest of them leaves the window."""
+        raw = self.r.lrange(self.key(f"budget:{api}:{window.name}"), 0, window.keep - 1)
+        times = [float(t) for t in raw if float(t) > now - window.span]
+        return len(times), (min(times) + window.span if times else None)
 
     def claim_enqueue(self, job_uuid: str, ttl: int = 300) -> bool:
         """True if no sync of this job is queued yet (and now one is)."""

@@ -294,7 +294,7 @@ class Engine:
             if record.cd is None:
                 return set()
             if event is not None and cd_event_known(*event, record.cd.resources):
-                log.debug("pull.echo_skipped", sm8_job_uuid=sm8_job, event=event[0])
+                log.debug("pull.echo_skipped", sm8_job_uuid=sm8_job, event_type=event[0])
                 return set()
             try:
                 job = self.cd.get_job(record.cd.uuid)

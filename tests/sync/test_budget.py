@@ -13,38 +13,77 @@ from bridge.errors import BudgetExhausted
 from bridge.http import Outcome
 
 
+class Clock:
+    """Time as a parameter: the budget's clock and its sleep share it, so nothing really waits."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
 @pytest.fixture
-def budget(redis_url, store):
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def budget(store, clock):
     def make(windows, **kw):
-        return Budget(redis_url=redis_url, store=store, windows={"servicem8": windows}, **kw)
+        kw.setdefault("clock", clock)
+        kw.setdefault("sleep", clock.sleep)
+        return Budget(store=store, windows={"servicem8": windows}, **kw)
 
     return make
 
 
-def test_limit_holds_in_every_span_not_only_per_window(budget):
-    """Hammer a 6-per-second budget for 2.5 s: no one-second span ever holds more than 6."""
-    b = budget([Window("1s", 6, 1, margin=0)])
-    admitted = []
-    deadline = time.monotonic() + 2.5
-    while time.monotonic() < deadline:
-        try:
-            b.before_call("servicem8")
-            admitted.append(time.monotonic())
-        except BudgetExhausted as exc:
-            assert 0 < exc.retry_in <= 1.05
-            time.sleep(0.01)
-    assert len(admitted) >= 12  # it kept granting as the window moved
-    for start in admitted:
-        assert sum(1 for t in admitted if start <= t < start + 1.0) <= 6
+def test_limit_holds_in_every_span_not_only_per_window(budget, clock):
+    """Callers arriving every 50 ms for 5 s at 6 per second: no one-second span ever holds more
+    than 6 calls, and calls go as soon as the window lets them (waits are slept, not deferred)."""
+    b = budget([Window("1s", 6, 1, margin=0)], max_sleep=10)
+    sent = []
+    for i in range(100):
+        clock.now = max(clock.now, 1_800_000_000.0 + i * 0.05)
+        b.before_call("servicem8")
+        sent.append(clock.now)
+    for start in sent:
+        assert sum(1 for t in sent if start <= t < start + 1.0) <= 6
+    # Each call goes the moment the call six before it leaves the window: never later.
+    for k, t in enumerate(sent):
+        assert t - sent[0] == pytest.approx(k // 6 + (k % 6) * 0.05, abs=1e-4)
 
 
-def test_margin_widens_the_window(budget):
-    b = budget([Window("1s", 2, 1, margin=1)])
+def test_a_wait_longer_than_the_sleep_limit_is_deferred_and_reserves_nothing(budget, clock, store):
+    b = budget([Window("10s", 2, 10, margin=0)], max_sleep=2)
+    b.before_call("servicem8")
+    b.before_call("servicem8")
+    with pytest.raises(BudgetExhausted, match="10s budget spent") as caught:
+        b.before_call("servicem8")
+    assert caught.value.retry_in == pytest.approx(10 - 1)  # back a little before the slot frees
+    assert b.usage()["servicem8"][0].used == 2  # nothing reserved by the refusal
+    clock.now += 8.5  # the slot frees in 1.5 s: reserve it and sleep until then
+    b.before_call("servicem8")
+    assert clock.slept == [pytest.approx(1.5)]
+
+
+def test_margin_widens_the_window(budget, clock):
+    b = budget([Window("1s", 2, 1, margin=0.25)], max_sleep=0)
     b.before_call("servicem8")
     b.before_call("servicem8")
     with pytest.raises(BudgetExhausted) as caught:
         b.before_call("servicem8")
-    assert 1.5 < caught.value.retry_in <= 2.05
+    clock.now += 1.0
+    with pytest.raises(BudgetExhausted):  # 1 s later is not enough: the window is 1.25 s
+        b.before_call("servicem8")
+    clock.now += 0.25
+    b.before_call("servicem8")
+    assert caught.value.retry_in == pytest.approx(1.25)
 
 
 def test_every_window_must_have_room(budget):
@@ -65,14 +104,24 @@ def test_bulk_work_leaves_the_reserve_to_interactive_work(budget):
             b.before_call("servicem8")
     finally:
         priority.reset(token)
-    for _ in range(3):  # interactive work still finds tokens
+    for _ in range(3):  # interactive work still finds slots
         b.before_call("servicem8")
     with pytest.raises(BudgetExhausted):
         b.before_call("servicem8")
 
 
+def test_usage_counts_the_calls_in_the_moving_window(budget, clock):
+    b = budget([Window("minute", 10, 60, margin=1)])
+    for _ in range(4):
+        b.before_call("servicem8")
+        clock.now += 20
+    [usage] = b.usage()["servicem8"]
+    assert (usage.used, usage.limit) == (3, 10)  # the first call is 80 s old: out of the window
+    assert usage.frees_in == pytest.approx(61 - 60)
+
+
 def test_429_per_minute_pauses_the_whole_connection_then_resumes(budget, store):
-    b = budget([Window("minute", 100, 60)])
+    b = budget([Window("minute", 100, 60)], clock=time.time)
     b.after_call("servicem8", Outcome("rate_limited", "per minute", "minute"))
     with pytest.raises(BudgetExhausted, match="paused") as caught:
         b.before_call("servicem8")
@@ -92,7 +141,7 @@ def test_429_per_day_pauses_until_midnight_in_the_account_timezone(budget, store
 
 
 def test_bad_credentials_pause_the_api_and_say_why(budget, store):
-    b = budget([Window("minute", 100, 60)], auth_pause_seconds=300)
+    b = budget([Window("minute", 100, 60)], auth_pause_seconds=300, clock=time.time)
     b.after_call("servicem8", Outcome("auth", "HTTP 401: Authentication failed"))
     with pytest.raises(BudgetExhausted, match="401"):
         b.before_call("servicem8")
