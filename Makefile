@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo run test lint typecheck unit clean
+.PHONY: install demo run test lint typecheck unit bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ lint: $(STAMP) ## ruff
 	$(BIN)/ruff format --check .
 
 typecheck: $(STAMP) ## mypy (strict on mappings/)
-	$(BIN)/mypy bridge mappings tasks
+	$(BIN)/mypy bridge mappings tasks bench
 
-test: lint typecheck ## the whole suite: lint, types, every test
+test: lint typecheck ## the whole suite: lint, types, every test, the quick benchmark
 	$(BIN)/pytest
+	$(MAKE) bench-quick
+
+# The memory scenario is left out of CI until it meets its target (see the README, Performance).
+bench-quick: $(STAMP) ## every benchmark at small size; fails if a figure misses its target
+	$(BIN)/python -m bench --quick --skip memory
+
+bench: $(STAMP) ## the full benchmark (several minutes): table, bench/out/figures.json, plots
+	$(BIN)/python -m bench
 
 unit: $(STAMP) ## the fast, pure tests only
 	$(BIN)/pytest tests/unit

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -94,6 +93,7 @@ def main(
     only: Annotated[
         list[str] | None, typer.Option(help=f"Run only these: {', '.join(SCENARIOS)}.")
     ] = None,
+    skip: Annotated[list[str] | None, typer.Option(help="Run all but these.")] = None,
     out: Annotated[Path, typer.Option(help="Where figures.json and the plots go.")] = Path(
         "bench/out"
     ),
@@ -102,8 +102,8 @@ def main(
     from bridge.log import configure_logging
 
     configure_logging("WARNING", "console")
-    names = only or list(SCENARIOS)
-    unknown = set(names) - set(SCENARIOS)
+    names = [n for n in (only or list(SCENARIOS)) if n not in (skip or [])]
+    unknown = (set(names) | set(skip or [])) - set(SCENARIOS)
     if unknown:
         console.print(f"error: unknown scenario {', '.join(sorted(unknown))}")
         raise typer.Exit(2)
@@ -145,4 +145,4 @@ def main(
 
 
 if __name__ == "__main__":
-    sys.exit(typer.run(main))
+    typer.run(main)

@@ -20,7 +20,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
 
 import requests
@@ -261,7 +261,7 @@ class SimServer:
         return self.error_reply(401, "Authentication failed")
 
     # --- serving -----------------------------------------------------------------------------
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> SimServer:
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Self:
         sim = self
 
         class _Handler(BaseHTTPRequestHandler):

@@ -1,13 +1,69 @@
 from __future__ import annotations
 
+import json
+import uuid
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from bridge.config import Settings
+from bridge.runtime import build
 from bridge.sync.engine import Engine
+from bridge.web import create_app
 from mappings.ids import connection_namespace
+from tests.conftest import CD_KEY, SM8_KEY
 
 
 @pytest.fixture
 def engine(store: Any, sm8: Any, cd: Any) -> Engine:
     return Engine(store, sm8, cd, connection_namespace(store.prefix))
+
+
+# --- the webhook receiver over HTTP (FastAPI's test client), enqueues recorded -------------
+TOKEN = "whk-test-61d0c9a4b7e2"
+ALLOCATION = "3f0b9c1e-5a7d-4c2b-9e8f-1a2b3c4d5e6f"
+JOB = "8d2e4f6a-1b3c-4d5e-8f9a-0b1c2d3e4f5a"
+
+
+class Sent(list[tuple[str, list[str]]]):
+    def __call__(self, task: str, args: list[str]) -> None:
+        self.append((task, args))
+
+
+@pytest.fixture
+def web(redis_url: str) -> Any:
+    settings = Settings(
+        servicem8_api_key=SM8_KEY,
+        coredination_api_key=CD_KEY,
+        redis_url=redis_url,
+        webhook_token=TOKEN,
+        webhook_max_body_bytes=4096,
+        bridge_connection_id=f"web{uuid.uuid4().hex[:8]}",
+        _env_file=None,
+    )
+    runtime = build(settings, redis_url)
+    sent = Sent()
+    client = TestClient(create_app(settings, runtime, sent))
+    client.sent = sent  # type: ignore[attr-defined]
+    client.runtime = runtime  # type: ignore[attr-defined]
+    yield client
+    runtime.store.wipe()
+    runtime.close()
+
+
+def documented(
+    obj: str = "joballocation", uuid_: str = ALLOCATION, time: str = "2026-11-23 10:00:00"
+):
+    return {
+        "object": obj,
+        "entry": [{"uuid": uuid_, "changed_fields": ["staff_uuid"], "time": time}],
+        "resource_url": f"https://api.servicem8.com/api_1.0/{obj}/{uuid_}.json",
+    }
+
+
+def post(web: TestClient, body: Any, *, token: str | None = TOKEN, source: str = "servicem8",
+         content_type: str = "application/json") -> Any:  # fmt: skip
+    url = f"/webhooks/{source}/{token}" if token is not None else f"/webhooks/{source}"
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return web.post(url, content=data, headers={"content-type": content_type})
