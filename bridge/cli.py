@@ -10,7 +10,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -18,6 +18,9 @@ from rich.console import Console
 from bridge.config import Settings, load_settings
 from bridge.errors import ApiError, BridgeError, ConfigError
 from bridge.log import configure_logging
+
+if TYPE_CHECKING:
+    from bridge.runtime import Runtime
 
 app = typer.Typer(
     help="Keeps ServiceM8 job allocations and Coredination job resources in step.",
@@ -71,7 +74,8 @@ def check() -> None:
     out.print(f"Coredination: {len(users)} users")
 
 
-def _runtime() -> Any:
+def _runtime() -> Runtime:
+    """The bridge's wiring from the settings; use as ``with _runtime() as rt:``."""
     from bridge.runtime import build
 
     return build(settings_and_logging())
@@ -106,11 +110,8 @@ def sync(
     """
     if not once:
         _fail("say --once (continuous syncing is 'bridge run')", 2)
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         report = rt.engine.run_cycle()
-    finally:
-        rt.close()
     _print_report(dict(report.counts))
     failed = sum(n for k, n in report.counts.items() if k.startswith("failed."))
     if failed:
@@ -131,13 +132,10 @@ def staff_list(
 
     from rich.table import Table
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         staff = rt.store.directory("staff")
         users = rt.store.directory("users")
         mapping = rt.store.staff_map()
-    finally:
-        rt.close()
     rows = []
     for uuid, info in sorted(staff.items(), key=lambda kv: str(kv[1].get("name"))):
         user = mapping.s2u.get(uuid)
@@ -168,11 +166,8 @@ def staff_list(
 @handles_errors
 def staff_match() -> None:
     """Read both directories now and link staff to users by e-mail (case-insensitive)."""
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         report = rt.engine.match_staff()
-    finally:
-        rt.close()
     _print_report(dict(report.counts))
 
 
@@ -183,11 +178,8 @@ def staff_link(
     cd_user_id: Annotated[int, typer.Argument(help="Coredination user id.")],
 ) -> None:
     """Link a staff member to a user by hand; automatic matching will leave it alone."""
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rt.engine.link_staff(sm8_staff_uuid, cd_user_id)
-    finally:
-        rt.close()
     out.print(f"linked {sm8_staff_uuid} → {cd_user_id}; parked allocations will be retried")
 
 
@@ -197,11 +189,8 @@ def staff_unlink(
     sm8_staff_uuid: Annotated[str, typer.Argument(help="ServiceM8 staff uuid.")],
 ) -> None:
     """Remove a link by hand; the staff member's allocations are parked until linked again."""
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rt.engine.unlink_staff(sm8_staff_uuid)
-    finally:
-        rt.close()
     out.print(f"unlinked {sm8_staff_uuid}")
 
 
@@ -215,11 +204,8 @@ def status(
 
     from bridge.ops import status as read_status
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         data = read_status(rt)
-    finally:
-        rt.close()
     if as_json:
         out.print_json(json.dumps(data))
         return
@@ -262,11 +248,8 @@ def dlq_list(
 
     from rich.table import Table
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rows = _dlq_rows(rt, limit)
-    finally:
-        rt.close()
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -288,11 +271,8 @@ def dlq_show(
     """One dead letter in full."""
     import json
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         entry = rt.store.get_dead_letter(entry_id)
-    finally:
-        rt.close()
     if entry is None:
         _fail(f"no dead letter {entry_id}", 1)
     if as_json:
@@ -326,8 +306,7 @@ def dlq_replay(
     """Queue the operations again (for the workers) and remove them from the dead letters."""
     import json
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
         from bridge.queues import sender
 
@@ -340,8 +319,6 @@ def dlq_replay(
             )  # fmt: skip
             rt.store.drop_dead_letter(row["id"])
             replayed.append(row["id"])
-    finally:
-        rt.close()
     if as_json:
         out.print_json(json.dumps({"replayed": replayed}))
     else:
@@ -358,12 +335,9 @@ def dlq_drop(
     """Remove dead letters without replaying them."""
     import json
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
         dropped = [row["id"] for row in rows if rt.store.drop_dead_letter(row["id"])]
-    finally:
-        rt.close()
     if as_json:
         out.print_json(json.dumps({"dropped": dropped}))
     else:
@@ -488,11 +462,8 @@ def webhooks_subscribe() -> None:
     checks it with a challenge). Safe to repeat."""
     from bridge.ops import subscribe_webhooks
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         done = subscribe_webhooks(rt)
-    finally:
-        rt.close()
     out.print("subscribed: " + ", ".join(done))
 
 
@@ -506,11 +477,8 @@ def webhooks_list(
 
     from bridge.ops import list_webhooks
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         rows = list_webhooks(rt)
-    finally:
-        rt.close()
     if as_json:
         out.print_json(json.dumps(rows))
         return
@@ -524,11 +492,8 @@ def webhooks_unsubscribe() -> None:
     """Remove the subscriptions that point at this bridge."""
     from bridge.ops import unsubscribe_webhooks
 
-    rt = _runtime()
-    try:
+    with _runtime() as rt:
         done = unsubscribe_webhooks(rt)
-    finally:
-        rt.close()
     out.print("unsubscribed: " + (", ".join(done) or "nothing"))
 
 

@@ -37,6 +37,12 @@ class Runtime:
         if self.embedded is not None:
             self.embedded.stop()
 
+    def __enter__(self) -> Runtime:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
 
 def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     """``REDIS_URL``, or an embedded server in the state folder when it is unset."""
