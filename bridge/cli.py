@@ -229,6 +229,45 @@ def status(
         out.print(f"pending {row['pair']}: {row['reason']}")
 
 
+@app.command()
+@handles_errors
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report drift, change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Read both systems whole and list every pair whose sides disagree; without --dry-run, sync
+    those jobs now through the normal path (here, without the workers). Exit 1 when a dry run
+    finds drift or a repair fails."""
+    import json
+    from dataclasses import asdict
+
+    from bridge.errors import BridgeError
+
+    with _runtime() as rt:
+        drifts, dirty = rt.engine.reconcile(repair=not dry_run)
+        failed = []
+        for job in sorted(dirty):
+            try:
+                rt.engine.sync_job(job)
+            except BridgeError as exc:
+                failed.append(f"{job}: {exc}")
+    if as_json:
+        out.print_json(json.dumps({"drift": [asdict(d) for d in drifts], "repaired": sorted(dirty),
+                                   "failed": failed}))  # fmt: skip
+    else:
+        for d in drifts:
+            out.print(f"drift job {d.sm8_job_uuid} staff {d.sm8_staff_uuid} (user {d.cd_user_id}): "
+                      f"ServiceM8 {d.servicem8}, Coredination {d.coredination}; {d.reason}",
+                      highlight=False)  # fmt: skip
+        verb = "reported" if dry_run else f"repaired {len(dirty) - len(failed)} job(s)"
+        out.print(f"reconcile: {len(drifts)} drifted pair(s), {verb}")
+        for line in failed:
+            out.print(f"failed {line}", highlight=False)
+    raise typer.Exit(1 if failed or (dry_run and drifts) else 0)
+
+
 dlq_app = typer.Typer(help="Dead letters: operations given up on, with the reason.")
 app.add_typer(dlq_app, name="dlq")
 

@@ -113,6 +113,11 @@ class Settings(BaseSettings):
         description="While a system's webhooks arrive, poll it only this often (0: never "
         "stretch the interval): the poll is then a safety net, and ServiceM8 calls are saved.",
     )
+    reconcile_seconds: float = Field(
+        86_400.0,
+        ge=0,
+        description="How often beat compares both systems whole and repairs drift (0: never).",
+    )
     staff_match_seconds: float = Field(900.0, gt=0, description="Staff ⇄ user re-match interval.")
     servicem8_poll_overlap_seconds: int = Field(
         900, ge=0, description="How far behind its cursor each ServiceM8 poll re-reads."

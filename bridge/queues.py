@@ -21,6 +21,7 @@ ROUTES = {
     "bridge.poll.": "poll",
     "bridge.staff.": "poll",
     "bridge.sweep": "poll",
+    "bridge.reconcile": "poll",
     "bridge.deferred.": "poll",
     "bridge.bulk.": "bulk",
 }

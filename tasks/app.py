@@ -102,6 +102,11 @@ app.conf.update(
         },
         "match-staff": {"task": "bridge.staff.match", "schedule": settings.staff_match_seconds},
         "release-deferred": {"task": "bridge.deferred.release", "schedule": 2.0},
+        **(
+            {"reconcile": {"task": "bridge.reconcile", "schedule": settings.reconcile_seconds}}
+            if settings.reconcile_seconds
+            else {}
+        ),
         "sweep-dirty": {
             "task": "bridge.sweep",
             "schedule": max(2.0, min(30.0, POLL_TICK)),

@@ -47,6 +47,13 @@ def match_staff() -> None:
     enqueue_syncs(runtime().store.dirty())
 
 
+@app.task(base=BridgeTask, name="bridge.reconcile")
+def reconcile() -> None:
+    """Safety net behind the safety net: both systems read whole, drift synced."""
+    _, dirty = runtime().engine.reconcile(repair=True)
+    enqueue_syncs(dirty)
+
+
 @app.task(base=BridgeTask, name="bridge.sweep")
 def sweep() -> None:
     """Safety net for syncs that were queued but never ran: a message lost, or held by a worker

@@ -592,6 +592,44 @@ class Engine:
             progress(len(batch))
         return dirty
 
+    # --- reconcile ------------------------------------------------------------------------------
+    def reconcile(self, *, repair: bool) -> tuple[list[Drift], set[str]]:
+        """Read both systems whole (not from the cursors) and list every pair whose two sides
+        disagree, linked or not yet linked. With ``repair``, record what was read and mark those
+        jobs dirty: the normal sync then decides each pair (snapshot, later change wins).
+
+        Costs one ServiceM8 call per 5,000 active allocations and one Coredination call per page
+        of jobs. An allocation the bridge holds as live that the active list lacks was deleted."""
+        staff_map = self.store.staff_map()
+        started, now_ms = self.clock(), self.now_ms()
+        fresh: dict[str, list[AllocationFacts]] = {}
+        for allocation in self.sm8.iter_allocations(where("active", "eq", 1)):
+            fact = self._facts(allocation, staff_map)
+            fresh.setdefault(fact.job_uuid, []).append(fact)
+        cd_jobs = {job.uuid.lower(): job for job in self.cd.iter_changed_jobs(0) if job.uuid}
+        drifts: list[Drift] = []
+        dirty: set[str] = set()
+        for job in sorted(set(fresh) | set(self.store.known_jobs())):
+            record = self.store.load_job(job)
+            listed = {f.uuid for f in fresh.get(job, [])}
+            gone = [replace(a, active=False) for a in record.allocations.values()
+                    if a.active and a.uuid not in listed]  # fmt: skip
+            facts = fresh.get(job, []) + gone
+            cd_job = cd_jobs.get(cd_job_uuid(self.ns, job))
+            resources = {r.user_id: r.state for r in cd_job.resources} if cd_job else {}
+            found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms)
+            if not found:
+                continue
+            drifts += found
+            if repair:
+                dirty |= self.store.ingest_allocations(facts, read_started=started)
+                if record.cd is not None and record.cd.resources != resources:
+                    dirty |= self.pull_job(job)
+                self.store.mark_dirty([job])
+                dirty.add(job)
+        log.info("reconcile.done", drifts=len(drifts), repair=repair, jobs=len(dirty))
+        return drifts, dirty
+
     # --- a whole cycle, without Celery -----------------------------------------------------------
     def run_cycle(self, *, match_staff: bool = True) -> Report:
         """One complete cycle both ways: staff map, both polls, then every dirty job."""
@@ -615,6 +653,42 @@ def _max_stamp(current: datetime | None, value: datetime | None) -> datetime | N
     if value is None:
         return current
     return value if current is None or value > current else current
+
+
+@dataclass(frozen=True)
+class Drift:
+    sm8_job_uuid: str
+    sm8_staff_uuid: str
+    cd_user_id: int
+    servicem8: str  # presence on each side, as read
+    coredination: str
+    reason: str
+
+
+def _drift(
+    job: str,
+    facts: list[AllocationFacts],
+    resources: dict[int, str],
+    linked: bool,
+    staff_map: StaffMap,
+    now_ms: int,
+) -> list[Drift]:
+    by_staff: dict[str, list[AllocationFacts]] = {}
+    for fact in facts:
+        if fact.staff_uuid:
+            by_staff.setdefault(fact.staff_uuid, []).append(fact)
+    people = set(by_staff) | {staff_map.u2s[u] for u in resources if u in staff_map.u2s}
+    out = []
+    for staff in sorted(people):
+        user = staff_map.s2u.get(staff)
+        cd = cd_presence(resources.get(user)) if user is not None else None
+        if user is None or cd is None:  # unmapped (pending) or a state we do not know
+            continue
+        sm8 = sm8_presence(by_staff.get(staff, []), now_ms)
+        if not in_step(sm8, cd):
+            reason = "job not linked yet" if not linked else "the two sides disagree"
+            out.append(Drift(job, staff, user, sm8.value, cd.value, reason))
+    return out
 
 
 def _view(job: CdJob, uuid: str) -> CdView:

@@ -121,3 +121,24 @@ def test_webhooks_subscribe_without_a_public_url_says_what_is_missing(cli_env):
     result = run("webhooks", "subscribe")
     assert result.exit_code == 2
     assert "WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN" in result.output
+
+
+def test_reconcile_dry_run_reports_then_reconcile_repairs(cli_env, sm8_sim, cd_sim, redis_client):
+    from bridge.simulators.checker import check
+    from mappings.ids import connection_namespace
+    from tests.sync.test_reconcile import _drift_three_ways, _miss_everything_from_now
+
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=3)
+    assert run("sync", "--once").exit_code == 0
+    ns = connection_namespace(cli_env["BRIDGE_CONNECTION_ID"])
+    _miss_everything_from_now(Store(redis_client, cli_env["BRIDGE_CONNECTION_ID"]))
+    _drift_three_ways(ns, sm8_sim, cd_sim, biz)
+    dry = run("reconcile", "--dry-run", "--json")
+    assert dry.exit_code == 1, dry.output
+    assert len(json.loads(dry.output)["drift"]) == 3
+    assert not check(sm8_sim, cd_sim, ns).converged
+    fixed = run("reconcile")
+    assert fixed.exit_code == 0, fixed.output
+    assert "3 drifted pair(s), repaired 3 job(s)" in fixed.output
+    assert run("reconcile", "--dry-run").exit_code == 0
+    assert check(sm8_sim, cd_sim, ns).converged

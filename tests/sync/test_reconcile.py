@@ -1,0 +1,64 @@
+"""Reconcile: both systems read whole; drift that webhooks and polls missed is reported, then
+repaired through the normal sync path. The convergence checker judges the end state."""
+
+from __future__ import annotations
+
+import time
+
+from bridge.simulators.checker import check
+from bridge.simulators.scenario import seed_business
+from bridge.sync.engine import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
+from mappings.ids import cd_job_uuid
+
+
+def _miss_everything_from_now(store):
+    """As if every webhook were lost and the polls' cursors had run past the changes."""
+    store.set_cursor(CURSOR_SM8_ALLOCATIONS, "2099-01-01 00:00:00")
+    store.set_cursor(CURSOR_SM8_JOBS, "2099-01-01 00:00:00")
+    store.set_cursor(CURSOR_CD_JOBS, str(int((time.time() + 7200) * 1000)))
+
+
+def _drift_three_ways(ns, sm8_sim, cd_sim, biz):
+    """A deletion in ServiceM8, an unschedule in Coredination, a new allocation on a new job."""
+    deleted = biz.allocations[0]
+    sm8_sim.delete("joballocation", deleted["uuid"])
+    kept = biz.allocations[1]
+    user = biz.user_for(kept["staff_uuid"])["id"]
+    cd_sim.resource_op(cd_job_uuid(ns, kept["job_uuid"]), "unschedule", str(user))
+    new_job = sm8_sim.create("job", {"job_address": "1 New St, Sydney NSW", "status": "Work Order"})
+    sm8_sim.create("joballocation", {"job_uuid": new_job, "staff_uuid": biz.staff[0]["uuid"],
+                                     "allocation_date": "2026-12-24 00:00:00"})  # fmt: skip
+    return deleted, kept, new_job
+
+
+def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=4, jobs=6, allocations=8)
+    engine.run_cycle()
+    assert check(sm8_sim, cd_sim, engine.ns).converged
+    _miss_everything_from_now(engine.store)
+    deleted, kept, new_job = _drift_three_ways(engine.ns, sm8_sim, cd_sim, biz)
+    engine.run_cycle(match_staff=False)
+    before = check(sm8_sim, cd_sim, engine.ns)
+    assert len(before.problems) == 3  # the polls saw none of it
+
+    sm8_sim.reset_counts()
+    cd_sim.reset_counts()
+    drifts, dirty = engine.reconcile(repair=False)
+    assert dirty == set() and sm8_sim.write_count() == cd_sim.write_count() == 0
+    assert sm8_sim.read_count() == 1 and cd_sim.read_count() == 1  # one list each
+    reasons = {(d.sm8_job_uuid, d.servicem8, d.coredination, d.reason) for d in drifts}
+    assert reasons == {
+        (deleted["job_uuid"], "absent", "scheduled", "the two sides disagree"),
+        (kept["job_uuid"], "scheduled", "absent", "the two sides disagree"),
+        (new_job, "scheduled", "absent", "job not linked yet"),
+    }
+
+    drifts, dirty = engine.reconcile(repair=True)
+    assert dirty == {deleted["job_uuid"], kept["job_uuid"], new_job}
+    for job in dirty:
+        engine.sync_job(job)
+    after = check(sm8_sim, cd_sim, engine.ns)
+    assert after.converged, after.problems
+    # Each side's later change won: the deletion reached Coredination, the unschedule ServiceM8.
+    assert str(sm8_sim.records["joballocation"][kept["uuid"]]["active"]) == "0"
+    assert engine.reconcile(repair=False)[0] == []
