@@ -212,7 +212,8 @@ def status(
     out.print(f"[bold]connection[/] {data['connection']}")
     out.print(
         f"links {data['links']}   staff mapped {data['staff_mapped']}   dirty {data['dirty_jobs']}"
-        f"   pending {data['pending']}   dead letters {data['dead_letters']}"
+        f"   pending {data['pending']}   unreadable {data['invalid_records']}"
+        f"   dead letters {data['dead_letters']}"
         f"   deferred {data['deferred']}"
     )
     for api, pause in data["paused"].items():
@@ -227,6 +228,8 @@ def status(
         out.print(f"cursor {name}: {value or '-'}")
     for row in data["pending_examples"]:
         out.print(f"pending {row['pair']}: {row['reason']}")
+    for row in data["invalid_examples"]:
+        out.print(f"unreadable {row['record']}: {row['reason']}", highlight=False)
 
 
 @app.command()

@@ -8,14 +8,16 @@ Users and webhooks are not in the documents; their shapes are assumptions kept i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
 import requests
+from pydantic import ValidationError
 
 from bridge.config import Settings
+from bridge.errors import InvalidRecord, invalid_record
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport, classify_coredination
 from mappings.coredination import ALL_JOB_STATES_CSV, CdEvent, CdJob, CdUser
 from mappings.stamps import to_epoch_ms
@@ -71,8 +73,8 @@ class CoredinationClient:
     # --- jobs --------------------------------------------------------------------------------
     def get_job(self, ref: str | int) -> CdJob:
         """A job by id or uuid, with its events."""
-        return CdJob.model_validate(
-            self.transport.request("GET", f"job/{ref}", operation="job.get").json()
+        return _read_job(
+            self.transport.request("GET", f"job/{ref}", operation="job.get").json(), "job.get"
         )
 
     def upsert_job(self, uuid: str, body: Mapping[str, Any]) -> CdJob:
@@ -92,6 +94,12 @@ class CoredinationClient:
         return [CdEvent.model_validate(row) for row in rows]
 
     def list_jobs(
+        self, kind: str = "all", ref: str | int | None = None, **filters: Any
+    ) -> list[CdJob]:
+        """One page of a job list (see ``_job_rows`` for the filters)."""
+        return [_read_job(row, "job.list") for row in self._job_rows(kind, ref, **filters)]
+
+    def _job_rows(
         self,
         kind: str = "all",
         ref: str | int | None = None,
@@ -104,8 +112,8 @@ class CoredinationClient:
         modified: datetime | int | None = None,
         limit: int | None = None,
         offset: int = 0,
-    ) -> list[CdJob]:
-        """One page of a job list. ``kind`` is the path: all, unassigned, mine, user/{ref}...
+    ) -> list[Any]:
+        """One page of a job list, unparsed. ``kind`` is the path: all, unassigned, mine, ...
 
         List items carry no events (the Job page, "List Item Representation").
         """
@@ -128,7 +136,7 @@ class CoredinationClient:
         flags = [name for name, on in (("untimed", untimed), ("current", current)) if on]
         url = f"{path}?{_query(params, flags)}"
         rows = self.transport.request("GET", url, operation="job.list").json()
-        return [CdJob.model_validate(row) for row in rows]
+        return list(rows) if isinstance(rows, list) else []
 
     def iter_jobs(
         self,
@@ -136,23 +144,39 @@ class CoredinationClient:
         ref: str | int | None = None,
         *,
         page_size: int = DEFAULT_PAGE,
+        on_invalid: Callable[[InvalidRecord], None] | None = None,
         **filters: Any,
     ) -> Iterator[CdJob]:
-        """Every job of a list, by offset paging until a page comes back short."""
+        """Every job of a list, by offset paging until a page comes back short. A job that
+        cannot be read raises ``InvalidRecord``, or with ``on_invalid`` is handed to it and
+        skipped."""
         offset = 0
         while True:
-            page = self.list_jobs(kind, ref, limit=page_size, offset=offset, **filters)
-            yield from page
-            if len(page) < page_size:
+            rows = self._job_rows(kind, ref, limit=page_size, offset=offset, **filters)
+            for row in rows:
+                try:
+                    job = _read_job(row, "job.list")
+                except InvalidRecord as exc:
+                    if on_invalid is None:
+                        raise
+                    on_invalid(exc)
+                    continue
+                yield job
+            if len(rows) < page_size:
                 return
-            offset += len(page)
+            offset += len(rows)
 
     def iter_changed_jobs(
-        self, since: datetime | int, *, page_size: int = DEFAULT_PAGE
+        self,
+        since: datetime | int,
+        *,
+        page_size: int = DEFAULT_PAGE,
+        on_invalid: Callable[[InvalidRecord], None] | None = None,
     ) -> Iterator[CdJob]:
         """Every job modified since ``since``, in any state, timed or not (API-NOTES B5)."""
         return self.iter_jobs(
             page_size=page_size,
+            on_invalid=on_invalid,
             from_=EPOCH_START_MS,
             states=ALL_JOB_STATES_CSV,
             untimed=True,
@@ -218,3 +242,10 @@ class CoredinationClient:
 
     def delete_webhook(self, hook_id: int | str) -> None:
         self.transport.request("DELETE", f"webhook/{hook_id}", operation="webhook.delete")
+
+
+def _read_job(row: Any, operation: str) -> CdJob:
+    try:
+        return CdJob.model_validate(row)
+    except ValidationError as exc:
+        raise invalid_record("coredination", operation, row, exc) from None

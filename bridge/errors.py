@@ -10,14 +10,16 @@
         └── PermanentError          do not retry the same request
             ├── AuthError           401 / 402 / 403: pause the connection, tell the operator
             ├── NotFound            404
-            └── Rejected            400 / 406 / other 4xx: the request itself is wrong
+            ├── Rejected            400 / 406 / other 4xx: the request itself is wrong
+            └── InvalidRecord       the API answered a record we cannot read (impossible date,
+                                    wrong type): park it with the reason, keep the rest going
 
 Messages and fields never carry a secret: body excerpts pass through the log redactor.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 Api = Literal["servicem8", "coredination"]
 Window = Literal["minute", "day"]
@@ -101,3 +103,30 @@ class NotFound(PermanentError):
 
 class Rejected(PermanentError):
     """400 / 406 / other 4xx: validation or a malformed request."""
+
+
+class InvalidRecord(PermanentError):
+    """A record the API returned does not fit its documented shape. Retrying reads the same."""
+
+    def __init__(self, message: str, *, record: str | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.record = record
+
+
+def invalid_record(api: Api, operation: str, row: object, exc: Exception) -> InvalidRecord:
+    """An ``InvalidRecord`` for a pydantic ``ValidationError`` on ``row``: the record's id and
+    the first problem, short."""
+    ident = None
+    if isinstance(row, dict):
+        ident = row.get("uuid") or row.get("id")
+    errors: list[dict[str, Any]] = list(getattr(exc, "errors", list)())
+    first = errors[0] if errors else {}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "record"
+    why = str(first.get("msg") or type(exc).__name__)[:160]
+    return InvalidRecord(
+        f"{api} {operation}: record {str(ident)[:64] if ident else '?'} is unreadable: "
+        f"{where}: {why}",
+        api=api,
+        operation=operation,
+        record=str(ident)[:64] if ident else None,
+    )

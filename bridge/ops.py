@@ -33,6 +33,7 @@ def status(rt: Runtime) -> dict[str, Any]:
         for api, rows in rt.budget.usage().items()
     }
     pending = store.pending()
+    invalid = store.invalid()
     return {
         "connection": rt.settings.bridge_connection_id,
         "links": store.count_keys("job:*"),
@@ -41,6 +42,10 @@ def status(rt: Runtime) -> dict[str, Any]:
         "pending": len(pending),
         "pending_examples": [
             {"pair": key, "reason": value["reason"]} for key, value in list(pending.items())[:10]
+        ],
+        "invalid_records": len(invalid),
+        "invalid_examples": [
+            {"record": key, "reason": value["reason"]} for key, value in list(invalid.items())[:10]
         ],
         "dead_letters": store.dead_letter_count(),
         "deferred": store.deferred_count(),

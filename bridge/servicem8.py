@@ -9,7 +9,7 @@ paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, o
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any, TypeVar
@@ -17,9 +17,10 @@ from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import requests
+from pydantic import ValidationError
 
 from bridge.config import Settings
-from bridge.errors import ConfigError, Unavailable
+from bridge.errors import ConfigError, InvalidRecord, Unavailable, invalid_record
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport, classify_servicem8
 from mappings.servicem8 import (
     AllocationWindow,
@@ -32,6 +33,7 @@ from mappings.servicem8 import (
 from mappings.stamps import format_sm8_stamp
 
 R = TypeVar("R", bound=SM8Record)
+OnInvalid = Callable[[InvalidRecord], None]
 
 FILTER_OPS = frozenset({"eq", "ne", "gt", "lt"})
 MAX_FILTER_CONDITIONS = 10
@@ -143,12 +145,16 @@ class ServiceM8Client:
         return self._tz
 
     # --- job allocations ---------------------------------------------------------------------
-    def iter_allocations(self, flt: Filter | None = None) -> Iterator[JobAllocation]:
-        return self._paged("joballocation.json", JobAllocation, flt, "joballocation.list")
+    def iter_allocations(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[JobAllocation]:
+        return self._paged(
+            "joballocation.json", JobAllocation, flt, "joballocation.list", on_invalid
+        )
 
     def get_allocation(self, uuid: str) -> JobAllocation:
         data = self._get(f"joballocation/{uuid}.json", operation="joballocation.get").json()
-        return JobAllocation.from_wire(data, self.tz)
+        return _read(JobAllocation, data, self.tz, "joballocation.get")
 
     def create_allocation(self, fields: Mapping[str, Any], uuid: str | None = None) -> str:
         """Create an allocation; with ``uuid`` the call is safe to repeat. Returns the uuid."""
@@ -181,10 +187,13 @@ class ServiceM8Client:
 
     # --- jobs, staff, windows ----------------------------------------------------------------
     def get_job(self, uuid: str) -> Job:
-        return Job.from_wire(self._get(f"job/{uuid}.json", operation="job.get").json(), self.tz)
+        data = self._get(f"job/{uuid}.json", operation="job.get").json()
+        return _read(Job, data, self.tz, "job.get")
 
-    def iter_jobs(self, flt: Filter | None = None) -> Iterator[Job]:
-        return self._paged("job.json", Job, flt, "job.list")
+    def iter_jobs(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[Job]:
+        return self._paged("job.json", Job, flt, "job.list", on_invalid)
 
     def list_staff(self, flt: Filter | None = None) -> list[Staff]:
         return list(self._paged("staff.json", Staff, flt, "staff.list"))
@@ -220,8 +229,18 @@ class ServiceM8Client:
     ) -> requests.Response:
         return self.transport.request("GET", path, operation=operation, params=params)
 
-    def _paged(self, path: str, model: type[R], flt: Filter | None, operation: str) -> Iterator[R]:
-        """Cursor paging: ``cursor=-1`` first, then each ``x-next-cursor`` until it is absent."""
+    def _paged(
+        self,
+        path: str,
+        model: type[R],
+        flt: Filter | None,
+        operation: str,
+        on_invalid: OnInvalid | None = None,
+    ) -> Iterator[R]:
+        """Cursor paging: ``cursor=-1`` first, then each ``x-next-cursor`` until it is absent.
+
+        A record that cannot be read raises ``InvalidRecord``, or with ``on_invalid`` is handed
+        to it and skipped, so one bad record does not stop the others."""
         tz = self.tz if model is not Vendor else UTC
         params: dict[str, str] = {"cursor": "-1"}
         if flt:
@@ -230,7 +249,14 @@ class ServiceM8Client:
         while True:
             response = self._get(path, operation=operation, params=params)
             for row in response.json():
-                yield model.from_wire(row, tz)
+                try:
+                    record = _read(model, row, tz, operation)
+                except InvalidRecord as exc:
+                    if on_invalid is None:
+                        raise
+                    on_invalid(exc)
+                    continue
+                yield record
             cursor = response.headers.get("x-next-cursor")
             if not cursor:
                 return
@@ -242,6 +268,13 @@ class ServiceM8Client:
                 )
             seen.add(cursor)
             params["cursor"] = cursor
+
+
+def _read(model: type[R], row: Any, tz: tzinfo, operation: str) -> R:
+    try:
+        return model.from_wire(row, tz)
+    except ValidationError as exc:
+        raise invalid_record("servicem8", operation, row, exc) from None
 
 
 def _zone(name: str) -> tzinfo:

@@ -19,6 +19,8 @@ key                   type    what it holds
 ``map:manual``        set     ``S`` linked or unlinked by hand: automatic matching leaves them be
 ``dir:staff``         hash    ``S`` → ``{"email","name","active"}`` from ServiceM8
 ``dir:users``         hash    ``U`` → ``{"email","name","active"}`` from Coredination
+``invalid``           hash    ``"{api}.{object}:{id}"`` → ``{"reason","since"}``: records an API
+                              returned that cannot be read, skipped until they read cleanly
 ``pending``           hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
 ``cursor``            hash    poll high-water marks, by ``system:object``
 ``expiring``          zset    ``J`` by the earliest future ``expiry_timestamp`` of its live
@@ -581,6 +583,21 @@ class Store:
     def directory(self, kind: str) -> dict[str, dict[str, Any]]:
         raw: dict[bytes, bytes] = self.r.hgetall(self.key(f"dir:{kind}"))
         return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    # --- records that cannot be read ------------------------------------------------------------
+    def set_invalid(self, record: str, reason: str, now: float) -> bool:
+        """Park an unreadable record with its reason; True the first time it is parked."""
+        value = _dump({"reason": reason, "since": now})
+        return bool(self.r.hsetnx(self.key("invalid"), record, value))
+
+    def invalid(self) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.key("invalid"))
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def clear_invalid(self, records: Iterable[str]) -> None:
+        records = list(records)
+        if records:
+            self.r.hdel(self.key("invalid"), *records)
 
     # --- pending pairs ---------------------------------------------------------------------------
     def set_pending(self, job_uuid: str, who: str, reason: str) -> None:

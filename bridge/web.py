@@ -213,6 +213,8 @@ class StatusCollector:
         gauge("bridge_dead_letters", "Operations given up on (bridge dlq list).",
               data["dead_letters"])  # fmt: skip
         gauge("bridge_deferred", "Tasks waiting for budget or a long retry.", data["deferred"])
+        gauge("bridge_invalid_records", "Records an API returned that cannot be read, parked.",
+              data["invalid_records"])  # fmt: skip
         gauge("bridge_dirty_jobs", "Jobs with changes not yet synced.", data["dirty_jobs"])
         lag = GaugeMetricFamily(
             "bridge_cursor_lag_seconds",

@@ -18,7 +18,7 @@ from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.servicem8 import ServiceM8Simulator
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
 from mappings.rules import AllocationFacts, Presence, cd_presence, in_step, sm8_presence
-from mappings.stamps import parse_sm8_stamp, to_epoch_ms
+from mappings.stamps import StampError, parse_sm8_stamp, to_epoch_ms
 
 
 @dataclass
@@ -28,6 +28,7 @@ class Convergence:
     pairs: int = 0  # (job, staff member) pairs present on either side
     by_presence: dict[str, int] = field(default_factory=dict)  # in-step pairs by presence
     pending: int = 0
+    unreadable: int = 0  # allocations whose stamps cannot be read (the bridge parks them too)
     missing_in_cd: list[str] = field(default_factory=list)
     missing_in_sm8: list[str] = field(default_factory=list)
     disagree: list[str] = field(default_factory=list)
@@ -72,7 +73,11 @@ def check(
         }
         pairs: dict[tuple[str, str], list[AllocationFacts]] = defaultdict(list)
         for row in sm8.records["joballocation"].values():
-            facts = _facts(row, sm8.tz)
+            try:
+                facts = _facts(row, sm8.tz)
+            except StampError:
+                result.unreadable += 1
+                continue
             if facts.staff_uuid:
                 pairs[(facts.job_uuid, facts.staff_uuid)].append(facts)
         cd_jobs = {j["uuid"]: j for j in cd.jobs.values()}

@@ -21,7 +21,7 @@ from uuid import UUID
 
 from redis.lock import Lock
 
-from bridge.errors import ApiError, BudgetExhausted, NotFound
+from bridge.errors import ApiError, BudgetExhausted, InvalidRecord, NotFound
 from bridge.log import get_logger
 from bridge.servicem8 import where
 from bridge.store import CdView, JobRecord, StaffMap, Store
@@ -213,13 +213,15 @@ class Engine:
     # --- ingest: ServiceM8 -----------------------------------------------------------------------
     def poll_servicem8(self) -> set[str]:
         """Read allocations and jobs changed since the cursors (re-reading an overlap window);
-        record them; return the jobs now dirty. The first poll reads every active record."""
+        record them; return the jobs now dirty. The first poll reads every active record.
+        A record that cannot be read is parked with its reason; the others go on."""
         staff_map = self.store.staff_map()
+        parked = set(self.store.invalid())
         dirty: set[str] = set()
         started = self.clock()
         cursor, newest = self.store.cursor(CURSOR_SM8_ALLOCATIONS), None
         facts = []
-        for allocation in self.sm8.iter_allocations(self._since(cursor)):
+        for allocation in self.sm8.iter_allocations(self._since(cursor), self.park):
             facts.append(self._facts(allocation, staff_map))
             newest = _max_stamp(newest, allocation.edit_date)
         dirty |= self.store.ingest_allocations(facts, read_started=started)
@@ -228,13 +230,24 @@ class Engine:
 
         cursor, newest = self.store.cursor(CURSOR_SM8_JOBS), None
         jobs = []
-        for job in self.sm8.iter_jobs(self._since(cursor)):
+        for job in self.sm8.iter_jobs(self._since(cursor), self.park):
             jobs.append(job_facts(job))
             newest = _max_stamp(newest, job.edit_date)
         dirty |= self.store.ingest_jobs(jobs, only_known=True)
         if newest is not None:
             self.store.set_cursor(CURSOR_SM8_JOBS, format_sm8_stamp(newest, self.tz))
+        if parked:  # read cleanly now: no longer parked
+            read = {f"servicem8.joballocation:{f.uuid}" for f in facts}
+            read |= {f"servicem8.job:{j.uuid}" for j in jobs}
+            self.store.clear_invalid(parked & read)
         return dirty
+
+    def park(self, exc: InvalidRecord) -> None:
+        """An unreadable record: keep it, with the reason, where ``bridge status`` shows it."""
+        kind = (exc.operation or "record").split(".")[0]
+        record = f"{exc.api}.{kind}:{(exc.record or '?').lower()}"
+        if self.store.set_invalid(record, exc.reason, self.clock()):
+            log.warning("poll.invalid_record", record=record, reason=exc.reason)
 
     def _since(self, cursor: str | None) -> Any:
         if cursor is None:
@@ -268,7 +281,7 @@ class Engine:
         since = max(0, int(cursor) - self.options.cd_overlap_ms) if cursor else 0
         newest = int(cursor) if cursor else None
         linked: list[tuple[str, CdJob]] = []
-        for job in self.cd.iter_changed_jobs(since):
+        for job in self.cd.iter_changed_jobs(since, on_invalid=self.park):
             modified = to_epoch_ms(job.modified)
             if modified is not None:
                 newest = max(newest or 0, modified)
@@ -581,7 +594,7 @@ class Engine:
         dirty: set[str] = set()
         batch: list[AllocationFacts] = []
         started = self.clock()
-        for allocation in self.sm8.iter_allocations(flt):
+        for allocation in self.sm8.iter_allocations(flt, self.park):
             batch.append(self._facts(allocation, staff_map))
             if len(batch) >= BACKFILL_BATCH:
                 dirty |= self.store.ingest_allocations(batch, read_started=started)
@@ -603,10 +616,14 @@ class Engine:
         staff_map = self.store.staff_map()
         started, now_ms = self.clock(), self.now_ms()
         fresh: dict[str, list[AllocationFacts]] = {}
-        for allocation in self.sm8.iter_allocations(where("active", "eq", 1)):
+        for allocation in self.sm8.iter_allocations(where("active", "eq", 1), self.park):
             fact = self._facts(allocation, staff_map)
             fresh.setdefault(fact.job_uuid, []).append(fact)
-        cd_jobs = {job.uuid.lower(): job for job in self.cd.iter_changed_jobs(0) if job.uuid}
+        cd_jobs = {
+            job.uuid.lower(): job
+            for job in self.cd.iter_changed_jobs(0, on_invalid=self.park)
+            if job.uuid
+        }
         drifts: list[Drift] = []
         dirty: set[str] = set()
         for job in sorted(set(fresh) | set(self.store.known_jobs())):

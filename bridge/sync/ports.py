@@ -7,7 +7,7 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
-from bridge.servicem8 import Filter
+from bridge.servicem8 import Filter, OnInvalid
 from mappings.coredination import CdJob, CdUser
 from mappings.servicem8 import AllocationWindow, Job, JobAllocation, Staff
 
@@ -16,7 +16,9 @@ class ServiceM8Port(Protocol):
     @property
     def tz(self) -> tzinfo: ...
 
-    def iter_allocations(self, flt: Filter | None = None) -> Iterator[JobAllocation]: ...
+    def iter_allocations(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[JobAllocation]: ...
 
     def get_allocation(self, uuid: str) -> JobAllocation: ...
 
@@ -28,7 +30,9 @@ class ServiceM8Port(Protocol):
 
     def get_job(self, uuid: str) -> Job: ...
 
-    def iter_jobs(self, flt: Filter | None = None) -> Iterator[Job]: ...
+    def iter_jobs(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[Job]: ...
 
     def list_staff(self, flt: Filter | None = None) -> list[Staff]: ...
 
@@ -41,7 +45,7 @@ class CoredinationPort(Protocol):
     def upsert_job(self, uuid: str, body: Mapping[str, Any]) -> CdJob: ...
 
     def iter_changed_jobs(
-        self, since: datetime | int, *, page_size: int = ...
+        self, since: datetime | int, *, page_size: int = ..., on_invalid: OnInvalid | None = None
     ) -> Iterator[CdJob]: ...
 
     def resource_op(
