@@ -345,6 +345,18 @@ class Sm8Write:
     fields: dict[str, Any] = field(default_factory=dict)
 
 
+def redundant_writes(pair: Sequence[AllocationFacts], now_ms: int) -> list[Sm8Write]:
+    """The bridge's own allocations a pair no longer needs: when someone else also allocated the
+    same person to the same job (the office and a dispatcher booking at the same moment), the
+    bridge's copy is deleted, if the pair keeps its presence without it. Never anyone else's."""
+    live = [a for a in pair if a.live(now_ms)]
+    ours = [a for a in live if a.by_bridge]
+    theirs = [a for a in live if not a.by_bridge]
+    if not ours or not theirs or sm8_presence(theirs, now_ms) != sm8_presence(live, now_ms):
+        return []
+    return [Sm8Write("delete", a.uuid) for a in ours]
+
+
 def pull_writes(
     target: Presence,
     pair: Sequence[AllocationFacts],

@@ -15,6 +15,7 @@ import random
 import time
 from typing import Any
 
+import redis
 from celery import Task
 from redis.exceptions import LockError
 
@@ -58,6 +59,11 @@ class BridgeTask(Task):  # type: ignore[misc]
             return self._wait_for_budget(exc)
         except LockError as exc:
             raise self.retry(countdown=1.0, exc=exc, max_retries=None) from None
+        except redis.RedisError as exc:
+            # Redis restarting or failing over: try again shortly. Should the retry itself fail,
+            # nothing is lost: the dirty mark, the sweep and the polls bring the work back.
+            log.warning("task.redis_unavailable", error=type(exc).__name__)
+            raise self.retry(countdown=2.0, exc=exc, max_retries=None) from None
         except RetryableError as exc:
             store = runtime().store
             now = self.clock()

@@ -230,6 +230,7 @@ class SimServer:
         self.limits = Limits()
         self.limiter = SlidingLimiter()
         self.counts: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()  # faults injected, by kind
         self.statuses: Counter[int] = Counter()
         self.calls: deque[tuple[float, str, str, int]] = deque(maxlen=500_000)
         self.deliverer = Deliverer(self.rng)
@@ -379,6 +380,9 @@ class SimServer:
             burst = faults.burst_429 > 0
             if burst:
                 faults.burst_429 -= 1
+            for kind, on in (("reset", reset), ("timeout", hold), ("error", error),
+                             ("429", burst)):  # fmt: skip
+                self.injected[kind] += on
         delay = faults.latency + (
             self.rng.uniform(0, faults.latency_jitter) if faults.latency_jitter else 0
         )

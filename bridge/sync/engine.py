@@ -46,6 +46,7 @@ from mappings.rules import (
     job_facts,
     pull_writes,
     push_op,
+    redundant_writes,
     sm8_presence,
 )
 from mappings.servicem8 import AllocationWindow, JobAllocation
@@ -440,6 +441,11 @@ class Engine:
         """Decide one (job, staff member) pair and make its write; return the new snapshot."""
         assert record.cd is not None
         view = record.cd
+        for write in redundant_writes(pair, now_ms):  # a double booking: drop our own copy
+            self._apply(write, report)
+            pair = [_after(a, write, record.uuid, staff) if a.uuid == write.uuid else a
+                    for a in pair]  # fmt: skip
+            written += [a for a in pair if a.uuid == write.uuid]
         sm8 = Side(sm8_presence(pair, now_ms), max((a.edited_ms or 0 for a in pair), default=None))
         user = staff_map.s2u.get(staff)
         if user is None:

@@ -3,6 +3,7 @@ that a ServiceM8 → Coredination → ServiceM8 round trip is stable."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -27,6 +28,7 @@ from mappings.rules import (
     job_time,
     pull_writes,
     push_op,
+    redundant_writes,
     sm8_presence,
 )
 from mappings.servicem8 import AllocationWindow, Job, JobAllocation
@@ -314,3 +316,27 @@ def test_pull_then_read_back_is_in_step(target, pair):
     after = sm8_presence(by_uuid.values(), NOW)
     assert in_step(after, target) or (after, target) == (F, S)
     assert all(w.uuid == DERIVED for w in writes if w.kind == "create")
+
+
+def _ours(**wire: object) -> AllocationFacts:
+    return replace(facts(uuid="cccccccc-bbbb-4ccc-8ddd-eeeeeeeeeeee", **wire), by_bridge=True)
+
+
+@pytest.mark.parametrize(
+    ("pair", "deleted"),
+    [
+        ([facts(allocation_date="2026-12-01 00:00:00")], []),  # theirs alone
+        ([_ours(allocation_date="2026-12-01 00:00:00")], []),  # ours alone
+        # A double booking: ours goes, theirs stays, the pair is still scheduled.
+        ([facts(allocation_date="2026-12-01 00:00:00"),
+          _ours(allocation_date="2026-12-02 00:00:00")], ["cccccccc-bbbb-4ccc-8ddd-eeeeeeeeeeee"]),
+        # Theirs has no date but ours does: dropping ours would turn scheduled into assigned.
+        ([facts(), _ours(allocation_date="2026-12-02 00:00:00")], []),
+        # Theirs is deleted: ours is the only live one and stays.
+        ([facts(active=0), _ours(allocation_date="2026-12-02 00:00:00")], []),
+    ],
+    ids=["theirs alone", "ours alone", "double booking", "ours carries the date", "theirs gone"],
+)  # fmt: skip
+def test_redundant_writes_drop_only_our_own_double_booking(pair, deleted):
+    writes = redundant_writes(pair, ms(2026, 11, 23, 12))
+    assert [(w.kind, w.uuid) for w in writes] == [("delete", u) for u in deleted]

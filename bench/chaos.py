@@ -1,0 +1,380 @@
+"""``python -m bench.chaos --ops N``: the fault suite on the real deployment shape.
+
+Separate worker, beat and web processes on a private Redis (append-only, so its restart loses
+nothing and nothing else is disturbed), both simulators, and a mixed stream of operations on both
+sides (create, reschedule, reassign, delete, schedule, unschedule, finish) while:
+
+- the simulators answer 5xx, hold responses past the client's timeout, reset connections and send
+  bursts of 429;
+- webhooks are dropped, duplicated and reordered;
+- a worker is killed with SIGKILL every few seconds and started again; beat is killed and
+  restarted once; the Redis server is restarted once.
+
+When the operations end the faults stop, one reconcile runs, and the convergence checker must
+find nothing lost, duplicated or diverged. Every fake key and token is then searched for in every
+log line, dead letter, ``bridge status`` and ``/metrics`` output. Exit 0 only when all is clean.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+
+import requests
+import typer
+from rich.console import Console
+
+from bench.harness import Stack, eventually, free_port
+from bridge.redis_server import EmbeddedRedis
+from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
+from bridge.simulators.checker import Convergence, check
+from bridge.simulators.scenario import Business, seed_business
+from mappings.ids import cd_job_uuid, connection_namespace
+
+# Distinctive fakes, so the secret scan cannot miss one.
+SM8_KEY = "smk-CHAOS-5ec7e7-a1b2c3d4e5f6"
+CD_KEY = "cdk-CHAOS-5ec7e7-f6e5d4c3b2a1"
+TOKEN = "whk-CHAOS-5ec7e7-0a9b8c7d6e5f"  # noqa: S105 - a fake, searched for in every output
+SECRETS = (SM8_KEY, CD_KEY, TOKEN)
+
+
+@dataclass
+class ChaosReport:
+    operations: Counter[str] = field(default_factory=Counter)
+    faults: Counter[str] = field(default_factory=Counter)
+    lost: int = 0
+    duplicated: int = 0
+    diverged: int = 0
+    dead_letters: int = 0
+    converge_seconds: float = 0.0
+    secrets_found: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not (self.lost or self.duplicated or self.diverged or self.secrets_found)
+
+
+class Chaos:
+    def __init__(self, size: int, workdir: Path, seed: int) -> None:
+        self.size = size
+        self.workdir = workdir
+        self.rng = random.Random(seed)
+        self.report = ChaosReport()
+        self.redis_port = free_port()
+        self.redis: EmbeddedRedis | None = None
+        self.sm8 = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=seed)
+        self.cd = CoredinationSimulator(api_keys=(CD_KEY,), seed=seed)
+        self.stop = threading.Event()
+
+    # --- the world -----------------------------------------------------------------------------
+    def start_redis(self) -> str:
+        self.redis = EmbeddedRedis(self.workdir / "redis", port=self.redis_port).start()
+        return self.redis.url
+
+    def run(self) -> ChaosReport:
+        self.sm8.start()
+        self.cd.start()
+        url = self.start_redis()
+        stack = Stack(self.workdir / "stack", url, self.sm8, self.cd, sm8_key=SM8_KEY,
+                      cd_key=CD_KEY, WEBHOOK_TOKEN=TOKEN, SERVICEM8_POLL_SECONDS="3",
+                      COREDINATION_POLL_SECONDS="3", POLL_SECONDS_WITH_WEBHOOKS="3",
+                      STAFF_MATCH_SECONDS="10", HTTP_READ_TIMEOUT="1.5",
+                      COREDINATION_RATE_PER_MINUTE="100000", LOG_LEVEL="INFO")  # fmt: skip
+        try:
+            self._run(stack)
+        finally:
+            self.stop.set()
+            stack.stop()
+            self.sm8.stop()
+            self.cd.stop()
+            if self.redis is not None:
+                self.redis.stop()
+        return self.report
+
+    def _run(self, stack: Stack) -> None:
+        jobs = max(10, self.size // 10)
+        biz = seed_business(self.sm8, self.cd, staff=6, jobs=jobs, allocations=jobs, seed=3)
+        ns = connection_namespace(stack.connection)
+        stack.env["WEBHOOK_PUBLIC_URL"] = stack.web()
+        self._bridge(stack, "staff", "match")
+        self._bridge(stack, "webhooks", "subscribe")
+        for name in ("w1", "w2"):
+            stack.worker(name, concurrency=2)
+        stack.beat()
+        stack.send("bridge.poll.cycle")
+        eventually(lambda: check(self.sm8, self.cd, ns).converged and len(self.cd.jobs) >= jobs,
+                   timeout=120, interval=0.5)  # fmt: skip
+
+        self._faults_on()
+        killer = threading.Thread(target=self._kill_workers, args=(stack,), daemon=True)
+        killer.start()
+        self._operations(biz, ns)
+        self.stop.set()
+        killer.join(timeout=30)
+        self._faults_off()
+        for name in ("w1", "w2", "beat"):  # everything running again
+            if name not in stack.processes or stack.processes[name].poll() is not None:
+                stack.processes.pop(name, None)
+                if name == "beat":
+                    stack.beat()
+                else:
+                    stack.worker(name, concurrency=2)
+
+        started = time.monotonic()
+        self._wait_quiet(stack)
+        self._bridge(stack, "reconcile")
+        with contextlib.suppress(AssertionError):  # judged below, whatever the outcome
+            eventually(lambda: check(self.sm8, self.cd, ns).converged, timeout=180, interval=1.0)
+        self.report.converge_seconds = time.monotonic() - started
+        result = check(self.sm8, self.cd, ns)
+        self._judge(result, stack)
+        self._scan(stack)
+
+    def _bridge(self, stack: Stack, *args: str) -> str:
+        """A ``bridge`` command as an operator runs it; its output is kept for the secret scan."""
+        result = subprocess.run(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "bridge", *args], env=stack.env, cwd=stack.tmp,
+            capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        with (stack.tmp / "commands.log").open("a") as log:
+            log.write(result.stdout + result.stderr)
+        return result.stdout
+
+    # --- faults --------------------------------------------------------------------------------
+    def _faults_on(self) -> None:
+        for sim in (self.sm8, self.cd):
+            sim.set_faults(error_rate=0.05, timeout_rate=0.02, timeout_seconds=2.0,
+                           reset_rate=0.02, latency_jitter=0.05)  # fmt: skip
+            sim.deliverer.faults.drop_rate = 0.2
+            sim.deliverer.faults.duplicate_rate = 0.2
+            sim.deliverer.faults.max_delay = 1.0
+
+    def _faults_off(self) -> None:
+        for sim in (self.sm8, self.cd):
+            sim.set_faults(error_rate=0.0, timeout_rate=0.0, reset_rate=0.0, latency_jitter=0.0,
+                           burst_429=0)  # fmt: skip
+            sim.deliverer.faults.drop_rate = 0.0
+            sim.deliverer.faults.duplicate_rate = 0.0
+            sim.deliverer.faults.max_delay = 0.0
+
+    def _kill_workers(self, stack: Stack) -> None:
+        """SIGKILL a worker every few seconds; beat once; Redis once; a 429 burst now and then."""
+        beat_done = redis_done = False
+        started = time.monotonic()
+        while not self.stop.wait(self.rng.uniform(2.0, 4.0)):
+            name = self.rng.choice(["w1", "w2"])
+            if name in stack.processes:
+                stack.kill(name)
+                self.report.faults["worker SIGKILL"] += 1
+                stack.worker(name, concurrency=2)
+            elapsed = time.monotonic() - started
+            if not beat_done and elapsed > 6:
+                stack.kill("beat")
+                self.report.faults["beat killed"] += 1
+                stack.beat()
+                beat_done = True
+            if not redis_done and elapsed > 10:
+                assert self.redis is not None
+                self.redis.stop()
+                time.sleep(1.0)
+                self.start_redis()
+                self.report.faults["redis restart"] += 1
+                redis_done = True
+            if self.rng.random() < 0.3:
+                self.sm8.set_faults(burst_429=self.rng.randint(3, 10))
+
+    # --- the operation stream ------------------------------------------------------------------
+    def _operations(self, biz: Business, ns: Any) -> None:
+        users = {s["uuid"]: biz.user_for(s["uuid"]) for s in biz.staff}
+        rate = 10.0  # operations per second
+        start = time.monotonic()
+        for i in range(self.size):
+            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            op = self.rng.choice(["create", "reschedule", "reassign", "delete", "schedule",
+                                  "unschedule", "finish"])  # fmt: skip
+            try:
+                done = getattr(self, f"_op_{op}")(biz, ns, users)
+            except Exception as exc:  # the simulators refuse an impossible operation
+                done = False
+                self.report.problems.append(f"{op}: {type(exc).__name__}")
+            if done:
+                self.report.operations[op] += 1
+
+    def _live(self) -> list[dict[str, Any]]:
+        with self.sm8.lock:
+            return [dict(a) for a in self.sm8.records["joballocation"].values()
+                    if str(a["active"]) == "1"]  # fmt: skip
+
+    def _day(self) -> str:
+        day = datetime.now() + timedelta(days=self.rng.randint(1, 30))
+        return day.strftime("%Y-%m-%d 00:00:00")
+
+    def _op_create(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        job = self.rng.choice(biz.jobs)
+        taken = {a["staff_uuid"] for a in self._live() if a["job_uuid"] == job}
+        free = [s["uuid"] for s in biz.staff if s["uuid"] not in taken]
+        if not free:
+            return False
+        self.sm8.create("joballocation", {"job_uuid": job, "staff_uuid": self.rng.choice(free),
+                                          "allocation_date": self._day()})  # fmt: skip
+        return True
+
+    def _op_reschedule(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        live = self._live()
+        if not live:
+            return False
+        self.sm8.update("joballocation", self.rng.choice(live)["uuid"],
+                        {"allocation_date": self._day()})  # fmt: skip
+        return True
+
+    def _op_reassign(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        live = self._live()
+        if not live:
+            return False
+        row = self.rng.choice(live)
+        taken = {a["staff_uuid"] for a in live if a["job_uuid"] == row["job_uuid"]}
+        free = [s["uuid"] for s in biz.staff if s["uuid"] not in taken]
+        if not free:
+            return False
+        self.sm8.update("joballocation", row["uuid"], {"staff_uuid": self.rng.choice(free)})
+        return True
+
+    def _op_delete(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        live = self._live()
+        if not live:
+            return False
+        self.sm8.delete("joballocation", self.rng.choice(live)["uuid"])
+        return True
+
+    def _cd_pick(self, biz: Business, ns: Any) -> tuple[str, dict[str, Any]] | None:
+        job = self.rng.choice(biz.jobs)
+        with self.cd.lock:
+            if cd_job_uuid(ns, job) not in self.cd.by_uuid:
+                return None
+            return cd_job_uuid(ns, job), self.cd.jobs[self.cd.by_uuid[cd_job_uuid(ns, job)]]
+
+    def _op_schedule(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        picked = self._cd_pick(biz, ns)
+        if picked is None:
+            return False
+        cd_job, row = picked
+        present = {r["userId"] for r in row["resources"] if r["state"] != "UNASSIGNED"}
+        free = [u["id"] for u in users.values() if u and u["id"] not in present]
+        if not free:
+            return False
+        self.cd.resource_op(cd_job, "schedule", str(self.rng.choice(free)))
+        return True
+
+    def _op_unschedule(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        picked = self._cd_pick(biz, ns)
+        if picked is None:
+            return False
+        cd_job, row = picked
+        present = [r["userId"] for r in row["resources"]
+                   if r["state"] in ("SCHEDULED", "ASSIGNED")]  # fmt: skip
+        if not present:
+            return False
+        self.cd.resource_op(cd_job, "unschedule", str(self.rng.choice(present)))
+        return True
+
+    def _op_finish(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        picked = self._cd_pick(biz, ns)
+        if picked is None:
+            return False
+        cd_job, row = picked
+        present = [r["userId"] for r in row["resources"] if r["state"] == "SCHEDULED"]
+        if not present:
+            return False
+        self.cd.user_action(cd_job, str(self.rng.choice(present)), "FINISHED")
+        return True
+
+    # --- the verdict ---------------------------------------------------------------------------
+    def _wait_quiet(self, stack: Stack) -> None:
+        """Until nothing is queued, dirty or waiting in the webhook deliverers (or 120 s)."""
+
+        def quiet() -> bool:
+            try:
+                queued = sum(stack.store.queue_length(f"celery:bridge.{stack.connection}.{k}")
+                             for k in ("interactive", "sync", "poll", "bulk"))  # fmt: skip
+                webhooks = self.sm8.deliverer.pending() + self.cd.deliverer.pending()
+                return queued == 0 and webhooks == 0 and not stack.store.dirty()
+            except Exception:
+                return False
+
+        try:
+            eventually(quiet, timeout=120, interval=0.5)
+        except AssertionError:
+            self.report.problems.append("queues did not drain within 120 s")
+
+    def _judge(self, result: Convergence, stack: Stack) -> None:
+        self.report.lost = len(result.missing_in_cd) + len(result.missing_in_sm8)
+        self.report.duplicated = len(result.duplicates)
+        self.report.diverged = len(result.disagree)
+        self.report.problems += result.problems[:20]
+        self.report.dead_letters = stack.store.dead_letter_count()
+        for sim in (self.sm8, self.cd):
+            for kind, n in sim.injected.items():
+                self.report.faults[f"{sim.name} {kind}"] += n
+            for kind in ("dropped", "duplicated"):
+                self.report.faults[f"{sim.name} webhooks {kind}"] += sim.deliverer.stats[kind]
+
+    def _scan(self, stack: Stack) -> None:
+        texts = {path.name: path.read_text(errors="replace") for path in stack.tmp.glob("*.log")}
+        texts["status"] = self._bridge(stack, "status", "--json")
+        texts["dlq"] = self._bridge(stack, "dlq", "list", "--json")
+        assert stack.web_port is not None
+        texts["metrics"] = requests.get(f"http://127.0.0.1:{stack.web_port}/metrics",
+                                        timeout=10).text  # fmt: skip
+        entries = stack.store.dead_letters(100_000)
+        texts["dlq entries"] = json.dumps([fields for _, fields in entries])
+        for where, text in texts.items():
+            for secret in SECRETS:
+                if secret in text:
+                    self.report.secrets_found.append(f"{secret[:9]}… in {where}")
+
+
+console = Console()
+
+
+def main(
+    ops: Annotated[int, typer.Option(help="How many operations to play.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Random seed for operations and faults.")] = 7,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+) -> None:
+    """Play operations on both sides under faults; exit 0 only if nothing was lost, duplicated,
+    diverged or leaked."""
+    from bridge.log import configure_logging
+
+    configure_logging("WARNING", "console")
+    workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    report = Chaos(ops, workdir, seed).run()
+    console.print(f"operations: {sum(report.operations.values())} {dict(report.operations)}")
+    console.print(f"faults injected: {sum(report.faults.values())} {dict(report.faults)}")
+    console.print(f"records lost: {report.lost}   duplicated: {report.duplicated}   "
+                  f"diverged: {report.diverged}   dead letters: {report.dead_letters}")  # fmt: skip
+    console.print(f"time to converge after the faults stopped: {report.converge_seconds:.1f} s")
+    console.print(f"secrets found in output: {len(report.secrets_found)} {report.secrets_found}")
+    for problem in report.problems[:20]:
+        console.print(f"  {problem}", markup=False)
+    console.print(f"logs: {workdir}")
+    if json_out is not None:
+        json_out.write_text(json.dumps(asdict(report), indent=1, default=str))
+    raise typer.Exit(0 if report.clean else 1)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    typer.run(main)
