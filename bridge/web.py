@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
@@ -304,7 +305,11 @@ def create_app(
             raw = await _read_body(request, settings.webhook_max_body_bytes)
         except _Body as exc:
             return Reply(exc.status, {"error": exc.message}).response()
-        reply = await run_in_threadpool(receiver.handle, source, raw, content_type)
+        try:
+            reply = await run_in_threadpool(receiver.handle, source, raw, content_type)
+        except redis.RedisError as exc:  # Redis restarting: the sender retries, polls catch up
+            log.error("webhook.redis_unavailable", source=source, error=type(exc).__name__)
+            reply = Reply(503, {"error": "temporarily unavailable; retry later"})
         return reply.response()
 
     @app.get("/healthz")
