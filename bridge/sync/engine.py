@@ -459,6 +459,9 @@ class Engine:
         state = view.resources.get(user)
         presence = cd_presence(state)
         if presence is None:
+            self.store.set_pending(
+                record.uuid, staff, f"Coredination resource state {str(state)[:30]!r} is unknown"
+            )
             report.add("skipped.unknown_resource_state")
             log.warning(
                 "sync.unknown_resource_state",

@@ -66,7 +66,9 @@ def test_unknown_resource_state_and_a_deleted_job_do_not_stop_the_others(engine,
     report = engine.run_cycle(match_staff=False)
     assert report.counts["skipped.unknown_resource_state"] >= 1
     assert report.counts["skipped.job_missing"] == 1
-    assert any("job not found" in v["reason"] for v in engine.store.pending().values())
+    reasons = [v["reason"] for v in engine.store.pending().values()]
+    assert any("job not found" in r for r in reasons)
+    assert "Coredination resource state 'TELEPORTED' is unknown" in reasons
     user = biz.user_for(biz.staff[1]["uuid"])["id"]
     job2 = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(engine.ns, biz.jobs[2])]]
     assert any(r["userId"] == user for r in job2["resources"]), fresh
