@@ -74,11 +74,15 @@ def check() -> None:
     out.print(f"Coredination: {len(users)} users")
 
 
+# A command waits for its budget slots rather than fail while the workers hold the budget.
+COMMAND_BUDGET_WAIT = 300.0
+
+
 def _runtime() -> Runtime:
     """The bridge's wiring from the settings; use as ``with _runtime() as rt:``."""
     from bridge.runtime import build
 
-    return build(settings_and_logging())
+    return build(settings_and_logging(), budget_wait=COMMAND_BUDGET_WAIT)
 
 
 def _print_report(counts: dict[str, int]) -> None:

@@ -52,7 +52,11 @@ def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
     return server.url, server
 
 
-def build(settings: Settings, redis_url: str | None = None) -> Runtime:
+def build(
+    settings: Settings, redis_url: str | None = None, *, budget_wait: float | None = None
+) -> Runtime:
+    """Wire everything. ``budget_wait``: how long a call may wait in place for its budget slot
+    (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail)."""
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
@@ -90,7 +94,7 @@ def build(settings: Settings, redis_url: str | None = None) -> Runtime:
         bulk_reserve_share=settings.bulk_reserve_share,
         auth_pause_seconds=settings.auth_pause_seconds,
         day_reset_tz=day_tz,
-        max_sleep=settings.budget_max_sleep_seconds,
+        max_sleep=settings.budget_max_sleep_seconds if budget_wait is None else budget_wait,
     )
     sm8_gate: CallGate = budget if settings.servicem8_budget == "shared" else OpenGate()
     sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate)
