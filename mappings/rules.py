@@ -34,7 +34,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, time, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -348,13 +348,23 @@ class Sm8Write:
 def redundant_writes(pair: Sequence[AllocationFacts], now_ms: int) -> list[Sm8Write]:
     """The bridge's own allocations a pair no longer needs: when someone else also allocated the
     same person to the same job (the office and a dispatcher booking at the same moment), the
-    bridge's copy is deleted, if the pair keeps its presence without it. Never anyone else's."""
+    bridge's copy is deleted. If it alone carried the date, the date moves to theirs first, so
+    the pair keeps its presence. Never deletes anyone else's; leaves finished work as it is."""
     live = [a for a in pair if a.live(now_ms)]
     ours = [a for a in live if a.by_bridge]
     theirs = [a for a in live if not a.by_bridge]
-    if not ours or not theirs or sm8_presence(theirs, now_ms) != sm8_presence(live, now_ms):
+    if not ours or not theirs:
         return []
-    return [Sm8Write("delete", a.uuid) for a in ours]
+    writes: list[Sm8Write] = []
+    before = sm8_presence(live, now_ms)
+    if sm8_presence(theirs, now_ms) != before:
+        dated = next((a for a in ours if a.date_ms is not None), None)
+        if before != Presence.SCHEDULED or dated is None or any(a.completed_ms for a in theirs):
+            return []
+        assert dated.date_ms is not None
+        when = datetime.fromtimestamp(dated.date_ms / 1000, UTC)
+        writes.append(Sm8Write("update", theirs[0].uuid, {"allocation_date": when}))
+    return writes + [Sm8Write("delete", a.uuid) for a in ours]
 
 
 def pull_writes(

@@ -32,6 +32,7 @@ from mappings.rules import (
     sm8_presence,
 )
 from mappings.servicem8 import AllocationWindow, Job, JobAllocation
+from mappings.stamps import to_epoch_ms
 
 SYD = ZoneInfo("Australia/Sydney")
 NOW = int(datetime(2026, 11, 23, 9, tzinfo=SYD).timestamp() * 1000)
@@ -330,13 +331,22 @@ def _ours(**wire: object) -> AllocationFacts:
         # A double booking: ours goes, theirs stays, the pair is still scheduled.
         ([facts(allocation_date="2026-12-01 00:00:00"),
           _ours(allocation_date="2026-12-02 00:00:00")], ["cccccccc-bbbb-4ccc-8ddd-eeeeeeeeeeee"]),
-        # Theirs has no date but ours does: dropping ours would turn scheduled into assigned.
-        ([facts(), _ours(allocation_date="2026-12-02 00:00:00")], []),
+        # Theirs has no date but ours does: the date moves to theirs, then ours goes.
+        ([facts(), _ours(allocation_date="2026-12-02 00:00:00")],
+         ["update aaaaaaaa-bbbb-4ccc-8ddd-eeeeeeeeeeee", "cccccccc-bbbb-4ccc-8ddd-eeeeeeeeeeee"]),
+        # Theirs is finished and ours is not: left as it is.
+        ([facts(allocation_date="2026-12-01 00:00:00", completion_timestamp="2026-12-01 10:00:00"),
+          _ours(allocation_date="2026-12-02 00:00:00")], []),
         # Theirs is deleted: ours is the only live one and stays.
         ([facts(active=0), _ours(allocation_date="2026-12-02 00:00:00")], []),
     ],
-    ids=["theirs alone", "ours alone", "double booking", "ours carries the date", "theirs gone"],
+    ids=["theirs alone", "ours alone", "double booking", "ours carries the date", "theirs done",
+         "theirs gone"],
 )  # fmt: skip
 def test_redundant_writes_drop_only_our_own_double_booking(pair, deleted):
     writes = redundant_writes(pair, ms(2026, 11, 23, 12))
-    assert [(w.kind, w.uuid) for w in writes] == [("delete", u) for u in deleted]
+    expected = [tuple(u.split()) if " " in u else ("delete", u) for u in deleted]
+    assert [(w.kind, w.uuid) for w in writes] == expected
+    for w in writes:
+        if w.kind == "update":  # the date it carries is ours, 2026-12-02 in the account's zone
+            assert to_epoch_ms(w.fields["allocation_date"]) == ms(2026, 12, 2)
