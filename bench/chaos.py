@@ -62,6 +62,7 @@ class ChaosReport:
     duplicated: int = 0
     diverged: int = 0
     dead_letters: int = 0
+    reconciled: int = 0  # drifted pairs the final reconcile found (what webhooks and polls missed)
     converge_seconds: float = 0.0
     secrets_found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -140,7 +141,9 @@ class Chaos:
 
         started = time.monotonic()
         self._wait_quiet(stack)
-        self._bridge(stack, "reconcile")
+        reconciled = self._bridge(stack, "reconcile", "--json")
+        with contextlib.suppress(ValueError, KeyError):
+            self.report.reconciled = len(json.loads(reconciled)["drift"])
         with contextlib.suppress(AssertionError):  # judged below, whatever the outcome
             eventually(lambda: check(self.sm8, self.cd, ns).converged, timeout=300, interval=1.0)
         self.report.converge_seconds = time.monotonic() - started
@@ -381,6 +384,7 @@ def main(
     console.print(f"faults injected: {sum(report.faults.values())} {dict(report.faults)}")
     console.print(f"records lost: {report.lost}   duplicated: {report.duplicated}   "
                   f"diverged: {report.diverged}   dead letters: {report.dead_letters}")  # fmt: skip
+    console.print(f"drift left for the final reconcile: {report.reconciled} pair(s)")
     console.print(f"time to converge after the faults stopped: {report.converge_seconds:.1f} s")
     console.print(f"secrets found in output: {len(report.secrets_found)} {report.secrets_found}")
     for problem in report.problems[:40]:

@@ -109,10 +109,12 @@ def check(
             if s_presence != Presence.ABSENT:
                 linked_jobs.add(job)
             name = f"job {job[:8]} staff {staff[:8]}"
-            live = [a for a in allocations if a.live(now_ms)]
+            # A duplicate: two open (live, not completed) bookings of one person on one job, one
+            # of them the bridge's. A finished visit next to a new booking is history, not that.
+            open_ = [a for a in allocations if a.live(now_ms) and a.completed_ms is None]
             derived = sm8_allocation_uuid(ns, cd_job_uuid(ns, job), user)
-            if len(live) > 1 and any(a.uuid == derived for a in live):
-                result.duplicates.append(f"{name}: {len(live)} live allocations")
+            if len(open_) > 1 and any(a.uuid == derived for a in open_):
+                result.duplicates.append(f"{name}: {len(open_)} live allocations")
             if in_step(s_presence, c_presence):
                 key = s_presence.value
                 result.by_presence[key] = result.by_presence.get(key, 0) + 1
