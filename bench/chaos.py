@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -66,6 +66,11 @@ class ChaosReport:
     converge_seconds: float = 0.0
     secrets_found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        # Not dataclasses.asdict: it rebuilds a Counter from (key, value) pairs, counting pairs.
+        return {**vars(self), "operations": dict(self.operations), "faults": dict(self.faults),
+                "clean": self.clean}  # fmt: skip
 
     @property
     def clean(self) -> bool:
@@ -391,7 +396,7 @@ def main(
         console.print(f"  {problem}", markup=False)
     console.print(f"logs: {workdir}")
     if json_out is not None:
-        json_out.write_text(json.dumps(asdict(report), indent=1, default=str))
+        json_out.write_text(json.dumps(report.as_dict(), indent=1))
     raise typer.Exit(0 if report.clean else 1)
 
 
