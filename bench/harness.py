@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,7 +17,10 @@ from typing import Any
 import redis
 import requests
 
+from bridge.redis_server import free_port
 from bridge.store import Store
+
+__all__ = ["Stack", "eventually", "free_port"]
 
 SM8_KEY = "bench-servicem8-key-4c1f"
 CD_KEY = "bench-coredination-key-9a2e"
@@ -35,12 +37,6 @@ def eventually(check: Callable[[], Any], timeout: float = 45.0, interval: float 
             return last
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s; last result: {last!r}")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class Stack:

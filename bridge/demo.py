@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +23,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge.config import Settings
-from bridge.redis_server import EmbeddedRedis
+from bridge.redis_server import EmbeddedRedis, free_port
 from bridge.runtime import build
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import Convergence, check
@@ -40,12 +39,6 @@ STEP_TIMEOUT = 30.0
 
 class DemoFailed(Exception):
     pass
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait(what: str, condition: Callable[[], Any], timeout: float = STEP_TIMEOUT) -> float:
@@ -68,7 +61,7 @@ class Demo:
         self.business: Business | None = None
         self.supervisor: Supervisor | None = None
         self.token = secrets.token_urlsafe(24)
-        self.port = _free_port()
+        self.port = free_port()
 
     # --- helpers -----------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -160,7 +153,7 @@ class Demo:
                 "\n[bold]2. The bridge starts[/] (embedded Redis, worker, beat, webhook server)"
             )
             health = f"http://127.0.0.1:{self.port}/healthz"
-            seconds = _wait("the bridge to report healthy", lambda: _healthy(health), 60)
+            seconds = _wait("the bridge to report healthy", lambda: healthy(health), 60)
             self.done(f"healthy at {health}", seconds)
             started = time.monotonic()
             from bridge.ops import subscribe_webhooks
@@ -333,7 +326,8 @@ class Demo:
         self.supervisor.wait()
 
 
-def _healthy(url: str) -> bool:
+def healthy(url: str) -> bool:
+    """Whether the bridge's ``/healthz`` answers 200."""
     try:
         return requests.get(url, timeout=2).status_code == 200
     except requests.RequestException:

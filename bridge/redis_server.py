@@ -37,7 +37,8 @@ def find_redis_server() -> str:
     )
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on loopback now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -48,7 +49,7 @@ class EmbeddedRedis:
 
     def __init__(self, state_dir: Path, port: int | None = None) -> None:
         self.state_dir = Path(state_dir)
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
     @property

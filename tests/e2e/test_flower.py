@@ -3,11 +3,10 @@ basic auth on, its API closed without credentials and, with them, showing the ru
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import requests
 
+from bench.harness import free_port
 from tests.e2e.conftest import eventually
 
 pytestmark = pytest.mark.e2e
@@ -15,9 +14,7 @@ USER, PASSWORD = "ops", "flower-test-7d1e"
 
 
 def test_flower_requires_basic_auth_and_lists_the_worker(stack):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     stack.worker("fw1")
     stack.env["FLOWER_BASIC_AUTH"] = f"{USER}:{PASSWORD}"
     flower = stack.celery("flower", ["flower", "--address=127.0.0.1", f"--port={port}"])

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,8 +13,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-import requests
 
+from bench.harness import free_port
+from bridge.demo import healthy
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
 from tests.conftest import CD_KEY, SM8_KEY
@@ -25,12 +25,6 @@ pytestmark = pytest.mark.e2e
 TOKEN = "whk-run-5e8a1c0f93"
 
 
-def _port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _clean_env(**extra: str) -> dict[str, str]:
     ours = ("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_")
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
@@ -38,17 +32,10 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def _healthy(url: str) -> bool:
-    try:
-        return requests.get(url, timeout=1).status_code == 200
-    except requests.RequestException:
-        return False
-
-
 def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cleanly(
     tmp_path: Path, sm8_sim, cd_sim
 ):
-    port = _port()
+    port = free_port()
     env = _clean_env(
         SERVICEM8_API_KEY=SM8_KEY, SERVICEM8_BASE_URL=sm8_sim.api_url(),
         COREDINATION_API_KEY=CD_KEY, COREDINATION_BASE_URL=cd_sim.api_url(),
@@ -65,7 +52,7 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cle
         cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:
-        eventually(lambda: _healthy(f"http://127.0.0.1:{port}/healthz"), timeout=60)
+        eventually(lambda: healthy(f"http://127.0.0.1:{port}/healthz"), timeout=60)
         ns = connection_namespace("default")
         eventually(lambda: len(cd_sim.jobs) == 4, timeout=30)  # the first poll
         subscribed = subprocess.run(
