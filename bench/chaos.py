@@ -52,6 +52,7 @@ SM8_KEY = "smk-CHAOS-5ec7e7-a1b2c3d4e5f6"
 CD_KEY = "cdk-CHAOS-5ec7e7-f6e5d4c3b2a1"
 TOKEN = "whk-CHAOS-5ec7e7-0a9b8c7d6e5f"  # noqa: S105 - a fake, searched for in every output
 SECRETS = (SM8_KEY, CD_KEY, TOKEN)
+RATE = 10.0  # operations per second
 
 
 @dataclass
@@ -184,22 +185,25 @@ class Chaos:
             sim.deliverer.faults.max_delay = 0.0
 
     def _kill_workers(self, stack: Stack) -> None:
-        """SIGKILL a worker every few seconds; beat once; Redis once; a 429 burst now and then."""
+        """SIGKILL a worker every few seconds; beat once, a third of the way through; Redis
+        once, at two thirds; a 429 burst now and then."""
+        duration = self.size / RATE
+        gap = min(3.0, duration / 6)
         beat_done = redis_done = False
         started = time.monotonic()
-        while not self.stop.wait(self.rng.uniform(2.0, 4.0)):
+        while not self.stop.wait(self.rng.uniform(gap * 0.7, gap * 1.3)):
             name = self.rng.choice(["w1", "w2"])
             if name in stack.processes:
                 stack.kill(name)
                 self.report.faults["worker SIGKILL"] += 1
                 stack.worker(name, concurrency=2)
             elapsed = time.monotonic() - started
-            if not beat_done and elapsed > 6:
+            if not beat_done and elapsed > duration / 3:
                 stack.kill("beat")
                 self.report.faults["beat killed"] += 1
                 stack.beat()
                 beat_done = True
-            if not redis_done and elapsed > 10:
+            if not redis_done and elapsed > duration * 2 / 3:
                 assert self.redis is not None
                 self.redis.stop()
                 time.sleep(1.0)
@@ -212,10 +216,9 @@ class Chaos:
     # --- the operation stream ------------------------------------------------------------------
     def _operations(self, biz: Business, ns: Any) -> None:
         users = {s["uuid"]: biz.user_for(s["uuid"]) for s in biz.staff}
-        rate = 10.0  # operations per second
         start = time.monotonic()
         for i in range(self.size):
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
+            time.sleep(max(0.0, start + i / RATE - time.monotonic()))
             op = self.rng.choice(["create", "reschedule", "reassign", "delete", "schedule",
                                   "unschedule", "finish"])  # fmt: skip
             try:
