@@ -136,6 +136,10 @@ class StaffMap:
 # entry is `span` old. The call goes at the latest such time (or now); if that is more than
 # max_wait away nothing is taken and the wait is returned, else the time is recorded in every
 # window. Returns {wait as text, index of the window that decided it (0: none), taken 0/1}.
+_CLEAR_DIRTY = (
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+    "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+)
 _TAKE_SLOT = """
 local now = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
@@ -185,6 +189,9 @@ class Store:
         # the decoding below readable.
         self.r: Any = redis
         self.prefix = f"b:{connection_id}:"
+        # EVALSHA after the first call: the budget script runs before every API call.
+        self._take_slot = redis.register_script(_TAKE_SLOT)
+        self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -370,12 +377,8 @@ class Store:
         """Forget the dirty mark if nobody bumped it since ``generation`` was read."""
         if generation is None:
             return True
-        script = (
-            "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
-            "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
-        )
         # A compare-and-delete must be one step; WATCH/MULTI would retry on every other job's mark.
-        return bool(self.r.eval(script, 1, self.key("dirty"), job_uuid, str(generation)))
+        return bool(self._clear_dirty(keys=[self.key("dirty")], args=[job_uuid, str(generation)]))
 
     # --- the API budget --------------------------------------------------------------------------
     def take_slot(
@@ -388,7 +391,7 @@ class Store:
         args: list[str] = [repr(now), repr(max_wait)]
         for w in windows:
             args += [str(max(1, w.fill)), str(w.keep), repr(w.span)]
-        wait, blocking, taken = self.r.eval(_TAKE_SLOT, len(keys), *keys, *args)
+        wait, blocking, taken = self._take_slot(keys=keys, args=args)
         name = windows[int(blocking) - 1].name if int(blocking) else None
         return Slot(bool(taken), max(0.0, float(wait)), name)
 

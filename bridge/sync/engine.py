@@ -281,8 +281,12 @@ class Engine:
         cursor = self.store.cursor(CURSOR_CD_JOBS)
         since = max(0, int(cursor) - self.options.cd_overlap_ms) if cursor else 0
         newest = int(cursor) if cursor else None
+        parked = {r for r in self.store.invalid() if r.startswith("coredination.")}
         linked: list[tuple[str, CdJob]] = []
         for job in self.cd.iter_changed_jobs(since, on_invalid=self.park):
+            if parked:  # read cleanly now: no longer parked
+                refs = {f"coredination.job:{r}" for r in (job.uuid and job.uuid.lower(), job.id)}
+                self.store.clear_invalid(parked & refs)
             modified = to_epoch_ms(job.modified)
             if modified is not None:
                 newest = max(newest or 0, modified)

@@ -72,3 +72,18 @@ def test_unknown_resource_state_and_a_deleted_job_do_not_stop_the_others(engine,
     user = biz.user_for(biz.staff[1]["uuid"])["id"]
     job2 = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(engine.ns, biz.jobs[2])]]
     assert any(r["userId"] == user for r in job2["resources"]), fresh
+
+
+def test_an_unreadable_coredination_job_is_parked_then_unparked(engine, sm8_sim, cd_sim, store):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=2, allocations=2)
+    engine.run_cycle()
+    bad = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(engine.ns, biz.jobs[0])]]
+    good_resources = bad["resources"]
+    bad["resources"] = "not a list"
+    bad["modified"] = cd_sim.now_ms()
+    engine.run_cycle(match_staff=False)  # the other job's poll and sync go on
+    assert list(store.invalid()) == [f"coredination.job:{bad['uuid']}"]
+    bad["resources"] = good_resources
+    bad["modified"] = cd_sim.now_ms()
+    engine.run_cycle(match_staff=False)
+    assert store.invalid() == {}
