@@ -31,9 +31,8 @@ test: lint typecheck ## the whole suite: lint, types, every test, the quick benc
 	$(BIN)/pytest
 	$(MAKE) bench-quick
 
-# The memory scenario is left out of CI until it meets its target (see the README, Performance).
 bench-quick: $(STAMP) ## every benchmark at small size; fails if a figure misses its target
-	$(BIN)/python -m bench --quick --skip memory
+	$(BIN)/python -m bench --quick
 
 bench: $(STAMP) ## the full benchmark (several minutes): table, bench/out/figures.json, plots
 	$(BIN)/python -m bench

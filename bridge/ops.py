@@ -36,7 +36,7 @@ def status(rt: Runtime) -> dict[str, Any]:
     invalid = store.invalid()
     return {
         "connection": rt.settings.bridge_connection_id,
-        "links": store.count_keys("job:*"),
+        "links": store.job_count(),
         "staff_mapped": len(store.staff_map().s2u),
         "dirty_jobs": len(store.dirty()),
         "pending": len(pending),

@@ -6,13 +6,13 @@ uuid, ``A`` an allocation uuid, ``U`` a Coredination user id, ``C`` a Coredinati
 ====================  ======  ====================================================================
 key                   type    what it holds
 ====================  ======  ====================================================================
-``job:{J}``           hash    everything known of one linked job, so one HGETALL loads it:
-                              ``d`` job facts; ``a:{A}`` allocation facts; ``w:{A}`` when the
-                              bridge last wrote A (until a later read settles it); ``c`` the
-                              Coredination view (id, uuid, resources, their event times); ``f`` the
-                              fingerprint of the job body last written; ``p:{S}`` pair snapshot
-                              ``"<sm8 presence>|<cd presence>"`` when last in step
-``cdjob``             hash    ``C`` and Coredination job id → ``J`` (the reverse link)
+``jobs:{n}``          hash    one of ``JOB_BUCKETS`` buckets: ``J`` (16 bytes) → the job's
+                              record, everything known of it, packed by ``bridge.records``: job
+                              facts, allocation facts, when the bridge last wrote each allocation
+                              (until a later read settles it), the Coredination view, the body
+                              fingerprint and the pair snapshots. ``n`` = CRC32(J) mod buckets
+``cdref:{n}``         hash    one of ``REF_BUCKETS`` buckets: ``C`` (16 bytes) or the
+                              Coredination job id (text) → ``J`` (16 bytes), the reverse link
 ``dirty``             hash    ``J`` → generation; a job to sync. Ingest bumps it, a finished sync
                               removes it only if unchanged, so no change is lost to a race
 ``map:s2u``           hash    ``S`` → ``U`` (staff ⇄ user map; ``map:u2s`` the reverse)
@@ -39,8 +39,10 @@ key                   type    what it holds
 ``alive:{worker}``    string  a worker's last heartbeat (expires after ``ALIVE_SECONDS``)
 ====================  ======  ====================================================================
 
-Writes that must agree (job facts and the dirty mark, a link and its reverse) go in one
-``MULTI``/``EXEC`` transaction.
+A job record is read, changed and written back by compare-and-set (``_PUT_JOB``), which bumps the
+dirty mark in the same step, so the poll path (no job lock) and a sync (job lock) never undo each
+other's changes and no change is stored without its dirty mark. Other writes that must agree go
+in one ``MULTI``/``EXEC`` transaction.
 """
 
 from __future__ import annotations
@@ -48,78 +50,78 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from redis import Redis
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
-from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
+from bridge.log import get_logger
+from bridge.records import CdView, JobRecord, RecordError, decode, encode, id_bytes, unpack_id
+from mappings.ids import cd_job_uuid, connection_namespace
+from mappings.rules import AllocationFacts, JobFacts, PairSnapshot
+
+log = get_logger(__name__)
 
 REDBEAT_PREFIX = "redbeat:"  # celery-redbeat's keys, under this connection's prefix
 BEAT_LOCK = REDBEAT_PREFIX + ":lock"
 ALIVE_SECONDS = 30  # a worker whose last heartbeat is older than this counts as dead
+# Job records live in JOB_BUCKETS hashes and reverse links in REF_BUCKETS hashes, chosen by the
+# CRC32 of the id: a top-level key per job would cost about 80 bytes more per link. A record is
+# over 64 bytes, so its bucket is a plain hash table; a reverse-link bucket holds short values and
+# stays in Redis's compact listpack encoding up to ``hash-max-listpack-entries`` fields (512 by
+# default; two per link, so about 500,000 links per connection), past which it still works with
+# more memory per link. Never change these counts on a live store: records would be looked for in
+# the wrong bucket.
+JOB_BUCKETS = 1024
+REF_BUCKETS = 2048
+BATCH = 500  # job records read and written per round trip
+UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given up on (retried)
 
 
 def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
 
 
-def _alloc_from(raw: str) -> AllocationFacts:
-    data = json.loads(raw)
-    if data.get("window") is not None:
-        data["window"] = tuple(data["window"])
-    return AllocationFacts(**data)
+def _empty(record: JobRecord) -> bool:
+    return record.details is None and not record.allocations and record.cd is None
 
 
-@dataclass
-class CdView:
-    """The Coredination side of a linked job as last seen or written by the bridge."""
+@dataclass(frozen=True)
+class Change:
+    """What a change to a job record did: ``write`` the record back, bump the dirty mark,
+    remind of an allocation expiry (epoch ms) in ``expiring``."""
 
-    id: int | None
-    uuid: str
-    resources: dict[int, str] = field(default_factory=dict)  # user id → resource state
-    changed_ms: dict[int, int] = field(default_factory=dict)  # user id → last event time
-    modified_ms: int | None = None
-    start_ms: int | None = None
-
-    def to_json(self) -> str:
-        return _dump(
-            {
-                "id": self.id,
-                "uuid": self.uuid,
-                "r": {str(k): v for k, v in self.resources.items()},
-                "t": {str(k): v for k, v in self.changed_ms.items()},
-                "m": self.modified_ms,
-                "s": self.start_ms,
-            }
-        )
-
-    @classmethod
-    def from_json(cls, raw: str) -> CdView:
-        data = json.loads(raw)
-        return cls(
-            id=data["id"],
-            uuid=data["uuid"],
-            resources={int(k): v for k, v in data["r"].items()},
-            changed_ms={int(k): v for k, v in data["t"].items()},
-            modified_ms=data["m"],
-            start_ms=data.get("s"),
-        )
+    job_uuid: str
+    write: bool = True
+    dirty: bool = False
+    expires_ms: int | None = None
 
 
-@dataclass
-class JobRecord:
-    """One ``job:{J}`` hash, decoded."""
+@dataclass(frozen=True)
+class SyncWrite:
+    """What one sync of a job leaves in its record (see ``Store.save_sync``)."""
 
-    uuid: str
-    details: JobFacts | None = None
-    allocations: dict[str, AllocationFacts] = field(default_factory=dict)
-    cd: CdView | None = None
-    fields_fp: str | None = None
-    pairs: dict[str, PairSnapshot] = field(default_factory=dict)
+    job_uuid: str
+    written: list[AllocationFacts]
+    at: float
+    view: CdView | None
+    fields_fp: str | None
+    pairs: Mapping[str, PairSnapshot]
+    dirty: bool = False  # mark the job to sync, in the same step
+
+    @property
+    def empty(self) -> bool:
+        return not (
+            self.written or self.view is not None or self.fields_fp is not None or self.pairs
+        ) and not self.dirty
+
+
+class StoreBusy(RedisError):
+    """A job record changed under every attempt to write it (retried like a Redis error)."""
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,17 @@ _CLEAR_DIRTY = (
     "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
     "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
 )
+# Compare-and-set one job record. KEYS: its bucket, ``dirty``, ``expiring``. ARGV: field, the
+# bytes read ('' = absent), the new bytes ('' = leave as is), the job uuid, '1' to bump its dirty
+# mark, an expiry reminder in epoch ms ('' = none). Returns 1 if done, 0 if the record changed.
+_PUT_JOB = """
+local held = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if held ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
+return 1
+"""
 _TAKE_SLOT = """
 local now = tonumber(ARGV[1])
 local max_wait = tonumber(ARGV[2])
@@ -189,37 +202,127 @@ class Store:
         # the decoding below readable.
         self.r: Any = redis
         self.prefix = f"b:{connection_id}:"
+        self.ns = connection_namespace(connection_id)
         # EVALSHA after the first call: the budget script runs before every API call.
         self._take_slot = redis.register_script(_TAKE_SLOT)
         self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
+        self._put_job = redis.register_script(_PUT_JOB)
 
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    # --- jobs ------------------------------------------------------------------------------------
+    # --- jobs ----------------------------------------------------------------------------------
+    def _job_slot(self, job_uuid: str) -> tuple[str, bytes]:
+        """The bucket key and field of a job's record."""
+        field_ = id_bytes(job_uuid)
+        if field_ is None:
+            raise ValueError(f"not a ServiceM8 job uuid: {job_uuid[:60]!r}")
+        return self.key(f"jobs:{zlib.crc32(field_) % JOB_BUCKETS}"), field_
+
+    def _ref_slot(self, ref: str) -> tuple[str, bytes] | None:
+        """The bucket key and field of a Coredination job uuid or numeric id (reverse link)."""
+        field_ = id_bytes(ref) or (ref.encode() if ref.isascii() and ref.isdigit() else None)
+        if field_ is None:
+            return None
+        return self.key(f"cdref:{zlib.crc32(field_) % REF_BUCKETS}"), field_
+
+    def _decode(self, job_uuid: str, raw: bytes | None) -> JobRecord:
+        if raw is None:
+            return JobRecord(job_uuid)
+        try:
+            return decode(job_uuid, raw, self.cd_uuid(job_uuid))
+        except RecordError as exc:
+            # Start again from nothing rather than block the job: the next sync reads both
+            # sides and, without snapshots, treats every pair as new (nothing is deleted).
+            log.error("store.record_unreadable", sm8_job_uuid=job_uuid, reason=str(exc))
+            return JobRecord(job_uuid)
+
+    def cd_uuid(self, job_uuid: str) -> str:
+        return cd_job_uuid(self.ns, job_uuid)
+
     def load_job(self, job_uuid: str) -> JobRecord:
-        raw: dict[bytes, bytes] = self.r.hgetall(self.key(f"job:{job_uuid}"))
-        record = JobRecord(job_uuid)
-        for k, v in raw.items():
-            name, value = k.decode(), v.decode()
-            if name == "d":
-                record.details = JobFacts(**json.loads(value))
-            elif name == "c":
-                record.cd = CdView.from_json(value)
-            elif name == "f":
-                record.fields_fp = value
-            elif name.startswith("a:"):
-                record.allocations[name[2:]] = _alloc_from(value)
-            elif name.startswith("w:"):
-                continue
-            elif name.startswith("p:"):
-                sm8, cd = value.split("|")
-                record.pairs[name[2:]] = PairSnapshot(Presence(sm8), Presence(cd))
-        return record
+        key, field_ = self._job_slot(job_uuid)
+        return self._decode(job_uuid, self.r.hget(key, field_))
+
+    def has_job(self, job_uuid: str) -> bool:
+        if id_bytes(job_uuid) is None:
+            return False
+        key, field_ = self._job_slot(job_uuid)
+        return bool(self.r.hexists(key, field_))
+
+    def _job_keys(self) -> list[str]:
+        return [self.key(f"jobs:{n}") for n in range(JOB_BUCKETS)]
 
     def known_jobs(self) -> list[str]:
-        prefix = self.key("job:")
-        return [k.decode()[len(prefix) :] for k in self.r.scan_iter(match=prefix + "*", count=1000)]
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in self._job_keys():
+                pipe.hkeys(key)
+            buckets = pipe.execute()
+        return [unpack_id(bytes(f)) for fields in buckets for f in fields]
+
+    def job_count(self) -> int:
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in self._job_keys():
+                pipe.hlen(key)
+            return sum(pipe.execute())
+
+    def _update(
+        self,
+        job_uuids: Iterable[str],
+        change: Callable[[JobRecord], Change | None],
+    ) -> list[Change]:
+        """Read, change and write back job records, each atomically against every other writer.
+
+        ``change`` edits the record in place and says what it did, or returns ``None`` when
+        nothing changed. A write goes only if the stored bytes are still the ones read (a
+        compare-and-set script, which also bumps the dirty mark and the expiry reminder in the
+        same step); a record changed meanwhile is read again and ``change`` runs again on it.
+        """
+        pending = list(dict.fromkeys(job_uuids))
+        done: list[Change] = []
+        for _ in range(UPDATE_ATTEMPTS):
+            if not pending:
+                return done
+            slots = [self._job_slot(j) for j in pending]
+            with self.r.pipeline(transaction=False) as pipe:
+                for key, field_ in slots:
+                    pipe.hget(key, field_)
+                raws = pipe.execute()
+            writes: list[tuple[str, Change]] = []
+            with self.r.pipeline(transaction=False) as pipe:
+                for job_uuid, (key, field_), raw in zip(pending, slots, raws, strict=True):
+                    record = self._decode(job_uuid, raw)
+                    outcome = change(record)
+                    if outcome is None:
+                        continue
+                    new = encode(record, self.cd_uuid(job_uuid)) if outcome.write else b""
+                    if outcome.write and new == raw:
+                        new = b""  # the same bytes: nothing to write, only the marks
+                        if not outcome.dirty and outcome.expires_ms is None:
+                            continue
+                    self._put_job(
+                        keys=[key, self.key("dirty"), self.key("expiring")],
+                        args=[
+                            field_,
+                            raw or b"",
+                            new,
+                            job_uuid,
+                            "1" if outcome.dirty else "0",
+                            "" if outcome.expires_ms is None else str(outcome.expires_ms),
+                        ],
+                        client=pipe,
+                    )
+                    writes.append((job_uuid, outcome))
+                results = pipe.execute() if writes else []
+            pending = []
+            for (job_uuid, outcome), ok in zip(writes, results, strict=True):
+                if ok:
+                    done.append(outcome)
+                else:
+                    pending.append(job_uuid)
+        if pending:
+            raise StoreBusy(f"job records kept changing under this write: {pending[:5]}")
+        return done
 
     def ingest_allocations(
         self, facts: Iterable[AllocationFacts], read_started: float | None = None
@@ -234,43 +337,36 @@ class Store:
         by_job: dict[str, list[AllocationFacts]] = {}
         for fact in facts:
             by_job.setdefault(fact.job_uuid, []).append(fact)
-        changed: set[str] = set()
-        for job_uuid, batch in by_job.items():
-            key = self.key(f"job:{job_uuid}")
-            fields = [f"a:{f.uuid}" for f in batch] + [f"w:{f.uuid}" for f in batch]
-            held = self.r.hmget(key, fields)
-            updates: dict[str, str] = {}
-            settled: list[str] = []
-            dirty = False
-            for fact, old, written in zip(
-                batch, held[: len(batch)], held[len(batch) :], strict=True
-            ):
+
+        def change(record: JobRecord) -> Change | None:
+            wrote, dirty = False, False
+            for fact in by_job[record.uuid]:
+                written = record.written.get(fact.uuid)
                 if written is not None:
-                    if read_started is None or float(written) >= read_started:
+                    if read_started is None or written >= read_started:
                         continue
-                    settled.append(f"w:{fact.uuid}")
-                previous = _alloc_from(old.decode()) if old else None
+                    del record.written[fact.uuid]  # a read begun after our write settles it
+                    wrote = True
+                previous = record.allocations.get(fact.uuid)
                 if previous is not None and previous.by_bridge and not fact.by_bridge:
-                    fact = AllocationFacts(**{**asdict(fact), "by_bridge": True})
+                    fact = replace(fact, by_bridge=True)
                 if previous == fact:
                     continue
-                updates[f"a:{fact.uuid}"] = _dump(asdict(fact))
+                record.allocations[fact.uuid] = fact
+                wrote = True
                 if previous is None or not previous.same_state(fact):
                     dirty = True
-            if updates or settled:
-                with self.r.pipeline() as pipe:
-                    if updates:
-                        pipe.hset(key, mapping=updates)
-                    if settled:
-                        pipe.hdel(key, *settled)
-                    if dirty:
-                        pipe.hincrby(self.key("dirty"), job_uuid, 1)
-                    pipe.execute()
-            if dirty:
-                changed.add(job_uuid)
-            expiries = [f.expires_ms for f in batch if f.active and f.expires_ms is not None]
-            if expiries:
-                self.r.zadd(self.key("expiring"), {job_uuid: min(expiries)}, lt=True)
+            expiries = [f.expires_ms for f in by_job[record.uuid]
+                        if f.active and f.expires_ms is not None]  # fmt: skip
+            if not (wrote or expiries):
+                return None
+            return Change(record.uuid, write=wrote, dirty=dirty,
+                          expires_ms=min(expiries) if expiries else None)  # fmt: skip
+
+        changed: set[str] = set()
+        jobs = list(by_job)
+        for i in range(0, len(jobs), BATCH):
+            changed |= {c.job_uuid for c in self._update(jobs[i : i + BATCH], change) if c.dirty}
         return changed
 
     def due_expiries(self, now_ms: int) -> set[str]:
@@ -286,63 +382,103 @@ class Store:
 
     def ingest_jobs(self, facts: Iterable[JobFacts], only_known: bool = False) -> set[str]:
         """Store job details; mark dirty the jobs whose details changed."""
+        by_job = {f.uuid: f for f in facts}
+
+        def change(record: JobRecord) -> Change | None:
+            fact = by_job[record.uuid]
+            if record.details == fact or (only_known and _empty(record)):
+                return None
+            record.details = fact
+            return Change(record.uuid, dirty=True)
+
         changed: set[str] = set()
-        for fact in facts:
-            key = self.key(f"job:{fact.uuid}")
-            if only_known and not self.r.exists(key):
-                continue
-            old = self.r.hget(key, "d")
-            new = _dump(asdict(fact))
-            if old is not None and old.decode() == new:
-                continue
-            previous = JobFacts(**json.loads(old)) if old else None
-            with self.r.pipeline() as pipe:
-                pipe.hset(key, "d", new)
-                if previous is None or asdict(previous) | {"edited_ms": 0} != asdict(fact) | {
-                    "edited_ms": 0
-                }:
-                    pipe.hincrby(self.key("dirty"), fact.uuid, 1)
-                    changed.add(fact.uuid)
-                pipe.execute()
+        jobs = list(by_job)
+        for i in range(0, len(jobs), BATCH):
+            changed |= {c.job_uuid for c in self._update(jobs[i : i + BATCH], change)}
         return changed
 
     def save_details(self, facts: JobFacts) -> None:
-        self.r.hset(self.key(f"job:{facts.uuid}"), "d", _dump(asdict(facts)))
+        def change(record: JobRecord) -> Change:
+            record.details = facts
+            return Change(record.uuid)
+
+        self._update([facts.uuid], change)
 
     def save_written(self, job_uuid: str, facts: Iterable[AllocationFacts], at: float) -> None:
         """Store allocations as the bridge just wrote them, with a write marker (see ingest)."""
-        mapping: dict[str, str] = {}
-        for fact in facts:
-            mapping[f"a:{fact.uuid}"] = _dump(asdict(fact))
-            mapping[f"w:{fact.uuid}"] = repr(at)
-        if mapping:
-            self.r.hset(self.key(f"job:{job_uuid}"), mapping=mapping)
+        self.save_sync(job_uuid, written=facts, at=at)
 
     def forget_cd(self, job_uuid: str) -> None:
-        """The Coredination job is gone: drop our view so the next sync creates it again."""
-        self.r.hdel(self.key(f"job:{job_uuid}"), "c", "f")
+        """The Coredination job is gone: drop our view and mark the job dirty (in one step), so
+        the next sync creates it again."""
 
-    def save_cd(self, job_uuid: str, view: CdView, fields_fp: str | None = None) -> None:
-        """Store the Coredination view of a job and its reverse link, together."""
-        mapping = {"c": view.to_json()}
-        if fields_fp is not None:
-            mapping["f"] = fields_fp
-        with self.r.pipeline() as pipe:
-            pipe.hset(self.key(f"job:{job_uuid}"), mapping=mapping)
-            links = {view.uuid: job_uuid}
-            if view.id is not None:
-                links[str(view.id)] = job_uuid
-            pipe.hset(self.key("cdjob"), mapping=links)
-            pipe.execute()
+        def change(record: JobRecord) -> Change:
+            record.cd, record.fields_fp = None, None
+            return Change(record.uuid, dirty=True)
+
+        self._update([job_uuid], change)
+
+    def save_cd(
+        self, job_uuid: str, view: CdView, fields_fp: str | None = None, *, dirty: bool = False
+    ) -> None:
+        """Store the Coredination view of a job (and its reverse link, written first); with
+        ``dirty``, mark the job to sync in the same step (a pull that found a change)."""
+        self.save_syncs([SyncWrite(job_uuid, [], 0.0, view, fields_fp, {}, dirty)])
 
     def save_pairs(self, job_uuid: str, pairs: Mapping[str, PairSnapshot]) -> None:
-        mapping = {f"p:{s}": f"{p.sm8.value}|{p.cd.value}" for s, p in pairs.items()}
-        if mapping:
-            self.r.hset(self.key(f"job:{job_uuid}"), mapping=mapping)
+        self.save_sync(job_uuid, pairs=pairs)
+
+    def save_sync(
+        self,
+        job_uuid: str,
+        *,
+        written: Iterable[AllocationFacts] = (),
+        at: float = 0.0,
+        view: CdView | None = None,
+        fields_fp: str | None = None,
+        pairs: Mapping[str, PairSnapshot] | None = None,
+    ) -> None:
+        """What one sync of a job did, in one write: allocations it wrote (with the write
+        marker ``at``), the Coredination view, the body fingerprint and the pair snapshots."""
+        self.save_syncs([SyncWrite(job_uuid, list(written), at, view, fields_fp, pairs or {})])
+
+    def save_syncs(self, writes: Sequence[SyncWrite]) -> None:
+        """``save_sync`` for many jobs at once (a few round trips per ``BATCH`` jobs)."""
+        by_job = {w.job_uuid: w for w in writes if not w.empty}
+        # Reverse links before the records: a link without its record is harmless (the lookup
+        # finds a job with no view and does nothing), a record without its reverse link is not.
+        with self.r.pipeline(transaction=False) as pipe:
+            for w in by_job.values():
+                if w.view is not None:
+                    target = id_bytes(w.job_uuid)
+                    for ref in (w.view.uuid, None if w.view.id is None else str(w.view.id)):
+                        slot = self._ref_slot(ref) if ref is not None else None
+                        if slot is not None:
+                            pipe.hset(slot[0], slot[1], target)
+            pipe.execute()
+
+        def change(record: JobRecord) -> Change:
+            w = by_job[record.uuid]
+            for fact in w.written:
+                record.allocations[fact.uuid] = fact
+                record.written[fact.uuid] = w.at
+            if w.view is not None:
+                record.cd = w.view
+            if w.fields_fp is not None:
+                record.fields_fp = w.fields_fp
+            record.pairs.update(w.pairs)
+            return Change(record.uuid, dirty=w.dirty)
+
+        jobs = list(by_job)
+        for i in range(0, len(jobs), BATCH):
+            self._update(jobs[i : i + BATCH], change)
 
     def job_for_cd(self, ref: str | int) -> str | None:
-        found = self.r.hget(self.key("cdjob"), str(ref).lower())
-        return found.decode() if found else None
+        slot = self._ref_slot(str(ref).strip().lower())
+        if slot is None:
+            return None
+        found = self.r.hget(*slot)
+        return unpack_id(bytes(found)) if found else None
 
     def cd_views(self, refs: Iterable[str]) -> dict[str, CdView | None]:
         """The stored Coredination views of several linked jobs, keyed by ServiceM8 job uuid."""
@@ -351,12 +487,9 @@ class Store:
             return {}
         with self.r.pipeline(transaction=False) as pipe:
             for job_uuid in refs:
-                pipe.hget(self.key(f"job:{job_uuid}"), "c")
+                pipe.hget(*self._job_slot(job_uuid))
             raws = pipe.execute()
-        return {
-            j: CdView.from_json(raw.decode()) if raw else None
-            for j, raw in zip(refs, raws, strict=True)
-        }
+        return {j: self._decode(j, raw).cd for j, raw in zip(refs, raws, strict=True)}
 
     # --- dirty jobs ------------------------------------------------------------------------------
     def mark_dirty(self, job_uuids: Iterable[str]) -> None:

@@ -152,7 +152,6 @@ class JobFacts:
     address: str | None
     lat: float | None
     lng: float | None
-    edited_ms: int | None
 
 
 def job_facts(job: Job) -> JobFacts:
@@ -164,7 +163,6 @@ def job_facts(job: Job) -> JobFacts:
         address=job.job_address,
         lat=job.lat if job.lat else None,
         lng=job.lng if job.lng else None,
-        edited_ms=to_epoch_ms(job.edit_date),
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, tzinfo
 from typing import Annotated, Any, Self
+from uuid import UUID
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationInfo
 
@@ -43,6 +44,20 @@ def _optional_float(value: Any) -> float | None:
     return float(value)
 
 
+def _uuid(value: Any) -> str:
+    """A record id: a uuid, kept in canonical lower-case form (the link store packs it into 16
+    bytes). Anything else is refused, so the record is parked with the reason."""
+    text = str(value).strip().lower() if isinstance(value, str) else ""
+    try:
+        parsed = UUID(text)
+    except ValueError:
+        raise ValueError(f"expected a uuid, got {str(value)[:40]!r}") from None
+    if str(parsed) != text:
+        raise ValueError(f"expected a hyphenated uuid, got {str(value)[:40]!r}")
+    return text
+
+
+Uuid = Annotated[str, BeforeValidator(_uuid)]
 Stamp = Annotated[datetime | None, BeforeValidator(_stamp)]
 Flag = Annotated[bool, BeforeValidator(parse_flag)]
 OptStr = Annotated[str | None, BeforeValidator(_optional_str)]
@@ -81,7 +96,8 @@ class SM8Record(BaseModel):
 class JobAllocation(SM8Record):
     """A job allocated to a staff member, optionally from a date and within an allocation window."""
 
-    job_uuid: str
+    uuid: Uuid
+    job_uuid: Uuid
     staff_uuid: OptStr = None
     allocation_date: Stamp = None
     allocation_window_uuid: OptStr = None
@@ -94,6 +110,7 @@ class JobAllocation(SM8Record):
 
 
 class Job(SM8Record):
+    uuid: Uuid
     status: OptStr = None
     job_address: OptStr = None
     job_description: OptStr = None

@@ -23,8 +23,9 @@ from redis.lock import Lock
 
 from bridge.errors import ApiError, BudgetExhausted, InvalidRecord, NotFound
 from bridge.log import get_logger
+from bridge.records import CdView, JobRecord
 from bridge.servicem8 import where
-from bridge.store import CdView, JobRecord, StaffMap, Store
+from bridge.store import StaffMap, Store
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
 from mappings.coredination import CdJob
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
@@ -270,7 +271,7 @@ class Engine:
 
     def push_job(self, uuid: str) -> set[str]:
         """A webhook said job ``uuid`` changed: re-read it if the bridge knows it."""
-        if not self.store.r.exists(self.store.key(f"job:{uuid.lower()}")):
+        if not self.store.has_job(uuid.lower()):
             return set()
         return self.store.ingest_jobs([job_facts(self.sm8.get_job(uuid))], only_known=True)
 
@@ -318,13 +319,11 @@ class Engine:
                 job = self.cd.get_job(record.cd.uuid)
             except NotFound:
                 self.store.forget_cd(sm8_job)
-                self.store.mark_dirty([sm8_job])
                 return {sm8_job}
             view = _view(job, record.cd.uuid)
             if view.resources == record.cd.resources:
                 return set()
-            self.store.save_cd(sm8_job, view)
-            self.store.mark_dirty([sm8_job])
+            self.store.save_cd(sm8_job, view, dirty=True)
             return {sm8_job}
 
     def pull_webhook(self, ref: str, event: CdEvent | None = None) -> set[str]:
@@ -424,10 +423,9 @@ class Engine:
         finally:
             # Even when a write fails or the budget runs dry half-way, keep what was done, so
             # the retry neither repeats a write nor mistakes our own write for a change.
-            if written:
-                self.store.save_written(record.uuid, written, self.clock())
-            self.store.save_cd(record.uuid, view)
-            self.store.save_pairs(record.uuid, snapshots)
+            self.store.save_sync(
+                record.uuid, written=written, at=self.clock(), view=view, pairs=snapshots
+            )
         for snap in snapshots.values():
             if not in_step(snap.sm8, snap.cd):
                 report.add("skipped.not_in_step")

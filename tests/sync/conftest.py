@@ -11,13 +11,12 @@ from bridge.config import Settings
 from bridge.runtime import build
 from bridge.sync.engine import Engine
 from bridge.web import create_app
-from mappings.ids import connection_namespace
 from tests.conftest import CD_KEY, SM8_KEY
 
 
 @pytest.fixture
 def engine(store: Any, sm8: Any, cd: Any) -> Engine:
-    return Engine(store, sm8, cd, connection_namespace(store.prefix))
+    return Engine(store, sm8, cd, store.ns)
 
 
 # --- the webhook receiver over HTTP (FastAPI's test client), enqueues recorded -------------

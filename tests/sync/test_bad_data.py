@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from bridge.errors import InvalidRecord
+from bridge.records import JobRecord
 from bridge.simulators.checker import check
 from bridge.simulators.scenario import seed_business
+from bridge.store import Change
 from mappings.ids import cd_job_uuid
 
 MISSING_JOB = "00000000-0000-4000-8000-000000000000"
@@ -58,7 +60,7 @@ def test_unknown_resource_state_and_a_deleted_job_do_not_stop_the_others(engine,
     weird_job["resources"][0]["state"] = "TELEPORTED"
     weird_job["modified"] = cd_sim.now_ms()
     del sm8_sim.records["job"][biz.jobs[1]]
-    engine.store.r.hdel(engine.store.key(f"job:{biz.jobs[1]}"), "d")  # forces a re-read
+    engine.store._update([biz.jobs[1]], forget_details)  # forces a re-read
     engine.store.mark_dirty([biz.jobs[1]])
     fresh = sm8_sim.create("joballocation", {"job_uuid": biz.jobs[2],
                                              "staff_uuid": biz.staff[1]["uuid"],
@@ -87,3 +89,19 @@ def test_an_unreadable_coredination_job_is_parked_then_unparked(engine, sm8_sim,
     bad["modified"] = cd_sim.now_ms()
     engine.run_cycle(match_staff=False)
     assert store.invalid() == {}
+
+
+def forget_details(record: JobRecord) -> Change:
+    record.details = None
+    return Change(record.uuid)
+
+
+def test_an_allocation_on_a_job_id_that_is_not_a_uuid_is_parked(engine, sm8_sim, cd_sim, store):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+    odd = biz.allocations[0]["uuid"]
+    sm8_sim.records["joballocation"][odd]["job_uuid"] = "JOB-1042"
+    engine.run_cycle()
+    invalid = store.invalid()
+    assert list(invalid) == [f"servicem8.joballocation:{odd}"]
+    assert "expected a uuid" in invalid[f"servicem8.joballocation:{odd}"]["reason"]
+    assert sum(check(sm8_sim, cd_sim, engine.ns).by_presence.values()) == 1  # the other synced

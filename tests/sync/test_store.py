@@ -1,0 +1,140 @@
+"""The link store's job records on real Redis: concurrent writers never undo each other, the
+dirty mark travels with the change, reverse links find the job, a damaged record does not block."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+
+from bridge.records import CdView, JobRecord
+from bridge.store import Change, Store, StoreBusy
+from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
+
+JOB = "f06d3fef-7019-46a0-8381-e88f38c0c8fd"
+STAFF = "35bf992d-c9e9-4616-a12e-7696a6cecc1b"
+
+
+def allocation(n: int, **changes: object) -> AllocationFacts:
+    base = AllocationFacts(f"c96fa758-02b0-47f8-86fa-adb10a248c{n:02x}", JOB, STAFF, True,
+                           1796043600000, (420, 540), None, None, 1795423605000)  # fmt: skip
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def test_a_record_changed_between_read_and_write_is_read_again(store: Store) -> None:
+    store.ingest_allocations([allocation(1)])
+    calls = []
+
+    def change(record: JobRecord) -> Change:
+        calls.append(len(record.allocations))
+        if len(calls) == 1:  # another writer (a poll, say) gets in first
+            store.ingest_allocations([allocation(2)])
+        record.pairs[STAFF] = PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)
+        return Change(record.uuid)
+
+    store._update([JOB], change)
+    record = store.load_job(JOB)
+    assert calls == [1, 2]
+    assert set(record.allocations) == {allocation(1).uuid, allocation(2).uuid}
+    assert record.pairs == {STAFF: PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)}
+
+
+def test_parallel_writers_on_one_record_lose_nothing(store: Store) -> None:
+    def ingest(n: int) -> None:
+        for i in range(20):
+            store.ingest_allocations([allocation(n * 20 + i)])
+
+    def sync() -> None:
+        for i in range(40):
+            store.save_sync(JOB, pairs={f"s{i}": PairSnapshot(Presence.ABSENT, Presence.ABSENT)})
+
+    threads = [threading.Thread(target=ingest, args=(n,)) for n in range(3)]
+    threads.append(threading.Thread(target=sync))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    record = store.load_job(JOB)
+    assert len(record.allocations) == 60 and len(record.pairs) == 40
+
+
+def test_a_change_and_its_dirty_mark_go_together(store: Store) -> None:
+    assert store.ingest_allocations([allocation(1)]) == {JOB}
+    assert store.dirty() == {JOB: 1}
+    # A re-read with only a new edit_date is stored quietly: no dirty mark.
+    assert store.ingest_allocations([allocation(1, edited_ms=1795423609000)]) == set()
+    assert store.dirty() == {JOB: 1}
+    assert store.load_job(JOB).allocations[allocation(1).uuid].edited_ms == 1795423609000
+    assert store.ingest_allocations([allocation(1, active=False)]) == {JOB}
+    assert store.dirty() == {JOB: 2}
+    assert store.ingest_jobs([JobFacts(JOB, True, "1", "Fix", None, None, None)]) == {JOB}
+    assert store.ingest_jobs([JobFacts(JOB, True, "1", "Fix", None, None, None)]) == set()
+    other = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+    assert store.ingest_jobs([JobFacts(other, True, "2", None, None, None, None)],
+                             only_known=True) == set()  # fmt: skip
+    assert not store.has_job(other) and store.has_job(JOB) and store.known_jobs() == [JOB]
+
+
+def test_expiry_reminder_is_set_with_the_record(store: Store) -> None:
+    store.ingest_allocations([allocation(1, expires_ms=1796000000000)])
+    assert store.due_expiries(1795999999999) == set()
+    assert store.due_expiries(1796000000000) == {JOB}
+
+
+def test_our_own_write_is_not_undone_by_an_older_read(store: Store) -> None:
+    mine = allocation(1, staff_uuid=STAFF, by_bridge=True, edited_ms=None)
+    store.save_written(JOB, [mine], at=100.0)
+    stale = allocation(1, active=False)
+    assert store.ingest_allocations([stale], read_started=99.0) == set()  # began before our write
+    assert store.load_job(JOB).allocations[mine.uuid] == mine
+    fresh = allocation(1, edited_ms=1795423700000)
+    assert store.ingest_allocations([fresh], read_started=101.0) == set()  # settles the marker
+    record = store.load_job(JOB)
+    assert record.written == {} and record.allocations[mine.uuid].by_bridge
+
+
+def test_reverse_links_by_uuid_and_by_id(store: Store) -> None:
+    view = CdView(100045, store.cd_uuid(JOB), {2000001: "SCHEDULED"}, {2000001: 1795423606162})
+    store.save_cd(JOB, view, "abb4a15100823937")
+    assert store.dirty() == {}
+    assert store.job_for_cd(view.uuid) == JOB
+    assert store.job_for_cd(view.uuid.upper()) == JOB
+    assert store.job_for_cd(100045) == JOB and store.job_for_cd("100045") == JOB
+    for unknown in ("100046", "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e", "not-a-ref", ""):
+        assert store.job_for_cd(unknown) is None
+    assert store.cd_views([JOB]) == {JOB: view}
+    assert store.load_job(JOB).fields_fp == "abb4a15100823937"
+    store.save_cd(JOB, replace(view, resources={}), dirty=True)  # a pull that found a change
+    assert store.dirty() == {JOB: 1} and store.cd_views([JOB])[JOB].resources == {}
+    store.forget_cd(JOB)
+    assert store.load_job(JOB).cd is None and store.load_job(JOB).fields_fp is None
+    assert store.dirty() == {JOB: 2}
+
+
+def test_a_damaged_record_starts_again_instead_of_blocking(store: Store) -> None:
+    store.ingest_allocations([allocation(1)])
+    key, field = store._job_slot(JOB)
+    store.r.hset(key, field, b"\x93not a record")
+    assert store.load_job(JOB) == JobRecord(JOB)
+    store.ingest_allocations([allocation(2)])
+    assert list(store.load_job(JOB).allocations) == [allocation(2).uuid]
+
+
+def test_a_job_id_that_is_not_a_uuid_is_refused(store: Store) -> None:
+    with pytest.raises(ValueError, match="not a ServiceM8 job uuid"):
+        store.ingest_allocations([allocation(1, job_uuid="job-1")])
+    assert not store.has_job("job-1")
+
+
+def test_a_record_that_never_settles_gives_up_as_a_redis_error(store: Store) -> None:
+    store.ingest_allocations([allocation(1)])
+    n = iter(range(100, 1000))
+
+    def change(record: JobRecord) -> Change:
+        store.save_sync(JOB, pairs={f"s{next(n)}": PairSnapshot(Presence.ABSENT, Presence.ABSENT)})
+        record.pairs["mine"] = PairSnapshot(Presence.ASSIGNED, Presence.ASSIGNED)
+        return Change(record.uuid)
+
+    with pytest.raises(StoreBusy, match="kept changing"):
+        store._update([JOB], change)

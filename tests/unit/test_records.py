@@ -1,0 +1,116 @@
+"""The packed job record (``bridge.records``): every value the bridge holds survives the trip."""
+
+from __future__ import annotations
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.records import (
+    CD_STATES,
+    CdView,
+    JobRecord,
+    RecordError,
+    decode,
+    encode,
+    id_bytes,
+    pack_id,
+    unpack_id,
+)
+from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
+
+JOB = "f06d3fef-7019-46a0-8381-e88f38c0c8fd"
+DERIVED = "f99e880a-4453-5b45-98e7-00fe2e1b879a"
+
+uuids = st.uuids().map(str)
+ids = st.one_of(uuids, st.text(min_size=1, max_size=40))  # bad data stays text
+stamps = st.none() | st.integers(min_value=0, max_value=2**62)
+texts = st.none() | st.text(max_size=300)
+floats = st.none() | st.floats(allow_nan=False, allow_infinity=False)
+presences = st.sampled_from(list(Presence))
+states = st.sampled_from(CD_STATES) | st.text(max_size=12)
+
+
+@st.composite
+def records(draw: st.DrawFn) -> JobRecord:
+    record = JobRecord(JOB)
+    if draw(st.booleans()):
+        record.details = JobFacts(JOB, draw(st.booleans()), draw(texts), draw(texts), draw(texts),
+                                  draw(floats), draw(floats))  # fmt: skip
+    for _ in range(draw(st.integers(0, 4))):
+        window = draw(st.none() | st.tuples(st.integers(0, 1440), st.integers(0, 1440)))
+        fact = AllocationFacts(draw(ids), JOB, draw(st.none() | ids), draw(st.booleans()),
+                               draw(stamps), window, draw(stamps), draw(stamps), draw(stamps),
+                               draw(st.booleans()))  # fmt: skip
+        record.allocations[fact.uuid] = fact
+        if draw(st.booleans()):
+            record.written[fact.uuid] = draw(st.floats(0, 2e9))
+    if draw(st.booleans()):
+        users = draw(st.lists(st.integers(1, 2**40), max_size=4, unique=True))
+        record.cd = CdView(
+            id=draw(st.none() | st.integers(1, 2**40)),
+            uuid=draw(st.sampled_from([DERIVED]) | uuids),
+            resources={u: draw(states) for u in users},
+            changed_ms={u: draw(st.integers(0, 2**50)) for u in users},
+            modified_ms=draw(stamps),
+            start_ms=draw(stamps),
+        )
+    record.fields_fp = draw(st.none() | st.binary(min_size=8, max_size=8).map(bytes.hex) | texts)
+    record.pairs = {draw(ids): PairSnapshot(draw(presences), draw(presences))
+                    for _ in range(draw(st.integers(0, 3)))}  # fmt: skip
+    return record
+
+
+@given(records())
+def test_every_record_reads_back_as_written(record: JobRecord) -> None:
+    assert decode(JOB, encode(record, DERIVED), DERIVED) == record
+
+
+def test_a_typical_record_is_small() -> None:
+    staff = "35bf992d-c9e9-4616-a12e-7696a6cecc1b"
+    allocation = "c96fa758-02b0-47f8-86fa-adb10a248cff"
+    details = (
+        "1001",
+        "Inspect roof gutters\nCustomer asks to call ahead.",
+        "8 Victoria Rd, Chatswood NSW",
+    )
+    record = JobRecord(
+        JOB,
+        details=JobFacts(JOB, True, *details, None, None),
+        allocations={
+            allocation: AllocationFacts(
+                allocation, JOB, staff, True, 1796043600000, (420, 540), None, None, 1795423605000
+            )
+        },
+        cd=CdView(
+            100045,
+            DERIVED,
+            {2000001: "SCHEDULED"},
+            {2000001: 1795423606162},
+            1795423606164,
+            1796068800000,
+        ),
+        fields_fp="abb4a15100823937",
+        pairs={staff: PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)},
+    )
+    packed = encode(record, DERIVED)
+    # Was a hash of JSON fields: 233 + 288 + 153 + 16 + 19 bytes of values alone.
+    assert len(packed) <= 210, len(packed)
+    assert DERIVED.encode() not in packed and id_bytes(DERIVED) not in packed
+
+
+def test_ids_pack_to_sixteen_bytes_only_when_canonical() -> None:
+    assert pack_id(JOB) == id_bytes(JOB) and len(id_bytes(JOB) or b"") == 16
+    for odd in (JOB.upper(), JOB.replace("-", ""), "{" + JOB + "}", "job-1", ""):
+        assert id_bytes(odd) is None and pack_id(odd) == odd and unpack_id(pack_id(odd)) == odd
+    assert unpack_id(pack_id(JOB)) == JOB
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b"", b"\xc1", msgpack.packb([99, None]), msgpack.packb({"d": 1}), msgpack.packb([1, None])],
+)
+def test_an_unreadable_record_says_which_job(raw: bytes) -> None:
+    with pytest.raises(RecordError, match=JOB):
+        decode(JOB, raw, DERIVED)
