@@ -115,9 +115,10 @@ class SyncWrite:
 
     @property
     def empty(self) -> bool:
-        return not (
-            self.written or self.view is not None or self.fields_fp is not None or self.pairs
-        ) and not self.dirty
+        return (
+            not (self.written or self.view is not None or self.fields_fp is not None or self.pairs)
+            and not self.dirty
+        )
 
 
 class StoreBusy(RedisError):
