@@ -779,7 +779,7 @@ class Store:
         return {k.decode(): int(v) for k, v in raw.items()}
 
     def wipe(self) -> int:
-        """Delete every key of this connection (tests, and ``bridge reset``)."""
+        """Delete every key of this connection (tests and benchmarks)."""
         keys = list(self.r.scan_iter(match=self.prefix + "*", count=1000))
         for i in range(0, len(keys), 500):
             self.r.delete(*keys[i : i + 500])
