@@ -81,6 +81,10 @@ class RecordError(ValueError):
     """A stored record this version cannot read."""
 
 
+class NewerRecord(RecordError):
+    """A record written by a newer version of the bridge: never overwrite it with less."""
+
+
 def id_bytes(text: str) -> bytes | None:
     """The 16 bytes of a canonical uuid; ``None`` for anything else."""
     if len(text) != 36:
@@ -173,9 +177,19 @@ def _hex_bytes(text: str) -> bytes | None:
 def decode(job_uuid: str, raw: bytes, derived_cd_uuid: str) -> JobRecord:
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=True)
-        return _decode(job_uuid, data, derived_cd_uuid)
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException) as exc:
+    except Exception as exc:  # msgpack raises several kinds for damaged bytes
         raise RecordError(f"stored record of job {job_uuid} cannot be read: {exc}") from exc
+    if isinstance(data, list) and data and isinstance(data[0], int) and data[0] > FORMAT:
+        raise NewerRecord(
+            f"stored record of job {job_uuid} has format {data[0]}, this version reads {FORMAT}:"
+            " a newer bridge wrote it (finish the upgrade of every worker)"
+        )
+    try:
+        return _decode(job_uuid, data, derived_cd_uuid)
+    except RecordError:
+        raise
+    except Exception as exc:  # any shape this version does not expect
+        raise RecordError(f"stored record of job {job_uuid} cannot be read: {exc!r}") from exc
 
 
 def _decode(job_uuid: str, data: Any, derived_cd_uuid: str) -> JobRecord:

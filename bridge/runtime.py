@@ -66,6 +66,7 @@ def build(
     except redis.RedisError as exc:
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
     store = Store(client, settings.bridge_connection_id)
+    store.upgrade_layout()  # links kept by an earlier build, moved once (no-op afterwards)
     sm8_client: ServiceM8Client | None = None
 
     def day_tz() -> tzinfo:

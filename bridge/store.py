@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import time
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -60,9 +61,18 @@ from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
 from bridge.log import get_logger
-from bridge.records import CdView, JobRecord, RecordError, decode, encode, id_bytes, unpack_id
+from bridge.records import (
+    CdView,
+    JobRecord,
+    NewerRecord,
+    RecordError,
+    decode,
+    encode,
+    id_bytes,
+    unpack_id,
+)
 from mappings.ids import cd_job_uuid, connection_namespace
-from mappings.rules import AllocationFacts, JobFacts, PairSnapshot
+from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
 
 log = get_logger(__name__)
 
@@ -84,6 +94,40 @@ UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given u
 
 def _dump(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"))
+
+
+def _legacy_record(job_uuid: str, fields: Mapping[bytes, bytes]) -> JobRecord:
+    """A ``job:{J}`` hash of the first layout, decoded (see ``Store.upgrade_layout``)."""
+    record = JobRecord(job_uuid)
+    for k, v in fields.items():
+        name, value = k.decode(), v.decode()
+        if name == "d":
+            data = json.loads(value)
+            data.pop("edited_ms", None)
+            record.details = JobFacts(**data)
+        elif name == "c":
+            c = json.loads(value)
+            record.cd = CdView(
+                id=c["id"],
+                uuid=c["uuid"],
+                resources={int(u): state for u, state in c["r"].items()},
+                changed_ms={int(u): t for u, t in c["t"].items()},
+                modified_ms=c["m"],
+                start_ms=c.get("s"),
+            )
+        elif name == "f":
+            record.fields_fp = value
+        elif name.startswith("a:"):
+            data = json.loads(value)
+            if data.get("window") is not None:
+                data["window"] = tuple(data["window"])
+            record.allocations[name[2:]] = AllocationFacts(**data)
+        elif name.startswith("w:"):
+            record.written[name[2:]] = float(value)
+        elif name.startswith("p:"):
+            sm8, cd = value.split("|")
+            record.pairs[name[2:]] = PairSnapshot(Presence(sm8), Presence(cd))
+    return record
 
 
 def _empty(record: JobRecord) -> bool:
@@ -228,15 +272,24 @@ class Store:
         return self.key(f"cdref:{zlib.crc32(field_) % REF_BUCKETS}"), field_
 
     def _decode(self, job_uuid: str, raw: bytes | None) -> JobRecord:
+        """The stored record. A record from a newer version raises ``NewerRecord`` (it must not
+        be overwritten with less). A damaged one is listed in ``invalid`` as ``redis.job:{J}``
+        and read as empty, so the job is not blocked for good: ``bridge reconcile`` then reads
+        the job's allocations and its Coredination job again and rebuilds it."""
+        return self._decode_checked(job_uuid, raw)[0]
+
+    def _decode_checked(self, job_uuid: str, raw: bytes | None) -> tuple[JobRecord, bool]:
+        """The record, and whether the stored bytes were damaged (see ``_decode``)."""
         if raw is None:
-            return JobRecord(job_uuid)
+            return JobRecord(job_uuid), False
         try:
-            return decode(job_uuid, raw, self.cd_uuid(job_uuid))
+            return decode(job_uuid, raw, self.cd_uuid(job_uuid)), False
+        except NewerRecord:
+            raise
         except RecordError as exc:
-            # Start again from nothing rather than block the job: the next sync reads both
-            # sides and, without snapshots, treats every pair as new (nothing is deleted).
             log.error("store.record_unreadable", sm8_job_uuid=job_uuid, reason=str(exc))
-            return JobRecord(job_uuid)
+            self.set_invalid(f"redis.job:{job_uuid}", str(exc)[:300], time.time())
+            return JobRecord(job_uuid), True
 
     def cd_uuid(self, job_uuid: str) -> str:
         return cd_job_uuid(self.ns, job_uuid)
@@ -281,18 +334,23 @@ class Store:
         """
         pending = list(dict.fromkeys(job_uuids))
         done: list[Change] = []
-        for _ in range(UPDATE_ATTEMPTS):
+        for attempt in range(UPDATE_ATTEMPTS):
             if not pending:
                 return done
+            if attempt:  # others are writing the same records: let them finish, spread out
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
             slots = [self._job_slot(j) for j in pending]
             with self.r.pipeline(transaction=False) as pipe:
                 for key, field_ in slots:
                     pipe.hget(key, field_)
                 raws = pipe.execute()
             writes: list[tuple[str, Change]] = []
+            damaged: set[str] = set()
             with self.r.pipeline(transaction=False) as pipe:
                 for job_uuid, (key, field_), raw in zip(pending, slots, raws, strict=True):
-                    record = self._decode(job_uuid, raw)
+                    record, broken = self._decode_checked(job_uuid, raw)
+                    if broken:
+                        damaged.add(job_uuid)
                     outcome = change(record)
                     if outcome is None:
                         continue
@@ -319,6 +377,8 @@ class Store:
             for (job_uuid, outcome), ok in zip(writes, results, strict=True):
                 if ok:
                     done.append(outcome)
+                    if job_uuid in damaged:  # written afresh: no longer unreadable
+                        self.clear_invalid([f"redis.job:{job_uuid}"])
                 else:
                     pending.append(job_uuid)
         if pending:
@@ -380,6 +440,10 @@ class Store:
                     pipe.hincrby(self.key("dirty"), job_uuid, 1)
                 pipe.execute()
         return due
+
+    def remind_expiry(self, job_uuid: str, expires_ms: int) -> None:
+        """Mark the job dirty when ``expires_ms`` passes (unless an earlier reminder is set)."""
+        self.r.zadd(self.key("expiring"), {job_uuid: expires_ms}, lt=True)
 
     def ingest_jobs(self, facts: Iterable[JobFacts], only_known: bool = False) -> set[str]:
         """Store job details; mark dirty the jobs whose details changed."""
@@ -443,20 +507,23 @@ class Store:
         marker ``at``), the Coredination view, the body fingerprint and the pair snapshots."""
         self.save_syncs([SyncWrite(job_uuid, list(written), at, view, fields_fp, pairs or {})])
 
+    def _write_links(self, views: Mapping[str, CdView]) -> None:
+        """Reverse links: each view's Coredination uuid and id → its ServiceM8 job."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_uuid, view in views.items():
+                target = id_bytes(job_uuid)
+                for ref in (view.uuid, None if view.id is None else str(view.id)):
+                    slot = self._ref_slot(ref) if ref is not None else None
+                    if slot is not None:
+                        pipe.hset(slot[0], slot[1], target)
+            pipe.execute()
+
     def save_syncs(self, writes: Sequence[SyncWrite]) -> None:
         """``save_sync`` for many jobs at once (a few round trips per ``BATCH`` jobs)."""
         by_job = {w.job_uuid: w for w in writes if not w.empty}
         # Reverse links before the records: a link without its record is harmless (the lookup
         # finds a job with no view and does nothing), a record without its reverse link is not.
-        with self.r.pipeline(transaction=False) as pipe:
-            for w in by_job.values():
-                if w.view is not None:
-                    target = id_bytes(w.job_uuid)
-                    for ref in (w.view.uuid, None if w.view.id is None else str(w.view.id)):
-                        slot = self._ref_slot(ref) if ref is not None else None
-                        if slot is not None:
-                            pipe.hset(slot[0], slot[1], target)
-            pipe.execute()
+        self._write_links({j: w.view for j, w in by_job.items() if w.view is not None})
 
         def change(record: JobRecord) -> Change:
             w = by_job[record.uuid]
@@ -473,6 +540,65 @@ class Store:
         jobs = list(by_job)
         for i in range(0, len(jobs), BATCH):
             self._update(jobs[i : i + BATCH], change)
+
+    # --- the layout before packed records ------------------------------------------------------
+    def upgrade_layout(self) -> int:
+        """Move links kept in the first layout (a ``job:{J}`` hash of JSON fields per job and
+        one ``cdjob`` reverse hash) into packed records, then delete the old keys; return how
+        many jobs moved. Safe to run from every process at once (one moves while the others
+        wait, then find nothing) and to interrupt (a job's old key goes only after its record
+        is written; a record already written is merged, never replaced)."""
+        old_jobs = self.key("job:")
+        with self.r.lock(self.key("lock:upgrade"), timeout=600, blocking_timeout=900):
+            keys = [k for k in self.r.scan_iter(match=old_jobs + "*", count=1000)
+                    if b":" not in k[len(old_jobs):]]  # fmt: skip
+            moved = 0
+            legacy: dict[str, JobRecord] = {}
+
+            def merge(record: JobRecord) -> Change:
+                was = legacy[record.uuid]
+                record.details = record.details or was.details
+                record.allocations = {**was.allocations, **record.allocations}
+                record.written = {**was.written, **record.written}
+                record.cd = record.cd or was.cd
+                record.fields_fp = record.fields_fp or was.fields_fp
+                record.pairs = {**was.pairs, **record.pairs}
+                return Change(record.uuid)
+
+            for i in range(0, len(keys), BATCH):
+                batch = keys[i : i + BATCH]
+                with self.r.pipeline(transaction=False) as pipe:
+                    for key in batch:
+                        pipe.hgetall(key)
+                    hashes = pipe.execute()
+                legacy, gone = {}, []
+                for key, fields in zip(batch, hashes, strict=True):
+                    job = key.decode()[len(old_jobs) :]
+                    try:
+                        if fields and id_bytes(job) is not None:
+                            legacy[job] = _legacy_record(job, fields)
+                        gone.append(key)
+                    except (ValueError, KeyError, TypeError) as exc:  # kept, and said
+                        log.error(
+                            "store.upgrade_unreadable", sm8_job_uuid=job[:60], reason=repr(exc)
+                        )
+                self._write_links({j: r.cd for j, r in legacy.items() if r.cd is not None})
+                self._update(list(legacy), merge)
+                if gone:
+                    self.r.delete(*gone)
+                moved += len(legacy)
+            if self.r.exists(self.key("cdjob")):
+                links = self.r.hgetall(self.key("cdjob"))
+                with self.r.pipeline(transaction=False) as pipe:
+                    for ref, job in links.items():
+                        slot, target = self._ref_slot(ref.decode()), id_bytes(job.decode())
+                        if slot is not None and target is not None:
+                            pipe.hset(slot[0], slot[1], target)
+                    pipe.execute()
+                self.r.delete(self.key("cdjob"))
+        if moved:
+            log.info("store.layout_upgraded", jobs=moved)
+        return moved
 
     def job_for_cd(self, ref: str | int) -> str | None:
         slot = self._ref_slot(str(ref).strip().lower())

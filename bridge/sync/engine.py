@@ -23,7 +23,7 @@ from redis.lock import Lock
 
 from bridge.errors import ApiError, BudgetExhausted, InvalidRecord, NotFound
 from bridge.log import get_logger
-from bridge.records import CdView, JobRecord
+from bridge.records import CdView, JobRecord, id_bytes
 from bridge.servicem8 import where
 from bridge.store import StaffMap, Store
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
@@ -334,6 +334,10 @@ class Engine:
     # --- decide and write ------------------------------------------------------------------------
     def sync_job(self, sm8_job: str) -> Report:
         """Bring one job's pairs in step, under the job's lock. Safe to run twice."""
+        if id_bytes(sm8_job) is None:  # e.g. a mark left by a build that took any id
+            log.warning("sync.bad_job_id", sm8_job_uuid=sm8_job[:60])
+            self.store.clear_dirty(sm8_job, self.store.dirty_generation(sm8_job))
+            return Report(Counter({"skipped.bad_job_id": 1}))
         with self._locked(sm8_job):
             generation = self.store.dirty_generation(sm8_job)
             report = self._sync_locked(sm8_job)
@@ -371,6 +375,10 @@ class Engine:
             self.store.save_details(details)
             record.details = details
         live = any(a.live(now_ms) for a in record.allocations.values())
+        later = [a.expires_ms for a in record.allocations.values()
+                 if a.live(now_ms) and a.expires_ms is not None]  # fmt: skip
+        if later:  # the reminder fires once: set it again for the next expiry on this job
+            self.store.remind_expiry(record.uuid, min(later))
         if record.cd is None and not live:
             report.add("skipped.nothing_to_link")
             return report

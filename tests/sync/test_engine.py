@@ -228,3 +228,27 @@ def test_allocation_windows_are_listed_once_for_every_process(engine, sm8_sim, c
     assert sm8_sim.read_count() == 0
     assert other.windows(refresh=True)  # an unknown window within a minute: still no call
     assert sm8_sim.read_count() == 0
+
+
+def test_a_dirty_mark_on_an_id_that_is_not_a_uuid_is_dropped(engine):
+    engine.store.mark_dirty(["JOB-1042"])
+    report = engine.sync_job("JOB-1042")
+    assert report.counts["skipped.bad_job_id"] == 1
+    assert engine.store.dirty() == {}
+
+
+def test_every_expiry_on_a_job_is_noticed_not_only_the_first(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=2)
+    now = engine.now_ms() // 1000 * 1000  # ServiceM8 stamps are whole seconds
+    soon, later = now + 60_000, now + 120_000
+    stamps = [datetime.fromtimestamp(t / 1000, SYD).strftime("%Y-%m-%d %H:%M:%S")
+              for t in (soon, later)]  # fmt: skip
+    for row, stamp in zip(biz.allocations, stamps, strict=True):
+        sm8_sim.update("joballocation", row["uuid"], {"expiry_timestamp": stamp})
+    engine.run_cycle()
+    job = biz.jobs[0]
+    assert engine.store.due_expiries(soon) == {job}
+    engine.clock = lambda: soon / 1000 + 1
+    engine.sync_job(job)  # the first expiry's sync sets the reminder for the next one
+    assert engine.store.due_expiries(later - 1) == set()
+    assert engine.store.due_expiries(later) == {job}

@@ -3,12 +3,14 @@ dirty mark travels with the change, reverse links find the job, a damaged record
 
 from __future__ import annotations
 
+import json
 import threading
-from dataclasses import replace
+from dataclasses import asdict, replace
 
+import msgpack
 import pytest
 
-from bridge.records import CdView, JobRecord
+from bridge.records import FORMAT, CdView, JobRecord, NewerRecord
 from bridge.store import Change, Store, StoreBusy
 from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
 
@@ -112,13 +114,26 @@ def test_reverse_links_by_uuid_and_by_id(store: Store) -> None:
     assert store.dirty() == {JOB: 2}
 
 
-def test_a_damaged_record_starts_again_instead_of_blocking(store: Store) -> None:
+def test_a_damaged_record_is_listed_and_read_as_empty_until_written_again(store: Store) -> None:
     store.ingest_allocations([allocation(1)])
     key, field = store._job_slot(JOB)
     store.r.hset(key, field, b"\x93not a record")
     assert store.load_job(JOB) == JobRecord(JOB)
+    assert "cannot be read" in store.invalid()[f"redis.job:{JOB}"]["reason"]
     store.ingest_allocations([allocation(2)])
     assert list(store.load_job(JOB).allocations) == [allocation(2).uuid]
+    assert store.invalid() == {}
+
+
+def test_a_record_from_a_newer_version_is_never_overwritten(store: Store) -> None:
+    key, field = store._job_slot(JOB)
+    newer = msgpack.packb([FORMAT + 1, "whatever it holds"])
+    store.r.hset(key, field, newer)
+    with pytest.raises(NewerRecord, match="newer bridge"):
+        store.load_job(JOB)
+    with pytest.raises(NewerRecord):
+        store.ingest_allocations([allocation(1)])
+    assert store.r.hget(key, field) == newer and store.dirty() == {}
 
 
 def test_a_job_id_that_is_not_a_uuid_is_refused(store: Store) -> None:
@@ -138,3 +153,39 @@ def test_a_record_that_never_settles_gives_up_as_a_redis_error(store: Store) -> 
 
     with pytest.raises(StoreBusy, match="kept changing"):
         store._update([JOB], change)
+
+
+def test_links_of_the_first_layout_move_into_records_once(store: Store) -> None:
+    other = "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e"
+    cd_uuid = store.cd_uuid(JOB)
+    a = allocation(1)
+    details = {"uuid": JOB, "active": True, "number": "1001", "description": "Fix",
+               "address": None, "lat": None, "lng": None, "edited_ms": 1795423605000}  # fmt: skip
+    view = {"id": 100045, "uuid": cd_uuid, "r": {"2000001": "SCHEDULED"},
+            "t": {"2000001": 1795423606162}, "m": 1795423606164, "s": 1796068800000}  # fmt: skip
+    old = {  # as the first layout wrote it: a hash of JSON fields per job, one reverse hash
+        "d": json.dumps(details),
+        f"a:{a.uuid}": json.dumps(asdict(a)),
+        f"w:{a.uuid}": "1795423600.5",
+        "c": json.dumps(view),
+        "f": "abb4a15100823937",
+        f"p:{STAFF}": "scheduled|scheduled",
+    }
+    store.r.hset(store.key(f"job:{JOB}"), mapping=old)
+    store.r.hset(store.key(f"job:{other}"), "d", "{not json")  # unreadable: kept, said
+    store.r.hset(store.key("cdjob"), mapping={cd_uuid: JOB, "100045": JOB})
+    store.ingest_allocations([allocation(2)])  # a new-layout write got there first: merged
+
+    assert store.upgrade_layout() == 1
+    record = store.load_job(JOB)
+    assert record.details == JobFacts(JOB, True, "1001", "Fix", None, None, None)
+    assert set(record.allocations) == {a.uuid, allocation(2).uuid}
+    assert record.allocations[a.uuid] == a and record.written == {a.uuid: 1795423600.5}
+    assert record.cd == CdView(100045, cd_uuid, {2000001: "SCHEDULED"}, {2000001: 1795423606162},
+                               1795423606164, 1796068800000)  # fmt: skip
+    assert record.fields_fp == "abb4a15100823937"
+    assert record.pairs == {STAFF: PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)}
+    assert store.job_for_cd(cd_uuid) == JOB and store.job_for_cd(100045) == JOB
+    assert not store.r.exists(store.key(f"job:{JOB}"), store.key("cdjob"))
+    assert store.r.exists(store.key(f"job:{other}"))
+    assert store.upgrade_layout() == 0
