@@ -430,10 +430,19 @@ class Engine:
                     snapshots[staff] = snapshot
         finally:
             # Even when a write fails or the budget runs dry half-way, keep what was done, so
-            # the retry neither repeats a write nor mistakes our own write for a change.
+            # the retry neither repeats a write nor mistakes our own write for a change. If our
+            # lease ran out meanwhile, another worker may have stored a newer view (a pull):
+            # keep only our write markers, and leave the view and snapshots to its sync.
+            owned = self._lease is None or self._lease.owned()
             self.store.save_sync(
-                record.uuid, written=written, at=self.clock(), view=view, pairs=snapshots
+                record.uuid,
+                written=written,
+                at=self.clock(),
+                view=view if owned else None,
+                pairs=snapshots if owned else None,
             )
+            if not owned:
+                log.warning("sync.lease_lost", sm8_job_uuid=record.uuid)
         for snap in snapshots.values():
             if not in_step(snap.sm8, snap.cd):
                 report.add("skipped.not_in_step")

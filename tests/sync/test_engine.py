@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+from redis.lock import Lock
+
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
 
@@ -252,3 +254,22 @@ def test_every_expiry_on_a_job_is_noticed_not_only_the_first(engine, sm8_sim, cd
     engine.sync_job(job)  # the first expiry's sync sets the reminder for the next one
     assert engine.store.due_expiries(later - 1) == set()
     assert engine.store.due_expiries(later) == {job}
+
+
+def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
+    engine, sm8_sim, cd_sim, monkeypatch
+):
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
+    engine.run_cycle()
+    job = biz.jobs[0]
+    before = engine.store.load_job(job)
+    free = next(s for s in biz.staff if s["uuid"] != biz.allocations[0]["staff_uuid"])
+    sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
+                                     "allocation_date": "2026-12-22 00:00:00"})  # fmt: skip
+    engine.poll_servicem8()
+    monkeypatch.setattr(Lock, "owned", lambda self: False)  # another worker took the job over
+    engine.sync_job(job)
+    user = biz.user_for(free["uuid"])["id"]
+    assert _resources(cd_sim, cd_job_uuid(engine.ns, job))[user] == "SCHEDULED"  # the write went
+    after = engine.store.load_job(job)
+    assert after.cd == before.cd and after.pairs == before.pairs  # left to the new owner's sync
