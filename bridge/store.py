@@ -469,10 +469,6 @@ class Store:
 
         self._update([facts.uuid], change)
 
-    def save_written(self, job_uuid: str, facts: Iterable[AllocationFacts], at: float) -> None:
-        """Store allocations as the bridge just wrote them, with a write marker (see ingest)."""
-        self.save_sync(job_uuid, written=facts, at=at)
-
     def forget_cd(self, job_uuid: str) -> None:
         """The Coredination job is gone: drop our view and mark the job dirty (in one step), so
         the next sync creates it again."""
@@ -489,9 +485,6 @@ class Store:
         """Store the Coredination view of a job (and its reverse link, written first); with
         ``dirty``, mark the job to sync in the same step (a pull that found a change)."""
         self.save_syncs([SyncWrite(job_uuid, [], 0.0, view, fields_fp, {}, dirty)])
-
-    def save_pairs(self, job_uuid: str, pairs: Mapping[str, PairSnapshot]) -> None:
-        self.save_sync(job_uuid, pairs=pairs)
 
     def save_sync(
         self,
@@ -784,9 +777,6 @@ class Store:
 
     def dead_letter_count(self) -> int:
         return int(self.r.xlen(self.key("dlq")))
-
-    def count_keys(self, pattern: str) -> int:
-        return sum(1 for _ in self.r.scan_iter(match=self.key(pattern), count=1000))
 
     # --- locks -----------------------------------------------------------------------------------
     def job_lock(

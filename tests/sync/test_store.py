@@ -86,7 +86,7 @@ def test_expiry_reminder_is_set_with_the_record(store: Store) -> None:
 
 def test_our_own_write_is_not_undone_by_an_older_read(store: Store) -> None:
     mine = allocation(1, staff_uuid=STAFF, by_bridge=True, edited_ms=None)
-    store.save_written(JOB, [mine], at=100.0)
+    store.save_sync(JOB, written=[mine], at=100.0)
     stale = allocation(1, active=False)
     assert store.ingest_allocations([stale], read_started=99.0) == set()  # began before our write
     assert store.load_job(JOB).allocations[mine.uuid] == mine
