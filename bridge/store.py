@@ -20,7 +20,9 @@ key                   type    what it holds
 ``dir:staff``         hash    ``S`` → ``{"email","name","active"}`` from ServiceM8
 ``dir:users``         hash    ``U`` → ``{"email","name","active"}`` from Coredination
 ``invalid``           hash    ``"{api}.{object}:{id}"`` → ``{"reason","since"}``: records an API
-                              returned that cannot be read, skipped until they read cleanly
+                              returned that cannot be read, skipped until they read cleanly; and
+                              ``"redis.job:{J}"``, a job record found damaged (until rewritten)
+``lock:upgrade``      string  held while links of the first layout move (``upgrade_layout``)
 ``pending``           hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
 ``cursor``            hash    poll high-water marks, by ``system:object``
 ``expiring``          zset    ``J`` by the earliest future ``expiry_timestamp`` of its live
