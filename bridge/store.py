@@ -22,6 +22,7 @@ key                   type    what it holds
 ``invalid``           hash    ``"{api}.{object}:{id}"`` → ``{"reason","since"}``: records an API
                               returned that cannot be read, skipped until they read cleanly; and
                               ``"redis.job:{J}"``, a job record found damaged (until rewritten)
+``layout``            string  ``2`` once the store holds nothing of the first layout
 ``lock:upgrade``      string  held while links of the first layout move (``upgrade_layout``)
 ``pending``           hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
 ``cursor``            hash    poll high-water marks, by ``system:object``
@@ -90,6 +91,7 @@ ALIVE_SECONDS = 30  # a worker whose last heartbeat is older than this counts as
 # the wrong bucket.
 JOB_BUCKETS = 1024
 REF_BUCKETS = 2048
+LAYOUT = b"2"  # the store's layout: 2 = packed records in buckets (``upgrade_layout``)
 BATCH = 500  # job records read and written per round trip
 UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given up on (retried)
 
@@ -543,10 +545,24 @@ class Store:
         many jobs moved. Safe to run from every process at once (one moves while the others
         wait, then find nothing) and to interrupt (a job's old key goes only after its record
         is written; a record already written is merged, never replaced)."""
+        if self.r.get(self.key("layout")) == LAYOUT:  # the usual case: one read at start
+            return 0
         old_jobs = self.key("job:")
-        with self.r.lock(self.key("lock:upgrade"), timeout=600, blocking_timeout=900):
-            keys = [k for k in self.r.scan_iter(match=old_jobs + "*", count=1000)
+
+        def old_keys() -> list[bytes]:
+            return [k for k in self.r.scan_iter(match=old_jobs + "*", count=1000)
                     if b":" not in k[len(old_jobs):]]  # fmt: skip
+
+        if not old_keys() and not self.r.exists(self.key("cdjob")):
+            self.r.set(self.key("layout"), LAYOUT)
+            return 0
+        # Others wait for the move rather than start on half the links. A holder killed
+        # mid-move frees the lock within a minute; a second mover is safe (records merge).
+        lock = self.r.lock(self.key("lock:upgrade"), timeout=60, blocking_timeout=300)
+        if not lock.acquire():
+            raise LockError("another process has been moving the first layout's links for 5 min")
+        try:
+            keys = old_keys()
             moved = 0
             legacy: dict[str, JobRecord] = {}
 
@@ -591,6 +607,10 @@ class Store:
                             pipe.hset(slot[0], slot[1], target)
                     pipe.execute()
                 self.r.delete(self.key("cdjob"))
+            self.r.set(self.key("layout"), LAYOUT)
+        finally:
+            with contextlib.suppress(LockError):  # expired during a long move: nothing to free
+                lock.release()
         if moved:
             log.info("store.layout_upgraded", jobs=moved)
         return moved
