@@ -47,6 +47,10 @@ class BridgeTask(Task):  # type: ignore[misc]
     acks_late = True
     reject_on_worker_lost = True
     ignore_result = True
+    # Retry without a count: Celery's default (3) would re-raise the error on the fourth budget
+    # wait or retry, unhandled and not dead-lettered. What ends retries is the policy's hour.
+    # (``retry(max_retries=None)`` means "the task's default", not "for ever".)
+    max_retries = None
     policy = RetryPolicy()
 
     clock = staticmethod(time.time)
@@ -58,12 +62,12 @@ class BridgeTask(Task):  # type: ignore[misc]
         except BudgetExhausted as exc:
             return self._wait_for_budget(exc)
         except LockError as exc:
-            raise self.retry(countdown=1.0, exc=exc, max_retries=None) from None
+            raise self.retry(countdown=1.0, exc=exc) from None
         except redis.RedisError as exc:
             # Redis restarting or failing over: try again shortly. Should the retry itself fail,
             # nothing is lost: the dirty mark, the sweep and the polls bring the work back.
             log.warning("task.redis_unavailable", error=type(exc).__name__)
-            raise self.retry(countdown=2.0, exc=exc, max_retries=None) from None
+            raise self.retry(countdown=2.0, exc=exc) from None
         except RetryableError as exc:
             store = runtime().store
             now = self.clock()
@@ -79,7 +83,7 @@ class BridgeTask(Task):  # type: ignore[misc]
                 **exc.describe(),
             )
             raise self.retry(
-                countdown=min(delay, MAX_COUNTDOWN), exc=exc, max_retries=None
+                countdown=min(delay, MAX_COUNTDOWN), exc=exc
             ) from None
         except PermanentError as exc:
             now = self.clock()
@@ -104,7 +108,7 @@ class BridgeTask(Task):  # type: ignore[misc]
         # millisecond; more would leave freed tokens unused.
         wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
         if wait <= MAX_COUNTDOWN:
-            raise self.retry(countdown=wait, exc=exc, max_retries=None) from None
+            raise self.retry(countdown=wait, exc=exc) from None
         runtime().store.defer(
             self.clock() + wait,
             {

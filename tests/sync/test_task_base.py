@@ -36,9 +36,15 @@ def task_module(redis_url, monkeypatch, sm8_sim, cd_sim):
     rt.close()
 
 
-def _call(task, exc, routing_key):
-    task.push_request(id="task-1", args=["job-1"], kwargs={}, retries=0, called_directly=False,
-                      delivery_info={"routing_key": routing_key})  # fmt: skip
+def _call(task, exc, routing_key, retries=0):
+    task.push_request(
+        id="task-1",
+        args=["job-1"],
+        kwargs={},
+        retries=retries,
+        called_directly=False,
+        delivery_info={"routing_key": routing_key},
+    )
     try:
         return task._wait_for_budget(exc), task._priority()
     finally:
@@ -49,6 +55,13 @@ def test_a_short_wait_is_a_countdown(task_module):
     with pytest.raises(Retry) as caught:
         _call(task_module.sync_job, BudgetExhausted("spent", api="servicem8", retry_in=5), "q")
     assert 5 <= caught.value.when <= 5.5
+
+
+def test_budget_waits_are_not_counted_against_a_retry_limit(task_module):
+    # Celery's default limit is 3: a fourth wait must still be a retry, not the error re-raised.
+    with pytest.raises(Retry):
+        _call(task_module.sync_job, BudgetExhausted("spent", api="servicem8", retry_in=5), "q",
+              retries=50)  # fmt: skip
 
 
 def test_a_long_wait_goes_to_the_deferred_set(task_module):
