@@ -82,9 +82,7 @@ class BridgeTask(Task):  # type: ignore[misc]
                 delay=round(delay, 2),
                 **exc.describe(),
             )
-            raise self.retry(
-                countdown=min(delay, MAX_COUNTDOWN), exc=exc
-            ) from None
+            raise self.retry(countdown=min(delay, MAX_COUNTDOWN), exc=exc) from None
         except PermanentError as exc:
             now = self.clock()
             self._dead_letter(exc, now, now, "permanent error", 1)
