@@ -335,8 +335,17 @@ class Store:
         nothing changed. A write goes only if the stored bytes are still the ones read (a
         compare-and-set script, which also bumps the dirty mark and the expiry reminder in the
         same step); a record changed meanwhile is read again and ``change`` runs again on it.
+        Records go ``BATCH`` to a round trip.
         """
-        pending = list(dict.fromkeys(job_uuids))
+        jobs = list(dict.fromkeys(job_uuids))
+        done: list[Change] = []
+        for i in range(0, len(jobs), BATCH):
+            done += self._update_batch(jobs[i : i + BATCH], change)
+        return done
+
+    def _update_batch(
+        self, pending: list[str], change: Callable[[JobRecord], Change | None]
+    ) -> list[Change]:
         done: list[Change] = []
         for attempt in range(UPDATE_ATTEMPTS):
             if not pending:
@@ -428,11 +437,7 @@ class Store:
             return Change(record.uuid, write=wrote, dirty=dirty,
                           expires_ms=min(expiries) if expiries else None)  # fmt: skip
 
-        changed: set[str] = set()
-        jobs = list(by_job)
-        for i in range(0, len(jobs), BATCH):
-            changed |= {c.job_uuid for c in self._update(jobs[i : i + BATCH], change) if c.dirty}
-        return changed
+        return {c.job_uuid for c in self._update(by_job, change) if c.dirty}
 
     def due_expiries(self, now_ms: int) -> set[str]:
         """Jobs with an allocation expired by now: mark them dirty and forget the reminder."""
@@ -460,11 +465,7 @@ class Store:
             record.details = fact
             return Change(record.uuid, dirty=True)
 
-        changed: set[str] = set()
-        jobs = list(by_job)
-        for i in range(0, len(jobs), BATCH):
-            changed |= {c.job_uuid for c in self._update(jobs[i : i + BATCH], change)}
-        return changed
+        return {c.job_uuid for c in self._update(by_job, change)}
 
     def save_details(self, facts: JobFacts) -> None:
         def change(record: JobRecord) -> Change:
@@ -534,9 +535,7 @@ class Store:
             record.pairs.update(w.pairs)
             return Change(record.uuid, dirty=w.dirty)
 
-        jobs = list(by_job)
-        for i in range(0, len(jobs), BATCH):
-            self._update(jobs[i : i + BATCH], change)
+        self._update(by_job, change)
 
     # --- the layout before packed records ------------------------------------------------------
     def upgrade_layout(self) -> int:
