@@ -5,8 +5,12 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
+from bridge.errors import BudgetExhausted
+from bridge.log import get_logger
 from tasks.app import app, queue, settings
 from tasks.base import BridgeTask, runtime
+
+log = get_logger(__name__)
 
 
 def enqueue_syncs(jobs: Iterable[str], kind: str = "sync") -> int:
@@ -43,7 +47,13 @@ def poll_cycle() -> None:
 
 @app.task(base=BridgeTask, name="bridge.staff.match")
 def match_staff() -> None:
-    runtime().engine.match_staff()
+    """Periodic, like the polls: with the budget spent it waits for its next turn instead of
+    retrying, so matches sent by beat while the budget is short never pile up and spend it."""
+    try:
+        runtime().engine.match_staff()
+    except BudgetExhausted as exc:
+        log.info("staff.waiting_for_budget", retry_in=round(exc.retry_in, 1))
+        return
     enqueue_syncs(runtime().store.dirty())
 
 

@@ -96,3 +96,17 @@ def test_priority_follows_the_queue(task_module, routing_key, expected):
         assert task._priority() == expected
     finally:
         task.pop_request()
+
+
+def test_a_staff_match_without_budget_waits_for_its_next_turn(task_module, monkeypatch):
+    def spent():
+        raise BudgetExhausted("spent", api="servicem8", retry_in=30)
+
+    monkeypatch.setattr(task_module.runtime().engine, "match_staff", spent)
+    task = task_module.match_staff
+    task.push_request(id="task-2", args=[], kwargs={}, retries=0, called_directly=False,
+                      delivery_info={"routing_key": "q"})  # fmt: skip
+    try:
+        assert task() is None  # no Retry raised: beat sends the next one
+    finally:
+        task.pop_request()
