@@ -41,6 +41,7 @@ import typer
 from rich.console import Console
 
 from bench.harness import Stack, eventually, free_port
+from bridge.queues import POLL_CYCLE
 from bridge.redis_server import EmbeddedRedis
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import Convergence, check
@@ -126,7 +127,7 @@ class Chaos:
         for name in ("w1", "w2"):
             stack.worker(name, concurrency=2)
         stack.beat()
-        stack.send("bridge.poll.cycle")
+        stack.send(POLL_CYCLE)
         eventually(lambda: check(self.sm8, self.cd, ns).converged and len(self.cd.jobs) >= jobs,
                    timeout=120, interval=0.5)  # fmt: skip
 
@@ -323,10 +324,11 @@ class Chaos:
 
         def quiet() -> bool:
             try:
-                queued = sum(stack.store.queue_length(f"celery:bridge.{stack.connection}.{k}")
+                activity = stack.stores.activity
+                queued = sum(activity.queue_length(f"celery:bridge.{stack.connection}.{k}")
                              for k in ("interactive", "sync", "poll", "bulk"))  # fmt: skip
                 webhooks = self.sm8.deliverer.pending() + self.cd.deliverer.pending()
-                return queued == 0 and webhooks == 0 and not stack.store.dirty()
+                return queued == 0 and webhooks == 0 and not stack.stores.jobs.dirty()
             except Exception:
                 return False
 
@@ -351,7 +353,7 @@ class Chaos:
                     f"  {a['uuid']} date {a['allocation_date']} done {a['completion_timestamp']} "
                     f"edited {a['edit_date']}"
                 )
-        self.report.dead_letters = stack.store.dead_letter_count()
+        self.report.dead_letters = stack.stores.work.dead_letter_count()
         for sim in (self.sm8, self.cd):
             for kind, n in sim.injected.items():
                 self.report.faults[f"{sim.name} {kind}"] += n
@@ -365,7 +367,7 @@ class Chaos:
         assert stack.web_port is not None
         texts["metrics"] = requests.get(f"http://127.0.0.1:{stack.web_port}/metrics",
                                         timeout=10).text  # fmt: skip
-        entries = stack.store.dead_letters(100_000)
+        entries = stack.stores.work.dead_letters(100_000)
         texts["dlq entries"] = json.dumps([fields for _, fields in entries])
         for where, text in texts.items():
             for secret in SECRETS:

@@ -1,6 +1,6 @@
 """The real deployment shape, for the benchmarks and the end-to-end tests: ``celery -A tasks
 worker`` / ``beat`` and ``bridge web`` as separate processes on real Redis, both simulators on
-loopback in this process."""
+loopback in this process. (One benchmark starts its workers from ``bench.rate_limited_app``.)"""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ import redis
 import requests
 
 from bridge.redis_server import free_port
-from bridge.store import Store
+from bridge.store import Stores
 
 __all__ = ["Stack", "eventually", "free_port"]
 
+ROOT = Path(__file__).resolve().parents[1]
 SM8_KEY = "bench-servicem8-key-4c1f"
 CD_KEY = "bench-coredination-key-9a2e"
 OUR_PREFIXES = ("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_", "BUDGET_")
@@ -77,15 +78,17 @@ class Stack:
         self.env.update(env)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.client = redis.Redis.from_url(redis_url)
-        self.store = Store(self.client, self.connection)
+        self.stores = Stores.connect(self.client, self.connection)
         self.web_port: int | None = None
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(
+        self, name: str, args: list[str], env: dict[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
         with open(self.tmp / f"{name}.log", "ab") as log:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and modules
                 [sys.executable, *args],
                 cwd=self.tmp,
-                env=self.env,
+                env=self.env if env is None else env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -94,14 +97,23 @@ class Stack:
         self.processes[name] = proc
         return proc
 
-    def celery(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
-        return self._spawn(name, ["-m", "celery", "-A", "tasks", *args])
+    def celery(self, name: str, args: list[str], app: str = "tasks") -> subprocess.Popen[bytes]:
+        """``celery -A app …``; an app outside the installed packages (``bench.…``) is found
+        from the repository."""
+        env = None
+        if app.split(".")[0] != "tasks":
+            path = os.pathsep.join(p for p in (str(ROOT), self.env.get("PYTHONPATH")) if p)
+            env = {**self.env, "PYTHONPATH": path}
+        return self._spawn(name, ["-m", "celery", "-A", app, *args], env)
 
-    def worker(self, name: str = "w1", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def worker(
+        self, name: str = "w1", concurrency: int = 2, app: str = "tasks"
+    ) -> subprocess.Popen[bytes]:
         return self.celery(
             name,
             ["worker", "--loglevel", "INFO", "--concurrency", str(concurrency),
              "-n", f"{name}-{self.connection}@%h", "--without-gossip", "--without-mingle"],
+            app,
         )  # fmt: skip
 
     def beat(self) -> subprocess.Popen[bytes]:
@@ -123,9 +135,9 @@ class Stack:
         return base
 
     def send(self, task: str, *args: Any) -> None:
-        from bridge.queues import sender
+        from bridge.queues import Enqueuer
 
-        sender(self.env["REDIS_URL"], self.connection).send_task(task, args=list(args))
+        Enqueuer.for_broker(self.env["REDIS_URL"], self.connection).send(task, args)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         """Signal the whole process group (a worker and its pool children), mid-task."""
@@ -146,7 +158,7 @@ class Stack:
         self.processes.clear()
 
     def wipe(self) -> None:
-        self.store.wipe()
+        self.stores.wipe()
         self.client.close()
 
     def logs(self) -> str:

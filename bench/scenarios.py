@@ -19,12 +19,14 @@ from typing import Any
 
 from bench.harness import CD_KEY, SM8_KEY, Stack, eventually
 from bridge.config import load_settings
+from bridge.queues import POLL_CYCLE
 from bridge.runtime import Runtime, build
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import check
 from bridge.simulators.scenario import Business, seed_business
-from bridge.store import Store, SyncWrite
+from bridge.store import Stores
 from mappings.ids import cd_job_uuid, connection_namespace, sm8_allocation_uuid
+from mappings.transitions import SyncWrite
 
 # Production poll and match intervals; Coredination's budget (not documented, default 600/min)
 # raised because its simulator enforces none and these scenarios are not about it.
@@ -130,7 +132,7 @@ def backfill(b: Bench) -> None:
         st.worker("w1", 2)
         st.worker("w2", 2)
         st.beat()
-        st.send("bridge.poll.cycle")
+        st.send(POLL_CYCLE)
         eventually(_converged(sm8, cd, ns, pairs), timeout=300, interval=0.25)
         took = time.time() - started
         sm8_calls, cd_calls = calls_between(sm8, started), calls_between(cd, started)
@@ -162,7 +164,7 @@ def trickle(b: Bench) -> None:
         st.worker("w1", 2)
         st.worker("w2", 2)
         st.beat()
-        st.send("bridge.poll.cycle")
+        st.send(POLL_CYCLE)
         eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=120, interval=0.25)
         time.sleep(1.0)  # let the first cycle's tail settle before counting
         created = _trickle(sm8, biz, count, rate)
@@ -179,11 +181,12 @@ def trickle(b: Bench) -> None:
         st.kill("beat", 15)
         time.sleep(1.0)
         for system in ("servicem8", "coredination"):
-            st.store.r.hdel(st.store.key("cursor"), f"polled:{system}")
+            st.stores.redis.hdel(st.stores.keys.key("cursor"), f"polled:{system}")
         quiet_started = time.time()
-        st.send("bridge.poll.cycle")
+        st.send(POLL_CYCLE)
         systems = ("servicem8", "coredination")
-        eventually(lambda: all(st.store.cursor(f"polled:{s}") for s in systems), timeout=30,
+        activity = st.stores.activity
+        eventually(lambda: all(activity.cursor(f"polled:{s}") for s in systems), timeout=30,
                    interval=0.05)  # fmt: skip
         time.sleep(1.0)  # any sync the cycle queued would have run by now
         quiet = {"servicem8": reads_writes(calls_between(sm8, quiet_started)),
@@ -284,7 +287,11 @@ def _pct(values: list[float], p: float) -> float:
 # --- budget -------------------------------------------------------------------------------------
 def budget(b: Bench, strategy: str = "shared") -> None:
     """A backlog of 5 x the limit of ServiceM8 writes (users scheduled in Coredination, each
-    becoming a ServiceM8 allocation), four worker processes, ServiceM8 enforcing the limit."""
+    becoming a ServiceM8 allocation), four worker processes, ServiceM8 enforcing the limit.
+
+    ``strategy``: ``shared``, the bridge's workers (``celery -A tasks``) on the shared budget;
+    ``celery-rate-limit``, workers from ``bench.rate_limited_app`` (Celery's per-worker
+    ``rate_limit`` instead)."""
     limit, window = (20, 15) if b.quick else (60, 60)
     # The margin keeps production's proportion to the window (1 s of 60 s): it stands for network
     # jitter, which a shorter test window does not shorten in the real world but loopback does.
@@ -294,7 +301,8 @@ def budget(b: Bench, strategy: str = "shared") -> None:
     env = {"SERVICEM8_RATE_PER_MINUTE": str(limit), "SERVICEM8_RATE_WINDOW_SECONDS": str(window),
            "SERVICEM8_POLL_SECONDS": "60", "COREDINATION_POLL_SECONDS": "1",
            "STAFF_MATCH_SECONDS": "900", "COREDINATION_RATE_PER_MINUTE": "100000",
-           "SERVICEM8_BUDGET": strategy, "BUDGET_MARGIN_SECONDS": f"{margin:g}"}  # fmt: skip
+           "BUDGET_MARGIN_SECONDS": f"{margin:g}"}  # fmt: skip
+    app = "tasks" if strategy == "shared" else "bench.rate_limited_app"
     with b.world(f"budget-{strategy}", **env) as (sm8, cd, st):
         biz = seed_business(sm8, cd, staff=3, jobs=backlog, allocations=backlog)
         ns = connection_namespace(st.connection)
@@ -302,9 +310,9 @@ def budget(b: Bench, strategy: str = "shared") -> None:
         rt.engine.match_staff()
         rt.close()
         for i in range(4):
-            st.worker(f"w{i + 1}", concurrency=1)
+            st.worker(f"w{i + 1}", concurrency=1, app=app)
         st.beat()
-        st.send("bridge.poll.cycle")
+        st.send(POLL_CYCLE)
         eventually(lambda: len(cd.jobs) == backlog
                    and all(j["resources"] for j in cd.jobs.values()), timeout=120)  # fmt: skip
         time.sleep(window + 1)  # the first sync's calls leave both windows
@@ -364,7 +372,7 @@ def engine(b: Bench) -> None:
         st.worker("w2", concurrency=1)
         time.sleep(2.0)  # both workers up before the clock starts
         started = time.time()
-        st.send("bridge.poll.cycle")
+        st.send(POLL_CYCLE)
         # Wait on a cheap count (the full check holds both simulators' locks while it runs),
         # then check everything once.
         writes = jobs + pairs  # one upsert per job, one resource operation per pair
@@ -386,8 +394,8 @@ def memory(b: Bench) -> None:
     ``used_memory``, on the benchmark's Redis."""
     import uuid as uuidlib
 
-    from bridge.records import CdView, JobRecord
-    from mappings.rules import AllocationFacts, JobFacts
+    from mappings.facts import AllocationFacts, JobFacts
+    from mappings.state import CdView, JobRecord
 
     count = 20_000 if b.quick else 100_000
     with b.world("memory") as (sm8, cd, stack):
@@ -395,10 +403,10 @@ def memory(b: Bench) -> None:
         rt = b.runtime(stack)
         try:
             rt.engine.run_cycle()
-            store, r = rt.store, rt.store.r
-            templates = [store.load_job(job) for job in biz.jobs]
+            stores, r = rt.stores, rt.stores.redis
+            templates = [stores.jobs.load(job) for job in biz.jobs]
             assert all(t.cd is not None and t.details and t.allocations for t in templates)
-            store.wipe()
+            stores.wipe()
             server, info = r.info("server"), r.info("memory")
             allocator = str(info.get("mem_allocator") or "allocator unknown").split("-")[0]
             before = int(info["used_memory"])
@@ -413,16 +421,16 @@ def memory(b: Bench) -> None:
                     allocations={(a := str(uuidlib.uuid4())): AllocationFacts(
                         **{**f.__dict__, "uuid": a, "job_uuid": job})
                         for f in t.allocations.values()},
-                    cd=CdView(10**6 + i, store.cd_uuid(job), dict(t.cd.resources),
+                    cd=CdView(10**6 + i, stores.jobs.cd_uuid(job), dict(t.cd.resources),
                               dict(t.cd.changed_ms), t.cd.modified_ms, t.cd.start_ms),
                     fields_fp=t.fields_fp,
                     pairs=dict(t.pairs),
                 ))  # fmt: skip
                 if len(made) == 1000 or i == count - 1:
-                    _store_links(store, made)
+                    _store_links(stores, made)
                     made = []
             after = int(r.info("memory")["used_memory"])
-            sample = store.load_job(store.known_jobs()[0])
+            sample = stores.jobs.load(stores.jobs.known()[0])
         finally:
             rt.close()
     where = f"Redis {server['redis_version']}, {allocator}"
@@ -436,13 +444,14 @@ def memory(b: Bench) -> None:
     }
 
 
-def _store_links(store: Store, records: list[Any]) -> None:
-    """Write linked jobs the way the engine does: ingest (allocations, then job details), then
+def _store_links(stores: Stores, records: list[Any]) -> None:
+    """Write linked jobs the way the sync does: ingest (allocations, then job details), then
     what a sync leaves (Coredination view and reverse links, body fingerprint, snapshots)."""
-    store.ingest_allocations([a for r in records for a in r.allocations.values()])
-    store.ingest_jobs([r.details for r in records])
-    store.save_syncs([SyncWrite(r.uuid, [], 0.0, r.cd, r.fields_fp, r.pairs) for r in records])
-    store.r.delete(store.key("dirty"))  # a finished sync leaves no dirty mark
+    stores.jobs.ingest_allocations([a for r in records for a in r.allocations.values()])
+    stores.jobs.ingest_jobs([r.details for r in records if r.details is not None])
+    stores.jobs.save_syncs([SyncWrite(r.uuid, [], 0.0, r.cd, r.fields_fp, r.pairs)
+                            for r in records])  # fmt: skip
+    stores.redis.delete(stores.keys.dirty)  # a finished sync leaves no dirty mark
 
 
 SCENARIOS: dict[str, Callable[[Bench], None]] = {

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         Path(".bridge"), description="Local folder for the embedded Redis and other state."
     )
 
-    # --- budgets (ARCHITECTURE section 2; ServiceM8's documented limits) -------------------------
+    # --- budgets (docs/operations.md#budget; ServiceM8's limits: docs/servicem8-api.md#limits) ---
     servicem8_rate_per_minute: int = Field(180, gt=0, description="ServiceM8 calls per window.")
     servicem8_rate_window_seconds: float = Field(
         60, gt=0, description="The 'minute' window's length (shorter in tests)."
@@ -81,12 +81,6 @@ class Settings(BaseSettings):
         None, description="Where ServiceM8's day ends; default: the account's timezone."
     )
     coredination_rate_per_minute: int = Field(600, gt=0)
-    servicem8_budget: Literal["shared", "celery-rate-limit"] = Field(
-        "shared",
-        description="'shared': the Redis budget every process draws from. 'celery-rate-limit': "
-        "Celery's per-worker rate_limit on sync tasks instead (only for the benchmark that "
-        "shows why the shared budget exists).",
-    )
     budget_margin_seconds: float = Field(
         1.0, ge=0, description="Added to every budget window, against request timing jitter."
     )

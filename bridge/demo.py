@@ -178,7 +178,7 @@ class Demo:
             self.say("\n[bold]4. Summary[/] (read back from both simulators)")
             _wait("both sides to agree", lambda: check(self.sm8, self.cd, self.ns).converged)
             result = check(self.sm8, self.cd, self.ns)
-            self._summary(result, runtime.store.stats())
+            self._summary(result, runtime.stores.activity.stats())
             if summary_json is not None:
                 summary_json.write_text(json.dumps(self._summary_data(result), indent=2))
             if keep_running:

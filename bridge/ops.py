@@ -10,15 +10,16 @@ from typing import Any
 from bridge.config import Settings
 from bridge.errors import ConfigError
 from bridge.runtime import Runtime
-from bridge.sync.engine import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
+from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
+from bridge.sync.context import CURSORS, SYSTEMS, polled
 
 
 def status(rt: Runtime) -> dict[str, Any]:
-    store = rt.store
+    stores = rt.stores
     now = time.time()
     pauses = {}
-    for api in ("servicem8", "coredination"):
-        pause = store.pause(api)
+    for api in SYSTEMS:
+        pause = rt.budget.pause(api)
         if pause is not None:
             pauses[api] = {
                 "kind": pause["kind"],
@@ -32,13 +33,14 @@ def status(rt: Runtime) -> dict[str, Any]:
         ]
         for api, rows in rt.budget.usage().items()
     }
-    pending = store.pending()
-    invalid = store.invalid()
+    pending = stores.parked.pending()
+    invalid = stores.parked.invalid()
+    cursors = stores.activity.cursors()
     return {
         "connection": rt.settings.bridge_connection_id,
-        "links": store.job_count(),
-        "staff_mapped": len(store.staff_map().s2u),
-        "dirty_jobs": len(store.dirty()),
+        "links": stores.jobs.count(),
+        "staff_mapped": stores.staff.mapped_count(),
+        "dirty_jobs": stores.jobs.dirty_count(),
         "pending": len(pending),
         "pending_examples": [
             {"pair": key, "reason": value["reason"]} for key, value in list(pending.items())[:10]
@@ -47,33 +49,22 @@ def status(rt: Runtime) -> dict[str, Any]:
         "invalid_examples": [
             {"record": key, "reason": value["reason"]} for key, value in list(invalid.items())[:10]
         ],
-        "dead_letters": store.dead_letter_count(),
-        "deferred": store.deferred_count(),
+        "dead_letters": stores.work.dead_letter_count(),
+        "deferred": stores.work.deferred_count(),
         "paused": pauses,
         "budget": budget,
-        "cursors": {
-            "servicem8.joballocation": store.cursor(CURSOR_SM8_ALLOCATIONS),
-            "servicem8.job": store.cursor(CURSOR_SM8_JOBS),
-            "coredination.job": store.cursor(CURSOR_CD_JOBS),
-        },
+        "accounts": {api: rt.budget.accounts.peek(api) for api in SYSTEMS},
+        "cursors": {shown: cursors.get(name) for shown, name in CURSORS.items()},
         "poll_age_seconds": {
             system: round(now - float(at), 1) if at else None
-            for system in ("servicem8", "coredination")
-            for at in [store.cursor(f"polled:{system}")]
+            for system in SYSTEMS
+            for at in [cursors.get(polled(system))]
         },
-        "counters": store.stats(),
+        "counters": stores.activity.stats(),
     }
 
 
 # --- webhook subscriptions ------------------------------------------------------------------------
-# ServiceM8 object webhooks (API-NOTES A6): the fields whose change matters to the mapping rules.
-SM8_WEBHOOK_FIELDS = {
-    "joballocation": ["job_uuid", "staff_uuid", "allocation_date", "allocation_window_uuid",
-                      "expiry_timestamp", "completion_timestamp", "active"],
-    "job": ["job_address", "job_description", "generated_job_id", "lat", "lng", "active"],
-}  # fmt: skip
-
-
 def callback_urls(settings: Settings) -> dict[str, str]:
     """Where each system should post, token included (a secret: never print these whole)."""
     if not settings.webhook_public_url or settings.webhook_token is None:
@@ -99,7 +90,7 @@ def subscribe_webhooks(rt: Runtime) -> list[str]:
     to this bridge's receiver. Safe to repeat: existing subscriptions for the same URL are kept."""
     urls = callback_urls(rt.settings)
     done = []
-    for obj, fields in SM8_WEBHOOK_FIELDS.items():
+    for obj, fields in SUBSCRIBED_FIELDS.items():
         # ServiceM8 checks the URL by the challenge handshake before it answers.
         rt.sm8.subscribe_object(obj, fields, urls["servicem8"], unique_id=f"bridge-{obj}")
         done.append(f"servicem8 {obj}")

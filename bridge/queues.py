@@ -1,6 +1,6 @@
-"""Queue names, task routes and broker options: shared by the Celery app (``tasks``) and by
-anything in ``bridge`` that sends tasks (``bridge dlq replay``, the webhook receiver), so the
-bridge never imports ``tasks``.
+"""Task names, queue names, task routes, broker options and the one way to send a task: shared by
+the Celery app (``tasks``) and by anything in ``bridge`` that sends tasks (``bridge backfill``,
+``bridge dlq replay``, the webhook receiver), so the bridge never imports ``tasks``.
 
 Queues are per connection, checked in priority order: interactive (webhooks) before sync (polls)
 before poll before bulk (backfill).
@@ -8,20 +8,45 @@ before poll before bulk (backfill).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Final, Literal
 
 from celery import Celery
 
-QUEUE_KINDS = ("interactive", "sync", "poll", "bulk")
+# --- task names (the tasks are defined in ``tasks.jobs``; every other place spells them so) -------
+SYNC_JOB: Final = "bridge.sync.job"
+POLL_CYCLE: Final = "bridge.poll.cycle"
+MATCH_STAFF: Final = "bridge.staff.match"
+RECONCILE: Final = "bridge.reconcile"
+SWEEP: Final = "bridge.sweep"
+WEBHOOK_SERVICEM8_ALLOCATION: Final = "bridge.webhook.servicem8_allocation"
+WEBHOOK_SERVICEM8_JOB: Final = "bridge.webhook.servicem8_job"
+WEBHOOK_COREDINATION_JOB: Final = "bridge.webhook.coredination_job"
+RELEASE_DEFERRED: Final = "bridge.deferred.release"
+TASK_NAMES: Final = (
+    SYNC_JOB,
+    POLL_CYCLE,
+    MATCH_STAFF,
+    RECONCILE,
+    SWEEP,
+    WEBHOOK_SERVICEM8_ALLOCATION,
+    WEBHOOK_SERVICEM8_JOB,
+    WEBHOOK_COREDINATION_JOB,
+    RELEASE_DEFERRED,
+)
+
+# --- queues --------------------------------------------------------------------------------------
+Lane = Literal["interactive", "sync", "poll", "bulk"]
+QUEUE_KINDS: tuple[Lane, ...] = ("interactive", "sync", "poll", "bulk")
 VISIBILITY_TIMEOUT = 300
 
-ROUTES = {
+ROUTES: dict[str, Lane] = {
     "bridge.webhook.": "interactive",
     "bridge.sync.": "sync",
     "bridge.poll.": "poll",
     "bridge.staff.": "poll",
-    "bridge.sweep": "poll",
-    "bridge.reconcile": "poll",
+    SWEEP: "poll",
+    RECONCILE: "poll",
     "bridge.deferred.": "poll",
     "bridge.bulk.": "bulk",
 }
@@ -54,8 +79,9 @@ def transport_options(connection: str) -> dict[str, Any]:
 
 
 def sender(redis_url: str, connection: str) -> Celery:
-    """A Celery app that only sends tasks to this connection's queues (no task code loaded)."""
-    app = Celery("bridge-sender")
+    """A Celery app that only sends tasks to this connection's queues (no task code loaded). It
+    does not become the process's current app: a worker's own app stays that."""
+    app = Celery("bridge-sender", set_as_current=False)
     app.conf.update(
         broker_url=redis_url,
         broker_transport_options=transport_options(connection),
@@ -65,3 +91,51 @@ def sender(redis_url: str, connection: str) -> Celery:
         task_routes=task_routes(connection),
     )
     return app
+
+
+class Enqueuer:
+    """Sends tasks to one connection's queues: the one way a task is queued, by the tasks (over
+    the worker's own app), the CLI and the web receiver (over a ``sender``).
+
+    Tasks take ids, never payloads: ``args`` are ids and short strings, JSON-encoded.
+    """
+
+    def __init__(self, app: Celery, connection: str) -> None:
+        self.app = app
+        self.connection = connection
+
+    @classmethod
+    def for_broker(cls, redis_url: str, connection: str) -> Enqueuer:
+        return cls(sender(redis_url, connection), connection)
+
+    def send(
+        self,
+        task_name: str,
+        args: Sequence[Any] = (),
+        lane: Lane | None = None,
+        *,
+        kwargs: Mapping[str, Any] | None = None,
+        task_id: str | None = None,
+        queue: str | None = None,
+    ) -> None:
+        """Queue one task: on ``lane``'s queue if given, else on ``queue`` (a queue's full name,
+        as a deferred message recorded it), else where ``ROUTES`` sends ``task_name``."""
+        if lane is not None:
+            queue = queue_name(self.connection, lane)
+        self.app.send_task(
+            task_name,
+            args=list(args),
+            kwargs=dict(kwargs or {}),
+            task_id=task_id,
+            queue=queue or queue_for(self.connection, task_name),
+        )
+
+    def syncs(self, jobs: Iterable[str], claim: Callable[[str], bool], lane: Lane = "sync") -> int:
+        """Queue one sync per job unless one is already queued: ``claim`` (the store's
+        ``claim_enqueue``) says whether this call is the one to queue it. Returns how many."""
+        queued = 0
+        for job in jobs:
+            if claim(job):
+                self.send(SYNC_JOB, [job], lane)
+                queued += 1
+        return queued

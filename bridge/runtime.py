@@ -1,22 +1,25 @@
-"""Builds the engine and its parts from settings, for the Celery tasks and the CLI alike."""
+"""Builds the stores, clients, budget and sync context from settings, for the Celery tasks, the
+web receiver and the CLI alike."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import redis
 
-from bridge.budget import Budget, Window, servicem8_windows
+from bridge.accounts import AccountIds, key_digest
 from bridge.config import Settings
 from bridge.coredination import CoredinationClient
 from bridge.errors import ConfigError
 from bridge.http import CallGate, OpenGate
+from bridge.http.budget import Budget, Window, servicem8_windows
 from bridge.redis_server import EmbeddedRedis
 from bridge.servicem8 import ServiceM8Client
-from bridge.store import Store
-from bridge.sync.engine import Engine, EngineOptions
+from bridge.store import Stores
+from bridge.sync import Engine, SyncContext, SyncOptions
 from mappings.ids import connection_namespace
 
 
@@ -25,7 +28,7 @@ class Runtime:
     settings: Settings
     redis_url: str
     redis: redis.Redis
-    store: Store
+    stores: Stores
     engine: Engine
     budget: Budget
     sm8: ServiceM8Client
@@ -53,10 +56,16 @@ def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
 
 
 def build(
-    settings: Settings, redis_url: str | None = None, *, budget_wait: float | None = None
+    settings: Settings,
+    redis_url: str | None = None,
+    *,
+    budget_wait: float | None = None,
+    servicem8_gate: Literal["shared", "open"] = "shared",
 ) -> Runtime:
     """Wire everything. ``budget_wait``: how long a call may wait in place for its budget slot
-    (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail)."""
+    (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail).
+    ``servicem8_gate="open"``: ServiceM8 calls skip the shared budget (``bench.rate_limited_app``
+    only, the benchmark that shows why the shared budget exists)."""
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
@@ -65,9 +74,21 @@ def build(
         client.ping()
     except redis.RedisError as exc:
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
-    store = Store(client, settings.bridge_connection_id)
-    store.upgrade_layout()  # links kept by an earlier build, moved once (no-op afterwards)
+    stores = Stores.connect(client, settings.bridge_connection_id)
+    stores.upgrade_layout()  # links kept by an earlier build, moved once (no-op afterwards)
     sm8_client: ServiceM8Client | None = None
+
+    accounts = AccountIds(
+        stores.activity,
+        {
+            "servicem8": key_digest(
+                settings.servicem8_base_url, settings.servicem8_api_key.get_secret_value()
+            ),
+            "coredination": key_digest(
+                settings.coredination_base_url, settings.coredination_api_key.get_secret_value()
+            ),
+        },
+    )
 
     def day_tz() -> tzinfo:
         if settings.servicem8_day_reset_timezone:
@@ -75,7 +96,8 @@ def build(
         return sm8_client.tz if sm8_client is not None else UTC
 
     budget = Budget(
-        store=store,
+        store=stores.budget,
+        accounts=accounts,
         windows={
             "servicem8": servicem8_windows(
                 settings.servicem8_rate_per_minute,
@@ -97,22 +119,18 @@ def build(
         day_reset_tz=day_tz,
         max_sleep=settings.budget_max_sleep_seconds if budget_wait is None else budget_wait,
     )
-    sm8_gate: CallGate = budget if settings.servicem8_budget == "shared" else OpenGate()
-    sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate)
-    options = EngineOptions(
+    sm8_gate: CallGate = budget if servicem8_gate == "shared" else OpenGate()
+    sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate, accounts=accounts)
+    options = SyncOptions(
         tie=settings.conflict_tie_winner,
         sm8_overlap=timedelta(seconds=settings.servicem8_poll_overlap_seconds),
         send_message=settings.coredination_send_message,
         lock_seconds=2 * settings.http_read_timeout + 5,
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget)
-    engine = Engine(
-        store,
-        sm8_client,
-        cd_client,
-        connection_namespace(settings.bridge_connection_id),
-        options,
+    ctx = SyncContext(
+        stores, sm8_client, cd_client, connection_namespace(settings.bridge_connection_id), options
     )
     return Runtime(
-        settings, redis_url, client, store, engine, budget, sm8_client, cd_client, embedded
+        settings, redis_url, client, stores, Engine(ctx), budget, sm8_client, cd_client, embedded
     )

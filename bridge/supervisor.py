@@ -84,9 +84,9 @@ class Supervisor:
                 output.close()  # the child holds its own descriptor
             log.info("run.started", part=child.name, pid=child.process.pid)
         # The first poll now, not one beat interval later.
-        from bridge.queues import sender
+        from bridge.queues import POLL_CYCLE, Enqueuer
 
-        sender(self.redis_url, self.settings.bridge_connection_id).send_task("bridge.poll.cycle")
+        Enqueuer.for_broker(self.redis_url, self.settings.bridge_connection_id).send(POLL_CYCLE)
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()

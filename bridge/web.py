@@ -1,12 +1,13 @@
 """The webhook receiver, ``/healthz`` and ``/metrics`` (FastAPI under uvicorn).
 
-A webhook view verifies, enqueues and answers; nothing else (STYLE: thin edges). Deliveries are
+A webhook view verifies, enqueues and answers; nothing else (thin edges). Deliveries are
 *hints*: each names a record, and the queued task re-reads it through the REST API, so a forged,
 lost, duplicated or reordered delivery can delay a change but never corrupt one.
 
-- ServiceM8 documents no signature (API-NOTES A6), so the callback URL carries a secret token
-  (``/webhooks/servicem8/{WEBHOOK_TOKEN}``), compared in constant time. A wrong or missing token
-  is 401 and enqueues nothing. Coredination's signing is undocumented (B6): same scheme.
+- ServiceM8 documents no signature (docs/servicem8-api.md#webhooks), so the callback URL carries a
+  secret token (``/webhooks/servicem8/{WEBHOOK_TOKEN}``), compared in constant time. A wrong or
+  missing token is 401 and enqueues nothing. Coredination's signing is undocumented
+  (docs/coredination-api.md#webhooks): same scheme.
 - ServiceM8's ``mode=subscribe`` handshake is answered with the challenge alone.
 - Bodies over ``WEBHOOK_MAX_BODY_BYTES`` are 413, media types other than JSON, form, JWT or plain
   text are 415, unreadable bodies are 400; unknown objects and events are 200 and ignored.
@@ -37,25 +38,24 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.concurrency import run_in_threadpool
 
 from bridge.config import Settings
+from bridge.coredination.webhooks import coredination_hints
 from bridge.log import get_logger
-from bridge.runtime import Runtime
-from bridge.store import ALIVE_SECONDS
-from mappings.webhooks import (
-    BadPayload,
-    Hint,
-    Parsed,
-    coredination_hints,
-    decode_body,
-    handshake,
-    servicem8_hints,
+from bridge.queues import (
+    WEBHOOK_COREDINATION_JOB,
+    WEBHOOK_SERVICEM8_ALLOCATION,
+    WEBHOOK_SERVICEM8_JOB,
 )
+from bridge.runtime import Runtime
+from bridge.servicem8.webhooks import handshake, servicem8_hints
+from bridge.store import ALIVE_SECONDS
+from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
 log = get_logger(__name__)
 
 TASKS = {
-    "servicem8.joballocation": "bridge.webhook.servicem8_allocation",
-    "servicem8.job": "bridge.webhook.servicem8_job",
-    "coredination.job": "bridge.webhook.coredination_job",
+    "servicem8.joballocation": WEBHOOK_SERVICEM8_ALLOCATION,
+    "servicem8.job": WEBHOOK_SERVICEM8_JOB,
+    "coredination.job": WEBHOOK_COREDINATION_JOB,
 }
 PARSERS: dict[str, Callable[[Any], Parsed]] = {
     "servicem8": servicem8_hints,
@@ -91,7 +91,7 @@ class Receiver:
         token = settings.webhook_token
         self.token = token.get_secret_value().encode() if token is not None else None
         self.settings = settings
-        self.store = runtime.store
+        self.activity = runtime.stores.activity
         self.send = send
 
     def authentic(self, token: str | None) -> bool:
@@ -109,27 +109,27 @@ class Receiver:
                 return Reply(200, challenge.challenge)
             parsed = PARSERS[source](body)
         except BadPayload as exc:
-            self.store.count({f"webhook.{source}.rejected": 1})
+            self.activity.count({f"webhook.{source}.rejected": 1})
             log.warning("webhook.rejected", source=source, reason=str(exc))
             return Reply(400, {"error": str(exc)})
         enqueued, duplicates = 0, 0
         for hint in parsed.hints:
             delivery = self._delivery_key(hint, raw)
             ttl = self.settings.webhook_dedupe_seconds if hint.stamp else UNSTAMPED_DEDUPE_SECONDS
-            if not self.store.first_delivery(delivery, ttl):
+            if not self.activity.first_delivery(delivery, ttl):
                 duplicates += 1
                 continue
             try:
                 args = [hint.ref, *hint.event] if hint.kind == "coredination.job" else [hint.ref]
                 self.send(TASKS[hint.kind], args)
             except Exception as exc:
-                self.store.forget_delivery(delivery)
+                self.activity.forget_delivery(delivery)
                 log.error("webhook.enqueue_failed", source=source, error=type(exc).__name__)
                 return Reply(503, {"error": "could not queue the work; retry later"})
             enqueued += 1
         if parsed.hints:
-            self.store.note_webhook(source, time.time())
-        self.store.count(
+            self.activity.note_webhook(source, time.time())
+        self.activity.count(
             {
                 f"webhook.{source}.enqueued": enqueued,
                 f"webhook.{source}.duplicate": duplicates,
@@ -176,13 +176,17 @@ def health(runtime: Runtime, now: float | None = None) -> tuple[bool, dict[str, 
     now = time.time() if now is None else now
     checks: dict[str, Any] = {}
     try:
-        runtime.store.ping()
+        runtime.stores.activity.ping()
         checks["redis"] = "ok"
     except Exception as exc:  # any failure to answer is "down", whatever the client raised
         checks["redis"] = f"down ({type(exc).__name__})"
         return False, checks
-    checks["beat"] = "ok" if runtime.store.beat_alive() else "no beat holds the schedule lock"
-    alive = {w: t for w, t in runtime.store.live_workers().items() if now - t < ALIVE_SECONDS}
+    checks["beat"] = (
+        "ok" if runtime.stores.activity.beat_alive() else "no beat holds the schedule lock"
+    )
+    alive = {
+        w: t for w, t in runtime.stores.activity.live_workers().items() if now - t < ALIVE_SECONDS
+    }
     checks["workers"] = len(alive)
     healthy = checks["beat"] == "ok" and bool(alive)
     return healthy, checks
@@ -269,12 +273,9 @@ def create_app(
 
         runtime = build(settings)
     if send is None:
-        from bridge.queues import sender
+        from bridge.queues import Enqueuer
 
-        celery_app = sender(runtime.redis_url, settings.bridge_connection_id)
-
-        def send(task: str, args: list[str]) -> None:
-            celery_app.send_task(task, args=args)
+        send = Enqueuer.for_broker(runtime.redis_url, settings.bridge_connection_id).send
 
     receiver = Receiver(settings, runtime, send)
     registry = CollectorRegistry(auto_describe=False)

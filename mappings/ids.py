@@ -1,4 +1,4 @@
-"""Deterministic identities (ARCHITECTURE section 2).
+"""Deterministic identities (docs/operations.md#budget).
 
 The Coredination job for ServiceM8 job J is ``uuid5(ns, "job:" + J)``, so ``PUT /job/{uuid}`` is an
 idempotent upsert. An allocation the bridge creates in ServiceM8 for user U on Coredination job C is

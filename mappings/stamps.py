@@ -1,9 +1,9 @@
 """Lenient parsing and formatting of the two APIs' time and flag formats.
 
 ServiceM8 sends naive ``YYYY-MM-DD HH:MM:SS`` stamps (``0000-00-00 00:00:00`` for "no date") whose
-timezone is not documented (reference/API-NOTES.md A7): we read them in the account's timezone,
+timezone is not documented (docs/servicem8-api.md#errors): we read them in the account's timezone,
 taken from ``/vendor.json`` ``timezone_name``. Coredination sends epoch milliseconds in UTC
-(API-NOTES B2), or plain dates on all-day jobs.
+(docs/coredination-api.md#conventions), or plain dates on all-day jobs.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def to_epoch_ms(value: datetime | None) -> int | None:
 
 
 def parse_flag(value: Any) -> bool:
-    """ServiceM8 booleans arrive as 0/1, "0"/"1" or true/false (API-NOTES A3)."""
+    """ServiceM8 booleans arrive as 0/1, "0"/"1" or true/false (docs/servicem8-api.md#types)."""
     if isinstance(value, bool):
         return value
     if value is None or value == "":

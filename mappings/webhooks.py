@@ -1,22 +1,10 @@
-"""What a webhook delivery says changed, as *hints*: "look at record X now". Pure parsing, no I/O.
+"""Webhook deliveries as *hints*: "look at record X now". Pure decoding, no I/O.
 
-Webhooks are never trusted for values: the bridge re-reads every hinted record through the REST API
-(ARCHITECTURE section 1), so a forged or garbled delivery can cost one read, never corrupt a record.
-
-ServiceM8 shapes (API-NOTES A6), all accepted:
-
-1. the documented object webhook: ``{"object", "entry": [{"uuid", "changed_fields", "time"}],
-   "resource_url"}``, as JSON or as form fields (``entry`` then holds JSON text);
-2. an add-on SDK event: ``{"eventName": "webhook_subscription", "eventArgs": {"object"?, "entry",
-   "resource_url"?}}``, possibly as a JWT (only its payload is read: the token in the callback URL
-   is the authentication, and the record is re-read anyway);
-3. the event webhook observed in real traffic: ``{"id", "type": "job.updated", "data": {...}}``;
-4. the SDK's unused ``WebhookEvent`` schema: ``{"event_type", "timestamp", "data"}``.
-
-Coredination (API-NOTES B6; the body is not documented). ASSUMPTION, kept here and in the
-simulator: ``{"channel": "job", "type", "jobId", "jobUuid", "eventTimeStamp", "event": {"id"}}``.
-Parsed defensively: the job reference is taken from ``jobUuid``, ``jobId``, ``job.{uuid,id}``,
-``data.{uuid,id}`` or a top-level ``uuid``/``id`` when the channel or type says "job".
+Webhooks are never trusted for values: the bridge re-reads every hinted record through the REST API,
+so a forged or garbled delivery can cost one read, never corrupt a record. Each system's own shapes
+are parsed next to its client (``bridge.servicem8.webhooks``, ``bridge.coredination.webhooks``);
+this module holds what they share: the hint, the body decoding (JSON, form, JWT) and its limits,
+and the test that a Coredination event only echoes what the bridge already holds.
 """
 
 from __future__ import annotations
@@ -25,23 +13,14 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
 HintKind = Literal["servicem8.joballocation", "servicem8.job", "coredination.job"]
 
-SM8_OBJECTS: dict[str, HintKind] = {
-    "joballocation": "servicem8.joballocation",
-    "job": "servicem8.job",
-}
-MAX_ENTRIES = 500  # ServiceM8 batches entries; more than this in one delivery is not a delivery
 MAX_DEPTH = 32  # JSON nesting deeper than any real body
 
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-_CD_ID = re.compile(r"^[0-9]{1,18}$")
-_CHALLENGE = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, no spaces
 _JWT = re.compile(r"^[A-Za-z0-9_-]+\.([A-Za-z0-9_-]+)\.[A-Za-z0-9_-]*$")
 
 
@@ -138,126 +117,23 @@ def _decode_jwt(token: str) -> Any:
 
 
 # --- shapes ------------------------------------------------------------------------------------
-def handshake(body: Any) -> Handshake | None:
-    """ServiceM8's subscription check (``mode=subscribe``, ``challenge``), or None."""
-    if not isinstance(body, Mapping) or body.get("mode") != "subscribe":
-        return None
-    challenge = body.get("challenge")
-    if not isinstance(challenge, str) or not _CHALLENGE.match(challenge):
-        raise BadPayload("subscribe handshake without a usable challenge")
-    return Handshake(challenge)
 
 
-def servicem8_hints(body: Any) -> Parsed:
-    """Every (object, uuid) a ServiceM8 delivery names, in any of the shapes above."""
-    parsed = Parsed([], [])
-    if not isinstance(body, Mapping):
-        parsed.ignored.append("body is not an object")
-        return parsed
-    if isinstance(body.get("eventArgs"), Mapping):  # add-on SDK event
-        args = body["eventArgs"]
-        obj = args.get("object") or _object_from_url(args.get("resource_url"))
-        _entries(parsed, obj, args.get("entry"))
-    elif "entry" in body:  # documented object webhook
-        obj = body.get("object") or _object_from_url(body.get("resource_url"))
-        _entries(parsed, obj, body.get("entry"))
-    elif isinstance(body.get("type") or body.get("event_type"), str):  # event webhooks
-        event = str(body.get("type") or body.get("event_type"))
-        obj = event.split(".", 1)[0]
-        data = body.get("data")
-        uuid = data.get("uuid") if isinstance(data, Mapping) else None
-        stamp = str(body.get("id") or body.get("createdAt") or body.get("timestamp") or "")
-        _add(parsed, obj, uuid, f"{event}|{stamp}" if stamp else "")
-    else:
-        parsed.ignored.append("no entry, eventArgs or event type")
-    return parsed
+# Job-field events: the fields flow ServiceM8 → Coredination only, so these never change a pair.
+JOB_FIELD_EVENTS = {"CREATE", "UPDATE"}
 
 
-def _object_from_url(url: Any) -> str | None:
-    if not isinstance(url, str):
-        return None
-    match = re.search(r"/api_1\.0/([a-z]+)/", url, re.IGNORECASE)
-    return match.group(1) if match else None
-
-
-def _entries(parsed: Parsed, obj: Any, entries: Any) -> None:
-    if not isinstance(entries, list):
-        parsed.ignored.append("entry is not a list")
-        return
-    if len(entries) > MAX_ENTRIES:
-        raise BadPayload(f"more than {MAX_ENTRIES} entries")
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            parsed.ignored.append("entry item is not an object")
-            continue
-        fields = entry.get("changed_fields")
-        changed = ",".join(sorted(str(f) for f in fields)) if isinstance(fields, list) else ""
-        time = entry.get("time")
-        stamp = f"{time}|{changed}" if isinstance(time, str | int) and time != "" else ""
-        _add(parsed, obj, entry.get("uuid"), stamp)
-
-
-def _add(parsed: Parsed, obj: Any, uuid: Any, stamp: str) -> None:
-    kind = SM8_OBJECTS.get(obj.strip().lower()) if isinstance(obj, str) else None
-    if kind is None:
-        parsed.ignored.append(f"object {str(obj)[:40]!r} is not synced")
-        return
-    if not isinstance(uuid, str) or not _UUID.match(uuid.strip().lower()):
-        parsed.ignored.append(f"{obj} entry without a valid uuid")
-        return
-    parsed.hints.append(Hint(kind, uuid.strip().lower(), stamp[:200]))
-
-
-def coredination_hints(body: Any) -> Parsed:
-    """The job a Coredination event names (ASSUMPTION: see the module docstring)."""
-    parsed = Parsed([], [])
-    if not isinstance(body, Mapping):
-        parsed.ignored.append("body is not an object")
-        return parsed
-    channel = body.get("channel")
-    event_type = body.get("type")
-    if isinstance(channel, str) and channel.lower() != "job":
-        parsed.ignored.append(f"channel {channel[:40]!r} is not synced")
-        return parsed
-    ref = _cd_job_ref(body, job_channel=channel == "job" or _says_job(event_type))
-    if ref is None:
-        parsed.ignored.append("no job reference")
-        return parsed
-    event = body.get("event")
-    event = event if isinstance(event, Mapping) else {}
-    stamp = "|".join(
-        str(v)
-        for v in (event_type, body.get("eventTimeStamp"), event.get("id"))
-        if isinstance(v, str | int) and not isinstance(v, bool)
-    )
-    kind = event.get("type") or event_type
-    user = event.get("toUserId") if event.get("toUserId") is not None else event.get("userId")
-    state = event.get("newResourceState")
-    detail = (
-        kind[:40] if isinstance(kind, str) else "",
-        str(user) if isinstance(user, int) and not isinstance(user, bool) else "",
-        state[:20] if isinstance(state, str) and state.isalpha() else "",
-    )
-    parsed.hints.append(Hint("coredination.job", ref, stamp[:200], detail))
-    return parsed
-
-
-def _says_job(event_type: Any) -> bool:
-    return isinstance(event_type, str) and event_type.lower().startswith("job")
-
-
-def _cd_job_ref(body: Mapping[str, Any], *, job_channel: bool) -> str | None:
-    candidates: list[Any] = [body.get("jobUuid"), body.get("jobId")]
-    for nested in ("job", "data"):
-        inner = body.get(nested)
-        if isinstance(inner, Mapping):
-            candidates += [inner.get("uuid"), inner.get("id")]
-    if job_channel:
-        candidates += [body.get("uuid"), body.get("id")]
-    for value in candidates:
-        if isinstance(value, bool):
-            continue
-        text = str(value).strip().lower() if isinstance(value, str | int) else ""
-        if _UUID.match(text) or _CD_ID.match(text):
-            return text
-    return None
+def cd_event_known(
+    event_type: str, user: int | None, new_state: str | None, held: dict[int, str]
+) -> bool:
+    """Whether a Coredination event says nothing beyond the resources the bridge holds (``held``:
+    user id → state), typically the echo of the bridge's own write. Unknown events are not."""
+    kind = event_type.upper()
+    if kind in JOB_FIELD_EVENTS:
+        return True
+    if not kind or user is None:
+        return False
+    state = held.get(user)
+    if not new_state or new_state.upper() == "UNASSIGNED":
+        return state is None or state == "UNASSIGNED"
+    return state == new_state.upper()

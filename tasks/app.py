@@ -1,4 +1,18 @@
-"""Celery configuration, deliberately at-least-once:
+"""The Celery app, built by ``create_app``: nothing is read at import.
+
+``celery -A tasks worker|beat`` finds the module-level ``app``, made by ``create_app()`` with no
+settings: importing this module reads no environment, no ``.env`` and no Redis. The settings are
+read the first time Celery needs a value that comes from them (the broker URL, the queues, the
+schedule: a worker or beat at start-up), and a missing or malformed one, or no ``REDIS_URL``,
+ends the process there with one line and exit code 2.
+
+How: the configuration source (``config_source``, Celery's documented lazy configuration: "the
+configuration will be read only when required") is a mapping whose keys are fixed. Celery sets
+itself up and binds the tasks from the fixed values (serializer, acks, time limits), so the task
+registry can be listed without settings; a value derived from the settings is computed on its
+first read. (``app.on_configure`` would not do: binding a task already configures the app.)
+
+The configuration, deliberately at-least-once:
 
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a task whose worker dies is redelivered;
 - prefetch 1: a worker holds one message at a time, so a kill strands at most one;
@@ -21,9 +35,12 @@ import os
 import socket
 import sys
 import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Literal
 
 import redis
-from celery import Celery
+import structlog
+from celery import Celery, current_app
 from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun
 from kombu.entity import Queue
 
@@ -31,21 +48,91 @@ from bridge.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.log import configure_logging
 from bridge.queues import (
+    MATCH_STAFF,
+    POLL_CYCLE,
     QUEUE_KINDS,
+    RECONCILE,
+    RELEASE_DEFERRED,
+    SWEEP,
     queue_name,
     task_routes,
     transport_options,
 )
-from bridge.store import ALIVE_SECONDS, REDBEAT_PREFIX, Store
+from bridge.runtime import Runtime, build
+from bridge.store.activity import ActivityStore
+from bridge.store.keys import ALIVE_SECONDS, Keys
 
 HARD_TIME_LIMIT = 150
 SOFT_TIME_LIMIT = 120
 MAX_COUNTDOWN = 60
 
+ServiceM8Gate = Literal["shared", "open"]
 
-def _settings() -> Settings:
+# Values that need no settings: enough for Celery to set itself up and bind the tasks.
+FIXED: dict[str, Any] = {
+    "broker_connection_retry_on_startup": True,
+    "task_acks_late": True,
+    "task_reject_on_worker_lost": True,
+    "worker_prefetch_multiplier": 1,
+    "task_serializer": "json",
+    "accept_content": ["json"],
+    "task_ignore_result": True,
+    "result_backend": None,
+    "task_soft_time_limit": SOFT_TIME_LIMIT,
+    "task_time_limit": HARD_TIME_LIMIT,
+    "worker_hijack_root_logger": False,
+    "worker_send_task_events": True,
+    "task_send_sent_event": True,
+    "beat_scheduler": "redbeat.RedBeatScheduler",
+}
+
+
+def _redis_url(settings: Settings) -> str:
+    return settings.redis_url.get_secret_value() if settings.redis_url else ""
+
+
+def _poll_tick(settings: Settings) -> float:
+    return min(settings.servicem8_poll_seconds, settings.coredination_poll_seconds)
+
+
+def _queues(settings: Settings) -> list[Queue]:
+    return [Queue(queue_name(settings.bridge_connection_id, kind)) for kind in QUEUE_KINDS]
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    tick = _poll_tick(settings)
+    schedule: dict[str, dict[str, Any]] = {
+        # One cycle task ingests both systems (each at its own interval) before syncing.
+        "poll-cycle": {"task": POLL_CYCLE, "schedule": tick},
+        "match-staff": {"task": MATCH_STAFF, "schedule": settings.staff_match_seconds},
+        "release-deferred": {"task": RELEASE_DEFERRED, "schedule": 2.0},
+    }
+    if settings.reconcile_seconds:
+        schedule["reconcile"] = {"task": RECONCILE, "schedule": settings.reconcile_seconds}
+    schedule["sweep-dirty"] = {"task": SWEEP, "schedule": max(2.0, min(30.0, tick))}
+    return schedule
+
+
+# Values that come from the settings, each computed on its first read.
+FROM_SETTINGS: dict[str, Callable[[Settings], Any]] = {
+    "broker_url": _redis_url,
+    "broker_transport_options": lambda s: transport_options(s.bridge_connection_id),
+    "task_queues": _queues,
+    "task_default_queue": lambda s: queue_name(s.bridge_connection_id, "sync"),
+    "task_routes": lambda s: task_routes(s.bridge_connection_id),
+    "redbeat_redis_url": _redis_url,
+    "redbeat_key_prefix": lambda s: Keys(s.bridge_connection_id).redbeat_prefix,
+    "redbeat_lock_timeout": lambda s: max(30, int(3 * min(s.servicem8_poll_seconds, 60))),
+    "beat_max_loop_interval": lambda s: min(5.0, _poll_tick(s) / 2),
+    "beat_schedule": beat_schedule,
+}
+
+
+def checked(settings: Settings | None) -> Settings:
+    """The settings (read now when not given), fit for a worker or beat; otherwise one line on
+    stderr and exit code 2, never a traceback."""
     try:
-        settings = load_settings()
+        settings = load_settings() if settings is None else settings
     except ConfigError as exc:
         sys.stderr.write(f"error: {exc}\n")
         raise SystemExit(2) from None
@@ -58,103 +145,131 @@ def _settings() -> Settings:
     return settings
 
 
-settings = _settings()
-CONNECTION = settings.bridge_connection_id
+class CeleryConfig(Mapping[str, Any]):
+    """Celery's configuration source: the keys of ``FIXED`` and ``FROM_SETTINGS``. The settings
+    are read (or checked, when given) on the first read of a value that needs them."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._given = settings
+        self._settings: Settings | None = None
+        self._derived: dict[str, Any] = {}
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = checked(self._given)
+        return self._settings
+
+    @property
+    def settings_read(self) -> bool:
+        return self._settings is not None
+
+    def __getitem__(self, key: str) -> Any:
+        if key in FIXED:
+            return FIXED[key]
+        if key not in self._derived:
+            self._derived[key] = FROM_SETTINGS[key](self.settings())  # KeyError: not ours
+        return self._derived[key]
+
+    def __contains__(self, key: object) -> bool:
+        # Without this, Mapping would answer by reading the value (and the settings).
+        return key in FIXED or key in FROM_SETTINGS
+
+    def __iter__(self) -> Iterator[str]:
+        yield from FIXED
+        yield from FROM_SETTINGS
+
+    def __len__(self) -> int:
+        return len(FIXED) + len(FROM_SETTINGS)
 
 
-def queue(kind: str) -> str:
-    return queue_name(CONNECTION, kind)
+class BridgeApp(Celery):  # type: ignore[misc]
+    """A Celery app that also knows its settings (read on first use, through its configuration
+    source) and how its tasks reach ServiceM8 (``servicem8_gate``), and builds each process's
+    runtime from them."""
+
+    def __init__(
+        self,
+        main: str = "bridge",
+        *,
+        config_source: CeleryConfig | None = None,
+        servicem8_gate: ServiceM8Gate = "shared",
+        **kwargs: Any,
+    ) -> None:
+        self.bridge_config = config_source if config_source is not None else CeleryConfig()
+        self.servicem8_gate: ServiceM8Gate = servicem8_gate
+        self._runtime: tuple[int, Runtime] | None = None
+        self._alive: ActivityStore | None = None
+        super().__init__(main, config_source=self.bridge_config, **kwargs)
+
+    def __reduce_keys__(self) -> dict[str, Any]:
+        return {**super().__reduce_keys__(), "servicem8_gate": self.servicem8_gate}
+
+    def bridge_settings(self) -> Settings:
+        return self.bridge_config.settings()
+
+    def bridge_runtime(self) -> Runtime:
+        """This process's runtime, built on first use (after the prefork fork, never before)."""
+        if self._runtime is None or self._runtime[0] != os.getpid():
+            settings = self.bridge_settings()
+            runtime = build(settings, _redis_url(settings), servicem8_gate=self.servicem8_gate)
+            self._runtime = (os.getpid(), runtime)
+        return self._runtime[1]
+
+    def heartbeat(self, worker: str) -> None:
+        """A worker's heartbeat, written to Redis for ``/healthz``. A failed write only makes the
+        worker look dead for a while."""
+        with contextlib.suppress(redis.RedisError):
+            if self._alive is None:
+                settings = self.bridge_settings()
+                self._alive = ActivityStore(
+                    redis.Redis.from_url(_redis_url(settings)), Keys(settings.bridge_connection_id)
+                )
+            self._alive.heartbeat(worker, time.time(), ALIVE_SECONDS)
 
 
-POLL_TICK = min(settings.servicem8_poll_seconds, settings.coredination_poll_seconds)
+def create_app(
+    settings: Settings | None = None, *, servicem8_gate: ServiceM8Gate = "shared"
+) -> BridgeApp:
+    """The bridge's Celery app. ``settings``: given (tests, benchmarks), or read from the
+    environment when first needed. ``servicem8_gate="open"``: ServiceM8 calls skip the shared
+    budget (only for the benchmark that shows why it exists, ``bench.rate_limited_app``).
 
-app = Celery("bridge")
-_redis_url = settings.redis_url.get_secret_value() if settings.redis_url else ""
-app.conf.update(
-    broker_url=_redis_url,
-    broker_connection_retry_on_startup=True,
-    broker_transport_options=transport_options(CONNECTION),
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    task_serializer="json",
-    accept_content=["json"],
-    task_ignore_result=True,
-    result_backend=None,
-    task_soft_time_limit=SOFT_TIME_LIMIT,
-    task_time_limit=HARD_TIME_LIMIT,
-    worker_hijack_root_logger=False,
-    worker_send_task_events=True,
-    task_send_sent_event=True,
-    task_queues=[Queue(queue(kind)) for kind in QUEUE_KINDS],
-    task_default_queue=queue("sync"),
-    task_routes=task_routes(CONNECTION),
-    beat_scheduler="redbeat.RedBeatScheduler",
-    redbeat_redis_url=_redis_url,
-    redbeat_key_prefix=f"b:{CONNECTION}:{REDBEAT_PREFIX}",
-    redbeat_lock_timeout=max(30, int(3 * min(settings.servicem8_poll_seconds, 60))),
-    beat_max_loop_interval=min(5.0, POLL_TICK / 2),
-    beat_schedule={
-        # One cycle task ingests both systems (each at its own interval) before syncing.
-        "poll-cycle": {
-            "task": "bridge.poll.cycle",
-            "schedule": POLL_TICK,
-        },
-        "match-staff": {"task": "bridge.staff.match", "schedule": settings.staff_match_seconds},
-        "release-deferred": {"task": "bridge.deferred.release", "schedule": 2.0},
-        **(
-            {"reconcile": {"task": "bridge.reconcile", "schedule": settings.reconcile_seconds}}
-            if settings.reconcile_seconds
-            else {}
-        ),
-        "sweep-dirty": {
-            "task": "bridge.sweep",
-            "schedule": max(2.0, min(30.0, POLL_TICK)),
-        },
-    },
-)
-
-if settings.servicem8_budget == "celery-rate-limit":
-    # What a Celery user reaches for first: the nominal ServiceM8 rate as each worker's own limit
-    # on the tasks that write to ServiceM8. Per worker, so N workers send N times the rate.
-    _rate = f"{settings.servicem8_rate_per_minute / settings.servicem8_rate_window_seconds:.4f}/s"
-    app.conf.task_annotations = {
-        name: {"rate_limit": _rate}
-        for name in ("bridge.sync.job", "bridge.webhook.servicem8_allocation")
-    }
+    The tasks (``tasks.jobs``, shared tasks) join every app this builds."""
+    return BridgeApp("bridge", config_source=CeleryConfig(settings), servicem8_gate=servicem8_gate)
 
 
+def _running_app() -> BridgeApp:
+    """The app this process runs: Celery's current app (the worker's, beat's, or the last one
+    built) when it is ours, else the module's."""
+    running = current_app._get_current_object()
+    return running if isinstance(running, BridgeApp) else app
+
+
+# --- process hooks: connected once, acting for the app that runs --------------------------------
 @setup_logging.connect
 def _logging(**_: object) -> None:
+    settings = _running_app().bridge_settings()
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
 
 
 @task_prerun.connect
 def _bind_task(task_id: str | None = None, task: object = None, **_: object) -> None:
-    import structlog
-
     structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
 
 
 @task_postrun.connect
 def _unbind_task(**_: object) -> None:
-    import structlog
-
     structlog.contextvars.clear_contextvars()
-
-
-_alive_store: Store | None = None
 
 
 @heartbeat_sent.connect
 def _alive(sender: object = None, **_: object) -> None:
-    """Every worker heartbeat (about every 2 s) is written to Redis for ``/healthz``. Runs in the
-    worker's main process; a failed write only makes the worker look dead for a while."""
-    global _alive_store
-    name = getattr(getattr(sender, "eventer", None), "hostname", None)
-    with contextlib.suppress(redis.RedisError):
-        if _alive_store is None:
-            _alive_store = Store(redis.Redis.from_url(_redis_url), CONNECTION)
-        _alive_store.heartbeat(
-            name or f"{socket.gethostname()}:{os.getpid()}", time.time(), ALIVE_SECONDS
-        )
+    """Every worker heartbeat (about every 2 s), in the worker's main process."""
+    eventer = getattr(sender, "eventer", None)
+    owner = getattr(eventer, "app", None)
+    if isinstance(owner, BridgeApp):
+        name = getattr(eventer, "hostname", None)
+        owner.heartbeat(name or f"{socket.gethostname()}:{os.getpid()}")
+
+
+app = create_app()

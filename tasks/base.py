@@ -1,5 +1,5 @@
-"""One task base class that turns the error tree into what happens next (STYLE: classify once,
-act elsewhere):
+"""One task base class that turns the error tree into what happens next (classify once, act
+elsewhere):
 
 - ``BudgetExhausted`` → retry when the budget has a token again (no attempt counted);
 - ``RetryableError`` (429, 5xx, timeouts, resets) → retry on the spec's backoff until an hour has
@@ -10,36 +10,24 @@ act elsewhere):
 
 from __future__ import annotations
 
-import os
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import redis
 from celery import Task
 from redis.exceptions import LockError
 
-from bridge.budget import Priority, priority
 from bridge.errors import ApiError, BudgetExhausted, PermanentError, RetryableError
+from bridge.http.budget import Priority, priority
 from bridge.log import get_logger
+from bridge.queues import Enqueuer, Lane
 from bridge.retry import RetryPolicy
-from bridge.runtime import Runtime, build
-from tasks.app import MAX_COUNTDOWN, settings
+from bridge.runtime import Runtime
+from tasks.app import MAX_COUNTDOWN
 
 log = get_logger(__name__)
-
-_runtime: tuple[int, Runtime] | None = None
-
-
-def runtime() -> Runtime:
-    """This process's runtime, built on first use (after the prefork fork, never before)."""
-    global _runtime
-    if _runtime is None or _runtime[0] != os.getpid():
-        _runtime = (
-            os.getpid(),
-            build(settings, settings.redis_url.get_secret_value() if settings.redis_url else None),
-        )
-    return _runtime[1]
 
 
 class BridgeTask(Task):  # type: ignore[misc]
@@ -55,6 +43,18 @@ class BridgeTask(Task):  # type: ignore[misc]
 
     clock = staticmethod(time.time)
 
+    @property
+    def runtime(self) -> Runtime:
+        """This process's runtime, from the app's settings (``tasks.app.BridgeApp``)."""
+        runtime: Runtime = self.app.bridge_runtime()
+        return runtime
+
+    def enqueue_syncs(self, jobs: Iterable[str], lane: Lane = "sync") -> int:
+        """Queue one sync per job unless one is already queued."""
+        rt = self.runtime
+        enqueue = Enqueuer(self.app, rt.settings.bridge_connection_id)
+        return enqueue.syncs(jobs, rt.stores.work.claim_enqueue, lane)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = priority.set(self._priority())
         try:
@@ -69,9 +69,9 @@ class BridgeTask(Task):  # type: ignore[misc]
             log.warning("task.redis_unavailable", error=type(exc).__name__)
             raise self.retry(countdown=2.0, exc=exc) from None
         except RetryableError as exc:
-            store = runtime().store
+            work = self.runtime.stores.work
             now = self.clock()
-            first, attempt = store.record_failure(self.request.id, now)
+            first, attempt = work.record_failure(self.request.id, now)
             delay = self.policy.next_delay(attempt, first, now)
             if delay is None:
                 self._dead_letter(exc, first, now, "gave up after an hour of retries", attempt + 1)
@@ -107,7 +107,7 @@ class BridgeTask(Task):  # type: ignore[misc]
         wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
         if wait <= MAX_COUNTDOWN:
             raise self.retry(countdown=wait, exc=exc) from None
-        runtime().store.defer(
+        self.runtime.stores.work.defer(
             self.clock() + wait,
             {
                 "task": self.name,
@@ -123,7 +123,7 @@ class BridgeTask(Task):  # type: ignore[misc]
     def _dead_letter(
         self, exc: ApiError, first: float, now: float, why: str, attempts: int
     ) -> None:
-        store = runtime().store
+        work = self.runtime.stores.work
         entry = {
             "task": self.name,
             "args": list(self.request.args or []),
@@ -134,6 +134,6 @@ class BridgeTask(Task):  # type: ignore[misc]
             "first_failure": first,
             "last_failure": now,
         }
-        entry_id = store.dead_letter(entry)
-        store.forget_failure(self.request.id)
+        entry_id = work.dead_letter(entry)
+        work.forget_failure(self.request.id)
         log.error("task.dead_lettered", dlq_id=entry_id, **exc.describe())

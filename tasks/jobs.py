@@ -1,71 +1,74 @@
-"""The tasks. Each takes ids, calls one use case, and queues the syncs it made necessary."""
+"""The tasks. Each takes ids, calls one use case, and queues the syncs it made necessary.
+
+Shared tasks: they join every app ``tasks.app.create_app`` builds, and reach the runtime and the
+queues through the app that runs them (``BridgeTask.runtime``, ``BridgeTask.enqueue_syncs``).
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+
+from celery import shared_task
 
 from bridge.errors import BudgetExhausted
 from bridge.log import get_logger
-from tasks.app import app, queue, settings
-from tasks.base import BridgeTask, runtime
+from bridge.queues import (
+    MATCH_STAFF,
+    POLL_CYCLE,
+    RECONCILE,
+    RELEASE_DEFERRED,
+    SWEEP,
+    SYNC_JOB,
+    WEBHOOK_COREDINATION_JOB,
+    WEBHOOK_SERVICEM8_ALLOCATION,
+    WEBHOOK_SERVICEM8_JOB,
+    Enqueuer,
+    queue_name,
+)
+from tasks.base import BridgeTask
 
 log = get_logger(__name__)
 
 
-def enqueue_syncs(jobs: Iterable[str], kind: str = "sync") -> int:
-    """Queue one sync per job unless one is already queued."""
-    store = runtime().store
-    queued = 0
-    for job in jobs:
-        if store.claim_enqueue(job):
-            sync_job.apply_async(args=[job], queue=queue(kind))
-            queued += 1
-    return queued
+@shared_task(base=BridgeTask, bind=True, name=SYNC_JOB)
+def sync_job(task: BridgeTask, sm8_job_uuid: str) -> None:
+    task.runtime.stores.work.release_enqueue(sm8_job_uuid)
+    task.runtime.engine.sync_job(sm8_job_uuid)
 
 
-@app.task(base=BridgeTask, name="bridge.sync.job")
-def sync_job(sm8_job_uuid: str) -> None:
-    rt = runtime()
-    rt.store.release_enqueue(sm8_job_uuid)
-    rt.engine.sync_job(sm8_job_uuid)
-
-
-@app.task(base=BridgeTask, name="bridge.poll.cycle")
-def poll_cycle() -> None:
+@shared_task(base=BridgeTask, bind=True, name=POLL_CYCLE)
+def poll_cycle(task: BridgeTask) -> None:
     """Poll each system whose interval is due, then queue a sync for every dirty job."""
-    rt = runtime()
-    rt.engine.poll_due(
-        {
-            "servicem8": settings.servicem8_poll_seconds,
-            "coredination": settings.coredination_poll_seconds,
-        },
-        with_webhooks=settings.poll_seconds_with_webhooks,
-    )
-    enqueue_syncs(rt.store.dirty())
+    rt = task.runtime
+    intervals = {
+        "servicem8": rt.settings.servicem8_poll_seconds,
+        "coredination": rt.settings.coredination_poll_seconds,
+    }
+    rt.engine.poll_due(intervals, with_webhooks=rt.settings.poll_seconds_with_webhooks)
+    task.enqueue_syncs(rt.stores.jobs.dirty())
 
 
-@app.task(base=BridgeTask, name="bridge.staff.match")
-def match_staff() -> None:
+@shared_task(base=BridgeTask, bind=True, name=MATCH_STAFF)
+def match_staff(task: BridgeTask) -> None:
     """Periodic, like the polls: with the budget spent it waits for its next turn instead of
     retrying, so matches sent by beat while the budget is short never pile up and spend it."""
     try:
-        runtime().engine.match_staff()
+        task.runtime.engine.match_staff()
     except BudgetExhausted as exc:
         log.info("staff.waiting_for_budget", retry_in=round(exc.retry_in, 1))
         return
-    enqueue_syncs(runtime().store.dirty())
+    task.enqueue_syncs(task.runtime.stores.jobs.dirty())
 
 
-@app.task(base=BridgeTask, name="bridge.reconcile")
-def reconcile() -> None:
+@shared_task(base=BridgeTask, bind=True, name=RECONCILE)
+def reconcile(task: BridgeTask) -> None:
     """Safety net behind the safety net: both systems read whole, drift synced."""
-    _, dirty = runtime().engine.reconcile(repair=True)
-    enqueue_syncs(dirty)
+    _, dirty = task.runtime.engine.reconcile(repair=True)
+    task.enqueue_syncs(dirty)
 
 
-@app.task(base=BridgeTask, name="bridge.sweep")
-def sweep() -> None:
+@shared_task(base=BridgeTask, bind=True, name=SWEEP)
+def sweep(task: BridgeTask) -> None:
     """Safety net for syncs that were queued but never ran: a message lost, or held by a worker
     killed before it started (Redis would give it back only after the visibility timeout).
 
@@ -73,43 +76,48 @@ def sweep() -> None:
     those jobs are queued again; otherwise only jobs with no mark are. A sync queued twice is
     harmless: the second finds the job in step.
     """
-    rt = runtime()
-    dirty = rt.store.dirty()
+    rt = task.runtime
+    dirty = rt.stores.jobs.dirty()
+    connection = rt.settings.bridge_connection_id
     waiting = sum(
-        rt.store.queue_length(f"celery:{queue(kind)}") for kind in ("interactive", "sync")
+        rt.stores.activity.queue_length(f"celery:{queue_name(connection, lane)}")
+        for lane in ("interactive", "sync")
     )
     if waiting == 0:
         for job in dirty:
-            rt.store.release_enqueue(job)
-    enqueue_syncs(dirty)
+            rt.stores.work.release_enqueue(job)
+    task.enqueue_syncs(dirty)
 
 
-@app.task(base=BridgeTask, name="bridge.webhook.servicem8_allocation")
-def servicem8_allocation_changed(sm8_allocation_uuid: str) -> None:
-    enqueue_syncs(runtime().engine.push_allocation(sm8_allocation_uuid), "interactive")
+@shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ALLOCATION)
+def servicem8_allocation_changed(task: BridgeTask, sm8_allocation_uuid: str) -> None:
+    task.enqueue_syncs(task.runtime.engine.push_allocation(sm8_allocation_uuid), "interactive")
 
 
-@app.task(base=BridgeTask, name="bridge.webhook.servicem8_job")
-def servicem8_job_changed(sm8_job_uuid: str) -> None:
-    enqueue_syncs(runtime().engine.push_job(sm8_job_uuid), "interactive")
+@shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_JOB)
+def servicem8_job_changed(task: BridgeTask, sm8_job_uuid: str) -> None:
+    task.enqueue_syncs(task.runtime.engine.push_job(sm8_job_uuid), "interactive")
 
 
-@app.task(base=BridgeTask, name="bridge.webhook.coredination_job")
+@shared_task(base=BridgeTask, bind=True, name=WEBHOOK_COREDINATION_JOB)
 def coredination_job_changed(
-    cd_job_ref: str, event_type: str = "", cd_user_id: str = "", state: str = ""
+    task: BridgeTask, cd_job_ref: str, event_type: str = "", cd_user_id: str = "", state: str = ""
 ) -> None:
     event = (event_type, int(cd_user_id) if cd_user_id.isdigit() else None, state or None)
-    enqueue_syncs(runtime().engine.pull_webhook(cd_job_ref, event), "interactive")
+    task.enqueue_syncs(task.runtime.engine.pull_webhook(cd_job_ref, event), "interactive")
 
 
-@app.task(base=BridgeTask, name="bridge.deferred.release")
-def release_deferred() -> None:
-    """Re-enqueue deferred work that is now due, under its original task id."""
-    for message in runtime().store.take_due(time.time()):
-        app.send_task(
+@shared_task(base=BridgeTask, bind=True, name=RELEASE_DEFERRED)
+def release_deferred(task: BridgeTask) -> None:
+    """Re-enqueue deferred work that is now due, under its original task id and on its original
+    queue (routed by name if it recorded none)."""
+    rt = task.runtime
+    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    for message in rt.stores.work.take_due(time.time()):
+        enqueue.send(
             message["task"],
-            args=message.get("args") or [],
+            message.get("args") or [],
             kwargs=message.get("kwargs") or {},
             task_id=message.get("id"),
-            queue=message.get("queue") or queue("sync"),
+            queue=message.get("queue"),
         )

@@ -139,8 +139,8 @@ def redis_client(redis_url: str) -> Iterator[Any]:
 def store(redis_client: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     import uuid
 
-    from bridge.store import Store
+    from bridge.store import Stores
 
-    s = Store(redis_client, f"t{uuid.uuid4().hex[:10]}")
+    s = Stores.connect(redis_client, f"t{uuid.uuid4().hex[:10]}")
     yield s
     s.wipe()

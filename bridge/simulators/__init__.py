@@ -1,9 +1,9 @@
-"""Faithful local stand-ins for ServiceM8 and Coredination (ARCHITECTURE section 6).
+"""Faithful local stand-ins for ServiceM8 and Coredination (docs/README.md#simulators).
 
-They follow reference/ closely (paths, verbs, field names, formats, error bodies, filters, paging,
-limits, webhooks) and add what a test needs: fault knobs, an admin surface (``/_admin/...``) to seed
-data and read request counts, and an injectable clock. Every assumption where the documents are
-silent is marked ``ASSUMPTION`` next to the code that makes it.
+They follow docs/servicem8-api.md and docs/coredination-api.md closely (paths, verbs, field names,
+formats, error bodies, filters, paging, limits, webhooks) and add what a test needs: fault knobs, an
+admin surface (``/_admin/...``) to seed data and read request counts, and an injectable clock. Every
+assumption where the documents are silent is marked ``ASSUMPTION`` next to the code that makes it.
 """
 
 from bridge.simulators.coredination import CoredinationSimulator

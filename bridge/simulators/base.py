@@ -3,7 +3,8 @@ strict sliding-window rate limits, fault knobs, an injectable clock and a webhoo
 
 The rate limit is a sliding log: a request is refused when the window ending now already holds the
 limit, so no span of ``window`` seconds ever passes more than ``limit`` accepted requests. That is
-the strictest reading of "180 per minute", which ServiceM8 does not define further (API-NOTES A7).
+the strictest reading of "180 per minute", which ServiceM8 does not define further
+(docs/servicem8-api.md#limits).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ class SimRequest:
         return values[0] if values else default
 
     def flag(self, name: str) -> bool:
-        """Coredination flags: true when present, whatever the value (API-NOTES B2)."""
+        """Coredination flags: true when present, whatever the value
+        (docs/coredination-api.md#conventions)."""
         if name not in self.query:
             return False
         value = self.query[name][0].lower()

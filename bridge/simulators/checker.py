@@ -16,8 +16,9 @@ from uuid import UUID
 
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.servicem8 import ServiceM8Simulator
+from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
-from mappings.rules import AllocationFacts, Presence, cd_presence, in_step, sm8_presence
+from mappings.presence import Presence, cd_presence, in_step, sm8_presence
 from mappings.stamps import StampError, parse_sm8_stamp, to_epoch_ms
 
 

@@ -1,13 +1,13 @@
-"""A stateful Coredination job API on loopback (reference/004_*.txt, API-NOTES part B).
+"""A stateful Coredination job API on loopback (docs/coredination-api.md#guesses).
 
 Jobs with ids and uuids, ``PUT /job/{uuid}`` upsert, every documented list path and query
 parameter with offset paging, events recorded for every change, resource operations (schedule,
 unschedule, assign, and unassign, which the documents do not confirm), job state derived from
 resources, users, and webhook subscriptions with event delivery.
 
-ASSUMPTIONS shared with ``mappings.coredination`` (change both together): the resource shape, the
-``/user`` list, the ``created``/``modified`` common attributes, the ``/webhook`` subscription and
-its delivery body, and the error body ``{"status", "message"}``.
+ASSUMPTIONS shared with ``bridge.coredination.models`` (change both together): the resource shape,
+the ``/user`` list, the ``created``/``modified`` common attributes, the ``/webhook`` subscription
+and its delivery body, and the error body ``{"status", "message"}``.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def _ms_param(value: str | None, name: str) -> int | None:
 
 
 def derive_state(resources: list[dict[str, Any]], current: str) -> str:
-    """Job state from resource states (the Job page, "States")."""
+    """Job state from resource states (docs/coredination-api.md#states)."""
     states = [
         r["state"]
         for r in resources
@@ -552,7 +552,7 @@ class CoredinationSimulator(SimServer):
     def _api_call(
         self, name: str, handler: Any, request: SimRequest, params: dict[str, str], conn: Any
     ) -> SimReply | None:
-        if name == "version":  # GET /version needs no key (API-NOTES B1)
+        if name == "version":  # GET /version needs no key (docs/coredination-api.md#authentication)
             return self._call(handler, request, params)
         return super()._api_call(name, handler, request, params, conn)
 

@@ -1,4 +1,4 @@
-"""A stateful ServiceM8 REST API on loopback (reference/servicem8-openapi.json, API-NOTES part A).
+"""A stateful ServiceM8 REST API on loopback (docs/servicem8-api.md#records).
 
 Serves ``/api_1.0/{object}.json`` and ``/api_1.0/{object}/{uuid}.json`` for joballocation, job,
 staff, allocationwindow and vendor; ``$filter`` (``eq ne gt lt`` joined by ``and``, at most 10);

@@ -1,5 +1,6 @@
-"""The small interfaces the engine needs from each API. The real clients satisfy them; tests may
-pass fakes (but most tests use the real clients against the simulators)."""
+"""The small interfaces the sync use cases need from each API. The real clients
+(``bridge.servicem8.ServiceM8Client``, ``bridge.coredination.CoredinationClient``) satisfy them, and
+so do the in-memory fakes the state-machine test drives (``tests/fakes.py``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from collections.abc import Iterator, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
+from bridge.coredination.models import CdJob, CdUser
 from bridge.servicem8 import Filter, OnInvalid
-from mappings.coredination import CdJob, CdUser
-from mappings.servicem8 import AllocationWindow, Job, JobAllocation, Staff
+from bridge.servicem8.models import AllocationWindow, Job, JobAllocation, Staff
 
 
 class ServiceM8Port(Protocol):

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from bridge.coredination import CoredinationClient
 from bridge.errors import AuthError, NotFound, Rejected
-from mappings.coredination import job_body
+from mappings.jobfields import job_body
 
 T0 = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
 

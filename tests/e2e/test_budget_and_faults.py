@@ -111,11 +111,11 @@ def test_an_hour_of_5xx_dead_letters_then_replay_succeeds(stack, sm8_sim, cd_sim
     task_id = str(uuid.uuid4())
     sender(stack.env["REDIS_URL"], stack.connection).send_task(
         "bridge.webhook.servicem8_allocation", args=[row["uuid"]], task_id=task_id)  # fmt: skip
-    fail_key = stack.store.key(f"fail:{task_id}")
+    fail_key = stack.stores.keys.key(f"fail:{task_id}")
     eventually(lambda: int(stack.client.hget(fail_key, "n") or 0) >= 3)  # real retries happen
     # Injected clock: the first failure is now more than an hour ago.
     stack.client.hset(fail_key, "first", repr(time.time() - 3601))
-    entries = eventually(lambda: stack.store.dead_letters())
+    entries = eventually(lambda: stack.stores.work.dead_letters())
     entry_id, entry = entries[0]
     assert entry["task"] == "bridge.webhook.servicem8_allocation"
     assert json.loads(entry["args"]) == [row["uuid"]]
@@ -136,7 +136,7 @@ def test_an_hour_of_5xx_dead_letters_then_replay_succeeds(stack, sm8_sim, cd_sim
     # No beat runs here, so nothing but the replay can ingest the allocation; the staff map is
     # built by hand, as an operator would.
     assert runner.invoke(cli, ["staff", "match"]).exit_code == 0
-    assert stack.store.dirty() == {}
+    assert stack.stores.jobs.dirty() == {}
     replay = runner.invoke(cli, ["dlq", "replay", entry_id, "--json"])
     assert replay.exit_code == 0, replay.output
     assert json.loads(replay.output) == {"replayed": [entry_id]}
@@ -148,7 +148,7 @@ def test_an_hour_of_5xx_dead_letters_then_replay_succeeds(stack, sm8_sim, cd_sim
         return job is not None and {r["userId"] for r in job["resources"]} == {user}
 
     eventually(scheduled)
-    assert stack.store.dead_letters() == []
+    assert stack.stores.work.dead_letters() == []
 
     everything = status + json.dumps(entries) + stack.logs() + replay.output
     for secret in (SM8_KEY, CD_KEY):

@@ -148,11 +148,11 @@ def test_unmapped_staff_is_pending_until_linked(stack, sm8_sim, cd_sim):
     stack.worker()
     stack.beat()
     orphan = biz.staff[-1]
-    eventually(lambda: any(k.endswith(orphan["uuid"]) for k in stack.store.pending()))
+    eventually(lambda: any(k.endswith(orphan["uuid"]) for k in stack.stores.parked.pending()))
     row = next(a for a in biz.allocations if a["staff_uuid"] == orphan["uuid"])
     cd_job = cd_job_uuid(ns, row["job_uuid"])
     # The user appears in Coredination with the staff member's e-mail: the next match links them.
     user = cd_sim.add_user(orphan["email"], orphan["first"], orphan["last"])
     eventually(lambda: cd_resources(cd_sim).get(cd_job, {}).get(user["id"]) == "SCHEDULED")
-    eventually(lambda: not any(k.endswith(orphan["uuid"]) for k in stack.store.pending()))
+    eventually(lambda: not any(k.endswith(orphan["uuid"]) for k in stack.stores.parked.pending()))
     time.sleep(0)  # nothing else to wait for

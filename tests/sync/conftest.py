@@ -9,14 +9,14 @@ from fastapi.testclient import TestClient
 
 from bridge.config import Settings
 from bridge.runtime import build
-from bridge.sync.engine import Engine
+from bridge.sync import Engine, SyncContext
 from bridge.web import create_app
 from tests.conftest import CD_KEY, SM8_KEY
 
 
 @pytest.fixture
 def engine(store: Any, sm8: Any, cd: Any) -> Engine:
-    return Engine(store, sm8, cd, store.ns)
+    return Engine(SyncContext(store, sm8, cd, store.jobs.ns))
 
 
 # --- the webhook receiver over HTTP (FastAPI's test client), enqueues recorded -------------
@@ -47,7 +47,7 @@ def web(redis_url: str) -> Any:
     client.sent = sent  # type: ignore[attr-defined]
     client.runtime = runtime  # type: ignore[attr-defined]
     yield client
-    runtime.store.wipe()
+    runtime.stores.wipe()
     runtime.close()
 
 

@@ -8,9 +8,10 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge.budget import Budget, Window, priority, servicem8_windows
+from bridge.accounts import AccountIds
 from bridge.errors import BudgetExhausted
 from bridge.http import Outcome
+from bridge.http.budget import Budget, Window, priority, servicem8_windows
 
 
 class Clock:
@@ -34,11 +35,19 @@ def clock():
 
 
 @pytest.fixture
-def budget(store, clock):
+def accounts(store):
+    """This test's own account, so no other test's budget is in view."""
+    account = f"acct-{store.keys.connection}"
+    store.activity.set_account("servicem8", account)
+    return AccountIds(store.activity, {"servicem8": account, "coredination": account})
+
+
+@pytest.fixture
+def budget(store, clock, accounts):
     def make(windows, **kw):
         kw.setdefault("clock", clock)
         kw.setdefault("sleep", clock.sleep)
-        return Budget(store=store, windows={"servicem8": windows}, **kw)
+        return Budget(store=store.budget, accounts=accounts, windows={"servicem8": windows}, **kw)
 
     return make
 
@@ -126,8 +135,8 @@ def test_429_per_minute_pauses_the_whole_connection_then_resumes(budget, store):
     with pytest.raises(BudgetExhausted, match="paused") as caught:
         b.before_call("servicem8")
     assert 55 < caught.value.retry_in <= 61
-    assert store.pause("servicem8")["kind"] == "rate_limited"
-    store.clear_pause("servicem8")  # the pause expires by itself; here, at once
+    assert b.pause("servicem8")["kind"] == "rate_limited"
+    store.budget.clear_pause("servicem8", b.accounts("servicem8"))  # it expires; here, at once
     b.before_call("servicem8")
 
 
@@ -136,7 +145,7 @@ def test_429_per_day_pauses_until_midnight_in_the_account_timezone(budget, store
     noon = datetime(2026, 11, 23, 12, 0, tzinfo=sydney).timestamp()
     b = budget([Window("minute", 100, 60)], day_reset_tz=lambda: sydney, clock=lambda: noon)
     b.after_call("servicem8", Outcome("rate_limited", "per day", "day"))
-    pause = store.pause("servicem8")
+    pause = b.pause("servicem8")
     assert pause["until"] - time.time() == pytest.approx(12 * 3600, abs=5)
 
 
@@ -145,13 +154,13 @@ def test_bad_credentials_pause_the_api_and_say_why(budget, store):
     b.after_call("servicem8", Outcome("auth", "HTTP 401: Authentication failed"))
     with pytest.raises(BudgetExhausted, match="401"):
         b.before_call("servicem8")
-    assert store.pause("servicem8")["kind"] == "auth"
+    assert b.pause("servicem8")["kind"] == "auth"
 
 
 def test_deferred_work_is_handed_out_once_when_due(store):
     now = time.time()
-    store.defer(now - 1, {"task": "bridge.sync.job", "args": ["a"]})
-    store.defer(now + 3600, {"task": "bridge.sync.job", "args": ["b"]})
-    assert [m["args"] for m in store.take_due(now)] == [["a"]]
-    assert store.take_due(now) == []
-    assert store.deferred_count() == 1
+    store.work.defer(now - 1, {"task": "bridge.sync.job", "args": ["a"]})
+    store.work.defer(now + 3600, {"task": "bridge.sync.job", "args": ["b"]})
+    assert [m["args"] for m in store.work.take_due(now)] == [["a"]]
+    assert store.work.take_due(now) == []
+    assert store.work.deferred_count() == 1

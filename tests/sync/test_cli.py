@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.simulators.scenario import seed_business
-from bridge.store import Store
+from bridge.store import Stores
 from tests.conftest import CD_KEY, SM8_KEY
 
 
@@ -30,7 +30,7 @@ def cli_env(redis_url, sm8_sim, cd_sim, redis_client, monkeypatch, tmp_path):
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     yield env
-    Store(redis_client, connection).wipe()
+    Stores.connect(redis_client, connection).wipe()
 
 
 def run(*args: str):
@@ -85,13 +85,13 @@ def test_backfill_queues_one_bulk_sync_per_job_with_changes(cli_env, sm8_sim, cd
     result = run("backfill", "--since", "2020-01-01")
     assert result.exit_code == 0, result.output
     assert "5 job(s) with changes, 5 sync(s) queued as bulk work" in result.output
-    store = Store(redis_client, cli_env["BRIDGE_CONNECTION_ID"])
+    store = Stores.connect(redis_client, cli_env["BRIDGE_CONNECTION_ID"])
     bulk = f"celery:bridge.{cli_env['BRIDGE_CONNECTION_ID']}.bulk"
-    assert store.queue_length(bulk) == 5
+    assert store.activity.queue_length(bulk) == 5
     assert cd_sim.jobs == {}  # workers write, not the command
     again = run("backfill")  # the syncs are still queued: nothing is queued twice
     assert "0 sync(s) queued" in again.output
-    assert store.queue_length(bulk) == 5
+    assert store.activity.queue_length(bulk) == 5
 
 
 def test_webhooks_subscribe_list_unsubscribe(cli_env, sm8_sim, cd_sim, receiver, monkeypatch):
@@ -131,7 +131,7 @@ def test_reconcile_dry_run_reports_then_reconcile_repairs(cli_env, sm8_sim, cd_s
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=3)
     assert run("sync", "--once").exit_code == 0
     ns = connection_namespace(cli_env["BRIDGE_CONNECTION_ID"])
-    _miss_everything_from_now(Store(redis_client, cli_env["BRIDGE_CONNECTION_ID"]))
+    _miss_everything_from_now(Stores.connect(redis_client, cli_env["BRIDGE_CONNECTION_ID"]))
     _drift_three_ways(ns, sm8_sim, cd_sim, biz)
     dry = run("reconcile", "--dry-run", "--json")
     assert dry.exit_code == 1, dry.output

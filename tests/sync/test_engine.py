@@ -32,13 +32,13 @@ def test_fifty_allocations_become_twenty_jobs_with_the_right_people(engine, sm8_
     report = engine.run_cycle()
 
     jobs = _cd_jobs_by_uuid(cd_sim)
-    assert set(jobs) == {cd_job_uuid(engine.ns, j) for j in biz.jobs}
+    assert set(jobs) == {cd_job_uuid(engine.ctx.ns, j) for j in biz.jobs}
     for job in biz.jobs:
         expected = {}
         for row in (a for a in biz.allocations if a["job_uuid"] == job):
             user = biz.user_for(row["staff_uuid"])["id"]
             expected[user] = "SCHEDULED" if row.get("allocation_date") else "ASSIGNED"
-        assert _resources(cd_sim, cd_job_uuid(engine.ns, job)) == expected
+        assert _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job)) == expected
     assert sm8_sim.write_count() == 0  # nothing echoed back
     assert report.counts["coredination.job_created"] == 20
     assert report.counts["coredination.scheduled"] + report.counts["coredination.assigned"] == 50
@@ -47,7 +47,7 @@ def test_fifty_allocations_become_twenty_jobs_with_the_right_people(engine, sm8_
 def test_job_time_comes_from_the_earliest_dated_allocation(engine, sm8_sim, cd_sim):
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
     engine.run_cycle()
-    job = _cd_jobs_by_uuid(cd_sim)[cd_job_uuid(engine.ns, biz.jobs[0])]
+    job = _cd_jobs_by_uuid(cd_sim)[cd_job_uuid(engine.ctx.ns, biz.jobs[0])]
     # allocation 0: 2026-12-01 with the "Early Morning" window (07:00-09:00), Sydney time
     assert job["startTime"] == int(datetime(2026, 12, 1, 7, tzinfo=SYD).timestamp() * 1000)
     assert job["endTime"] == int(datetime(2026, 12, 1, 9, tzinfo=SYD).timestamp() * 1000)
@@ -72,7 +72,7 @@ def test_a_quiet_cycle_writes_nothing_and_reads_little(engine, sm8_sim, cd_sim):
 def test_coredination_schedule_unschedule_finish_flow_back_without_echo(engine, sm8_sim, cd_sim):
     biz = seed_business(sm8_sim, cd_sim, staff=5, jobs=2, allocations=2)
     engine.run_cycle()
-    job, cd_job = biz.jobs[0], cd_job_uuid(engine.ns, biz.jobs[0])
+    job, cd_job = biz.jobs[0], cd_job_uuid(engine.ctx.ns, biz.jobs[0])
     staff_free = next(
         s
         for s in biz.staff
@@ -83,7 +83,7 @@ def test_coredination_schedule_unschedule_finish_flow_back_without_echo(engine, 
 
     cd_sim.reset_counts()
     engine.run_cycle(match_staff=False)
-    derived = sm8_allocation_uuid(engine.ns, cd_job, user["id"])
+    derived = sm8_allocation_uuid(engine.ctx.ns, cd_job, user["id"])
     row = sm8_sim.records["joballocation"][derived]
     assert (row["job_uuid"], row["staff_uuid"], row["active"]) == (job, staff_free["uuid"], 1)
     cd_start = _cd_jobs_by_uuid(cd_sim)[cd_job]["startTime"]
@@ -114,7 +114,7 @@ def test_deleting_a_servicem8_allocation_unschedules_the_user(engine, sm8_sim, c
     engine.run_cycle()
     row = biz.allocations[0]
     user = biz.user_for(row["staff_uuid"])["id"]
-    cd_job = cd_job_uuid(engine.ns, row["job_uuid"])
+    cd_job = cd_job_uuid(engine.ctx.ns, row["job_uuid"])
     assert _resources(cd_sim, cd_job) == {user: "SCHEDULED"}
     sm8_sim.delete("joballocation", row["uuid"])
     sm8_sim.reset_counts()
@@ -129,14 +129,14 @@ def test_both_sides_changed_between_polls_the_later_change_wins(engine, sm8_sim,
     # Job 0: ServiceM8 deletes (earlier), Coredination moves the user to ASSIGNED (later).
     first = biz.allocations[0]
     user0 = biz.user_for(first["staff_uuid"])["id"]
-    cd0 = cd_job_uuid(engine.ns, first["job_uuid"])
+    cd0 = cd_job_uuid(engine.ctx.ns, first["job_uuid"])
     sm8_sim.delete("joballocation", first["uuid"])
     cd_sim.clock_offset += 5
     cd_sim.resource_op(cd0, "assign", str(user0))
     # Job 1: Coredination unschedules (earlier), ServiceM8 drops the date (later).
     second = biz.allocations[1]
     user1 = biz.user_for(second["staff_uuid"])["id"]
-    cd1 = cd_job_uuid(engine.ns, second["job_uuid"])
+    cd1 = cd_job_uuid(engine.ctx.ns, second["job_uuid"])
     cd_sim.resource_op(cd1, "unschedule", str(user1))
     sm8_sim.clock_offset += 10
     sm8_sim.update("joballocation", second["uuid"], {"allocation_date": "0000-00-00 00:00:00"})
@@ -162,22 +162,22 @@ def test_unmapped_staff_is_pending_then_syncs_once_linked(engine, sm8_sim, cd_si
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=3, unmapped_staff=1)
     report = engine.run_cycle()
     orphan = biz.staff[-1]
-    pending = store.pending()
+    pending = store.parked.pending()
     assert [k for k in pending if k.endswith(orphan["uuid"])]
     assert report.counts["pending.unmapped_staff"] >= 1
     job = next(a["job_uuid"] for a in biz.allocations if a["staff_uuid"] == orphan["uuid"])
     late_user = cd_sim.add_user("late.joiner@example.com", "Late", "Joiner")
     engine.link_staff(orphan["uuid"], late_user["id"])
     engine.run_cycle(match_staff=False)
-    assert late_user["id"] in _resources(cd_sim, cd_job_uuid(engine.ns, job))
-    assert not [k for k in store.pending() if k.endswith(orphan["uuid"])]
+    assert late_user["id"] in _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job))
+    assert not [k for k in store.parked.pending() if k.endswith(orphan["uuid"])]
 
 
 def test_email_match_is_case_insensitive_and_never_guesses(engine, sm8_sim, cd_sim, store):
     biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
     cd_sim.add_user(biz.staff[1]["email"].upper(), "Dup", "Licate")  # two users share an e-mail
     report = engine.match_staff()
-    mapping = store.staff_map().s2u
+    mapping = store.staff.staff_map().s2u
     assert mapping[biz.staff[0]["uuid"]] == biz.users[0]["id"]
     assert biz.staff[1]["uuid"] not in mapping
     assert report.counts["staff.ambiguous"] == 1
@@ -187,11 +187,11 @@ def test_an_allocation_that_expires_unschedules_the_user(engine, sm8_sim, cd_sim
     biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
     row = biz.allocations[0]
     clock = [sm8_sim.now()]
-    engine.clock = lambda: clock[0]
+    engine.ctx.clock = lambda: clock[0]
     expiry = datetime.fromtimestamp(clock[0] + 3600, SYD).strftime("%Y-%m-%d %H:%M:%S")
     sm8_sim.update("joballocation", row["uuid"], {"expiry_timestamp": expiry})
     engine.run_cycle()
-    cd_job = cd_job_uuid(engine.ns, row["job_uuid"])
+    cd_job = cd_job_uuid(engine.ctx.ns, row["job_uuid"])
     user = biz.user_for(row["staff_uuid"])["id"]
     assert _resources(cd_sim, cd_job) == {user: "SCHEDULED"}
     clock[0] += 3601  # nothing changes in ServiceM8; only time passes
@@ -202,7 +202,7 @@ def test_an_allocation_that_expires_unschedules_the_user(engine, sm8_sim, cd_sim
 def test_a_coredination_webhook_echoing_our_own_write_costs_no_read(engine, sm8_sim, cd_sim):
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
     engine.run_cycle()
-    cd_job = cd_job_uuid(engine.ns, biz.jobs[0])
+    cd_job = cd_job_uuid(engine.ctx.ns, biz.jobs[0])
     user = biz.user_for(biz.allocations[0]["staff_uuid"])["id"]
     state = _resources(cd_sim, cd_job)[user]
     cd_sim.reset_counts()
@@ -220,28 +220,29 @@ def test_a_coredination_webhook_echoing_our_own_write_costs_no_read(engine, sm8_
 
 
 def test_allocation_windows_are_listed_once_for_every_process(engine, sm8_sim, cd_sim, store):
-    from bridge.sync.engine import Engine
+    from bridge.sync import SyncContext
 
     seed_business(sm8_sim, cd_sim, staff=3, jobs=2, allocations=4)
     engine.run_cycle()
-    other = Engine(store, engine.sm8, engine.cd, engine.ns)  # another worker process
+    ctx = engine.ctx
+    other = SyncContext(store, ctx.sm8, ctx.cd, ctx.ns)  # another worker process
     sm8_sim.reset_counts()
-    assert other.windows() == engine.windows()
+    assert other.allocation_windows() == ctx.allocation_windows()
     assert sm8_sim.read_count() == 0
-    assert other.windows(refresh=True)  # an unknown window within a minute: still no call
+    assert other.allocation_windows(refresh=True)  # an unknown window within a minute: no call
     assert sm8_sim.read_count() == 0
 
 
 def test_a_dirty_mark_on_an_id_that_is_not_a_uuid_is_dropped(engine):
-    engine.store.mark_dirty(["JOB-1042"])
+    engine.ctx.stores.jobs.mark_dirty(["JOB-1042"])
     report = engine.sync_job("JOB-1042")
     assert report.counts["skipped.bad_job_id"] == 1
-    assert engine.store.dirty() == {}
+    assert engine.ctx.stores.jobs.dirty() == {}
 
 
 def test_every_expiry_on_a_job_is_noticed_not_only_the_first(engine, sm8_sim, cd_sim):
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=2)
-    now = engine.now_ms() // 1000 * 1000  # ServiceM8 stamps are whole seconds
+    now = engine.ctx.now_ms() // 1000 * 1000  # ServiceM8 stamps are whole seconds
     soon, later = now + 60_000, now + 120_000
     stamps = [datetime.fromtimestamp(t / 1000, SYD).strftime("%Y-%m-%d %H:%M:%S")
               for t in (soon, later)]  # fmt: skip
@@ -249,11 +250,11 @@ def test_every_expiry_on_a_job_is_noticed_not_only_the_first(engine, sm8_sim, cd
         sm8_sim.update("joballocation", row["uuid"], {"expiry_timestamp": stamp})
     engine.run_cycle()
     job = biz.jobs[0]
-    assert engine.store.due_expiries(soon) == {job}
-    engine.clock = lambda: soon / 1000 + 1
+    assert engine.ctx.stores.jobs.due_expiries(soon) == {job}
+    engine.ctx.clock = lambda: soon / 1000 + 1
     engine.sync_job(job)  # the first expiry's sync sets the reminder for the next one
-    assert engine.store.due_expiries(later - 1) == set()
-    assert engine.store.due_expiries(later) == {job}
+    assert engine.ctx.stores.jobs.due_expiries(later - 1) == set()
+    assert engine.ctx.stores.jobs.due_expiries(later) == {job}
 
 
 def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
@@ -262,7 +263,7 @@ def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
     engine.run_cycle()
     job = biz.jobs[0]
-    before = engine.store.load_job(job)
+    before = engine.ctx.stores.jobs.load(job)
     free = next(s for s in biz.staff if s["uuid"] != biz.allocations[0]["staff_uuid"])
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
                                      "allocation_date": "2026-12-22 00:00:00"})  # fmt: skip
@@ -270,6 +271,6 @@ def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
     monkeypatch.setattr(Lock, "owned", lambda self: False)  # another worker took the job over
     engine.sync_job(job)
     user = biz.user_for(free["uuid"])["id"]
-    assert _resources(cd_sim, cd_job_uuid(engine.ns, job))[user] == "SCHEDULED"  # the write went
-    after = engine.store.load_job(job)
+    assert _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job))[user] == "SCHEDULED"  # it went
+    after = engine.ctx.stores.jobs.load(job)
     assert after.cd == before.cd and after.pairs == before.pairs  # left to the new owner's sync

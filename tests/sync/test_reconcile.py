@@ -7,15 +7,15 @@ import time
 
 from bridge.simulators.checker import check
 from bridge.simulators.scenario import seed_business
-from bridge.sync.engine import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
+from bridge.sync.context import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
 from mappings.ids import cd_job_uuid
 
 
 def _miss_everything_from_now(store):
     """As if every webhook were lost and the polls' cursors had run past the changes."""
-    store.set_cursor(CURSOR_SM8_ALLOCATIONS, "2099-01-01 00:00:00")
-    store.set_cursor(CURSOR_SM8_JOBS, "2099-01-01 00:00:00")
-    store.set_cursor(CURSOR_CD_JOBS, str(int((time.time() + 7200) * 1000)))
+    store.activity.set_cursor(CURSOR_SM8_ALLOCATIONS, "2099-01-01 00:00:00")
+    store.activity.set_cursor(CURSOR_SM8_JOBS, "2099-01-01 00:00:00")
+    store.activity.set_cursor(CURSOR_CD_JOBS, str(int((time.time() + 7200) * 1000)))
 
 
 def _drift_three_ways(ns, sm8_sim, cd_sim, biz):
@@ -34,11 +34,11 @@ def _drift_three_ways(ns, sm8_sim, cd_sim, biz):
 def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim):
     biz = seed_business(sm8_sim, cd_sim, staff=4, jobs=6, allocations=8)
     engine.run_cycle()
-    assert check(sm8_sim, cd_sim, engine.ns).converged
-    _miss_everything_from_now(engine.store)
-    deleted, kept, new_job = _drift_three_ways(engine.ns, sm8_sim, cd_sim, biz)
+    assert check(sm8_sim, cd_sim, engine.ctx.ns).converged
+    _miss_everything_from_now(engine.ctx.stores)
+    deleted, kept, new_job = _drift_three_ways(engine.ctx.ns, sm8_sim, cd_sim, biz)
     engine.run_cycle(match_staff=False)
-    before = check(sm8_sim, cd_sim, engine.ns)
+    before = check(sm8_sim, cd_sim, engine.ctx.ns)
     assert len(before.problems) == 3  # the polls saw none of it
 
     sm8_sim.reset_counts()
@@ -57,7 +57,7 @@ def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim)
     assert dirty == {deleted["job_uuid"], kept["job_uuid"], new_job}
     for job in dirty:
         engine.sync_job(job)
-    after = check(sm8_sim, cd_sim, engine.ns)
+    after = check(sm8_sim, cd_sim, engine.ctx.ns)
     assert after.converged, after.problems
     # Each side's later change won: the deletion reached Coredination, the unschedule ServiceM8.
     assert str(sm8_sim.records["joballocation"][kept["uuid"]]["active"]) == "0"

@@ -1,38 +1,36 @@
-"""The task base class's handling of budget waits, run in-process against real Redis."""
+"""The task base class's handling of budget waits, run in-process against real Redis, on an app
+the factory builds from this test's settings (no environment, no module reloads)."""
 
 from __future__ import annotations
 
-import importlib
-import sys
 import time
 import uuid
 
 import pytest
 from celery.exceptions import Retry
 
+from bridge.config import load_settings
 from bridge.errors import BudgetExhausted
+from bridge.queues import MATCH_STAFF, SYNC_JOB
+from tasks.app import create_app
 from tests.conftest import CD_KEY, SM8_KEY
 
 
 @pytest.fixture
-def task_module(redis_url, monkeypatch, sm8_sim, cd_sim):
-    connection = f"tb{uuid.uuid4().hex[:8]}"
-    for key, value in {
-        "REDIS_URL": redis_url, "BRIDGE_CONNECTION_ID": connection,
-        "SERVICEM8_API_KEY": SM8_KEY, "SERVICEM8_BASE_URL": sm8_sim.api_url(),
-        "COREDINATION_API_KEY": CD_KEY, "COREDINATION_BASE_URL": cd_sim.api_url(),
-    }.items():  # fmt: skip
-        monkeypatch.setenv(key, value)
-    import tasks  # noqa: F401 - loads the submodules below
-
-    # The settings are read when tasks.app is imported: reload it (and what uses it) under this
-    # test's environment. ``tasks.app`` the attribute is the Celery app, so go by module name.
-    for name in ("tasks.app", "tasks.base", "tasks.jobs"):
-        importlib.reload(sys.modules[name])
-    jobs = sys.modules["tasks.jobs"]
-    yield jobs
-    rt = sys.modules["tasks.base"].runtime()
-    rt.store.wipe()
+def app(redis_url, sm8_sim, cd_sim):
+    settings = load_settings(
+        _env_file=None,
+        redis_url=redis_url,
+        bridge_connection_id=f"tb{uuid.uuid4().hex[:8]}",
+        servicem8_api_key=SM8_KEY,
+        servicem8_base_url=sm8_sim.api_url(),
+        coredination_api_key=CD_KEY,
+        coredination_base_url=cd_sim.api_url(),
+    )
+    app = create_app(settings)
+    yield app
+    rt = app.bridge_runtime()
+    rt.stores.wipe()
     rt.close()
 
 
@@ -51,27 +49,33 @@ def _call(task, exc, routing_key, retries=0):
         task.pop_request()
 
 
-def test_a_short_wait_is_a_countdown(task_module):
+def test_the_tasks_runtime_comes_from_the_apps_settings(app):
+    task = app.tasks[SYNC_JOB]
+    assert task.runtime is app.bridge_runtime()
+    assert task.runtime.settings is app.bridge_settings()
+
+
+def test_a_short_wait_is_a_countdown(app):
     with pytest.raises(Retry) as caught:
-        _call(task_module.sync_job, BudgetExhausted("spent", api="servicem8", retry_in=5), "q")
+        _call(app.tasks[SYNC_JOB], BudgetExhausted("spent", api="servicem8", retry_in=5), "q")
     assert 5 <= caught.value.when <= 5.5
 
 
-def test_budget_waits_are_not_counted_against_a_retry_limit(task_module):
+def test_budget_waits_are_not_counted_against_a_retry_limit(app):
     # Celery's default limit is 3: a fourth wait must still be a retry, not the error re-raised.
     with pytest.raises(Retry):
-        _call(task_module.sync_job, BudgetExhausted("spent", api="servicem8", retry_in=5), "q",
+        _call(app.tasks[SYNC_JOB], BudgetExhausted("spent", api="servicem8", retry_in=5), "q",
               retries=50)  # fmt: skip
 
 
-def test_a_long_wait_goes_to_the_deferred_set(task_module):
-    store = task_module.runtime().store
+def test_a_long_wait_goes_to_the_deferred_set(app):
+    stores = app.bridge_runtime().stores
     before = time.time()
     result, _ = _call(
-        task_module.sync_job, BudgetExhausted("day", api="servicem8", retry_in=3600), "q"
+        app.tasks[SYNC_JOB], BudgetExhausted("day", api="servicem8", retry_in=3600), "q"
     )
     assert result is None
-    (message,) = store.r.zrange(store.key("deferred"), 0, -1, withscores=True)
+    (message,) = stores.redis.zrange(stores.keys.deferred, 0, -1, withscores=True)
     payload, due = message
     assert b'"task":"bridge.sync.job"' in payload and b'"args":["job-1"]' in payload
     assert before + 3600 <= due <= time.time() + 3601
@@ -85,12 +89,10 @@ def test_a_long_wait_goes_to_the_deferred_set(task_module):
         ("bridge.c.sync", "normal"),
     ],
 )
-def test_priority_follows_the_queue(task_module, routing_key, expected):
+def test_priority_follows_the_queue(app, routing_key, expected):
+    task = app.tasks[SYNC_JOB]
     with pytest.raises(Retry):
-        _, _ = _call(
-            task_module.sync_job, BudgetExhausted("x", api="servicem8", retry_in=1), routing_key
-        )
-    task = task_module.sync_job
+        _call(task, BudgetExhausted("x", api="servicem8", retry_in=1), routing_key)
     task.push_request(delivery_info={"routing_key": routing_key})
     try:
         assert task._priority() == expected
@@ -98,12 +100,12 @@ def test_priority_follows_the_queue(task_module, routing_key, expected):
         task.pop_request()
 
 
-def test_a_staff_match_without_budget_waits_for_its_next_turn(task_module, monkeypatch):
+def test_a_staff_match_without_budget_waits_for_its_next_turn(app, monkeypatch):
     def spent():
         raise BudgetExhausted("spent", api="servicem8", retry_in=30)
 
-    monkeypatch.setattr(task_module.runtime().engine, "match_staff", spent)
-    task = task_module.match_staff
+    monkeypatch.setattr(app.bridge_runtime().engine, "match_staff", spent)
+    task = app.tasks[MATCH_STAFF]
     task.push_request(id="task-2", args=[], kwargs={}, retries=0, called_directly=False,
                       delivery_info={"routing_key": "q"})  # fmt: skip
     try:

@@ -149,9 +149,9 @@ def test_healthz_reports_each_part(web):
     assert r.status_code == 503  # no beat, no worker in this test
     assert r.json() == {"healthy": False, "redis": "ok", "beat": "no beat holds the schedule lock",
                         "workers": 0}  # fmt: skip
-    store = web.runtime.store
-    store.heartbeat("w1@host", __import__("time").time(), 30)
-    store.r.set(store.key("redbeat::lock"), "token", ex=30)
+    stores = web.runtime.stores
+    stores.activity.heartbeat("w1@host", __import__("time").time(), 30)
+    stores.redis.set(stores.keys.beat_lock, "token", ex=30)
     assert web.get("/healthz").json() == {
         "healthy": True,
         "redis": "ok",

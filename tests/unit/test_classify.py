@@ -1,12 +1,14 @@
-"""Classification is table-tested with hand-built values, no HTTP (STYLE: classify once)."""
+"""Classification is table-tested with hand-built values, no HTTP (classify once, act elsewhere)."""
 
 from __future__ import annotations
 
 import pytest
 import requests
 
+from bridge.coredination.classify import classify_coredination
 from bridge.errors import AuthError, NotFound, RateLimited, Rejected, Unavailable
-from bridge.http import Outcome, classify_coredination, classify_servicem8, raise_for
+from bridge.http import Outcome, raise_for
+from bridge.servicem8.classify import classify_servicem8
 
 MINUTE_TEXT = "Number of allowed API requests per minute exceeded"
 DAY_TEXT = "Number of allowed API requests per day exceeded"

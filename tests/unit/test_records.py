@@ -1,4 +1,5 @@
-"""The packed job record (``bridge.records``): every value the bridge holds survives the trip."""
+"""The packed job record (``bridge.store.codec``): every value the bridge holds survives the
+trip."""
 
 from __future__ import annotations
 
@@ -7,10 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.records import (
+from bridge.store.codec import (
     CD_STATES,
-    CdView,
-    JobRecord,
     RecordError,
     decode,
     encode,
@@ -18,7 +17,9 @@ from bridge.records import (
     pack_id,
     unpack_id,
 )
-from mappings.rules import AllocationFacts, JobFacts, PairSnapshot, Presence
+from mappings.facts import AllocationFacts, JobFacts
+from mappings.presence import Presence
+from mappings.state import CdView, JobRecord, PairSnapshot
 
 JOB = "f06d3fef-7019-46a0-8381-e88f38c0c8fd"
 DERIVED = "f99e880a-4453-5b45-98e7-00fe2e1b879a"
@@ -114,3 +115,52 @@ def test_ids_pack_to_sixteen_bytes_only_when_canonical() -> None:
 def test_an_unreadable_record_says_which_job(raw: bytes) -> None:
     with pytest.raises(RecordError, match=JOB):
         decode(JOB, raw, DERIVED)
+
+
+# --- the codec follows the state model's dataclasses ---------------------------------------------
+def test_every_field_of_the_state_model_is_stored_or_implied():
+    from bridge.store.codec import unencoded_fields
+
+    assert unencoded_fields() == {}
+
+
+def test_a_field_added_to_the_state_model_but_not_to_the_layout_is_caught(monkeypatch):
+    import dataclasses
+
+    from bridge.store import codec
+
+    @dataclasses.dataclass
+    class Grown(CdView):
+        crew: int = 0  # a field someone added without giving it a stored position
+
+    monkeypatch.setitem(codec.LAYOUT, Grown, codec.LAYOUT[CdView])
+    monkeypatch.setitem(codec.IMPLIED, Grown, codec.IMPLIED[CdView])
+    assert codec.unencoded_fields() == {"Grown": {"crew"}}
+
+
+def test_a_record_written_before_a_field_was_appended_reads_it_as_the_default(monkeypatch):
+
+    record = JobRecord(JOB, cd=CdView(7, DERIVED, {1: "SCHEDULED"}, {1: 1_800_000_000_000}))
+    raw = msgpack.unpackb(encode(record, DERIVED), raw=False, strict_map_key=False)
+    raw[5] = raw[5][:-1]  # the view as a format that did not have ``start_ms`` yet wrote it
+    older = decode(JOB, msgpack.packb(raw, use_bin_type=True), DERIVED)
+    assert older.cd is not None and older.cd.start_ms is None and older.cd.id == 7
+
+
+def test_records_written_by_format_1_before_the_store_was_split_read_back_unchanged():
+    """Bytes the link store wrote before this layout (``tests/fixtures/records-v1.json``, made
+    with that version's code) decode to the same records and encode to the same bytes."""
+    import json
+    from pathlib import Path
+
+    from mappings.ids import cd_job_uuid, connection_namespace
+
+    fixture = Path(__file__).parents[1] / "fixtures" / "records-v1.json"
+    rows = json.loads(fixture.read_text())["records"]
+    assert {r["name"] for r in rows} == {"full", "bare", "odd"}
+    for row in rows:
+        derived = cd_job_uuid(connection_namespace(row["connection"]), row["job"])
+        raw = bytes.fromhex(row["hex"])
+        record = decode(row["job"], raw, derived)
+        assert repr(record) == row["repr"], row["name"]
+        assert encode(record, derived) == raw, row["name"]

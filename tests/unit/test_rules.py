@@ -11,28 +11,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.servicem8.models import AllocationWindow, Job, JobAllocation
+from bridge.servicem8.translate import allocation_facts, job_facts
+from mappings.decision import Side, decide
+from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid, connection_namespace, sm8_allocation_uuid
-from mappings.rules import (
-    AllocationFacts,
-    PairSnapshot,
-    Presence,
-    Side,
-    allocation_facts,
-    allocation_time,
-    cd_job_body,
-    cd_presence,
-    cd_state_after,
-    decide,
-    in_step,
-    job_facts,
-    job_time,
-    pull_writes,
-    push_op,
-    redundant_writes,
-    sm8_presence,
-)
-from mappings.servicem8 import AllocationWindow, Job, JobAllocation
+from mappings.jobfields import allocation_time, cd_job_body, job_time
+from mappings.planners import cd_state_after, pull_writes, push_op, redundant_writes
+from mappings.presence import Presence, cd_presence, in_step, sm8_presence
 from mappings.stamps import to_epoch_ms
+from mappings.state import PairSnapshot
 
 SYD = ZoneInfo("Australia/Sydney")
 NOW = int(datetime(2026, 11, 23, 9, tzinfo=SYD).timestamp() * 1000)
@@ -309,7 +297,7 @@ def test_pull_then_read_back_is_in_step(target, pair):
         finished_at=datetime(2026, 12, 3, 15, tzinfo=UTC),
         now_ms=NOW,
     )
-    from bridge.sync.engine import _after  # the engine's model of a write's effect
+    from mappings.planners import after_write as _after
 
     by_uuid = {a.uuid: a for a in pair}
     for write in writes:

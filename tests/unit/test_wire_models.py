@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 from pydantic import ValidationError
 
-from mappings.coredination import CdEvent, CdJob
-from mappings.servicem8 import AllocationWindow, JobAllocation, Staff
+from bridge.coredination.models import CdEvent, CdJob
+from bridge.servicem8.models import AllocationWindow, JobAllocation, Staff
 from mappings.stamps import format_sm8_stamp, parse_cd_time, parse_sm8_stamp
 
 SYD = ZoneInfo("Australia/Sydney")

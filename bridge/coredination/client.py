@@ -1,9 +1,10 @@
-"""CoredinationClient: one thin method per endpoint, after the Job API page (reference/004_*.txt).
+"""CoredinationClient: one thin method per endpoint, after the Job API page
+(docs/coredination-api.md#jobs).
 
-Flags are true when present and false when absent (API-NOTES B2), so they are sent bare
-(``&untimed``), as the documentation's own examples do. Times go out as epoch milliseconds.
-Users and webhooks are not in the documents; their shapes are assumptions kept in
-``mappings.coredination`` and in the simulator.
+Flags are true when present and false when absent (docs/coredination-api.md#conventions), so they
+are sent bare (``&untimed``), as the documentation's own examples do. Times go out as epoch
+milliseconds. Users and webhooks are not in the documents; their shapes are assumptions kept in
+``bridge.coredination.models`` and in the simulator.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ import requests
 from pydantic import ValidationError
 
 from bridge.config import Settings
+from bridge.coredination.classify import classify_coredination
+from bridge.coredination.models import ALL_JOB_STATES_CSV, CdEvent, CdJob, CdUser
 from bridge.errors import InvalidRecord, invalid_record
-from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport, classify_coredination
-from mappings.coredination import ALL_JOB_STATES_CSV, CdEvent, CdJob, CdUser
+from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
 from mappings.stamps import to_epoch_ms
 
 JOB_LISTS = frozenset(
@@ -28,7 +30,8 @@ JOB_LISTS = frozenset(
 RESOURCE_OPS = frozenset({"schedule", "unschedule", "assign", "unassign"})
 DEFAULT_PAGE = 500
 # Far enough back that no timed job starts before it: a poll for every change must not let the
-# default "upcoming only" window hide a job that started in the past (the Job page, "List jobs").
+# default "upcoming only" window hide a job that started in the past
+# (docs/coredination-api.md#lists).
 EPOCH_START_MS = 0
 
 
@@ -115,7 +118,7 @@ class CoredinationClient:
     ) -> list[Any]:
         """One page of a job list, unparsed. ``kind`` is the path: all, unassigned, mine, ...
 
-        List items carry no events (the Job page, "List Item Representation").
+        List items carry no events (docs/coredination-api.md#jobs).
         """
         if kind not in JOB_LISTS:
             raise ValueError(f"unknown job list {kind!r}; one of {sorted(JOB_LISTS)}")
@@ -173,7 +176,8 @@ class CoredinationClient:
         page_size: int = DEFAULT_PAGE,
         on_invalid: Callable[[InvalidRecord], None] | None = None,
     ) -> Iterator[CdJob]:
-        """Every job modified since ``since``, in any state, timed or not (API-NOTES B5)."""
+        """Every job modified since ``since``, in any state, timed or not
+        (docs/coredination-api.md#lists)."""
         return self.iter_jobs(
             page_size=page_size,
             on_invalid=on_invalid,
@@ -190,7 +194,8 @@ class CoredinationClient:
     ) -> None:
         """``PUT /job/{id}/{schedule|unschedule|assign|unassign}?userId=..[&sendMessage]``.
 
-        ``unassign`` is not in the documents (API-NOTES B4); it is sent the same way.
+        ``unassign`` is not in the documents (docs/coredination-api.md#resources); it is sent the
+        same way.
         """
         if op not in RESOURCE_OPS:
             raise ValueError(f"unknown resource operation {op!r}")

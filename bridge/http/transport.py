@@ -1,9 +1,10 @@
-"""HTTP plumbing shared by both clients: pooled sessions, timeouts, one classification function per
-API, a short in-process retry, and the call gate (the shared budget) every request passes first.
+"""HTTP plumbing shared by both clients: pooled sessions, timeouts, a short in-process retry, and
+the call gate (the shared budget) every request passes first.
 
-Classification is pure: ``classify_servicem8(status, headers, body, exc)`` returns an ``Outcome``;
-``raise_for(outcome, ...)`` turns it into the error tree of ``bridge.errors``. Tests drive both with
-hand-built values, no HTTP stubbing.
+Each API classifies its own answers (``bridge.servicem8.classify``,
+``bridge.coredination.classify``): a pure function of (status, headers, body, exception) that
+returns an ``Outcome``. ``raise_for`` turns an outcome into the error tree of ``bridge.errors``.
+Tests drive both with hand-built values, no HTTP stubbing.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ class Outcome:
 OK = Outcome("ok", "ok")
 
 
-def _message(body: str) -> str:
+def message_of(body: str) -> str:
     """The ``message`` of a JSON error body, or the text itself."""
     text = body.strip()
     if text.startswith("{"):
@@ -66,13 +67,13 @@ def _message(body: str) -> str:
     return text
 
 
-def _transport_failure(exc: BaseException) -> Outcome:
+def transport_failure(exc: BaseException) -> Outcome:
     if isinstance(exc, requests.Timeout):
         return Outcome("unavailable", "timeout")
     return Outcome("unavailable", f"connection failed: {type(exc).__name__}")
 
 
-def _by_status(status: int, message: str) -> Outcome:
+def by_status(status: int, message: str) -> Outcome:
     short = message[:120] or f"HTTP {status}"
     if 200 <= status < 300:
         return OK
@@ -83,63 +84,6 @@ def _by_status(status: int, message: str) -> Outcome:
     if status == 404:
         return Outcome("not_found", f"HTTP 404: {short}")
     return Outcome("rejected", f"HTTP {status}: {short}")
-
-
-def classify_servicem8(
-    status: int | None,
-    headers: Mapping[str, str] | None = None,
-    body: str = "",
-    exc: BaseException | None = None,
-) -> Outcome:
-    """ServiceM8 (reference/API-NOTES.md A7).
-
-    429 comes as plain text ("Number of allowed API requests per minute exceeded") or as JSON
-    ``{"errorCode":429,"message":"... per day exceeded"}``; the window is read from the words.
-    A 200 whose JSON ``errorCode`` is not 0 is a rejection: writes answer ``{"errorCode":0,...}``.
-    """
-    if exc is not None or status is None:
-        return _transport_failure(exc or RuntimeError("no response"))
-    message = _message(body)
-    if status == 429:
-        lowered = message.lower()
-        window: Window | None = (
-            "day" if "per day" in lowered else "minute" if "per minute" in lowered else None
-        )
-        return Outcome("rate_limited", message[:120] or "HTTP 429", window)
-    if status == 200 and body.lstrip().startswith("{"):
-        try:
-            data = json.loads(body)
-        except ValueError:
-            data = None
-        if (
-            isinstance(data, dict)
-            and "errorCode" in data
-            and str(data["errorCode"])
-            not in (
-                "0",
-                "",
-            )
-        ):
-            return Outcome("rejected", f"errorCode {data['errorCode']}: {message[:120]}")
-    return _by_status(status, message)
-
-
-def classify_coredination(
-    status: int | None,
-    headers: Mapping[str, str] | None = None,
-    body: str = "",
-    exc: BaseException | None = None,
-) -> Outcome:
-    """Coredination (API-NOTES B2): 400/406 validation, 401/403 auth, 503 retry later.
-
-    No rate limit is documented; a 429 is honoured anyway, with no window known.
-    """
-    if exc is not None or status is None:
-        return _transport_failure(exc or RuntimeError("no response"))
-    message = _message(body)
-    if status == 429:
-        return Outcome("rate_limited", message[:120] or "HTTP 429", None)
-    return _by_status(status, message)
 
 
 Classifier = Callable[[int | None, Mapping[str, str] | None, str, BaseException | None], Outcome]
@@ -181,7 +125,7 @@ def raise_for(
 
 
 class Credentials(Protocol):
-    """Supplies the auth headers for one request. OAuth bearer tokens plug in here later."""
+    """Supplies the auth headers for one request."""
 
     def headers(self) -> dict[str, str]: ...
 
@@ -193,17 +137,6 @@ class ApiKeyAuth:
 
     def headers(self) -> dict[str, str]:
         return {self.header: self.key.get_secret_value()}
-
-
-@dataclass(frozen=True)
-class BearerTokenAuth:
-    """``Authorization: Bearer <token>``; ``token`` is asked for on every request so a refresher
-    can rotate it (ServiceM8 OAuth, API-NOTES A1)."""
-
-    token: Callable[[], str]
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token()}"}
 
 
 # --- the call gate (shared budget) ----------------------------------------------------------------
@@ -286,7 +219,8 @@ class Transport:
 
         A request that is safe to repeat (by method, or ``idempotent=True`` for a create with a
         client-supplied id) gets ``quick_retries`` more tries after a 5xx, timeout or reset.
-        Each try takes from the gate. Longer waits are the task layer's job (ARCHITECTURE 2).
+        Each try takes from the gate. Longer waits are the task layer's job
+        (docs/operations.md#budget).
         """
         repeatable = method.upper() in IDEMPOTENT_METHODS if idempotent is None else idempotent
         attempt = 0

@@ -1,8 +1,8 @@
-"""Coredination wire models, after the Job API page (reference/004_*.txt) and API-NOTES part B.
+"""Coredination wire models, after the Job API page (docs/coredination-api.md#jobs).
 
-Times are epoch milliseconds UTC (API-NOTES B2), read here as aware datetimes. Unknown fields are
-kept. States are kept as plain strings so a state Coredination adds later does not fail parsing;
-the known sets below are what the mapping rules reason about.
+Times are epoch milliseconds UTC (docs/coredination-api.md#conventions), read here as aware
+datetimes. Unknown fields are kept. States are kept as plain strings so a state Coredination adds
+later does not fail parsing; the known sets below are what the mapping rules reason about.
 
 ASSUMPTIONS (not in the documents; the simulator shares these shapes, change both together):
 - A resource in ``job.resources[]`` is ``{"id", "userId", "userUuid", "state", "reported"}``.
@@ -17,7 +17,7 @@ ASSUMPTIONS (not in the documents; the simulator shares these shapes, change bot
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
 
@@ -101,7 +101,7 @@ EVENT_TYPES = frozenset(
     ]
 )
 # The default job list leaves these out; a poll for every change must ask for them explicitly
-# (API-NOTES B5).
+# (docs/coredination-api.md#lists).
 ALL_JOB_STATES_CSV = ",".join(sorted(JOB_STATES))
 
 Millis = Annotated[
@@ -159,7 +159,7 @@ class CdDestination(CdModel):
 
 
 class CdJob(CdModel):
-    """A Coredination job. List items carry no ``events`` (the Job page, "List Item")."""
+    """A Coredination job. List items carry no ``events`` (docs/coredination-api.md#jobs)."""
 
     id: int | None = None
     uuid: str | None = None
@@ -178,30 +178,3 @@ class CdJob(CdModel):
 
     def resource_for(self, user_id: int) -> CdResource | None:
         return next((r for r in self.resources if r.user_id == user_id), None)
-
-
-def job_body(
-    *,
-    title: str | None,
-    description: str | None,
-    start: datetime | None,
-    end: datetime | None,
-    all_day: bool = False,
-    place_name: str | None = None,
-    latitude: float | None = None,
-    longitude: float | None = None,
-) -> dict[str, Any]:
-    """The JSON body of ``PUT /job/{uuid}`` for the fields the bridge owns."""
-    body: dict[str, Any] = {
-        "title": title,
-        "description": description,
-        "allDay": all_day,
-        "startTime": to_epoch_ms(start),
-        "endTime": to_epoch_ms(end),
-    }
-    if place_name or latitude is not None:
-        location = {"placeName": place_name, "latitude": latitude, "longitude": longitude}
-        body["destinations"] = [{"location": location}]
-    else:
-        body["destinations"] = []
-    return body

@@ -1,6 +1,6 @@
 """ServiceM8Client: one thin method per endpoint the bridge uses, no business logic.
 
-Paths, fields and formats follow reference/servicem8-openapi.json and API-NOTES part A:
+Paths, fields and formats follow the official spec as summarised in docs/servicem8-api.md#records:
 ``$filter`` with ``eq ne gt lt`` joined by ``and`` (at most 10), ``cursor=-1`` / ``x-next-cursor``
 paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, object webhooks at
 ``{origin}/webhook_subscriptions`` (outside ``/api_1.0``).
@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -20,16 +20,10 @@ import requests
 from pydantic import ValidationError
 
 from bridge.config import Settings
-from bridge.errors import ConfigError, InvalidRecord, Unavailable, invalid_record
-from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport, classify_servicem8
-from mappings.servicem8 import (
-    AllocationWindow,
-    Job,
-    JobAllocation,
-    SM8Record,
-    Staff,
-    Vendor,
-)
+from bridge.errors import Api, ConfigError, InvalidRecord, Unavailable, invalid_record
+from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
+from bridge.servicem8.classify import classify_servicem8
+from bridge.servicem8.models import AllocationWindow, Job, JobAllocation, SM8Record, Staff, Vendor
 from mappings.stamps import format_sm8_stamp
 
 R = TypeVar("R", bound=SM8Record)
@@ -43,7 +37,7 @@ FilterValue = str | int | float | bool | datetime | date
 
 @dataclass(frozen=True)
 class Filter:
-    """An immutable ``$filter`` expression (API-NOTES A2).
+    """An immutable ``$filter`` expression (docs/servicem8-api.md#filtering).
 
     Strings are single-quoted with an embedded quote doubled (the OData rule; ServiceM8 documents
     no escape), so a value can never close its quotes and add a condition. Stamps are written as
@@ -98,9 +92,23 @@ def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
     return out
 
 
+class Accounts(Protocol):
+    """Where the client reports the account it works on (``bridge.accounts.AccountIds``)."""
+
+    def known(self, api: Api) -> bool: ...
+
+    def learn(self, api: Api, account: str) -> None: ...
+
+
 class ServiceM8Client:
-    def __init__(self, transport: Transport, timezone_name: str | None = None) -> None:
+    def __init__(
+        self,
+        transport: Transport,
+        timezone_name: str | None = None,
+        accounts: Accounts | None = None,
+    ) -> None:
         self.transport = transport
+        self.accounts = accounts
         self._tz: tzinfo | None = _zone(timezone_name) if timezone_name else None
         origin = urlsplit(transport.base_url)
         self.webhook_url = f"{origin.scheme}://{origin.netloc}/webhook_subscriptions"
@@ -113,6 +121,7 @@ class ServiceM8Client:
         gate: CallGate | None = None,
         session: requests.Session | None = None,
         credentials: Credentials | None = None,
+        accounts: Accounts | None = None,
     ) -> ServiceM8Client:
         transport = Transport(
             api="servicem8",
@@ -124,7 +133,7 @@ class ServiceM8Client:
             gate=gate,
             session=session,
         )
-        return cls(transport, settings.servicem8_timezone)
+        return cls(transport, settings.servicem8_timezone, accounts)
 
     # --- account -----------------------------------------------------------------------------
     def vendor(self) -> Vendor:
@@ -134,12 +143,16 @@ class ServiceM8Client:
         vendor = Vendor.from_wire(rows[0], self._tz or UTC)
         if self._tz is None:
             self._tz = _zone(vendor.timezone_name or "UTC")
+        if self.accounts is not None:
+            self.accounts.learn("servicem8", vendor.uuid)
         return vendor
 
     @property
     def tz(self) -> tzinfo:
-        """The account's timezone, read once from ``/vendor.json`` unless configured."""
-        if self._tz is None:
+        """The account's timezone, read once from ``/vendor.json`` unless configured. The same
+        read tells the account the budget belongs to: every call asks for the timezone, so no
+        call but that first read goes under the stand-in account."""
+        if self._tz is None or (self.accounts is not None and not self.accounts.known("servicem8")):
             self.vendor()
         assert self._tz is not None
         return self._tz
@@ -203,7 +216,7 @@ class ServiceM8Client:
             self._paged("allocationwindow.json", AllocationWindow, None, "allocationwindow.list")
         )
 
-    # --- object webhooks (API-NOTES A6) ------------------------------------------------------
+    # --- object webhooks (docs/servicem8-api.md#webhooks) -------------------------------------
     def subscribe_object(
         self, obj: str, fields: list[str], callback_url: str, unique_id: str | None = None
     ) -> None:

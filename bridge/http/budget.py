@@ -1,5 +1,5 @@
 """The shared API budget: every HTTP call, from any worker process on any host, takes a slot in
-Redis first (ARCHITECTURE section 2). Implements ``bridge.http.CallGate``.
+Redis first (docs/operations.md#budget). Implements ``bridge.http.CallGate``.
 
 - Windows are *moving*: no span of the window's length ever holds more calls than the limit, not
   only each calendar minute (a fixed window would let 2 x 180 calls through across a minute
@@ -15,7 +15,10 @@ Redis first (ARCHITECTURE section 2). Implements ``bridge.http.CallGate``.
   for long waits) to come back just before its slot frees.
 - Bulk work (backfill) may not fill the last ``BULK_RESERVE_SHARE`` of a window: interactive work
   always finds a slot within a few seconds.
-- A 429 pauses the whole connection's use of that API until its window resets: a minute, or
+- Slots and pauses belong to the API *account* (``accounts(api)``: the ServiceM8 vendor uuid,
+  a digest of the Coredination key), not to one connection of ours: ServiceM8 limits "per
+  add-on per account" (docs/servicem8-api.md#limits), so two connections on one account share it.
+- A 429 pauses that account's use of the API until its window resets: a minute, or
   midnight in the account's timezone for the day limit. 401/402/403 pause it for
   ``AUTH_PAUSE_SECONDS``; the first call after that is the probe that resumes or re-pauses.
 
@@ -31,12 +34,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
-from typing import Literal
+from typing import Any, Literal
 
+from bridge.accounts import AccountIds
 from bridge.errors import Api, BudgetExhausted
-from bridge.http import Outcome
+from bridge.http.transport import Outcome
 from bridge.log import get_logger
-from bridge.store import SlotWindow, Store
+from bridge.store import BudgetStore, SlotWindow
 
 log = get_logger(__name__)
 
@@ -68,7 +72,8 @@ class Budget:
     def __init__(
         self,
         *,
-        store: Store,
+        store: BudgetStore,
+        accounts: AccountIds,
         windows: dict[Api, list[Window]],
         bulk_reserve_share: float = 0.2,
         auth_pause_seconds: float = 300.0,
@@ -78,6 +83,7 @@ class Budget:
         max_sleep: float = 2.0,
     ) -> None:
         self.store = store
+        self.accounts = accounts
         self.windows = windows
         self.bulk_reserve_share = bulk_reserve_share
         self.auth_pause_seconds = auth_pause_seconds
@@ -88,7 +94,7 @@ class Budget:
 
     # --- CallGate ----------------------------------------------------------------------------
     def before_call(self, api: Api) -> None:
-        pause = self.store.pause(api)
+        pause = self.store.pause(api, self.accounts(api))
         if pause is not None:
             raise BudgetExhausted(
                 f"{api} paused: {pause['reason']}",
@@ -105,7 +111,7 @@ class Budget:
             )
             for w in self.windows.get(api, [])
         ]
-        slot = self.store.take_slot(api, slots, self.clock(), self.max_sleep)
+        slot = self.store.take_slot(api, self.accounts(api), slots, self.clock(), self.max_sleep)
         if not slot.taken:
             reserve = " (the rest is kept for interactive work)" if bulk else ""
             raise BudgetExhausted(
@@ -121,11 +127,17 @@ class Budget:
         if outcome.kind == "rate_limited":
             seconds = self._until_reset(api, outcome.window)
             self.store.set_pause(
-                api, seconds, f"HTTP 429 ({outcome.window or 'unknown'} limit)", "rate_limited"
+                api,
+                self.accounts(api),
+                seconds,
+                f"HTTP 429 ({outcome.window or 'unknown'} limit)",
+                "rate_limited",
             )
             log.warning("budget.paused", api=api, seconds=round(seconds, 1), window=outcome.window)
         elif outcome.kind == "auth":
-            self.store.set_pause(api, self.auth_pause_seconds, outcome.reason, "auth")
+            self.store.set_pause(
+                api, self.accounts(api), self.auth_pause_seconds, outcome.reason, "auth"
+            )
             log.error(
                 "budget.auth_paused",
                 api=api,
@@ -134,14 +146,18 @@ class Budget:
             )
 
     # --- reporting ---------------------------------------------------------------------------
+    def pause(self, api: Api) -> dict[str, Any] | None:
+        """The API's pause, if any (makes no API call)."""
+        return self.store.pause(api, self.accounts.peek(api))
+
     def usage(self) -> dict[str, list[Usage]]:
         now = self.clock()
         out: dict[str, list[Usage]] = {}
         for api, windows in self.windows.items():
             rows = []
             for w in windows:
-                used, frees_at = self.store.slots_used(api, SlotWindow(w.name, w.limit, w.limit,
-                                                                       w.span), now)  # fmt: skip
+                window = SlotWindow(w.name, w.limit, w.limit, w.span)
+                used, frees_at = self.store.slots_used(api, self.accounts.peek(api), window, now)
                 rows.append(Usage(w.name, w.limit, used, max(0.0, (frees_at or now) - now)))
             out[api] = rows
         return out

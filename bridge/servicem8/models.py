@@ -1,4 +1,5 @@
-"""ServiceM8 wire models, named as in the official OpenAPI description (reference/).
+"""ServiceM8 wire models, named as in the official OpenAPI description
+(docs/servicem8-api.md#records).
 
 Parsing is lenient where the real API is: unknown fields are kept, flags arrive as 0/1 or "0"/"1",
 ``0000-00-00 00:00:00`` means no date, and naive stamps are read in the account's timezone, passed

@@ -1,0 +1,22 @@
+"""The ``bridge`` command. Every subcommand turns the error tree into one line and an exit code:
+2 for configuration, 1 for anything else the bridge raised; never a traceback for those.
+
+One module per group of commands; each registers its commands on ``bridge.cli.base.app``, in the
+order they are imported here (the order ``bridge --help`` lists them)."""
+
+# isort: skip_file
+from __future__ import annotations
+
+import sys
+
+from bridge.cli import sync, staff, dlq, serve, webhooks
+from bridge.cli.base import app
+
+__all__ = ["app", "dlq", "main", "serve", "staff", "sync", "webhooks"]
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

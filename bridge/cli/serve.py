@@ -1,0 +1,134 @@
+"""Commands that run parts: ``web``, ``run``, ``demo``, ``simulate``."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from bridge.log import configure_logging
+
+if TYPE_CHECKING:
+    pass
+
+from bridge.cli.base import _fail, app, err, handles_errors, out, settings_and_logging
+
+
+@app.command()
+@handles_errors
+def web(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+) -> None:
+    """Run only the webhook receiver with /healthz and /metrics (needs REDIS_URL)."""
+    import uvicorn
+
+    from bridge.web import create_app
+
+    settings = settings_and_logging()
+    if settings.redis_url is None:
+        _fail("REDIS_URL is required for 'bridge web' ('bridge run' sets it for its parts)", 2)
+    if settings.webhook_token is None:
+        err.print("warning: WEBHOOK_TOKEN is not set; webhook endpoints answer 404", style="yellow")
+    # access_log off: uvicorn's access log prints request paths, and paths carry the token.
+    uvicorn.run(create_app(settings), host=host, port=port, access_log=False, log_config=None,
+                timeout_graceful_shutdown=5)  # fmt: skip
+
+
+@app.command()
+@handles_errors
+def run(
+    host: Annotated[str, typer.Option(help="Interface for the webhook server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port for the webhook server.")] = 8000,
+    concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
+) -> None:
+    """Worker, beat and webhook server together, on REDIS_URL or an embedded Redis in the state
+    folder. Ctrl-C or SIGTERM stops everything cleanly."""
+    from bridge.runtime import resolve_redis
+    from bridge.supervisor import Supervisor
+
+    settings = settings_and_logging()
+    redis_url, embedded = resolve_redis(settings)
+    where = f"embedded, data in {embedded.state_dir}" if embedded else "REDIS_URL"
+    out.print(f"bridge: Redis {where}; webhook server on http://{host}:{port} "
+              f"(/healthz, /metrics); Ctrl-C stops", highlight=False)  # fmt: skip
+    supervisor = Supervisor(settings, redis_url, host=host, port=port, concurrency=concurrency,
+                            embedded=embedded)  # fmt: skip
+    code = supervisor.run()
+    out.print("bridge: stopped" if code == 0 else "bridge: a part exited; everything stopped")
+    raise typer.Exit(code)
+
+
+@app.command()
+@handles_errors
+def demo(
+    keep_running: Annotated[
+        bool, typer.Option("--keep-running", help="Leave the stack up to explore.")
+    ] = False,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="Keep the demo's Redis and logs here (default: temporary).")
+    ] = None,
+    summary_json: Annotated[
+        Path | None, typer.Option(help="Also write the summary (and both simulators' state) here.")
+    ] = None,
+) -> None:
+    """Both simulators, a small business, the whole bridge, four live changes and a summary."""
+    from bridge.demo import run_demo
+
+    configure_logging("WARNING", "console")
+    ok = run_demo(out, keep_running=keep_running, state_dir=state_dir, summary_json=summary_json)
+    raise typer.Exit(0 if ok else 1)
+
+
+@app.command()
+def simulate(
+    servicem8_port: Annotated[int, typer.Option(help="Port for the ServiceM8 simulator.")] = 8081,
+    coredination_port: Annotated[
+        int, typer.Option(help="Port for the Coredination simulator.")
+    ] = 8082,
+    servicem8_key: Annotated[str, typer.Option(help="API key it accepts.")] = "sim-servicem8-key",
+    coredination_key: Annotated[
+        str, typer.Option(help="API key it accepts.")
+    ] = "sim-coredination-key",
+    per_minute: Annotated[
+        int, typer.Option(help="ServiceM8 requests per minute before 429 (0: no limit).")
+    ] = 180,
+    per_day: Annotated[
+        int, typer.Option(help="ServiceM8 requests per day (0: no limit).")
+    ] = 20_000,
+    host: Annotated[
+        str, typer.Option(help="Interface to listen on (0.0.0.0 inside a container).")
+    ] = "127.0.0.1",
+    seed_business: Annotated[
+        bool, typer.Option("--seed-business", help="Start with the demo's small business.")
+    ] = False,
+) -> None:
+    """Run both simulators on loopback until Ctrl-C. Admin surface at /_admin/... on each."""
+    from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
+
+    sm8 = ServiceM8Simulator(api_keys=(servicem8_key,))
+    sm8.set_limits(per_minute=per_minute or None, per_day=per_day or None)
+    cd = CoredinationSimulator(api_keys=(coredination_key,))
+    sm8.start(host=host, port=servicem8_port)
+    cd.start(host=host, port=coredination_port)
+    if seed_business:
+        from bridge.simulators.scenario import seed_business as seed
+
+        seed(sm8, cd, staff=4, jobs=6, allocations=8)
+    out.print("Simulators running. Point the bridge at them with:")
+    out.print(f"  SERVICEM8_BASE_URL={sm8.api_url()}", highlight=False)
+    out.print(f"  SERVICEM8_API_KEY={servicem8_key}", highlight=False)
+    out.print(f"  COREDINATION_BASE_URL={cd.api_url()}", highlight=False)
+    out.print(f"  COREDINATION_API_KEY={coredination_key}", highlight=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sm8.stop()
+        cd.stop()

@@ -1,0 +1,177 @@
+"""Commands that check, sync, report and repair: ``check``, ``sync --once``, ``status``,
+``reconcile``, ``backfill``."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from bridge.errors import ApiError, BridgeError
+
+if TYPE_CHECKING:
+    pass
+
+from bridge.cli.base import (
+    _fail,
+    _print_report,
+    _runtime,
+    app,
+    err,
+    handles_errors,
+    out,
+    settings_and_logging,
+)
+
+
+@app.command()
+@handles_errors
+def check() -> None:
+    """Validate the settings and call each API once (ServiceM8 vendor, Coredination users)."""
+    from bridge.coredination import CoredinationClient
+    from bridge.servicem8 import ServiceM8Client
+
+    settings = settings_and_logging()
+    vendor = ServiceM8Client.from_settings(settings).vendor()
+    out.print(f"ServiceM8: account {vendor.name!r}, timezone {vendor.timezone_name}")
+    try:
+        users = CoredinationClient.from_settings(settings).list_users()
+    except ApiError as exc:
+        _fail(f"Coredination: {exc}", 1)
+    out.print(f"Coredination: {len(users)} users")
+
+
+@app.command()
+@handles_errors
+def sync(
+    once: Annotated[
+        bool, typer.Option("--once", help="Run one full cycle both ways, then exit.")
+    ] = False,
+) -> None:
+    """One complete cycle both ways without Celery: staff map, both polls, every changed job.
+
+    For cron, debugging and tests. Exit 0 when every job went through, 1 when any failed (it
+    stays marked and is tried again next time).
+    """
+    if not once:
+        _fail("say --once (continuous syncing is 'bridge run')", 2)
+    with _runtime() as rt:
+        report = rt.engine.run_cycle()
+    _print_report(dict(report.counts))
+    failed = sum(n for k, n in report.counts.items() if k.startswith("failed."))
+    if failed:
+        _fail(f"{failed} job(s) failed; they stay queued for the next cycle", 1)
+
+
+@app.command()
+@handles_errors
+def status(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Links, parked pairs, dead letters, pauses, budget use and cursors. Makes no API call."""
+    import json
+
+    from bridge.ops import status as read_status
+
+    with _runtime() as rt:
+        data = read_status(rt)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    out.print(f"[bold]connection[/] {data['connection']}")
+    out.print(
+        f"links {data['links']}   staff mapped {data['staff_mapped']}   dirty {data['dirty_jobs']}"
+        f"   pending {data['pending']}   unreadable {data['invalid_records']}"
+        f"   dead letters {data['dead_letters']}"
+        f"   deferred {data['deferred']}"
+    )
+    for api, pause in data["paused"].items():
+        out.print(
+            f"[bold red]PAUSED[/] {api}: {pause['reason']} ({pause['kind']}, "
+            f"{pause['seconds_left']}s left)",
+        )
+    for api, rows in data["budget"].items():
+        used = ", ".join(f"{r['used']}/{r['limit']} per {r['window']}" for r in rows)
+        out.print(f"budget {api}: {used}")
+    for name, value in data["cursors"].items():
+        out.print(f"cursor {name}: {value or '-'}")
+    for row in data["pending_examples"]:
+        out.print(f"pending {row['pair']}: {row['reason']}")
+    for row in data["invalid_examples"]:
+        out.print(f"unreadable {row['record']}: {row['reason']}", highlight=False)
+
+
+@app.command()
+@handles_errors
+def reconcile(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Report drift, change nothing.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Read both systems whole and list every pair whose sides disagree; without --dry-run, sync
+    those jobs now through the normal path (here, without the workers). Exit 1 when a dry run
+    finds drift or a repair fails."""
+    import json
+    from dataclasses import asdict
+
+    with _runtime() as rt:
+        drifts, dirty = rt.engine.reconcile(repair=not dry_run)
+        failed = []
+        for job in sorted(dirty):
+            try:
+                rt.engine.sync_job(job)
+            except BridgeError as exc:
+                failed.append(f"{job}: {exc}")
+    if as_json:
+        out.print_json(json.dumps({"drift": [asdict(d) for d in drifts], "repaired": sorted(dirty),
+                                   "failed": failed}))  # fmt: skip
+    else:
+        for d in drifts:
+            out.print(f"drift job {d.sm8_job_uuid} staff {d.sm8_staff_uuid} (user {d.cd_user_id}): "
+                      f"ServiceM8 {d.servicem8}, Coredination {d.coredination}; {d.reason}",
+                      highlight=False)  # fmt: skip
+        verb = "reported" if dry_run else f"repaired {len(dirty) - len(failed)} job(s)"
+        out.print(f"reconcile: {len(drifts)} drifted pair(s), {verb}")
+        for line in failed:
+            out.print(f"failed {line}", highlight=False)
+    raise typer.Exit(1 if failed or (dry_run and drifts) else 0)
+
+
+@app.command()
+@handles_errors
+def backfill(
+    since: Annotated[
+        datetime | None,
+        typer.Option(
+            formats=["%Y-%m-%d", "%Y-%m-%d %H:%M:%S"],
+            help="Allocations edited after this (account time). Default: every active.",
+        ),
+    ] = None,
+) -> None:
+    """Read ServiceM8 allocations (edited since DATE) and queue their sync as bulk work, which may
+    not take the share of the budget kept for webhooks and polls. Workers do the writing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from bridge.http.budget import priority
+    from bridge.queues import Enqueuer
+
+    rt = _runtime()
+    token = priority.set("bulk")
+    try:
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err) as progress:  # fmt: skip
+            reading = progress.add_task("reading allocations", total=None)
+            dirty = rt.engine.backfill(since, lambda n: progress.advance(reading, n))
+            progress.update(reading, total=progress.tasks[reading].completed)
+            queueing = progress.add_task("queueing job syncs", total=len(dirty))
+            enqueue = Enqueuer.for_broker(rt.redis_url, rt.settings.bridge_connection_id)
+            queued = 0
+            for job in sorted(dirty):
+                queued += enqueue.syncs([job], rt.stores.work.claim_enqueue, "bulk")
+                progress.advance(queueing)
+    finally:
+        priority.reset(token)
+        rt.close()
+    out.print(f"backfill: {len(dirty)} job(s) with changes, {queued} sync(s) queued as bulk work")

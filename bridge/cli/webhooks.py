@@ -1,0 +1,57 @@
+"""``bridge webhooks …``: subscriptions in both systems."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+if TYPE_CHECKING:
+    pass
+
+from bridge.cli.base import _runtime, app, handles_errors, out
+
+webhooks_app = typer.Typer(help="Webhook subscriptions in ServiceM8 and Coredination.")
+app.add_typer(webhooks_app, name="webhooks")
+
+
+@webhooks_app.command("subscribe")
+@handles_errors
+def webhooks_subscribe() -> None:
+    """Point both systems' webhooks at WEBHOOK_PUBLIC_URL (the receiver must be running: ServiceM8
+    checks it with a challenge). Safe to repeat."""
+    from bridge.ops import subscribe_webhooks
+
+    with _runtime() as rt:
+        done = subscribe_webhooks(rt)
+    out.print("subscribed: " + ", ".join(done))
+
+
+@webhooks_app.command("list")
+@handles_errors
+def webhooks_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """Every subscription in both systems (the token in URLs is masked)."""
+    import json
+
+    from bridge.ops import list_webhooks
+
+    with _runtime() as rt:
+        rows = list_webhooks(rt)
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    for row in rows:
+        out.print(f"{row['system']:<13} {row['what']:<14} {row['url']}", highlight=False)
+
+
+@webhooks_app.command("unsubscribe")
+@handles_errors
+def webhooks_unsubscribe() -> None:
+    """Remove the subscriptions that point at this bridge."""
+    from bridge.ops import unsubscribe_webhooks
+
+    with _runtime() as rt:
+        done = unsubscribe_webhooks(rt)
+    out.print("unsubscribed: " + (", ".join(done) or "nothing"))

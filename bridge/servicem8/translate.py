@@ -1,0 +1,39 @@
+"""ServiceM8 wire records → the facts the rules read (``mappings.facts``)."""
+
+from __future__ import annotations
+
+from bridge.servicem8.models import AllocationWindow, Job, JobAllocation
+from mappings.facts import AllocationFacts, JobFacts
+from mappings.stamps import to_epoch_ms
+
+
+def allocation_facts(
+    allocation: JobAllocation, window: AllocationWindow | None, *, by_bridge: bool = False
+) -> AllocationFacts:
+    minutes = None
+    if window is not None and window.start_time is not None and window.end_time is not None:
+        minutes = (window.start_time, window.end_time)
+    return AllocationFacts(
+        uuid=allocation.uuid.lower(),
+        job_uuid=allocation.job_uuid.lower(),
+        staff_uuid=allocation.staff_uuid.lower() if allocation.staff_uuid else None,
+        active=allocation.active,
+        date_ms=to_epoch_ms(allocation.allocation_date),
+        window=minutes,
+        completed_ms=to_epoch_ms(allocation.completion_timestamp),
+        expires_ms=to_epoch_ms(allocation.expiry_timestamp),
+        edited_ms=to_epoch_ms(allocation.edit_date),
+        by_bridge=by_bridge,
+    )
+
+
+def job_facts(job: Job) -> JobFacts:
+    return JobFacts(
+        uuid=job.uuid.lower(),
+        active=job.active,
+        number=job.generated_job_id,
+        description=job.job_description,
+        address=job.job_address,
+        lat=job.lat if job.lat else None,
+        lng=job.lng if job.lng else None,
+    )

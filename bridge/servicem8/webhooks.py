@@ -1,0 +1,105 @@
+"""What a ServiceM8 delivery says changed (docs/servicem8-api.md#webhooks), and the fields the
+bridge subscribes to. Pure parsing, no I/O. Shapes accepted:
+
+1. the documented object webhook: ``{"object", "entry": [{"uuid", "changed_fields", "time"}],
+   "resource_url"}``, as JSON or as form fields (``entry`` then holds JSON text);
+2. an add-on SDK event: ``{"eventName": "webhook_subscription", "eventArgs": {"object"?, "entry",
+   "resource_url"?}}``, possibly as a JWT (only its payload is read: the token in the callback URL
+   is the authentication, and the record is re-read anyway);
+3. the event webhook observed in real traffic: ``{"id", "type": "job.updated", "data": {...}}``;
+4. the SDK's unused ``WebhookEvent`` schema: ``{"event_type", "timestamp", "data"}``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from mappings.webhooks import BadPayload, Handshake, Hint, HintKind, Parsed
+
+SM8_OBJECTS: dict[str, HintKind] = {
+    "joballocation": "servicem8.joballocation",
+    "job": "servicem8.job",
+}
+MAX_ENTRIES = 500  # ServiceM8 batches entries; more than this in one delivery is not a delivery
+# The fields whose change matters to the rules that read them (``bridge.servicem8.translate``):
+# a subscription names them, so ServiceM8 does not call for changes the bridge ignores.
+SUBSCRIBED_FIELDS = {
+    "joballocation": ["job_uuid", "staff_uuid", "allocation_date", "allocation_window_uuid",
+                      "expiry_timestamp", "completion_timestamp", "active"],
+    "job": ["job_address", "job_description", "generated_job_id", "lat", "lng", "active"],
+}  # fmt: skip
+
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_CHALLENGE = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, no spaces
+
+
+def handshake(body: Any) -> Handshake | None:
+    """ServiceM8's subscription check (``mode=subscribe``, ``challenge``), or None."""
+    if not isinstance(body, Mapping) or body.get("mode") != "subscribe":
+        return None
+    challenge = body.get("challenge")
+    if not isinstance(challenge, str) or not _CHALLENGE.match(challenge):
+        raise BadPayload("subscribe handshake without a usable challenge")
+    return Handshake(challenge)
+
+
+def servicem8_hints(body: Any) -> Parsed:
+    """Every (object, uuid) a ServiceM8 delivery names, in any of the shapes above."""
+    parsed = Parsed([], [])
+    if not isinstance(body, Mapping):
+        parsed.ignored.append("body is not an object")
+        return parsed
+    if isinstance(body.get("eventArgs"), Mapping):  # add-on SDK event
+        args = body["eventArgs"]
+        obj = args.get("object") or _object_from_url(args.get("resource_url"))
+        _entries(parsed, obj, args.get("entry"))
+    elif "entry" in body:  # documented object webhook
+        obj = body.get("object") or _object_from_url(body.get("resource_url"))
+        _entries(parsed, obj, body.get("entry"))
+    elif isinstance(body.get("type") or body.get("event_type"), str):  # event webhooks
+        event = str(body.get("type") or body.get("event_type"))
+        obj = event.split(".", 1)[0]
+        data = body.get("data")
+        uuid = data.get("uuid") if isinstance(data, Mapping) else None
+        stamp = str(body.get("id") or body.get("createdAt") or body.get("timestamp") or "")
+        _add(parsed, obj, uuid, f"{event}|{stamp}" if stamp else "")
+    else:
+        parsed.ignored.append("no entry, eventArgs or event type")
+    return parsed
+
+
+def _object_from_url(url: Any) -> str | None:
+    if not isinstance(url, str):
+        return None
+    match = re.search(r"/api_1\.0/([a-z]+)/", url, re.IGNORECASE)
+    return match.group(1) if match else None
+
+
+def _entries(parsed: Parsed, obj: Any, entries: Any) -> None:
+    if not isinstance(entries, list):
+        parsed.ignored.append("entry is not a list")
+        return
+    if len(entries) > MAX_ENTRIES:
+        raise BadPayload(f"more than {MAX_ENTRIES} entries")
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            parsed.ignored.append("entry item is not an object")
+            continue
+        fields = entry.get("changed_fields")
+        changed = ",".join(sorted(str(f) for f in fields)) if isinstance(fields, list) else ""
+        time = entry.get("time")
+        stamp = f"{time}|{changed}" if isinstance(time, str | int) and time != "" else ""
+        _add(parsed, obj, entry.get("uuid"), stamp)
+
+
+def _add(parsed: Parsed, obj: Any, uuid: Any, stamp: str) -> None:
+    kind = SM8_OBJECTS.get(obj.strip().lower()) if isinstance(obj, str) else None
+    if kind is None:
+        parsed.ignored.append(f"object {str(obj)[:40]!r} is not synced")
+        return
+    if not isinstance(uuid, str) or not _UUID.match(uuid.strip().lower()):
+        parsed.ignored.append(f"{obj} entry without a valid uuid")
+        return
+    parsed.hints.append(Hint(kind, uuid.strip().lower(), stamp[:200]))

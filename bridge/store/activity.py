@@ -1,0 +1,81 @@
+"""What the parts report of themselves: poll cursors and times, counters, the accounts the API
+budgets belong to, webhook deliveries seen, worker heartbeats and beat's lock."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.store.keys import Keys
+
+
+class ActivityStore:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.r = redis
+        self.keys = keys
+
+    # --- cursors and counters --------------------------------------------------------------------
+    def cursor(self, name: str) -> str | None:
+        value = self.r.hget(self.keys.cursor, name)
+        return value.decode() if value is not None else None
+
+    def cursors(self) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.cursor)
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def set_cursor(self, name: str, value: str) -> None:
+        self.r.hset(self.keys.cursor, name, value)
+
+    def count(self, counts: Mapping[str, int]) -> None:
+        if not counts:
+            return
+        with self.r.pipeline(transaction=False) as pipe:
+            for name, n in counts.items():
+                pipe.hincrby(self.keys.stats, name, n)
+            pipe.execute()
+
+    def stats(self) -> dict[str, int]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.stats)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    # --- accounts --------------------------------------------------------------------------------
+    def account(self, api: str) -> str | None:
+        value = self.r.hget(self.keys.account, api)
+        return value.decode() if value is not None else None
+
+    def set_account(self, api: str, account: str) -> None:
+        self.r.hset(self.keys.account, api, account)
+
+    # --- webhook deliveries ----------------------------------------------------------------------
+    def first_delivery(self, delivery: str, ttl: int) -> bool:
+        """True the first time a webhook delivery is seen within ``ttl`` seconds."""
+        return bool(self.r.set(self.keys.seen(delivery), "1", nx=True, ex=ttl))
+
+    def forget_delivery(self, delivery: str) -> None:
+        """Undo ``first_delivery`` when enqueueing failed, so a redelivery is not dropped."""
+        self.r.delete(self.keys.seen(delivery))
+
+    def note_webhook(self, system: str, now: float) -> None:
+        """A valid webhook from ``system`` arrived (its polls may then run less often)."""
+        self.r.hset(self.keys.cursor, f"webhook:{system}", repr(now))
+
+    # --- liveness --------------------------------------------------------------------------------
+    def heartbeat(self, worker: str, now: float, ttl: int) -> None:
+        self.r.set(self.keys.alive(worker), repr(now), ex=ttl)
+
+    def live_workers(self) -> dict[str, float]:
+        keys = list(self.r.scan_iter(match=self.keys.alive("*"), count=1000))
+        values = self.r.mget(keys) if keys else []
+        start = len(self.keys.alive())
+        return {k.decode()[start:]: float(v) for k, v in zip(keys, values, strict=True) if v}
+
+    def beat_alive(self) -> bool:
+        """celery-redbeat holds this lock (with an expiry it renews) while a beat runs."""
+        return bool(self.r.exists(self.keys.beat_lock))
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+    def queue_length(self, name: str) -> int:
+        """Messages waiting in a broker list under this connection's prefix."""
+        return int(self.r.llen(self.keys.key(name)))

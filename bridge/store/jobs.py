@@ -1,0 +1,286 @@
+"""Job records and links: what the bridge holds of each linked job, the reverse links from
+Coredination ids, the dirty marks that say a job must be synced, and expiry reminders.
+
+Every record write is read-modify-write by compare-and-set (``_PUT_JOB``), which bumps the dirty
+mark and the expiry reminder in the same step: the poll path (no job lock) and a sync (the job
+lock) never undo each other's changes, and no change is stored without its dirty mark. What a
+write changes is a pure record transition (``mappings.transitions``); this module only runs them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from bridge.log import get_logger
+from bridge.store.codec import NewerRecord, RecordError, decode, encode, id_bytes, unpack_id
+from bridge.store.keys import Keys
+from bridge.store.parked import ParkedStore
+from mappings import transitions
+from mappings.facts import AllocationFacts, JobFacts
+from mappings.ids import cd_job_uuid, connection_namespace
+from mappings.state import CdView, JobRecord
+from mappings.transitions import Change, SyncWrite
+
+log = get_logger(__name__)
+
+BATCH = 500  # job records read and written per round trip
+UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given up on (retried)
+
+# Compare-and-set one job record. KEYS: its bucket, ``dirty``, ``expiring``. ARGV: field, the
+# bytes read ('' = absent), the new bytes ('' = leave as is), the job uuid, '1' to bump its dirty
+# mark, an expiry reminder in epoch ms ('' = none). Returns 1 if done, 0 if the record changed.
+_PUT_JOB = """
+local held = redis.call('HGET', KEYS[1], ARGV[1]) or ''
+if held ~= ARGV[2] then return 0 end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
+if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
+return 1
+"""
+# "Delete this dirty mark only if nobody bumped it since I read it" must be one atomic step:
+# WATCH/MULTI on a hash that every ingest writes would abort under load.
+_CLEAR_DIRTY = (
+    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
+    "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
+)
+
+
+class StoreBusy(RedisError):
+    """A job record changed under every attempt to write it (retried like a Redis error)."""
+
+
+class JobStore:
+    def __init__(self, redis: Any, keys: Keys, parked: ParkedStore) -> None:
+        self.r = redis
+        self.keys = keys
+        self.parked = parked
+        self.ns = connection_namespace(keys.connection)
+        self._put_job = redis.register_script(_PUT_JOB)
+        self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
+
+    # --- where a record lives ------------------------------------------------------------------
+    def _slot(self, job_uuid: str) -> tuple[str, bytes]:
+        field_ = id_bytes(job_uuid)
+        if field_ is None:
+            raise ValueError(f"not a ServiceM8 job uuid: {job_uuid[:60]!r}")
+        return self.keys.job_bucket(field_), field_
+
+    def _ref_slot(self, ref: str) -> tuple[str, bytes] | None:
+        """The bucket and field of a Coredination job uuid or numeric id (reverse link)."""
+        field_ = id_bytes(ref) or (ref.encode() if ref.isascii() and ref.isdigit() else None)
+        return None if field_ is None else (self.keys.ref_bucket(field_), field_)
+
+    def cd_uuid(self, job_uuid: str) -> str:
+        return cd_job_uuid(self.ns, job_uuid)
+
+    def _decode(self, job_uuid: str, raw: bytes | None) -> tuple[JobRecord, bool]:
+        """The stored record, and whether its bytes were damaged. A record from a newer version
+        raises ``NewerRecord`` (never overwrite it with less). A damaged one is parked as
+        ``redis.job:{J}`` and read as empty, so the job is not blocked for good: its next change,
+        or ``bridge reconcile``, rebuilds it."""
+        if raw is None:
+            return JobRecord(job_uuid), False
+        try:
+            return decode(job_uuid, raw, self.cd_uuid(job_uuid)), False
+        except NewerRecord:
+            raise
+        except RecordError as exc:
+            log.error("store.record_unreadable", sm8_job_uuid=job_uuid, reason=str(exc))
+            self.parked.set_invalid(f"redis.job:{job_uuid}", str(exc)[:300], time.time())
+            return JobRecord(job_uuid), True
+
+    # --- reading -------------------------------------------------------------------------------
+    def load(self, job_uuid: str) -> JobRecord:
+        return self._decode(job_uuid, self.r.hget(*self._slot(job_uuid)))[0]
+
+    def has(self, job_uuid: str) -> bool:
+        return id_bytes(job_uuid) is not None and bool(self.r.hexists(*self._slot(job_uuid)))
+
+    def known(self) -> list[str]:
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in self.keys.job_buckets():
+                pipe.hkeys(key)
+            buckets = pipe.execute()
+        return [unpack_id(bytes(f)) for fields in buckets for f in fields]
+
+    def count(self) -> int:
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in self.keys.job_buckets():
+                pipe.hlen(key)
+            return sum(pipe.execute())
+
+    def job_for_cd(self, ref: str | int) -> str | None:
+        slot = self._ref_slot(str(ref).strip().lower())
+        found = self.r.hget(*slot) if slot is not None else None
+        return unpack_id(bytes(found)) if found else None
+
+    def cd_views(self, job_uuids: Iterable[str]) -> dict[str, CdView | None]:
+        """The stored Coredination views of several linked jobs."""
+        jobs = list(job_uuids)
+        if not jobs:
+            return {}
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_uuid in jobs:
+                pipe.hget(*self._slot(job_uuid))
+            raws = pipe.execute()
+        return {j: self._decode(j, raw)[0].cd for j, raw in zip(jobs, raws, strict=True)}
+
+    # --- changing records ------------------------------------------------------------------------
+    def update(
+        self, job_uuids: Iterable[str], change: Callable[[JobRecord], Change | None]
+    ) -> list[Change]:
+        """Read, change and write back job records, each atomically against every other writer.
+
+        ``change`` (a record transition) edits the record in place and says what it did, or
+        returns ``None`` when nothing changed. A write goes only if the stored bytes are still the
+        ones read; a record changed meanwhile is read again and ``change`` runs again on it.
+        Records go ``BATCH`` to a round trip.
+        """
+        jobs = list(dict.fromkeys(job_uuids))
+        done: list[Change] = []
+        for i in range(0, len(jobs), BATCH):
+            done += self._update_batch(jobs[i : i + BATCH], change)
+        return done
+
+    def _update_batch(
+        self, pending: list[str], change: Callable[[JobRecord], Change | None]
+    ) -> list[Change]:
+        done: list[Change] = []
+        for attempt in range(UPDATE_ATTEMPTS):
+            if not pending:
+                return done
+            if attempt:  # others are writing the same records: let them finish, spread out
+                time.sleep(random.uniform(0, min(0.05, 0.002 * 2**attempt)))
+            slots = [self._slot(j) for j in pending]
+            with self.r.pipeline(transaction=False) as pipe:
+                for key, field_ in slots:
+                    pipe.hget(key, field_)
+                raws = pipe.execute()
+            writes: list[tuple[str, Change]] = []
+            damaged: set[str] = set()
+            with self.r.pipeline(transaction=False) as pipe:
+                for job_uuid, (key, field_), raw in zip(pending, slots, raws, strict=True):
+                    record, broken = self._decode(job_uuid, raw)
+                    if broken:
+                        damaged.add(job_uuid)
+                    outcome = change(record)
+                    if outcome is None:
+                        continue
+                    new = encode(record, self.cd_uuid(job_uuid)) if outcome.write else b""
+                    if outcome.write and new == raw:
+                        new = b""  # the same bytes: nothing to write, only the marks
+                        if not outcome.dirty and outcome.expires_ms is None:
+                            continue
+                    self._put_job(
+                        keys=[key, self.keys.dirty, self.keys.expiring],
+                        args=[field_, raw or b"", new, job_uuid, "1" if outcome.dirty else "0",
+                              "" if outcome.expires_ms is None else str(outcome.expires_ms)],
+                        client=pipe,
+                    )  # fmt: skip
+                    writes.append((job_uuid, outcome))
+                results = pipe.execute() if writes else []
+            pending = []
+            for (job_uuid, outcome), ok in zip(writes, results, strict=True):
+                if ok:
+                    done.append(outcome)
+                    if job_uuid in damaged:  # written afresh: no longer unreadable
+                        self.parked.clear_invalid([f"redis.job:{job_uuid}"])
+                else:
+                    pending.append(job_uuid)
+        if pending:
+            raise StoreBusy(f"job records kept changing under this write: {pending[:5]}")
+        return done
+
+    def ingest_allocations(
+        self, facts: Iterable[AllocationFacts], read_started: float | None = None
+    ) -> set[str]:
+        """Store what ServiceM8 says; return the jobs whose allocations really changed (now
+        dirty). See ``mappings.transitions.ingest_allocations``."""
+        by_job: dict[str, list[AllocationFacts]] = {}
+        for fact in facts:
+            by_job.setdefault(fact.job_uuid, []).append(fact)
+        changes = self.update(
+            by_job, lambda r: transitions.ingest_allocations(r, by_job[r.uuid], read_started)
+        )
+        return {c.job_uuid for c in changes if c.dirty}
+
+    def ingest_jobs(self, facts: Iterable[JobFacts], only_known: bool = False) -> set[str]:
+        """Store job details; return the jobs whose details changed (now dirty)."""
+        by_job = {f.uuid: f for f in facts}
+        changes = self.update(
+            by_job, lambda r: transitions.ingest_job(r, by_job[r.uuid], only_known=only_known)
+        )
+        return {c.job_uuid for c in changes}
+
+    def save_details(self, fact: JobFacts) -> None:
+        self.update([fact.uuid], lambda r: transitions.set_details(r, fact))
+
+    def forget_cd(self, job_uuid: str) -> None:
+        """The Coredination job is gone: drop our view and mark the job dirty, in one step."""
+        self.update([job_uuid], transitions.forget_cd)
+
+    def save_syncs(self, writes: Sequence[SyncWrite]) -> None:
+        """What syncs did, in one compare-and-set write per job (``transitions.apply_sync``),
+        reverse links first: a link without its record is harmless (the lookup finds a job with
+        no view and does nothing), a record without its reverse link is not."""
+        by_job = {w.job_uuid: w for w in writes if not w.empty}
+        self.write_links({j: w.view for j, w in by_job.items() if w.view is not None})
+        self.update(by_job, lambda r: transitions.apply_sync(r, by_job[r.uuid]))
+
+    def save_sync(self, write: SyncWrite) -> None:
+        self.save_syncs([write])
+
+    def write_links(self, views: Mapping[str, CdView]) -> None:
+        """Reverse links: each view's Coredination uuid and id → its ServiceM8 job."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for job_uuid, view in views.items():
+                target = id_bytes(job_uuid)
+                for ref in (view.uuid, None if view.id is None else str(view.id)):
+                    slot = self._ref_slot(ref) if ref is not None else None
+                    if slot is not None:
+                        pipe.hset(slot[0], slot[1], target)
+            pipe.execute()
+
+    # --- dirty marks and expiry reminders ------------------------------------------------------
+    def mark_dirty(self, job_uuids: Iterable[str]) -> None:
+        with self.r.pipeline() as pipe:
+            for job_uuid in job_uuids:
+                pipe.hincrby(self.keys.dirty, job_uuid, 1)
+            pipe.execute()
+
+    def dirty(self) -> dict[str, int]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.dirty)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    def dirty_count(self) -> int:
+        return int(self.r.hlen(self.keys.dirty))
+
+    def dirty_generation(self, job_uuid: str) -> int | None:
+        value = self.r.hget(self.keys.dirty, job_uuid)
+        return int(value) if value is not None else None
+
+    def clear_dirty(self, job_uuid: str, generation: int | None) -> bool:
+        """Forget the dirty mark if nobody bumped it since ``generation`` was read."""
+        if generation is None:
+            return True
+        return bool(self._clear_dirty(keys=[self.keys.dirty], args=[job_uuid, str(generation)]))
+
+    def due_expiries(self, now_ms: int) -> set[str]:
+        """Jobs with an allocation expired by now: mark them dirty and forget the reminder."""
+        due = {j.decode() for j in self.r.zrangebyscore(self.keys.expiring, "-inf", now_ms)}
+        if due:
+            with self.r.pipeline() as pipe:
+                pipe.zrem(self.keys.expiring, *due)
+                for job_uuid in due:
+                    pipe.hincrby(self.keys.dirty, job_uuid, 1)
+                pipe.execute()
+        return due
+
+    def remind_expiry(self, job_uuid: str, expires_ms: int) -> None:
+        """Mark the job dirty when ``expires_ms`` passes (unless an earlier reminder is set)."""
+        self.r.zadd(self.keys.expiring, {job_uuid: expires_ms}, lt=True)

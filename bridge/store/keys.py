@@ -1,0 +1,200 @@
+"""Every Redis key the bridge uses, in one place (the only other place a key is spelled is
+celery-redbeat's and kombu's own, under the prefixes named here).
+
+Keys of one connection start with ``b:{connection}:``. The API budget and its pauses belong to the
+account the limit belongs to (ServiceM8 counts "per add-on per account",
+docs/servicem8-api.md#limits), so two connections on one account share them: they start with
+``b:acct:{api}:{account}:``.
+``J`` is a ServiceM8 job uuid, ``S`` a staff uuid, ``A`` an allocation uuid, ``U`` a Coredination
+user id, ``C`` a Coredination job uuid:
+
+=========================  ======  ===============================================================
+key                        type    what it holds
+=========================  ======  ===============================================================
+``jobs:{n}``               hash    one of ``JOB_BUCKETS`` buckets: ``J`` (16 bytes) → the job's
+                                   record (``bridge.store.codec``): job facts, allocation facts,
+                                   write markers, the Coredination view, the body fingerprint and
+                                   the pair snapshots. ``n`` = CRC32(J) mod buckets
+``cdref:{n}``              hash    one of ``REF_BUCKETS`` buckets: ``C`` (16 bytes) or the
+                                   Coredination job id (text) → ``J`` (16 bytes), the reverse link
+``dirty``                  hash    ``J`` → generation; a job to sync. Ingest bumps it, a finished
+                                   sync removes it only if unchanged, so no change is lost to a race
+``expiring``               zset    ``J`` by the earliest future ``expiry_timestamp`` of its live
+                                   allocations: expiry changes nothing in ServiceM8, no poll sees it
+``map:s2u`` / ``map:u2s``  hash    ``S`` → ``U`` (staff ⇄ user map) and its reverse
+``map:manual``             set     ``S`` linked or unlinked by hand: matching leaves them be
+``dir:{kind}``             hash    directories read from the APIs: ``staff``, ``users``,
+                                   ``windows`` (allocation windows)
+``invalid``                hash    ``"{api}.{object}:{id}"`` → ``{"reason","since"}``: records an
+                                   API returned that cannot be read; ``"redis.job:{J}"``, a job
+                                   record found damaged (until rewritten)
+``pending``                hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
+``cursor``                 hash    poll high-water marks and times, by ``system:object``
+``account``                hash    api → the account its budget belongs to, once resolved
+``stats``                  hash    counters by ``direction.outcome``
+``queued:{J}``             string  set while a sync of J is queued, so a poll does not queue twice
+``dlq``                    stream  dead letters: what was given up on, why, how to replay it
+``fail:{task id}``         hash    when a retried task first failed, and how often (2 h expiry)
+``deferred``               zset    tasks waiting longer than a countdown may, by due time
+``lock:{J}``               string  the per-job lock (redis-py ``Lock``: token + expiry)
+``lock:poll:{system}``     string  one poll of a system at a time
+``seen:{delivery}``        string  a webhook delivery already enqueued (de-duplication window)
+``alive:{worker}``         string  a worker's last heartbeat (expires after ``ALIVE_SECONDS``)
+``layout`` / ``lock:upgrade``      the store layout marker and the lock of its upgrade
+``job:{J}`` / ``cdjob``            the first layout's keys, moved by ``bridge.store.legacy``
+``redbeat:…`` / ``celery:…``       celery-redbeat's schedule and lock; the broker's queues
+``b:acct:{api}:{acct}:budget:{w}`` list: the moving-window budget of window ``w``, newest first
+``b:acct:{api}:{acct}:pause``      string ``{"until","reason","kind"}`` while that API is paused
+=========================  ======  ===============================================================
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+# Job records live in JOB_BUCKETS hashes and reverse links in REF_BUCKETS hashes, chosen by the
+# CRC32 of the id: a top-level key per job would cost about 80 bytes more per link. A record is
+# over 64 bytes, so its bucket is a plain hash table; a reverse-link bucket holds short values and
+# stays in Redis's compact listpack encoding up to ``hash-max-listpack-entries`` fields (512 by
+# default; two per link, so about 500,000 links per connection), past which it still works with
+# more memory per link. Never change these counts on a live store: records would be looked for in
+# the wrong bucket.
+JOB_BUCKETS = 1024
+REF_BUCKETS = 2048
+ALIVE_SECONDS = 30  # a worker whose last heartbeat is older than this counts as dead
+
+
+@dataclass(frozen=True)
+class Keys:
+    connection: str
+
+    @property
+    def prefix(self) -> str:
+        return f"b:{self.connection}:"
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    # --- job records and links -------------------------------------------------------------------
+    def job_bucket(self, field: bytes) -> str:
+        return self.key(f"jobs:{zlib.crc32(field) % JOB_BUCKETS}")
+
+    def job_buckets(self) -> list[str]:
+        return [self.key(f"jobs:{n}") for n in range(JOB_BUCKETS)]
+
+    def ref_bucket(self, field: bytes) -> str:
+        return self.key(f"cdref:{zlib.crc32(field) % REF_BUCKETS}")
+
+    @property
+    def dirty(self) -> str:
+        return self.key("dirty")
+
+    @property
+    def expiring(self) -> str:
+        return self.key("expiring")
+
+    # --- staff, directories, parked records ------------------------------------------------------
+    @property
+    def staff_to_user(self) -> str:
+        return self.key("map:s2u")
+
+    @property
+    def user_to_staff(self) -> str:
+        return self.key("map:u2s")
+
+    @property
+    def manual_links(self) -> str:
+        return self.key("map:manual")
+
+    def directory(self, kind: str) -> str:
+        return self.key(f"dir:{kind}")
+
+    @property
+    def invalid(self) -> str:
+        return self.key("invalid")
+
+    @property
+    def pending(self) -> str:
+        return self.key("pending")
+
+    # --- work bookkeeping ------------------------------------------------------------------------
+    @property
+    def cursor(self) -> str:
+        return self.key("cursor")
+
+    @property
+    def account(self) -> str:
+        return self.key("account")
+
+    @property
+    def stats(self) -> str:
+        return self.key("stats")
+
+    def queued(self, job_uuid: str) -> str:
+        return self.key(f"queued:{job_uuid}")
+
+    @property
+    def dlq(self) -> str:
+        return self.key("dlq")
+
+    def failure(self, task_id: str | None) -> str:
+        return self.key(f"fail:{task_id}")
+
+    @property
+    def deferred(self) -> str:
+        return self.key("deferred")
+
+    def job_lock(self, job_uuid: str) -> str:
+        return self.key(f"lock:{job_uuid}")
+
+    def poll_lock(self, system: str) -> str:
+        return self.key(f"lock:poll:{system}")
+
+    def seen(self, delivery: str) -> str:
+        return self.key(f"seen:{delivery}")
+
+    def alive(self, worker: str = "") -> str:
+        return self.key(f"alive:{worker}")
+
+    # --- layout, and other programs' keys ------------------------------------------------------
+    @property
+    def layout(self) -> str:
+        return self.key("layout")
+
+    @property
+    def upgrade_lock(self) -> str:
+        return self.key("lock:upgrade")
+
+    @property
+    def legacy_job_prefix(self) -> str:
+        return self.key("job:")
+
+    @property
+    def legacy_reverse(self) -> str:
+        return self.key("cdjob")
+
+    @property
+    def redbeat_prefix(self) -> str:
+        return self.key("redbeat:")
+
+    @property
+    def beat_lock(self) -> str:
+        return self.redbeat_prefix + ":lock"  # celery-redbeat's lock key under its prefix
+
+    @property
+    def broker_prefix(self) -> str:
+        return self.key("celery:")
+
+
+def account_prefix(api: str, account: str) -> str:
+    """Keys of one API account, shared by every connection on it."""
+    return f"b:acct:{api}:{account}:"
+
+
+def budget_key(api: str, account: str, window: str) -> str:
+    return account_prefix(api, account) + f"budget:{window}"
+
+
+def pause_key(api: str, account: str) -> str:
+    return account_prefix(api, account) + "pause"

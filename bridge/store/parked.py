@@ -1,0 +1,61 @@
+"""Parked work: pairs waiting for something an operator or the map must supply (``pending``), and
+records an API returned that cannot be read (``invalid``). Both are shown by ``bridge status``."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from bridge.store.keys import Keys
+
+
+def dump(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+class ParkedStore:
+    def __init__(self, redis: Any, keys: Keys) -> None:
+        self.r = redis
+        self.keys = keys
+
+    # --- records that cannot be read ------------------------------------------------------------
+    def set_invalid(self, record: str, reason: str, now: float) -> bool:
+        """Park an unreadable record with its reason; True the first time it is parked."""
+        value = dump({"reason": reason, "since": now})
+        return bool(self.r.hsetnx(self.keys.invalid, record, value))
+
+    def invalid(self) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.invalid)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def invalid_count(self) -> int:
+        return int(self.r.hlen(self.keys.invalid))
+
+    def clear_invalid(self, records: Iterable[str]) -> None:
+        records = list(records)
+        if records:
+            self.r.hdel(self.keys.invalid, *records)
+
+    # --- pending pairs ---------------------------------------------------------------------------
+    def set_pending(self, job_uuid: str, who: str, reason: str) -> None:
+        """Park the pair of job and staff member (``who``: S, or ``u:U`` for a user). Parked
+        again for the same reason, it keeps the time it was first parked."""
+        field_ = f"{job_uuid}|{who}"
+        held = self.r.hget(self.keys.pending, field_)
+        if held is None or json.loads(held).get("reason") != reason:
+            self.r.hset(self.keys.pending, field_, dump({"reason": reason, "since": time.time()}))
+
+    def clear_pending(self, job_uuid: str, who: str) -> None:
+        self.r.hdel(self.keys.pending, f"{job_uuid}|{who}")
+
+    def pending(self) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.pending)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def pending_count(self) -> int:
+        return int(self.r.hlen(self.keys.pending))
+
+    def pending_jobs(self) -> set[str]:
+        return {k.split("|", 1)[0] for k in self.pending()}

@@ -1,0 +1,134 @@
+"""What every sync use case shares: the stores, the two API ports, the clock, the options, and a
+report of what was done. Also the job lease, which a use case holds per call (never on an object
+that outlives it)."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import timedelta, tzinfo
+from uuid import UUID
+
+from redis.lock import Lock
+
+from bridge.errors import Api
+from bridge.servicem8.models import AllocationWindow
+from bridge.store import Stores
+from bridge.sync.ports import CoredinationPort, ServiceM8Port
+from mappings.decision import TieRule
+
+# Cursor names in the ``cursor`` hash (bridge.store.keys): one per polled object and system.
+CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
+CURSOR_SM8_JOBS = "servicem8:job"
+CURSOR_CD_JOBS = "coredination:job"
+CURSORS = {
+    "servicem8.joballocation": CURSOR_SM8_ALLOCATIONS,
+    "servicem8.job": CURSOR_SM8_JOBS,
+    "coredination.job": CURSOR_CD_JOBS,
+}
+SYSTEMS: tuple[Api, ...] = ("servicem8", "coredination")
+WINDOWS_MAX_AGE = 3600.0
+
+
+def polled(system: str) -> str:
+    """The cursor entry holding when ``system`` was last polled whole."""
+    return f"polled:{system}"
+
+
+@dataclass
+class SyncOptions:
+    tie: TieRule = "servicem8"
+    sm8_overlap: timedelta = timedelta(minutes=15)
+    cd_overlap_ms: int = 60_000
+    send_message: bool = False
+    # The job lock is a lease, renewed before every write. It outlives one slow request (two read
+    # timeouts) but not much more, so a killed holder blocks the job only briefly.
+    lock_seconds: float = 65.0
+
+
+@dataclass
+class Report:
+    """What a use case did, by ``side.outcome`` (``coredination.scheduled``, ``skipped.reason``)."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def add(self, name: str, n: int = 1) -> None:
+        self.counts[name] += n
+
+    def merge(self, other: Report) -> Report:
+        self.counts.update(other.counts)
+        return self
+
+    def writes(self, side: str) -> int:
+        return sum(n for k, n in self.counts.items() if k.startswith(f"{side}."))
+
+
+class Lease:
+    """A held job lock: renewed before each write, so a worker that lost the job stops."""
+
+    def __init__(self, lock: Lock | None) -> None:
+        self.lock = lock
+
+    def renew(self) -> None:
+        if self.lock is not None:
+            self.lock.reacquire()
+
+    def owned(self) -> bool:
+        return self.lock is None or bool(self.lock.owned())
+
+
+@dataclass
+class Windows:
+    """ServiceM8's allocation windows, shared through Redis by every process, with a short
+    in-process cache."""
+
+    rows: dict[str, AllocationWindow] | None = None
+    at: float = 0.0
+
+
+@dataclass
+class SyncContext:
+    stores: Stores
+    sm8: ServiceM8Port
+    cd: CoredinationPort
+    ns: UUID
+    options: SyncOptions = field(default_factory=SyncOptions)
+    clock: Callable[[], float] = time.time
+    windows: Windows = field(default_factory=Windows)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    @property
+    def tz(self) -> tzinfo:
+        return self.sm8.tz
+
+    @contextlib.contextmanager
+    def locked(self, job_uuid: str) -> Iterator[Lease]:
+        """One writer per job, for the length of the block."""
+        lock = self.stores.work.job_lock(job_uuid, timeout=self.options.lock_seconds)
+        with lock:
+            yield Lease(lock)
+
+    def allocation_windows(self, refresh: bool = False) -> dict[str, AllocationWindow]:
+        """Listed once an hour, or when an allocation names one we do not know (at most once a
+        minute)."""
+        now, cache = self.clock(), self.windows
+        if cache.rows is not None and not refresh and now - cache.at < 60:
+            return cache.rows
+        staff, activity = self.stores.staff, self.stores.activity
+        rows, fetched = staff.directory("windows"), activity.cursor("fetched:windows")
+        age = now - float(fetched) if fetched else math.inf
+        if age > WINDOWS_MAX_AGE or (refresh and age > 60):
+            listed = self.sm8.list_allocation_windows()
+            keep = {"uuid", "name", "start_time", "end_time"}
+            rows = {w.uuid.lower(): w.model_dump(include=keep) for w in listed}
+            staff.save_directory("windows", rows)
+            activity.set_cursor("fetched:windows", repr(now))
+        cache.rows = {u: AllocationWindow.model_validate(r) for u, r in rows.items()}
+        cache.at = now
+        return cache.rows

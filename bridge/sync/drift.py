@@ -1,0 +1,96 @@
+"""Drift: both systems read whole (not from the cursors), every pair whose sides disagree listed,
+and with ``repair`` recorded and marked dirty so the normal job sync decides each pair. The safety
+net behind the polls and webhooks (``bridge reconcile``, and beat's daily run)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from bridge.log import get_logger
+from bridge.servicem8 import where
+from bridge.store import StaffMap
+from bridge.sync.context import SyncContext
+from bridge.sync.ingest import facts_of, parker
+from bridge.sync.pull import pull_job
+from mappings.facts import AllocationFacts
+from mappings.ids import cd_job_uuid
+from mappings.presence import cd_presence, in_step, sm8_presence
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Drift:
+    sm8_job_uuid: str
+    sm8_staff_uuid: str
+    cd_user_id: int
+    servicem8: str  # presence on each side, as read
+    coredination: str
+    reason: str
+
+
+def _drift(
+    job: str,
+    facts: list[AllocationFacts],
+    resources: dict[int, str],
+    linked: bool,
+    staff_map: StaffMap,
+    now_ms: int,
+) -> list[Drift]:
+    by_staff: dict[str, list[AllocationFacts]] = {}
+    for fact in facts:
+        if fact.staff_uuid:
+            by_staff.setdefault(fact.staff_uuid, []).append(fact)
+    people = set(by_staff) | {staff_map.u2s[u] for u in resources if u in staff_map.u2s}
+    out = []
+    for staff in sorted(people):
+        user = staff_map.s2u.get(staff)
+        cd = cd_presence(resources.get(user)) if user is not None else None
+        if user is None or cd is None:  # unmapped (pending) or a state we do not know
+            continue
+        sm8 = sm8_presence(by_staff.get(staff, []), now_ms)
+        if not in_step(sm8, cd):
+            reason = "job not linked yet" if not linked else "the two sides disagree"
+            out.append(Drift(job, staff, user, sm8.value, cd.value, reason))
+    return out
+
+
+def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]:
+    """Read both systems whole (not from the cursors) and list every pair whose two sides
+    disagree, linked or not yet linked. With ``repair``, record what was read and mark those
+    jobs dirty: the normal sync then decides each pair (snapshot, later change wins).
+
+    Costs one ServiceM8 call per 5,000 active allocations and one Coredination call per page
+    of jobs. An allocation the bridge holds as live that the active list lacks was deleted."""
+    staff_map = ctx.stores.staff.staff_map()
+    park = parker(ctx)
+    started, now_ms = ctx.clock(), ctx.now_ms()
+    fresh: dict[str, list[AllocationFacts]] = {}
+    for allocation in ctx.sm8.iter_allocations(where("active", "eq", 1), park):
+        fact = facts_of(ctx, allocation, staff_map)
+        fresh.setdefault(fact.job_uuid, []).append(fact)
+    cd_jobs = {
+        job.uuid.lower(): job for job in ctx.cd.iter_changed_jobs(0, on_invalid=park) if job.uuid
+    }
+    drifts: list[Drift] = []
+    dirty: set[str] = set()
+    for job in sorted(set(fresh) | set(ctx.stores.jobs.known())):
+        record = ctx.stores.jobs.load(job)
+        listed = {f.uuid for f in fresh.get(job, [])}
+        gone = [replace(a, active=False) for a in record.allocations.values()
+                if a.active and a.uuid not in listed]  # fmt: skip
+        facts = fresh.get(job, []) + gone
+        cd_job = cd_jobs.get(cd_job_uuid(ctx.ns, job))
+        resources = {r.user_id: r.state for r in cd_job.resources} if cd_job else {}
+        found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms)
+        if not found:
+            continue
+        drifts += found
+        if repair:
+            dirty |= ctx.stores.jobs.ingest_allocations(facts, read_started=started)
+            if record.cd is not None and record.cd.resources != resources:
+                dirty |= pull_job(ctx, job)
+            ctx.stores.jobs.mark_dirty([job])
+            dirty.add(job)
+    log.info("reconcile.done", drifts=len(drifts), repair=repair, jobs=len(dirty))
+    return drifts, dirty

@@ -1,0 +1,173 @@
+"""The job sync: bring one job's pairs in step, under the job's lease. Safe to run twice.
+
+Planned first, then applied (``mappings.plan``): the Coredination job's fields, then every pair's
+writes in order. If a write fails or the budget runs dry half-way, what was done is kept (the
+written allocations with their write markers, the view as far as it went, the snapshots of the
+pairs that finished), so the retry neither repeats a write nor mistakes the bridge's own write
+for a change.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from bridge.coredination.translate import view_of
+from bridge.errors import NotFound
+from bridge.log import get_logger
+from bridge.servicem8.translate import job_facts
+from bridge.store.codec import id_bytes
+from bridge.sync.context import Lease, Report, SyncContext
+from mappings.facts import AllocationFacts
+from mappings.plan import (
+    PairPlan,
+    ResourceOp,
+    later_expiry,
+    needs_link,
+    plan_job_fields,
+    plan_pairs,
+)
+from mappings.planners import Sm8Write, after_write
+from mappings.presence import in_step
+from mappings.state import CdView, JobRecord, PairSnapshot
+from mappings.transitions import SyncWrite
+
+log = get_logger(__name__)
+
+
+def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
+    """Bring one job's pairs in step, under the job's lock. Safe to run twice."""
+    jobs = ctx.stores.jobs
+    if id_bytes(sm8_job) is None:  # e.g. a mark left by a build that took any id
+        log.warning("sync.bad_job_id", sm8_job_uuid=sm8_job[:60])
+        jobs.clear_dirty(sm8_job, jobs.dirty_generation(sm8_job))
+        return Report(Counter({"skipped.bad_job_id": 1}))
+    with ctx.locked(sm8_job) as lease:
+        generation = jobs.dirty_generation(sm8_job)
+        report = _sync_locked(ctx, sm8_job, lease)
+        jobs.clear_dirty(sm8_job, generation)
+    ctx.stores.activity.count(report.counts)
+    return report
+
+
+def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
+    report = Report()
+    jobs, parked = ctx.stores.jobs, ctx.stores.parked
+    record = jobs.load(sm8_job)
+    now_ms = ctx.now_ms()
+    if record.details is None:
+        try:
+            details = job_facts(ctx.sm8.get_job(sm8_job))
+        except NotFound:
+            for staff in {a.staff_uuid for a in record.allocations.values() if a.staff_uuid}:
+                parked.set_pending(sm8_job, staff, "job not found in ServiceM8")
+            report.add("skipped.job_missing")
+            return report
+        jobs.save_details(details)
+        record.details = details
+    expiry = later_expiry(record, now_ms)
+    if expiry is not None:  # the reminder fires once: set it again for the next expiry
+        jobs.remind_expiry(record.uuid, expiry)
+    if not needs_link(record, now_ms):
+        report.add("skipped.nothing_to_link")
+        return report
+    upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
+    if upsert is not None:
+        lease.renew()
+        job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
+        report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
+        record.cd, record.fields_fp = view_of(job, upsert.uuid), upsert.digest
+        jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
+    _sync_pairs(ctx, record, lease, now_ms, report)
+    return report
+
+
+def _sync_pairs(
+    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
+) -> None:
+    assert record.cd is not None
+    staff_map = ctx.stores.staff.staff_map()
+    plan = plan_pairs(record, staff_map.s2u, staff_map.u2s,
+                      ns=ctx.ns, tz=ctx.tz, now_ms=now_ms, tie=ctx.options.tie)  # fmt: skip
+    parked = ctx.stores.parked
+    for user in plan.unmapped_users:
+        parked.set_pending(
+            record.uuid, f"u:{user}", "Coredination user has no ServiceM8 staff member"
+        )
+        report.add("pending.unmapped_user")
+    view = record.cd
+    snapshots: dict[str, PairSnapshot] = {}
+    written: list[AllocationFacts] = []
+    try:
+        for pair in plan.pairs:
+            _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
+            if pair.snapshot is not None:
+                snapshots[pair.staff] = pair.snapshot
+    finally:
+        # Keep what was done even when a write failed half-way. If our lease ran out meanwhile,
+        # another worker may have stored a newer view (a pull): keep only our write markers, and
+        # leave the view and snapshots to its sync.
+        owned = lease.owned()
+        ctx.stores.jobs.save_sync(SyncWrite(
+            record.uuid, written=written, at=ctx.clock(),
+            view=view if owned else None, pairs=snapshots if owned else {},
+        ))  # fmt: skip
+        if not owned:
+            log.warning("sync.lease_lost", sm8_job_uuid=record.uuid)
+    for snap in snapshots.values():
+        if not in_step(snap.sm8, snap.cd):
+            report.add("skipped.not_in_step")
+
+
+def _apply_pair(
+    ctx: SyncContext,
+    record: JobRecord,
+    view: CdView,
+    pair: PairPlan,
+    lease: Lease,
+    now_ms: int,
+    report: Report,
+    written: list[AllocationFacts],
+) -> None:
+    parked = ctx.stores.parked
+    if pair.park is not None:
+        if pair.park.reason is None:
+            parked.clear_pending(record.uuid, pair.park.who)
+        else:
+            parked.set_pending(record.uuid, pair.park.who, pair.park.reason)
+    if pair.skipped:
+        report.add(pair.skipped)
+    if pair.skipped == "skipped.unknown_resource_state":
+        log.warning("sync.unknown_resource_state", sm8_job_uuid=record.uuid,
+                    cd_user_id=pair.user, state=view.resources.get(pair.user or 0))  # fmt: skip
+    facts = {a.uuid: a for a in record.allocations.values() if a.staff_uuid == pair.staff}
+    for write in pair.writes:
+        lease.renew()
+        if isinstance(write, ResourceOp):
+            ctx.cd.resource_op(write.op, view.uuid, write.user,
+                               send_message=ctx.options.send_message)  # fmt: skip
+            if write.state_after is None:
+                view.resources.pop(write.user, None)
+            else:
+                view.resources[write.user] = write.state_after
+            view.changed_ms[write.user] = now_ms
+            report.add(f"coredination.{write.op}d" if write.op.endswith("e")
+                       else f"coredination.{write.op}ed")  # fmt: skip
+        else:
+            _apply_sm8(ctx, write, report)
+            facts[write.uuid] = after_write(facts.get(write.uuid), write, record.uuid, pair.staff)
+            written.append(facts[write.uuid])
+    if pair.direction in ("push", "pull"):
+        log.info(f"sync.{pair.direction}ed", sm8_job_uuid=record.uuid, cd_user_id=pair.user,
+                 target=pair.target.value if pair.target else None, reason=pair.reason)  # fmt: skip
+
+
+def _apply_sm8(ctx: SyncContext, write: Sm8Write, report: Report) -> None:
+    if write.kind == "create":
+        ctx.sm8.create_allocation(write.fields, uuid=write.uuid)
+        report.add("servicem8.created")
+    elif write.kind == "update":
+        ctx.sm8.update_allocation(write.uuid, write.fields)
+        report.add("servicem8.updated")
+    else:
+        ctx.sm8.delete_allocation(write.uuid)
+        report.add("servicem8.deleted")

@@ -1,0 +1,45 @@
+"""The facts the bridge keeps of ServiceM8 records: canonical values, not wire records.
+
+The translation from each API's wire models into these lives with that API's client
+(``bridge.servicem8.translate``); the rules read only these. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class AllocationFacts:
+    """What the bridge keeps of one ServiceM8 allocation (its canonical state)."""
+
+    uuid: str
+    job_uuid: str
+    staff_uuid: str | None
+    active: bool
+    date_ms: int | None  # allocation_date, UTC epoch ms (read in the account's timezone)
+    window: tuple[int, int] | None  # allocation window start/end, minutes from midnight
+    completed_ms: int | None
+    expires_ms: int | None
+    edited_ms: int | None  # edit_date; None when we wrote it and have not read it back
+    by_bridge: bool = False  # created by the bridge from a Coredination resource
+
+    def live(self, now_ms: int) -> bool:
+        return self.active and not (self.expires_ms is not None and self.expires_ms <= now_ms)
+
+    def same_state(self, other: AllocationFacts) -> bool:
+        """Equal apart from ``edited_ms``: a re-read of our own write is not a change."""
+        return asdict(self) | {"edited_ms": None} == asdict(other) | {"edited_ms": None}
+
+
+@dataclass(frozen=True)
+class JobFacts:
+    """What the bridge keeps of one ServiceM8 job."""
+
+    uuid: str
+    active: bool
+    number: str | None
+    description: str | None
+    address: str | None
+    lat: float | None
+    lng: float | None

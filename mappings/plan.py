@@ -1,0 +1,222 @@
+"""The job planner: what one sync of a job must write, computed as data before anything is sent
+(in the manner of vdirsyncer's actions). The sync use case (``bridge.sync.jobsync``) applies the
+plan in order and keeps what was done if a write fails half-way. Pure: no I/O.
+
+A job is planned in two steps, because the second reads what the first returns:
+
+1. ``plan_job_fields``: the Coredination job's fields (``PUT /job/{uuid5(ns, J)}``), unless the
+   body's fingerprint says Coredination already holds them;
+2. ``plan_pairs``: per (job, staff member) pair, the decision and the writes that carry it out,
+   against the Coredination view the first step left.
+
+Each pair's plan also says what its snapshot becomes once its writes are done, and what to park.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from typing import Literal
+from uuid import UUID
+
+from mappings.decision import Side, TieRule, decide
+from mappings.facts import AllocationFacts
+from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from mappings.jobfields import cd_job_body, fingerprint
+from mappings.planners import (
+    CdOp,
+    Sm8Write,
+    after_write,
+    cd_state_after,
+    pull_writes,
+    push_op,
+    redundant_writes,
+)
+from mappings.presence import Presence, cd_presence, sm8_presence
+from mappings.state import CdView, JobRecord, PairSnapshot
+
+
+@dataclass(frozen=True)
+class UpsertJob:
+    uuid: str
+    body: dict[str, object]
+    digest: str
+    creates: bool  # the bridge holds no Coredination view of this job yet
+
+
+@dataclass(frozen=True)
+class ResourceOp:
+    user: int
+    op: CdOp
+    state_after: str | None  # the user's resource state once done (None: removed)
+
+
+@dataclass(frozen=True)
+class Park:
+    who: str  # a staff uuid, or "u:{user id}"
+    reason: str | None  # None: no longer parked
+
+
+@dataclass
+class PairPlan:
+    """One pair: what to park, the writes in order, and the snapshot once they are done."""
+
+    staff: str
+    user: int | None
+    park: Park | None = None
+    writes: list[Sm8Write | ResourceOp] = field(default_factory=list)
+    snapshot: PairSnapshot | None = None
+    direction: Literal["push", "pull", "in_step", "none"] = "none"
+    reason: str = ""
+    target: Presence | None = None
+    skipped: str | None = None  # a report counter name when the pair is left alone
+
+
+@dataclass
+class PairsPlan:
+    pairs: list[PairPlan]
+    unmapped_users: list[int]  # present in Coredination, no ServiceM8 staff member
+
+
+def later_expiry(record: JobRecord, now_ms: int) -> int | None:
+    """The next expiry of a live allocation on the job (its reminder fires once)."""
+    later = [a.expires_ms for a in record.allocations.values()
+             if a.live(now_ms) and a.expires_ms is not None]  # fmt: skip
+    return min(later) if later else None
+
+
+def needs_link(record: JobRecord, now_ms: int) -> bool:
+    """A job the bridge has not linked is linked only once it has a live allocation."""
+    return record.cd is not None or any(a.live(now_ms) for a in record.allocations.values())
+
+
+def plan_job_fields(record: JobRecord, ns: UUID, tz: tzinfo, now_ms: int) -> UpsertJob | None:
+    assert record.details is not None
+    body = cd_job_body(record.details, record.allocations.values(), tz, now_ms)
+    digest = fingerprint(body)
+    if record.cd is not None and record.fields_fp == digest:
+        return None
+    return UpsertJob(cd_job_uuid(ns, record.uuid), body, digest, creates=record.cd is None)
+
+
+def plan_pairs(
+    record: JobRecord,
+    s2u: Mapping[str, int],
+    u2s: Mapping[int, str],
+    *,
+    ns: UUID,
+    tz: tzinfo,
+    now_ms: int,
+    tie: TieRule,
+) -> PairsPlan:
+    """Every pair of the job: each staff member with an allocation, a snapshot, or a mapped
+    user's resource on the Coredination job."""
+    assert record.cd is not None
+    view = record.cd
+    by_staff: dict[str, list[AllocationFacts]] = {}
+    for fact in record.allocations.values():
+        if fact.staff_uuid:
+            by_staff.setdefault(fact.staff_uuid, []).append(fact)
+    people = set(by_staff) | set(record.pairs)
+    unmapped = []
+    for user, state in view.resources.items():
+        if user in u2s:
+            people.add(u2s[user])
+        elif cd_presence(state) not in (None, Presence.ABSENT):
+            unmapped.append(user)
+    plans = [
+        plan_pair(record, staff, by_staff.get(staff, []), s2u.get(staff),
+                  ns=ns, tz=tz, now_ms=now_ms, tie=tie)
+        for staff in sorted(people)
+    ]  # fmt: skip
+    return PairsPlan(plans, unmapped)
+
+
+def plan_pair(
+    record: JobRecord,
+    staff: str,
+    pair: Sequence[AllocationFacts],
+    user: int | None,
+    *,
+    ns: UUID,
+    tz: tzinfo,
+    now_ms: int,
+    tie: TieRule,
+) -> PairPlan:
+    """Decide one (job, staff member) pair and list the writes that carry the decision out."""
+    assert record.cd is not None
+    view = record.cd
+    plan = PairPlan(staff, user)
+    facts = list(pair)
+    for write in redundant_writes(facts, now_ms):  # a double booking: drop our own copy
+        plan.writes.append(write)
+        facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
+                 for a in facts]  # fmt: skip
+    sm8 = Side(sm8_presence(facts, now_ms), max((a.edited_ms or 0 for a in facts), default=None))
+    if user is None:
+        reason = "staff member has no Coredination user"
+        plan.park = Park(staff, reason if sm8.presence != Presence.ABSENT else None)
+        plan.skipped = "pending.unmapped_staff" if plan.park.reason else None
+        return plan
+    state = view.resources.get(user)
+    presence = cd_presence(state)
+    if presence is None:
+        plan.park = Park(staff, f"Coredination resource state {str(state)[:30]!r} is unknown")
+        plan.skipped = "skipped.unknown_resource_state"
+        return plan
+    plan.park = Park(staff, None)
+    cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
+    decision = decide(record.pairs.get(staff), sm8, cd, tie)
+    plan.reason, plan.target = decision.reason, decision.target
+    if decision.action == "in_step":
+        plan.direction = "in_step"
+        plan.snapshot = PairSnapshot(sm8.presence, cd.presence)
+        return plan
+    assert decision.target is not None
+    if decision.action == "push":
+        plan.direction = "push"
+        dated = any(a.date_ms is not None for a in facts if a.live(now_ms))
+        op = push_op(decision.target, cd.presence, dated)
+        after = state
+        if op is not None:
+            after = cd_state_after(op)
+            plan.writes.append(ResourceOp(user, op, after))
+        plan.snapshot = PairSnapshot(sm8.presence, cd_presence(after) or Presence.ABSENT)
+        return plan
+    plan.direction = "pull"
+    writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms)
+    by_uuid = {a.uuid: a for a in facts}
+    for write in writes:
+        by_uuid[write.uuid] = after_write(by_uuid.get(write.uuid), write, record.uuid, staff)
+    plan.writes += writes
+    plan.snapshot = PairSnapshot(sm8_presence(by_uuid.values(), now_ms), cd.presence)
+    return plan
+
+
+def _pull(
+    job_uuid: str,
+    view: CdView,
+    staff: str,
+    user: int,
+    target: Presence,
+    pair: list[AllocationFacts],
+    ns: UUID,
+    tz: tzinfo,
+    now_ms: int,
+) -> list[Sm8Write]:
+    event_ms = view.changed_ms.get(user) or view.modified_ms or now_ms
+    start_ms = view.start_ms if view.start_ms is not None else event_ms
+    start = datetime.fromtimestamp(start_ms / 1000, tz)
+    if view.start_ms is None:  # an untimed job: the day the user was scheduled
+        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+    return pull_writes(
+        target,
+        pair,
+        job_uuid=job_uuid,
+        staff_uuid=staff,
+        derived_uuid=sm8_allocation_uuid(ns, view.uuid, user),
+        start=start,
+        finished_at=datetime.fromtimestamp(event_ms / 1000, tz),
+        now_ms=now_ms,
+    )

@@ -1,0 +1,77 @@
+"""Presence: how each side of a pair is reduced to one value the decision compares.
+
+The unit of sync is a *pair*: one ServiceM8 job J with one staff member S, against the Coredination
+job ``uuid5(ns, J)`` with the user U mapped to S. Both sides are reduced to a ``Presence``:
+
+==========  ======================================  =========================================
+Presence    ServiceM8 (allocations of S on J)       Coredination (U's resource on the job)
+==========  ======================================  =========================================
+ABSENT      none live (deleted, expired, or none)   none, UNASSIGNED, DECLINED, CANCELED,
+                                                    INACTIVE
+ASSIGNED    live, none has a date                   ASSIGNED
+SCHEDULED   live, one has a date                    SCHEDULED, ACCEPTED, IN_TRANSIT,
+                                                    ON_STATION, STARTED, PAUSED
+FINISHED    every live one has a completion time    FINISHED
+==========  ======================================  =========================================
+
+"Live" is active and not past ``expiry_timestamp``. Coredination has no operation that finishes a
+resource, so a FINISHED ServiceM8 pair is in step with a present Coredination resource.
+
+Pure: no I/O, and nothing here knows either API's wire format.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from enum import StrEnum
+
+from mappings.facts import AllocationFacts
+
+
+class Presence(StrEnum):
+    ABSENT = "absent"
+    ASSIGNED = "assigned"
+    SCHEDULED = "scheduled"
+    FINISHED = "finished"
+
+
+CD_PRESENCE: dict[str, Presence] = {
+    "UNASSIGNED": Presence.ABSENT,
+    "DECLINED": Presence.ABSENT,
+    "CANCELED": Presence.ABSENT,
+    "INACTIVE": Presence.ABSENT,
+    "ASSIGNED": Presence.ASSIGNED,
+    "SCHEDULED": Presence.SCHEDULED,
+    "ACCEPTED": Presence.SCHEDULED,
+    "IN_TRANSIT": Presence.SCHEDULED,
+    "ON_STATION": Presence.SCHEDULED,
+    "STARTED": Presence.SCHEDULED,
+    "PAUSED": Presence.SCHEDULED,
+    "FINISHED": Presence.FINISHED,
+}
+
+
+def cd_presence(resource_state: str | None) -> Presence | None:
+    """A Coredination resource state as a Presence; ``None`` for a state we do not know."""
+    if resource_state is None:
+        return Presence.ABSENT
+    return CD_PRESENCE.get(resource_state.upper())
+
+
+def sm8_presence(allocations: Iterable[AllocationFacts], now_ms: int) -> Presence:
+    live = [a for a in allocations if a.live(now_ms)]
+    if not live:
+        return Presence.ABSENT
+    if all(a.completed_ms is not None for a in live):
+        return Presence.FINISHED
+    if any(a.date_ms is not None for a in live):
+        return Presence.SCHEDULED
+    return Presence.ASSIGNED
+
+
+def in_step(sm8: Presence, cd: Presence) -> bool:
+    if sm8 == cd:
+        return True
+    # Coredination cannot finish a resource through its API: a finished allocation is in step
+    # with a user still present on the job.
+    return sm8 == Presence.FINISHED and cd in (Presence.SCHEDULED, Presence.ASSIGNED)

@@ -1,0 +1,89 @@
+"""The API budget belongs to the account the limit belongs to, not to one connection of ours:
+ServiceM8 limits "per add-on per account" (docs/servicem8-api.md#limits)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from bridge.errors import BudgetExhausted
+from bridge.runtime import build
+from bridge.simulators import ServiceM8Simulator
+from tests.conftest import SM8_KEY
+
+
+def connection(settings, redis_url, **changes):
+    changed = settings.model_copy(
+        update={
+            "bridge_connection_id": f"acct{uuid.uuid4().hex[:8]}",
+            "servicem8_rate_per_minute": 4,
+            "budget_max_sleep_seconds": 0.0,
+            **changes,
+        }
+    )
+    return build(changed, redis_url)
+
+
+@pytest.fixture
+def runtimes():
+    made = []
+    yield made
+    for rt in made:
+        rt.stores.wipe()
+        rt.close()
+
+
+def test_two_connections_on_one_servicem8_account_share_one_budget(
+    settings, redis_url, sm8_sim, runtimes
+):
+    first = connection(settings, redis_url)
+    second = connection(settings, redis_url)
+    runtimes += [first, second]
+    for _ in range(4):
+        first.sm8.list_staff()
+    assert first.budget.accounts("servicem8") == sm8_sim.vendor_uuid
+    with pytest.raises(BudgetExhausted, match="minute budget spent"):
+        second.sm8.list_staff()  # its vendor read tells the account, whose budget is spent
+    assert second.budget.accounts("servicem8") == sm8_sim.vendor_uuid
+    [minute, _] = second.budget.usage()["servicem8"]
+    assert minute.used == 4  # the other connection's calls, seen from this one
+    assert sm8_sim.count("GET", "staff.list") == 4  # nothing went past the shared limit
+
+
+def test_a_connection_on_another_account_has_a_budget_of_its_own(
+    settings, redis_url, sm8_sim, runtimes
+):
+    other_sim = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=8).start()
+    try:
+        first = connection(settings, redis_url)
+        other = connection(settings, redis_url, servicem8_base_url=other_sim.api_url())
+        runtimes += [first, other]
+        for _ in range(4):
+            first.sm8.list_staff()
+        other.sm8.list_staff()  # its own account: its own 180 a minute
+        assert other.budget.accounts("servicem8") == other_sim.vendor_uuid != sm8_sim.vendor_uuid
+    finally:
+        other_sim.stop()
+
+
+def test_the_account_comes_with_the_timezone_read_and_is_shown_without_a_call(
+    settings, redis_url, sm8_sim, runtimes
+):
+    from bridge.ops import status
+
+    rt = connection(settings, redis_url, servicem8_rate_per_minute=100)
+    runtimes.append(rt)
+    before = status(rt)["accounts"]["servicem8"]
+    assert before.startswith("key-") and settings.servicem8_api_key.get_secret_value() not in before
+    assert sm8_sim.count("GET", "vendor.list") == 0  # status made no call
+    rt.sm8.list_staff()
+    rt.sm8.list_staff()
+    assert sm8_sim.count("GET", "vendor.list") == 1  # timezone and account in one read
+    assert status(rt)["accounts"]["servicem8"] == sm8_sim.vendor_uuid
+    configured = rt.settings.model_copy(update={"servicem8_timezone": "Australia/Sydney"})
+    again = build(configured, redis_url)  # another process, the timezone configured
+    runtimes.append(again)
+    again.sm8.list_staff()
+    assert sm8_sim.count("GET", "vendor.list") == 1  # the account was known: no read at all
+    assert again.budget.accounts("servicem8") == sm8_sim.vendor_uuid
