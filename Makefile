@@ -24,7 +24,7 @@ lint: $(STAMP) ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP) ## mypy (strict on mappings/)
+typecheck: $(STAMP) ## mypy (strict on the pure parts: mappings/, wire models, translation, codec)
 	$(BIN)/mypy bridge mappings tasks bench
 
 test: lint typecheck ## the whole suite: lint, types, every test, the quick benchmark

@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from bridge.config import Settings
 from bridge.coredination.classify import classify_coredination
-from bridge.coredination.models import ALL_JOB_STATES_CSV, CdEvent, CdJob, CdUser
+from bridge.coredination.models import ALL_JOB_STATES_CSV, CdJob, CdUser
 from bridge.errors import InvalidRecord, invalid_record
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
 from mappings.stamps import to_epoch_ms
@@ -70,9 +70,6 @@ class CoredinationClient:
         )
         return cls(transport)
 
-    def version(self) -> dict[str, Any]:
-        return dict(self.transport.request("GET", "version", operation="version").json())
-
     # --- jobs --------------------------------------------------------------------------------
     def get_job(self, ref: str | int) -> CdJob:
         """A job by id or uuid, with its events."""
@@ -84,23 +81,6 @@ class CoredinationClient:
         """``PUT /job/{uuid}``: update, or create with this uuid. Safe to repeat."""
         response = self.transport.request("PUT", f"job/{uuid}", operation="job.put", json_body=body)
         return CdJob.model_validate(response.json())
-
-    def create_job(self, body: Mapping[str, Any]) -> CdJob:
-        response = self.transport.request("POST", "job", operation="job.create", json_body=body)
-        return CdJob.model_validate(response.json())
-
-    def delete_job(self, ref: str | int) -> None:
-        self.transport.request("DELETE", f"job/{ref}", operation="job.delete")
-
-    def job_events(self, ref: str | int) -> list[CdEvent]:
-        rows = self.transport.request("GET", f"job/{ref}/events", operation="job.events").json()
-        return [CdEvent.model_validate(row) for row in rows]
-
-    def list_jobs(
-        self, kind: str = "all", ref: str | int | None = None, **filters: Any
-    ) -> list[CdJob]:
-        """One page of a job list (see ``_job_rows`` for the filters)."""
-        return [_read_job(row, "job.list") for row in self._job_rows(kind, ref, **filters)]
 
     def _job_rows(
         self,
@@ -201,24 +181,6 @@ class CoredinationClient:
             raise ValueError(f"unknown resource operation {op!r}")
         query = _query({"userId": user_id}, ["sendMessage"] if send_message else [])
         self.transport.request("PUT", f"job/{job_ref}/{op}?{query}", operation=f"job.{op}")
-
-    def schedule(
-        self, job_ref: str | int, user_id: str | int, *, send_message: bool = False
-    ) -> None:
-        self.resource_op("schedule", job_ref, user_id, send_message=send_message)
-
-    def unschedule(
-        self, job_ref: str | int, user_id: str | int, *, send_message: bool = False
-    ) -> None:
-        self.resource_op("unschedule", job_ref, user_id, send_message=send_message)
-
-    def assign(self, job_ref: str | int, user_id: str | int, *, send_message: bool = False) -> None:
-        self.resource_op("assign", job_ref, user_id, send_message=send_message)
-
-    def unassign(
-        self, job_ref: str | int, user_id: str | int, *, send_message: bool = False
-    ) -> None:
-        self.resource_op("unassign", job_ref, user_id, send_message=send_message)
 
     # --- users (ASSUMPTION: GET /user with offset paging) ------------------------------------
     def list_users(self, *, page_size: int = DEFAULT_PAGE) -> list[CdUser]:

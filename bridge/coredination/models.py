@@ -55,51 +55,6 @@ RESOURCE_STATES = frozenset(
         "CANCELED",
     }
 )
-EVENT_TYPES = frozenset(
-    [
-        "CREATE",
-        "PUBLISH",
-        "UNPUBLISH",
-        "UPDATE",
-        "ASSIGN",
-        "UNASSIGN",
-        "SCHEDULE",
-        "UNSCHEDULE",
-        "RESOURCE_ACTION",
-        "NOTE",
-        "REPORT",
-        "REPORT_UPDATE",
-        "INVOICE",
-        "NOT_INVOICE",
-        "CLOSE",
-        "STATE_OVERRIDE",
-        "NOTIFY_REPORT",
-        "SIGN",
-        "WORKITEM_DONE",
-        "WORKITEM_NOTDONE",
-        "ACCEPT",
-        "DECLINE",
-        "SHARE",
-        "DELETE",
-        "ADD_RESOURCE",
-        "DELETE_RESOURCE",
-        "BROADCAST",
-        "SEND_SCHEDULE",
-        "CONFIRM_DISCREPANCY",
-        "SCHEDULE_VEHICLE",
-        "UNSCHEDULE_VEHICLE",
-        "ATTACH_FORM",
-        "DETACH_FORM",
-        "COMPLETE_FORM",
-        "ATTEST",
-        "ARRIVE",
-        "DEPART",
-        "UPDATE_ITEMS",
-        "UPDATE_DOCUMENTS",
-        "ASSIGN_ASSET",
-        "UNASSIGN_ASSET",
-    ]
-)
 # The default job list leaves these out; a poll for every change must ask for them explicitly
 # (docs/coredination-api.md#lists).
 ALL_JOB_STATES_CSV = ",".join(sorted(JOB_STATES))

@@ -58,6 +58,7 @@ _PRESENCE_CODE = {p: i for i, p in enumerate(PRESENCES)}
 
 # The stored order of each class's fields. Append only: a record names fields by position.
 LAYOUT: dict[type, tuple[str, ...]] = {
+    # "staff" is no field: the record's table of staff members, which the rest refer to by position
     JobRecord: ("details", "staff", "allocations", "written", "cd", "fields_fp", "pairs"),
     JobFacts: ("active", "number", "description", "address", "lat", "lng"),
     AllocationFacts: ("uuid", "staff_uuid", "active", "date_ms", "window", "completed_ms",
@@ -71,8 +72,6 @@ IMPLIED: dict[type, frozenset[str]] = {
     AllocationFacts: frozenset({"job_uuid"}),
     CdView: frozenset(),
 }
-# Positions in LAYOUT that are not dataclass fields but parts of the packing (the staff table).
-PACKING = frozenset({"staff"})
 
 
 class RecordError(ValueError):

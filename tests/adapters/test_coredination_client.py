@@ -24,8 +24,8 @@ def users(cd_sim):
     ]
 
 
-def test_version_needs_no_key(cd: CoredinationClient):
-    assert cd.version()["version"] == "1"
+def jobs(cd: CoredinationClient, *args, **filters):
+    return list(cd.iter_jobs(*args, **filters))
 
 
 def test_users(cd: CoredinationClient, users):
@@ -56,29 +56,21 @@ def test_upsert_is_idempotent_and_get_by_id_or_uuid(cd: CoredinationClient, cd_s
     assert [e.type for e in by_uuid.events] == ["CREATE", "UPDATE"]
 
 
-def test_create_and_delete(cd: CoredinationClient):
-    job = cd.create_job({"title": "Clean garage floor"})
-    assert job.id and job.uuid
-    cd.delete_job(job.uuid)
-    with pytest.raises(NotFound):
-        cd.get_job(job.id)
-
-
 def test_resource_operations_record_events(cd: CoredinationClient, users):
     uuid = str(uuidlib.uuid4())
     cd.upsert_job(uuid, job_body(title="t", description=None, start=T0, end=None))
     ava, ben = users
-    cd.schedule(uuid, ava["id"], send_message=True)
-    cd.assign(uuid, ben["uuid"])
+    cd.resource_op("schedule", uuid, ava["id"], send_message=True)
+    cd.resource_op("assign", uuid, ben["uuid"])
     job = cd.get_job(uuid)
     assert {r.user_id: r.state for r in job.resources} == {
         ava["id"]: "SCHEDULED",
         ben["id"]: "ASSIGNED",
     }
     assert job.state == "SCHEDULED"
-    cd.unschedule(uuid, ava["id"])
-    cd.unassign(uuid, ben["id"])
-    events = cd.job_events(uuid)
+    cd.resource_op("unschedule", uuid, ava["id"])
+    cd.resource_op("unassign", uuid, ben["id"])
+    events = cd.get_job(uuid).events or []
     assert [(e.type, e.to_user_id) for e in events if e.to_user_id] == [
         ("SCHEDULE", ava["id"]),
         ("ASSIGN", ben["id"]),
@@ -92,7 +84,7 @@ def test_resource_op_for_unknown_user_is_not_found(cd: CoredinationClient):
     uuid = str(uuidlib.uuid4())
     cd.upsert_job(uuid, {"title": "t"})
     with pytest.raises(NotFound):
-        cd.schedule(uuid, 99)
+        cd.resource_op("schedule", uuid, 99)
 
 
 def test_flags_are_sent_bare(cd: CoredinationClient, cd_sim, users):
@@ -104,10 +96,11 @@ def test_flags_are_sent_bare(cd: CoredinationClient, cd_sim, users):
         return original(method, url, **kw)
 
     cd.transport.session.request = spy
-    cd.schedule(cd.create_job({"title": "t"}).id, users[0]["id"], send_message=True)
-    cd.list_jobs(untimed=True, current=True)
+    job = cd.upsert_job(str(uuidlib.uuid4()), {"title": "t"})
+    cd.resource_op("schedule", job.id, users[0]["id"], send_message=True)
+    list(cd.iter_jobs(untimed=True, current=True))
     assert seen[1].endswith("&sendMessage")
-    assert seen[2].endswith("?untimed&current")
+    assert "?untimed&current" in seen[2] or seen[2].endswith("&untimed&current")
 
 
 def test_lists_default_filter_untimed_states_modified_and_paging(
@@ -118,13 +111,13 @@ def test_lists_default_filter_untimed_states_modified_and_paging(
     timed = cd.upsert_job(str(uuidlib.uuid4()), {"title": "timed", "startTime": int(future)})
     untimed = cd.upsert_job(str(uuidlib.uuid4()), {"title": "untimed"})
     past = cd.upsert_job(str(uuidlib.uuid4()), {"title": "past", "startTime": 1_000_000})
-    cd.schedule(past.id, users[0]["id"])
+    cd.resource_op("schedule", past.id, users[0]["id"])
     cd_sim.user_action(str(past.id), str(users[0]["id"]), "FINISHED")
 
-    assert [j.title for j in cd.list_jobs()] == ["timed"]  # upcoming, timed, not finished
-    assert {j.title for j in cd.list_jobs(untimed=True)} == {"timed", "untimed"}
-    assert cd.list_jobs("unassigned", untimed=True, from_=0)[0].title in {"timed", "untimed"}
-    assert [j.title for j in cd.list_jobs("user", users[0]["id"], from_=0, states="FINISHED")] == [
+    assert [j.title for j in jobs(cd)] == ["timed"]  # upcoming, timed, not finished
+    assert {j.title for j in jobs(cd, untimed=True)} == {"timed", "untimed"}
+    assert jobs(cd, "unassigned", untimed=True, from_=0)[0].title in {"timed", "untimed"}
+    assert [j.title for j in jobs(cd, "user", users[0]["id"], from_=0, states="FINISHED")] == [
         "past"
     ]
     everything = list(cd.iter_changed_jobs(0, page_size=2))
@@ -141,9 +134,9 @@ def test_lists_default_filter_untimed_states_modified_and_paging(
 
 def test_list_paths_need_the_right_ref(cd: CoredinationClient):
     with pytest.raises(ValueError):
-        cd.list_jobs("user")
+        jobs(cd, "user")
     with pytest.raises(ValueError):
-        cd.list_jobs("nope")
+        jobs(cd, "nope")
 
 
 def test_invalid_job_body_is_rejected(cd: CoredinationClient):
@@ -164,7 +157,7 @@ def test_webhook_subscription_and_delivery(cd: CoredinationClient, cd_sim, users
     assert [h["id"] for h in cd.list_webhooks()] == [hook["id"]]
     uuid = str(uuidlib.uuid4())
     cd.upsert_job(uuid, {"title": "t"})
-    cd.schedule(uuid, users[0]["id"])
+    cd.resource_op("schedule", uuid, users[0]["id"])
     body = json.loads(receiver.wait(1)[0]["body"])
     assert (body["type"], body["jobUuid"], body["event"]["toUserId"]) == (
         "SCHEDULE",
@@ -177,12 +170,13 @@ def test_webhook_subscription_and_delivery(cd: CoredinationClient, cd_sim, users
 
 
 def test_every_documented_list_path(cd: CoredinationClient, cd_sim, users):
-    tagged = cd.create_job({"title": "tagged", "customerId": 7, "projectId": 8, "orderId": 9,
-                            "assetId": 10, "startTime": 4_102_444_800_000})  # fmt: skip
-    cd.create_job({"title": "other", "startTime": 4_102_444_800_000})
+    tagged = cd.upsert_job(str(uuidlib.uuid4()), {"title": "tagged", "customerId": 7,
+                           "projectId": 8, "orderId": 9, "assetId": 10,
+                           "startTime": 4_102_444_800_000})  # fmt: skip
+    cd.upsert_job(str(uuidlib.uuid4()), {"title": "other", "startTime": 4_102_444_800_000})
     for kind, ref in (("customer", 7), ("project", 8), ("order", 9), ("asset", 10)):
-        assert [j.id for j in cd.list_jobs(kind, ref)] == [tagged.id], kind
-    assert {j.title for j in cd.list_jobs("all")} == {"tagged", "other"}
-    assert {j.title for j in cd.list_jobs("unassigned")} == {"tagged", "other"}
+        assert [j.id for j in jobs(cd, kind, ref)] == [tagged.id], kind
+    assert {j.title for j in jobs(cd, "all")} == {"tagged", "other"}
+    assert {j.title for j in jobs(cd, "unassigned")} == {"tagged", "other"}
     with pytest.raises(Rejected):  # /mine needs a user token; the bridge sends only an API key
-        cd.list_jobs("mine")
+        jobs(cd, "mine")

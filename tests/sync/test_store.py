@@ -1,11 +1,18 @@
-"""The link store's job records on real Redis: concurrent writers never undo each other, the
-dirty mark travels with the change, reverse links find the job, a damaged record does not block."""
+"""The link store's job records: concurrent writers never undo each other, the dirty mark travels
+with the change, reverse links find the job, a damaged record does not block.
+
+Each test runs on fakeredis (its Lua support runs the store's scripts, so these are fast unit
+tests of the store's logic) and on the real Redis; the concurrency tests on the real Redis only,
+where the interaction is the point."""
 
 from __future__ import annotations
 
 import json
 import threading
+import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, replace
+from typing import Any
 
 import msgpack
 import pytest
@@ -18,6 +25,28 @@ from mappings.state import CdView, JobRecord, PairSnapshot
 from mappings.transitions import Change, SyncWrite
 
 JOB = "f06d3fef-7019-46a0-8381-e88f38c0c8fd"
+
+
+@pytest.fixture(params=["fakeredis", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[Stores]:
+    """The stores of a fresh connection, on each backend."""
+    if request.param == "fakeredis":
+        import fakeredis
+
+        yield Stores.connect(fakeredis.FakeRedis(), "fake")
+        return
+    stores = Stores.connect(request.getfixturevalue("redis_client"), f"t{uuid.uuid4().hex[:10]}")
+    yield stores
+    stores.wipe()
+
+
+@pytest.fixture
+def real_store(redis_client: Any) -> Iterator[Stores]:
+    stores = Stores.connect(redis_client, f"t{uuid.uuid4().hex[:10]}")
+    yield stores
+    stores.wipe()
+
+
 STAFF = "35bf992d-c9e9-4616-a12e-7696a6cecc1b"
 
 
@@ -45,7 +74,9 @@ def test_a_record_changed_between_read_and_write_is_read_again(store: Stores) ->
     assert record.pairs == {STAFF: PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)}
 
 
-def test_parallel_writers_on_one_record_lose_nothing(store: Stores) -> None:
+def test_parallel_writers_on_one_record_lose_nothing(real_store: Stores) -> None:
+    store = real_store
+
     def ingest(n: int) -> None:
         for i in range(20):
             store.jobs.ingest_allocations([allocation(n * 20 + i)])
