@@ -93,7 +93,8 @@ def build(
     def day_tz() -> tzinfo:
         if settings.servicem8_day_reset_timezone:
             return ZoneInfo(settings.servicem8_day_reset_timezone)
-        return sm8_client.tz if sm8_client is not None else UTC
+        # Never a call from here: this runs while a 429 is being handled.
+        return sm8_client.known_tz if sm8_client is not None else UTC
 
     budget = Budget(
         store=stores.budget,
@@ -121,6 +122,8 @@ def build(
     )
     sm8_gate: CallGate = budget if servicem8_gate == "shared" else OpenGate()
     sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate, accounts=accounts)
+    legacy = [stores.keys.prefix]  # budgets were per connection before accounts
+    accounts.on_learn.append(lambda api, account: budget.adopt(api, account, legacy))
     options = SyncOptions(
         tie=settings.conflict_tie_winner,
         sm8_overlap=timedelta(seconds=settings.servicem8_poll_overlap_seconds),

@@ -65,6 +65,7 @@ class PairPlan:
     staff: str
     user: int | None
     park: Park | None = None
+    park_after: int = 0  # the pair is parked (or cleared) once this many writes are done
     writes: list[Sm8Write | ResourceOp] = field(default_factory=list)
     snapshot: PairSnapshot | None = None
     direction: Literal["push", "pull", "in_step", "none"] = "none"
@@ -153,6 +154,7 @@ def plan_pair(
         plan.writes.append(write)
         facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
                  for a in facts]  # fmt: skip
+    plan.park_after = len(plan.writes)
     sm8 = Side(sm8_presence(facts, now_ms), max((a.edited_ms or 0 for a in facts), default=None))
     if user is None:
         reason = "staff member has no Coredination user"

@@ -80,6 +80,8 @@ def status(
         out.print_json(json.dumps(data))
         return
     out.print(f"[bold]connection[/] {data['connection']}")
+    accounts = ", ".join(f"{api} {account}" for api, account in data["accounts"].items())
+    out.print(f"accounts (whose budgets it draws from): {accounts}", highlight=False)
     out.print(
         f"links {data['links']}   staff mapped {data['staff_mapped']}   dirty {data['dirty_jobs']}"
         f"   pending {data['pending']}   unreadable {data['invalid_records']}"

@@ -94,7 +94,7 @@ class Budget:
 
     # --- CallGate ----------------------------------------------------------------------------
     def before_call(self, api: Api) -> None:
-        pause = self.store.pause(api, self.accounts(api))
+        pause = self.pause(api)
         if pause is not None:
             raise BudgetExhausted(
                 f"{api} paused: {pause['reason']}",
@@ -134,9 +134,9 @@ class Budget:
                 "rate_limited",
             )
             log.warning("budget.paused", api=api, seconds=round(seconds, 1), window=outcome.window)
-        elif outcome.kind == "auth":
+        elif outcome.kind == "auth":  # the key's, not the account's (bridge.accounts)
             self.store.set_pause(
-                api, self.accounts(api), self.auth_pause_seconds, outcome.reason, "auth"
+                api, self.accounts.stand_in(api), self.auth_pause_seconds, outcome.reason, "auth"
             )
             log.error(
                 "budget.auth_paused",
@@ -147,8 +147,16 @@ class Budget:
 
     # --- reporting ---------------------------------------------------------------------------
     def pause(self, api: Api) -> dict[str, Any] | None:
-        """The API's pause, if any (makes no API call)."""
-        return self.store.pause(api, self.accounts.peek(api))
+        """The API's pause in force, if any: the account's (429) or the key's (bad credentials).
+        One Redis round trip; no API call."""
+        return self.store.first_pause(api, [self.accounts(api), self.accounts.stand_in(api)])
+
+    def adopt(self, api: Api, account: str, legacy: list[str]) -> None:
+        """The account is now known: merge what was counted for it under the stand-in and under
+        the connection's keys of the layout before accounts (``legacy``: their key prefix)."""
+        stand_in = self.accounts.stand_in(api)
+        windows = [(w.name, w.limit) for w in self.windows.get(api, [])]
+        self.store.merge_into(api, account, [stand_in], legacy, windows)
 
     def usage(self) -> dict[str, list[Usage]]:
         now = self.clock()

@@ -9,6 +9,7 @@ paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, o
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
@@ -20,13 +21,32 @@ import requests
 from pydantic import ValidationError
 
 from bridge.config import Settings
-from bridge.errors import Api, ConfigError, InvalidRecord, Unavailable, invalid_record
+from bridge.errors import (
+    Api,
+    ApiError,
+    ConfigError,
+    InvalidRecord,
+    Unavailable,
+    invalid_record,
+)
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
+from bridge.log import get_logger
 from bridge.servicem8.classify import classify_servicem8
-from bridge.servicem8.models import AllocationWindow, Job, JobAllocation, SM8Record, Staff, Vendor
+from bridge.servicem8.models import (
+    AllocationWindow,
+    Job,
+    JobActivity,
+    JobAllocation,
+    SM8Record,
+    Staff,
+    Vendor,
+)
 from mappings.stamps import format_sm8_stamp
 
+log = get_logger(__name__)
+
 R = TypeVar("R", bound=SM8Record)
+LEARN_RETRY_SECONDS = 60.0
 OnInvalid = Callable[[InvalidRecord], None]
 
 FILTER_OPS = frozenset({"eq", "ne", "gt", "lt"})
@@ -110,6 +130,8 @@ class ServiceM8Client:
         self.transport = transport
         self.accounts = accounts
         self._tz: tzinfo | None = _zone(timezone_name) if timezone_name else None
+        self._reading_vendor = False
+        self._learn_after = 0.0  # after a failed read of the account: when to try again
         origin = urlsplit(transport.base_url)
         self.webhook_url = f"{origin.scheme}://{origin.netloc}/webhook_subscriptions"
 
@@ -150,14 +172,38 @@ class ServiceM8Client:
     @property
     def tz(self) -> tzinfo:
         """The account's timezone, read once from ``/vendor.json`` unless configured. The same
-        read tells the account the budget belongs to: every call asks for the timezone, so no
-        call but that first read goes under the stand-in account."""
-        if self._tz is None or (self.accounts is not None and not self.accounts.known("servicem8")):
+        read tells which account the budget belongs to (``bridge.accounts``): every request asks
+        for the timezone first, so only that read goes under the stand-in account. With the
+        timezone configured, a failed read of the account does not fail the call: it goes under
+        the stand-in, and the read is tried again a minute later."""
+        if self._tz is None:
             self.vendor()
+        elif self._wants_account():
+            self._reading_vendor = True
+            try:
+                self.vendor()
+            except ApiError as exc:
+                self._learn_after = time.monotonic() + LEARN_RETRY_SECONDS
+                log.warning("servicem8.account_unknown", **exc.describe())
+            finally:
+                self._reading_vendor = False
         assert self._tz is not None
         return self._tz
 
-    # --- job allocations ---------------------------------------------------------------------
+    @property
+    def known_tz(self) -> tzinfo:
+        """The timezone as far as it is known, without a call (UTC until it is read)."""
+        return self._tz or UTC
+
+    def _wants_account(self) -> bool:
+        return (
+            self.accounts is not None
+            and not self._reading_vendor
+            and time.monotonic() >= self._learn_after
+            and not self.accounts.known("servicem8")
+        )
+
+    # --- bookings: job allocations (flexible) and job activities (fixed) ----------------------
     def iter_allocations(
         self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
     ) -> Iterator[JobAllocation]:
@@ -166,42 +212,42 @@ class ServiceM8Client:
         )
 
     def get_allocation(self, uuid: str) -> JobAllocation:
-        data = self._get(f"joballocation/{uuid}.json", operation="joballocation.get").json()
-        return _read(JobAllocation, data, self.tz, "joballocation.get")
+        return self._get_one("joballocation", JobAllocation, uuid)
 
     def create_allocation(self, fields: Mapping[str, Any], uuid: str | None = None) -> str:
         """Create an allocation; with ``uuid`` the call is safe to repeat. Returns the uuid."""
-        body = _wire_fields(fields, self.tz)
-        if uuid:
-            body["uuid"] = uuid
-        response = self.transport.request(
-            "POST",
-            "joballocation.json",
-            operation="joballocation.create",
-            json_body=body,
-            idempotent=bool(uuid),
-        )
-        return response.headers.get("x-record-uuid") or uuid or ""
+        return self._create("joballocation", fields, uuid)
 
     def update_allocation(self, uuid: str, fields: Mapping[str, Any]) -> None:
-        self.transport.request(
-            "POST",
-            f"joballocation/{uuid}.json",
-            operation="joballocation.update",
-            json_body=_wire_fields(fields, self.tz),
-            idempotent=True,
-        )
+        self._update("joballocation", uuid, fields)
 
     def delete_allocation(self, uuid: str) -> None:
         """Soft delete: the record stays readable with ``active=0``."""
-        self.transport.request(
-            "DELETE", f"joballocation/{uuid}.json", operation="joballocation.delete"
-        )
+        self._delete("joballocation", uuid)
+
+    def iter_activities(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[JobActivity]:
+        """Job activities: fixed bookings and time worked alike (the caller tells them apart)."""
+        return self._paged("jobactivity.json", JobActivity, flt, "jobactivity.list", on_invalid)
+
+    def get_activity(self, uuid: str) -> JobActivity:
+        return self._get_one("jobactivity", JobActivity, uuid)
+
+    def create_activity(self, fields: Mapping[str, Any], uuid: str | None = None) -> str:
+        """Create a job activity; with ``uuid`` the call is safe to repeat. Returns the uuid."""
+        return self._create("jobactivity", fields, uuid)
+
+    def update_activity(self, uuid: str, fields: Mapping[str, Any]) -> None:
+        self._update("jobactivity", uuid, fields)
+
+    def delete_activity(self, uuid: str) -> None:
+        """Soft delete: the record stays readable with ``active=0``."""
+        self._delete("jobactivity", uuid)
 
     # --- jobs, staff, windows ----------------------------------------------------------------
     def get_job(self, uuid: str) -> Job:
-        data = self._get(f"job/{uuid}.json", operation="job.get").json()
-        return _read(Job, data, self.tz, "job.get")
+        return self._get_one("job", Job, uuid)
 
     def iter_jobs(
         self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
@@ -237,6 +283,33 @@ class ServiceM8Client:
         self.transport.request("DELETE", self.webhook_url, operation="webhook.delete", form=match)
 
     # --- plumbing ----------------------------------------------------------------------------
+    def _get_one(self, obj: str, model: type[R], uuid: str) -> R:
+        tz = self.tz  # before the request: the timezone read also tells the budget's account
+        data = self._get(f"{obj}/{uuid}.json", operation=f"{obj}.get").json()
+        return _read(model, data, tz, f"{obj}.get")
+
+    def _create(self, obj: str, fields: Mapping[str, Any], uuid: str | None) -> str:
+        body = _wire_fields(fields, self.tz)
+        if uuid:
+            body["uuid"] = uuid
+        response = self.transport.request(
+            "POST", f"{obj}.json", operation=f"{obj}.create", json_body=body, idempotent=bool(uuid)
+        )
+        return response.headers.get("x-record-uuid") or uuid or ""
+
+    def _update(self, obj: str, uuid: str, fields: Mapping[str, Any]) -> None:
+        self.transport.request(
+            "POST",
+            f"{obj}/{uuid}.json",
+            operation=f"{obj}.update",
+            json_body=_wire_fields(fields, self.tz),
+            idempotent=True,
+        )
+
+    def _delete(self, obj: str, uuid: str) -> None:
+        self.tz  # noqa: B018 - the timezone read also tells the budget's account
+        self.transport.request("DELETE", f"{obj}/{uuid}.json", operation=f"{obj}.delete")
+
     def _get(
         self, path: str, *, operation: str, params: Mapping[str, Any] | None = None
     ) -> requests.Response:

@@ -110,6 +110,32 @@ class JobAllocation(SM8Record):
     sort_priority: OptStr = None
 
 
+class JobActivity(SM8Record):
+    """A job activity: a fixed booking of a staff member from ``start_date`` to ``end_date`` when
+    ``activity_was_scheduled`` is set; time actually worked when ``activity_was_recorded`` is;
+    ``activity_was_automated`` marks automated records (docs/servicem8-api.md#bookings)."""
+
+    uuid: Uuid
+    job_uuid: Uuid
+    staff_uuid: OptStr = None
+    start_date: Stamp = None
+    end_date: Stamp = None
+    activity_was_scheduled: Flag = False
+    activity_was_recorded: Flag = False
+    activity_was_automated: Flag = False
+    has_been_opened: Flag = False
+    has_been_opened_timestamp: Stamp = None
+
+    @property
+    def is_booking(self) -> bool:
+        """A fixed booking: scheduled in advance, neither time worked nor automated."""
+        return (
+            self.activity_was_scheduled
+            and not self.activity_was_recorded
+            and not self.activity_was_automated
+        )
+
+
 class Job(SM8Record):
     uuid: Uuid
     status: OptStr = None
@@ -161,6 +187,7 @@ _STAMP_FIELDS: dict[str, tuple[str, ...]] = {
         "read_timestamp",
         "completion_timestamp",
     ),
+    "JobActivity": ("edit_date", "start_date", "end_date", "has_been_opened_timestamp"),
     "Job": ("edit_date", "date"),
     "Staff": ("edit_date",),
     "AllocationWindow": ("edit_date",),
@@ -189,6 +216,7 @@ __all__ = [
     "ALLOCATION_WRITABLE",
     "AllocationWindow",
     "Job",
+    "JobActivity",
     "JobAllocation",
     "SM8Record",
     "Staff",

@@ -1,10 +1,11 @@
 """A stateful ServiceM8 REST API on loopback (docs/servicem8-api.md#records).
 
-Serves ``/api_1.0/{object}.json`` and ``/api_1.0/{object}/{uuid}.json`` for joballocation, job,
-staff, allocationwindow and vendor; ``$filter`` (``eq ne gt lt`` joined by ``and``, at most 10);
-``cursor=-1`` / ``x-next-cursor`` paging; ``x-record-uuid`` on create; soft delete; ``edit_date`` in
-the account's timezone bumped on every write; 429 as text or JSON per minute or per day; and object
-webhooks at ``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake.
+Serves ``/api_1.0/{object}.json`` and ``/api_1.0/{object}/{uuid}.json`` for joballocation (flexible
+bookings), jobactivity (fixed bookings, and time worked), job, staff, allocationwindow and vendor;
+``$filter`` (``eq ne gt lt`` joined by ``and``, at most 10); ``cursor=-1`` / ``x-next-cursor``
+paging; ``x-record-uuid`` on create; soft delete; ``edit_date`` in the account's timezone bumped on
+every write; 429 as text or JSON per minute or per day; and object webhooks at
+``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake.
 """
 
 from __future__ import annotations
@@ -95,6 +96,27 @@ OBJECTS: dict[str, dict[str, set[str]]] = {
         },
         "stamps": set(),
     },
+    # A fixed booking (``activity_was_scheduled`` 1) or time worked (``activity_was_recorded`` 1):
+    # the JobActivity schema of the official spec (docs/servicem8-api.md#bookings).
+    "jobactivity": {
+        "fields": {
+            "job_uuid",
+            "staff_uuid",
+            "start_date",
+            "end_date",
+            "activity_was_scheduled",
+            "activity_was_recorded",
+            "activity_was_automated",
+            "has_been_opened",
+            "has_been_opened_timestamp",
+            "travel_time_in_seconds",
+            "travel_distance_in_meters",
+            "allocated_by_staff_uuid",
+            "allocated_timestamp",
+            "material_uuid",
+        },
+        "stamps": {"start_date", "end_date", "has_been_opened_timestamp", "allocated_timestamp"},
+    },
     "allocationwindow": {
         "fields": {"name", "start_time", "end_time", "sort_priority"},
         "stamps": set(),
@@ -114,7 +136,14 @@ UUID_FIELDS = {
     "completion_actioned_by_uuid",
     "security_role_uuid",
     "labour_material_uuid",
+    "material_uuid",
 }
+FLAGS = {"activity_was_scheduled", "activity_was_recorded", "activity_was_automated",
+         "has_been_opened"}  # fmt: skip
+# Opening a booking on the phone: the fields it sets, and the fields whose change resets them.
+OPENED = {"jobactivity": ("has_been_opened", "has_been_opened_timestamp"),
+          "joballocation": (None, "read_timestamp")}  # fmt: skip
+RESETS_OPENED = {"staff_uuid", "start_date"}
 JOB_STATUSES = {"Quote", "Work Order", "Unsuccessful", "Completed"}
 READ_ONLY_OBJECTS = {"vendor"}
 MAX_FILTER_CONDITIONS = 10
@@ -194,7 +223,8 @@ class ServiceM8Simulator(SimServer):
         self._seq = 0
         self.subscriptions: list[dict[str, str]] = []
         self.event_subscriptions: list[dict[str, str]] = []
-        self.vendor_uuid = str(uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
+        # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
+        self.vendor_uuid = str(uuidlib.uuid4())
         self.tz = ZoneInfo(timezone_name)
         self._put(
             "vendor",
@@ -267,6 +297,10 @@ class ServiceM8Simulator(SimServer):
                     )
                 if len(value) == 10:
                     value += " 00:00:00"
+            elif key in FLAGS:
+                if str(value) not in {"0", "1", ""}:
+                    raise SimError(400, f"Invalid value for {key}: expected 0 or 1")
+                value = str(value or "0")
             elif (
                 key in UUID_FIELDS
                 and value not in ("", None)
@@ -280,8 +314,11 @@ class ServiceM8Simulator(SimServer):
                 raise SimError(400, "status is required")
             if status is not None and status not in JOB_STATUSES:
                 raise SimError(400, f"Invalid status {status!r}")
-        if obj == "joballocation" and creating and not clean.get("job_uuid"):
+        if obj in ("joballocation", "jobactivity") and creating and not clean.get("job_uuid"):
             raise SimError(400, "job_uuid is required")
+        both = clean.get("activity_was_scheduled") == "1" == clean.get("activity_was_recorded")
+        if obj == "jobactivity" and both:
+            raise SimError(400, "An activity cannot be both scheduled and recorded")
         if obj == "staff" and creating:
             for required in ("first", "last", "email"):
                 if not clean.get(required):
@@ -294,6 +331,8 @@ class ServiceM8Simulator(SimServer):
             record[key] = EMPTY_STAMP if key in OBJECTS[obj]["stamps"] else ""
         if obj == "job":
             record["generated_job_id"] = str(1000 + len(self.records["job"]) + 1)
+        for flag in FLAGS & OBJECTS[obj]["fields"]:
+            record[flag] = "0"
         return record
 
     def create(self, obj: str, data: dict[str, Any]) -> str:
@@ -332,7 +371,28 @@ class ServiceM8Simulator(SimServer):
             raise SimError(404, "Resource not found")
         self._write(obj, {**existing, "active": 0}, existing)
 
+    def open_booking(self, obj: str, uuid: str) -> None:
+        """The booked person opens the booking on their phone: ServiceM8 records that it was
+        opened, which edits the record and moves its ``edit_date`` (docs/servicem8-api.md#bookings),
+        though nothing a sync reads has changed."""
+        with self.lock:
+            existing = self.records[obj].get(uuid.lower())
+            if existing is None:
+                raise SimError(404, "Resource not found")
+            flag, stamp = OPENED[obj]
+            record = {**existing, stamp: self.stamp()}
+            if flag is not None:
+                record[flag] = "1"
+            self._write(obj, record, existing)
+
     def _write(self, obj: str, record: dict[str, Any], before: dict[str, Any]) -> None:
+        if (
+            obj == "jobactivity"
+            and before
+            and any(record.get(k) != before.get(k) for k in RESETS_OPENED)
+        ):  # another person or another start: nobody has opened this booking yet
+            record["has_been_opened"] = "0"
+            record["has_been_opened_timestamp"] = EMPTY_STAMP
         record["edit_date"] = self.stamp()
         self._put(obj, record)
         changed = sorted(k for k, v in record.items() if before.get(k) != v and k != "edit_date")

@@ -76,11 +76,7 @@ class Stores:
         """Delete every key of this connection and of the API accounts it resolved (tests and
         benchmarks)."""
         patterns = [self.keys.prefix + "*"]
-        patterns += [
-            account_prefix(api, account) + "*"
-            for api in ("servicem8", "coredination")
-            if (account := self.activity.account(api))
-        ]
+        patterns += [account_prefix(api, a) + "*" for api, a in self.activity.accounts()]
         keys = [k for p in patterns for k in self.redis.scan_iter(match=p, count=1000)]
         for i in range(0, len(keys), 500):
             self.redis.delete(*keys[i : i + 500])

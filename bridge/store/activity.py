@@ -46,6 +46,16 @@ class ActivityStore:
     def set_account(self, api: str, account: str) -> None:
         self.r.hset(self.keys.account, api, account)
 
+    def note_stand_ins(self, stand_ins: Mapping[str, str]) -> None:
+        self.r.hset(
+            self.keys.account, mapping={f"{api}~stand-in": a for api, a in stand_ins.items()}
+        )
+
+    def accounts(self) -> list[tuple[str, str]]:
+        """(api, account) for every account this connection drew a budget from."""
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.account)
+        return [(k.decode().split("~")[0], v.decode()) for k, v in raw.items()]
+
     # --- webhook deliveries ----------------------------------------------------------------------
     def first_delivery(self, delivery: str, ttl: int) -> bool:
         """True the first time a webhook delivery is seen within ``ttl`` seconds."""

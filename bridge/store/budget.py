@@ -65,11 +65,34 @@ class Slot:
     window: str | None  # the window that made it wait
 
 
+# Merge budget lists: KEYS[1] the target, the rest sources; ARGV[1] how many entries to keep.
+# The union, newest first, without repeats, trimmed; the target keeps the longest expiry.
+_MERGE = """
+local all, ttl = {}, redis.call('PTTL', KEYS[1])
+for _, key in ipairs(KEYS) do
+  for _, t in ipairs(redis.call('LRANGE', key, 0, -1)) do table.insert(all, t) end
+  local left = redis.call('PTTL', key)
+  if left > ttl then ttl = left end
+end
+if #all == 0 then return 0 end
+table.sort(all, function(a, b) return tonumber(a) > tonumber(b) end)
+redis.call('DEL', KEYS[1])
+local kept, last = 0, nil
+for _, t in ipairs(all) do  -- the same call seen twice (merged before) counts once
+  if kept >= tonumber(ARGV[1]) then break end
+  if t ~= last then redis.call('RPUSH', KEYS[1], t); kept = kept + 1; last = t end
+end
+if ttl > 0 then redis.call('PEXPIRE', KEYS[1], ttl) end
+return #all
+"""
+
+
 class BudgetStore:
     def __init__(self, redis: Any) -> None:
         self.r = redis
         # EVALSHA after the first call: the budget script runs before every API call.
         self._take_slot = redis.register_script(_TAKE_SLOT)
+        self._merge = redis.register_script(_MERGE)
 
     def take_slot(
         self, api: str, account: str, windows: Sequence[SlotWindow], now: float, max_wait: float
@@ -101,6 +124,33 @@ class BudgetStore:
     def pause(self, api: str, account: str) -> dict[str, Any] | None:
         raw = self.r.get(pause_key(api, account))
         return json.loads(raw) if raw else None
+
+    def first_pause(self, api: str, accounts: Sequence[str]) -> dict[str, Any] | None:
+        """The first pause in force among ``accounts``, in one round trip."""
+        raws = self.r.mget([pause_key(api, a) for a in accounts])
+        return next((json.loads(raw) for raw in raws if raw), None)
+
+    def merge_into(
+        self,
+        api: str,
+        account: str,
+        others: Sequence[str],
+        legacy: Sequence[str],
+        windows: Sequence[tuple[str, int]],
+    ) -> None:
+        """Count calls recorded under other accounts (``others``) and under legacy key prefixes
+        (``{prefix}budget:{api}:{window}``, ``{prefix}pause:{api}``) into ``account``'s budget,
+        and carry a legacy pause over. One atomic script per window."""
+        for name, keep in windows:
+            sources = [budget_key(api, a, name) for a in others]
+            sources += [f"{prefix}budget:{api}:{name}" for prefix in legacy]
+            self._merge(keys=[budget_key(api, account, name), *sources], args=[keep])
+        for prefix in legacy:
+            old = f"{prefix}pause:{api}"
+            ttl = int(self.r.pttl(old))
+            raw = self.r.get(old)
+            if raw and ttl > 0:
+                self.r.set(pause_key(api, account), raw, px=ttl, nx=True)
 
     def clear_pause(self, api: str, account: str) -> None:
         self.r.delete(pause_key(api, account))

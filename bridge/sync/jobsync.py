@@ -128,19 +128,10 @@ def _apply_pair(
     report: Report,
     written: list[AllocationFacts],
 ) -> None:
-    parked = ctx.stores.parked
-    if pair.park is not None:
-        if pair.park.reason is None:
-            parked.clear_pending(record.uuid, pair.park.who)
-        else:
-            parked.set_pending(record.uuid, pair.park.who, pair.park.reason)
-    if pair.skipped:
-        report.add(pair.skipped)
-    if pair.skipped == "skipped.unknown_resource_state":
-        log.warning("sync.unknown_resource_state", sm8_job_uuid=record.uuid,
-                    cd_user_id=pair.user, state=view.resources.get(pair.user or 0))  # fmt: skip
     facts = {a.uuid: a for a in record.allocations.values() if a.staff_uuid == pair.staff}
-    for write in pair.writes:
+    for done, write in enumerate(pair.writes):
+        if done == pair.park_after:
+            _park(ctx, record, view, pair, report)
         lease.renew()
         if isinstance(write, ResourceOp):
             ctx.cd.resource_op(write.op, view.uuid, write.user,
@@ -156,9 +147,28 @@ def _apply_pair(
             _apply_sm8(ctx, write, report)
             facts[write.uuid] = after_write(facts.get(write.uuid), write, record.uuid, pair.staff)
             written.append(facts[write.uuid])
+    if len(pair.writes) <= pair.park_after:
+        _park(ctx, record, view, pair, report)
     if pair.direction in ("push", "pull"):
         log.info(f"sync.{pair.direction}ed", sm8_job_uuid=record.uuid, cd_user_id=pair.user,
                  target=pair.target.value if pair.target else None, reason=pair.reason)  # fmt: skip
+
+
+def _park(
+    ctx: SyncContext, record: JobRecord, view: CdView, pair: PairPlan, report: Report
+) -> None:
+    """Park the pair, or clear its parking, as planned (after its double-booking writes)."""
+    parked = ctx.stores.parked
+    if pair.park is not None:
+        if pair.park.reason is None:
+            parked.clear_pending(record.uuid, pair.park.who)
+        else:
+            parked.set_pending(record.uuid, pair.park.who, pair.park.reason)
+    if pair.skipped:
+        report.add(pair.skipped)
+    if pair.skipped == "skipped.unknown_resource_state":
+        log.warning("sync.unknown_resource_state", sm8_job_uuid=record.uuid,
+                    cd_user_id=pair.user, state=view.resources.get(pair.user or 0))  # fmt: skip
 
 
 def _apply_sm8(ctx: SyncContext, write: Sm8Write, report: Report) -> None:

@@ -169,3 +169,53 @@ def test_object_webhook_subscription_handshake_delivery_and_delete(sm8, sm8_sim,
 def test_subscription_fails_when_the_callback_does_not_answer_the_challenge(sm8):
     with pytest.raises(Rejected):
         sm8.subscribe_object("job", ["job_description"], "http://127.0.0.1:9/nothing-here")
+
+
+def test_fixed_booking_lifecycle(sm8: ServiceM8Client, sm8_sim, seeded):
+    """Job activities: create with our own uuid, list by filter, update, soft delete."""
+    wanted = _u()
+    start, end = datetime(2026, 12, 1, 9, tzinfo=SYD), datetime(2026, 12, 1, 11, tzinfo=SYD)
+    got = sm8.create_activity(
+        {"job_uuid": seeded["job"], "staff_uuid": seeded["staff"], "start_date": start,
+         "end_date": end, "activity_was_scheduled": True},
+        uuid=wanted,
+    )  # fmt: skip
+    assert got == wanted
+    assert sm8_sim.records["jobactivity"][wanted]["start_date"] == "2026-12-01 09:00:00"
+    booking = sm8.get_activity(wanted)
+    assert (booking.start_date, booking.end_date, booking.is_booking) == (start, end, True)
+    listed = list(sm8.iter_activities(where("job_uuid", "eq", seeded["job"])))
+    assert [a.uuid for a in listed] == [wanted]
+    sm8.update_activity(wanted, {"start_date": start.replace(hour=13)})
+    assert sm8.get_activity(wanted).start_date == start.replace(hour=13)
+    sm8.delete_activity(wanted)
+    assert not sm8.get_activity(wanted).active
+
+
+def test_time_worked_is_an_activity_but_no_booking(sm8: ServiceM8Client, sm8_sim, seeded):
+    recorded = sm8.create_activity(
+        {"job_uuid": seeded["job"], "staff_uuid": seeded["staff"], "activity_was_recorded": 1,
+         "start_date": "2026-11-20 08:00:00", "end_date": "2026-11-20 09:30:00"}
+    )  # fmt: skip
+    assert not sm8.get_activity(recorded).is_booking
+    with pytest.raises(Rejected, match="both scheduled and recorded"):
+        sm8.create_activity(
+            {"job_uuid": seeded["job"], "activity_was_scheduled": 1, "activity_was_recorded": 1}
+        )
+
+
+def test_opening_a_booking_moves_edit_date_and_a_move_resets_it(sm8, sm8_sim, seeded):
+    uuid = sm8.create_activity(
+        {"job_uuid": seeded["job"], "staff_uuid": seeded["staff"], "activity_was_scheduled": 1,
+         "start_date": "2026-12-01 09:00:00", "end_date": "2026-12-01 11:00:00"}
+    )  # fmt: skip
+    before = sm8.get_activity(uuid)
+    sm8_sim.clock_offset += 60
+    sm8_sim.open_booking("jobactivity", uuid)
+    opened = sm8.get_activity(uuid)
+    assert opened.has_been_opened and opened.has_been_opened_timestamp is not None
+    assert opened.edit_date > before.edit_date  # an edit, though nothing a booking says changed
+    assert (opened.start_date, opened.staff_uuid) == (before.start_date, before.staff_uuid)
+    sm8.update_activity(uuid, {"start_date": "2026-12-01 13:00:00"})
+    moved = sm8.get_activity(uuid)
+    assert not moved.has_been_opened and moved.has_been_opened_timestamp is None
