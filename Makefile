@@ -1,43 +1,70 @@
-# The README's commands. Everything is installed into .venv from pyproject.toml.
+# The README's commands. Everything is installed into .venv from pyproject.toml: the demo and `run`
+# need only the bridge and its runtime dependencies; lint, types, tests and the benchmark add the
+# test extra. Each has its own stamp, so `make demo` never waits for the test toolchain.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
+TEST_STAMP    := $(VENV)/.test-stamp
 
-.PHONY: install demo run test lint typecheck unit bench bench-quick clean
+.PHONY: install demo run test tools lint typecheck unit bench bench-quick clean
 
-$(STAMP): pyproject.toml
+$(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): $(RUNTIME_STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP) ## create .venv and install the bridge with its test tools
+install: $(TEST_STAMP) ## create .venv and install the bridge with its test tools
 
-demo: $(STAMP) ## both simulators, the whole bridge, live changes and a summary (exit 0 = in step)
+demo: $(RUNTIME_STAMP) ## both simulators, the whole bridge, live changes and a summary (exit 0 = in step)
 	$(BIN)/bridge demo
 
-run: $(STAMP) ## the bridge for real: settings from the environment or .env
+run: $(RUNTIME_STAMP) ## the bridge for real: settings from the environment or .env
 	$(BIN)/bridge run
 
-lint: $(STAMP) ## ruff
+# promtool (from Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml.
+# Installed here when missing; without apt-get (or root) it says how, and the tests that need it
+# skip locally and fail in CI.
+tools: ## promtool for the alert-rule tests (apt-get install prometheus when missing)
+	@if command -v promtool >/dev/null 2>&1; then \
+		echo "promtool: $$(command -v promtool)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "promtool not found and apt-get is not available: install Prometheus's promtool" \
+			"(Debian/Ubuntu package 'prometheus', or a Prometheus release) to run the alert tests"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "promtool not found: run 'sudo apt-get update &&" \
+			"sudo apt-get install -y --no-install-recommends prometheus' to run the alert tests"; \
+	else \
+		echo "promtool not found: installing Debian's prometheus package"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			prometheus >/dev/null && \
+		echo "promtool: $$(command -v promtool)"; \
+	fi
+
+lint: $(TEST_STAMP) ## ruff
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-typecheck: $(STAMP) ## mypy (strict on the pure parts: mappings/, wire models, translation, codec)
+typecheck: $(TEST_STAMP) ## mypy (strict on the pure parts: mappings/, wire models, translation, codec)
 	$(BIN)/mypy bridge mappings tasks bench
 
-test: lint typecheck ## the whole suite: lint, types, every test, the quick benchmark
+test: tools lint typecheck ## the whole suite: promtool, lint, types, every test, the quick benchmark
 	$(BIN)/pytest
 	$(MAKE) bench-quick
 
-bench-quick: $(STAMP) ## every benchmark at small size; fails if a figure misses its target
+bench-quick: $(TEST_STAMP) ## every benchmark at small size; fails if a figure misses its target
 	$(BIN)/python -m bench --quick
 
-bench: $(STAMP) ## the full benchmark (several minutes): table, bench/out/figures.json, plots
+bench: $(TEST_STAMP) ## the full benchmark (several minutes): table, bench/out/figures.json, plots
 	$(BIN)/python -m bench
 
-unit: $(STAMP) ## the fast, pure tests only
+unit: $(TEST_STAMP) ## the fast, pure tests only
 	$(BIN)/pytest tests/unit
 
 clean:

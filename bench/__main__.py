@@ -1,8 +1,10 @@
 """``python -m bench [--quick] [--only NAME …]``: run the scenarios, print the table, write
-``figures.json`` and the plots, exit 1 if any figure misses its target."""
+``figures.json`` and the plots (skipped, with a notice, without matplotlib), exit 1 if any figure
+misses its target."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import tempfile
 import time
@@ -136,8 +138,13 @@ def main(
         "series": bench.result.series,
     }
     (out / "figures.json").write_text(json.dumps(data, indent=1))
-    for path in plots(bench.result, out):
-        console.print(f"wrote {path}")
+    console.print(f"wrote {out / 'figures.json'}")
+    if importlib.util.find_spec("matplotlib") is None:
+        notice = "plots skipped: matplotlib is not installed (pip install -e '.[test]')"
+        console.print(notice, markup=False)
+    else:
+        for path in plots(bench.result, out):
+            console.print(f"wrote {path}")
     missed = [f for f in bench.result.figures if f.ok is False]
     if missed:
         console.print(f"[red]{len(missed)} figure(s) missed their target[/]")

@@ -36,7 +36,8 @@ class AccountIds:
         self.stand_ins = stand_ins
         self.on_learn: list[Callable[[Api, str], None]] = []
         self._known: dict[Api, str] = {}
-        activity.note_stand_ins(stand_ins)  # so the connection's keys can be found (``wipe``)
+        # Written down so that every key of the connection can be found (``Stores.wipe``).
+        activity.note_stand_ins(stand_ins.items())
 
     def stand_in(self, api: Api) -> str:
         return self.stand_ins[api]

@@ -221,6 +221,13 @@ class StatusCollector:
         gauge("bridge_invalid_records", "Records an API returned that cannot be read, parked.",
               data["invalid_records"])  # fmt: skip
         gauge("bridge_dirty_jobs", "Jobs with changes not yet synced.", data["dirty_jobs"])
+        # The same heartbeats and lock /healthz reads (see health()).
+        activity, now = self.runtime.stores.activity, time.time()
+        alive = sum(1 for t in activity.live_workers().values() if now - t < ALIVE_SECONDS)
+        gauge("bridge_live_workers", f"Workers with a heartbeat in the last {ALIVE_SECONDS} s.",
+              alive)  # fmt: skip
+        gauge("bridge_beat_up", "1 while a beat holds the schedule lock (celery-redbeat), else 0.",
+              1.0 if activity.beat_alive() else 0.0)  # fmt: skip
         lag = GaugeMetricFamily(
             "bridge_cursor_lag_seconds",
             "Seconds since the last complete poll of each system (its cursor covers changes up "

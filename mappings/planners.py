@@ -99,6 +99,9 @@ def pull_writes(
             fields["completion_timestamp"] = finished_at or start
         known = {a.uuid for a in pair}
         kind: Literal["create", "update"] = "update" if derived_uuid in known else "create"
+        if kind == "update":  # our own old record, revived: it may still hold an old date
+            fields.setdefault("allocation_date", None)
+            fields.setdefault("completion_timestamp", None)
         return [Sm8Write(kind, derived_uuid, fields)]
     if target == Presence.SCHEDULED:
         if not any(a.date_ms is not None for a in live) and start is not None:
@@ -145,7 +148,9 @@ def after_write(
     changes: dict[str, Any] = {"edited_ms": None, "active": True}
     if "allocation_date" in write.fields:
         changes["date_ms"] = to_epoch_ms(write.fields["allocation_date"])
-        changes["window"] = None if write.fields["allocation_date"] is None else base.window
+        # The window stays with the allocation, dated or not, as ServiceM8 keeps it: a read-back
+        # of this write must compare equal (an undated allocation's window sets no time).
+        changes["window"] = base.window
     if "completion_timestamp" in write.fields:
         changes["completed_ms"] = to_epoch_ms(write.fields["completion_timestamp"])
     return replace(base, **changes)

@@ -3,7 +3,7 @@ budgets belong to, webhook deliveries seen, worker heartbeats and beat's lock.""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bridge.store.keys import Keys
@@ -46,10 +46,9 @@ class ActivityStore:
     def set_account(self, api: str, account: str) -> None:
         self.r.hset(self.keys.account, api, account)
 
-    def note_stand_ins(self, stand_ins: Mapping[str, str]) -> None:
-        self.r.hset(
-            self.keys.account, mapping={f"{api}~stand-in": a for api, a in stand_ins.items()}
-        )
+    def note_stand_ins(self, stand_ins: Iterable[tuple[str, str]]) -> None:
+        named = {f"{api}~stand-in": account for api, account in stand_ins}
+        self.r.hset(self.keys.account, mapping=named)
 
     def accounts(self) -> list[tuple[str, str]]:
         """(api, account) for every account this connection drew a budget from."""

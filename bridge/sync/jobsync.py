@@ -70,20 +70,34 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
     if not needs_link(record, now_ms):
         report.add("skipped.nothing_to_link")
         return report
-    upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
-    if upsert is not None:
-        lease.renew()
-        job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
-        report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
-        record.cd, record.fields_fp = view_of(job, upsert.uuid), upsert.digest
-        jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
-    _sync_pairs(ctx, record, lease, now_ms, report)
+    _upsert_fields(ctx, record, lease, now_ms, report)
+    written = _sync_pairs(ctx, record, lease, now_ms, report)
+    if written and lease.owned():
+        # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
+        # or dated by a pull): its fields follow in the same sync, not at some later change.
+        record.allocations.update({fact.uuid: fact for fact in written})
+        _upsert_fields(ctx, record, lease, now_ms, report)
     return report
+
+
+def _upsert_fields(
+    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
+) -> None:
+    """Write the Coredination job's fields unless it already holds them (the fingerprint)."""
+    upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
+    if upsert is None:
+        return
+    lease.renew()
+    job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
+    report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
+    record.cd, record.fields_fp = view_of(job, upsert.uuid), upsert.digest
+    ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
 
 
 def _sync_pairs(
     ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
-) -> None:
+) -> list[AllocationFacts]:
+    """Every pair's plan, applied in order; returns the allocations the bridge wrote."""
     assert record.cd is not None
     staff_map = ctx.stores.staff.staff_map()
     plan = plan_pairs(record, staff_map.s2u, staff_map.u2s,
@@ -116,6 +130,7 @@ def _sync_pairs(
     for snap in snapshots.values():
         if not in_step(snap.sm8, snap.cd):
             report.add("skipped.not_in_step")
+    return written
 
 
 def _apply_pair(

@@ -64,3 +64,77 @@ def test_every_bridge_command_in_compose_exists_with_its_options(compose):
         assert used <= known, f"{name}: unknown options {used - known}"
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert 'CMD ["bridge", "run"' in dockerfile
+
+
+# --- the monitoring profile -----------------------------------------------------------------------
+def _mounts(service: dict) -> dict[str, str]:
+    """Container path → host path of a service's bind mounts (short syntax)."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = volume.split(":")
+        mounts[target] = source
+    return mounts
+
+
+def test_prometheus_and_grafana_are_in_the_monitoring_profile_only(compose):
+    services = compose["services"]
+    for name in ("prometheus", "grafana"):
+        assert services[name]["profiles"] == ["monitoring"]
+        assert all(p.startswith("127.0.0.1:") for p in services[name]["ports"]), name
+    for volume in ("prometheus-data", "grafana-data"):
+        assert volume in compose["volumes"]
+
+
+def test_prometheus_loads_the_scrape_config_and_the_alert_rules_beside_it(compose):
+    prometheus = compose["services"]["prometheus"]
+    mounts = _mounts(prometheus)
+    config_path = mounts["/etc/prometheus/prometheus.yml"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    config = yaml.safe_load((ROOT / config_path).read_text())
+    for rules in config["rule_files"]:
+        # relative to the config file, both in the container and for promtool here
+        container = str(Path("/etc/prometheus") / rules)
+        assert (ROOT / mounts[container]).resolve() == (ROOT / config_path).parent / rules
+    targets = {
+        job["job_name"]: [t for c in job["static_configs"] for t in c["targets"]]
+        for job in config["scrape_configs"]
+    }
+    assert targets == {"bridge": ["web:8000"], "flower": ["flower:5555"]}
+    assert compose["services"]["web"]["command"][-2:] == ["--port", "8000"]
+    assert compose["services"]["flower"]["command"][-1] == "--port=5555"
+
+
+def test_grafana_provisions_the_dashboard_with_anonymous_access_off(compose):
+    grafana = compose["services"]["grafana"]
+    env = grafana["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-}"
+    assert "env_file" not in grafana, "Grafana must not receive the bridge's API keys"
+    mounts = _mounts(grafana)
+    provisioning = ROOT / mounts["/etc/grafana/provisioning"]
+    providers = yaml.safe_load((provisioning / "dashboards" / "bridge.yml").read_text())
+    folder = providers["providers"][0]["options"]["path"]
+    dashboard = ROOT / mounts[f"{folder}/bridge.json"]
+    assert json.loads(dashboard.read_text())["uid"] == "sm8-cd-bridge"
+    sources = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert [s["url"] for s in sources["datasources"]] == ["http://prometheus:9090"]
+
+
+@pytest.mark.parametrize(("password", "starts"), [("s3cret-admin", True), ("", False)])
+def test_grafana_refuses_to_start_without_an_admin_password(compose, password, starts):
+    """Compose resolves ``${VAR:?}`` for every service, even those of a profile not started, so
+    the password is required by the container's own start command: run it as Compose would (``$$``
+    is a literal ``$``), with Grafana's start script replaced by an echo."""
+    import subprocess
+
+    entrypoint = [
+        arg.replace("$$", "$").replace("exec /run.sh", "exec echo grafana-started")
+        for arg in compose["services"]["grafana"]["entrypoint"]
+    ]
+    env = {"PATH": "/usr/bin:/bin", "GF_SECURITY_ADMIN_PASSWORD": password}
+    done = subprocess.run(entrypoint, env=env, capture_output=True, text=True, check=False)
+    assert (done.returncode == 0) is starts
+    assert ("grafana-started" in done.stdout) is starts
+    if not starts:
+        assert "GRAFANA_ADMIN_PASSWORD" in done.stderr

@@ -338,3 +338,20 @@ def test_redundant_writes_drop_only_our_own_double_booking(pair, deleted):
     for w in writes:
         if w.kind == "update":  # the date it carries is ours, 2026-12-02 in the account's zone
             assert to_epoch_ms(w.fields["allocation_date"]) == ms(2026, 12, 2)
+
+
+@pytest.mark.parametrize("target", [A, S, F])
+def test_reviving_our_own_deleted_allocation_says_every_field_the_presence_reads(target):
+    """Found by the state machine: the bridge's allocation, dated once and then deleted in
+    ServiceM8, is revived when the dispatcher assigns the person again; the revival must clear
+    the old date, or ServiceM8 shows the person scheduled while Coredination says assigned."""
+    from mappings.planners import after_write
+
+    old = replace(facts(uuid=DERIVED, active=0, allocation_date="2026-11-23 00:00:00"),
+                  by_bridge=True)  # fmt: skip
+    start = datetime(2026, 12, 3, tzinfo=UTC)
+    writes = pull_writes(target, [old], job_uuid=JOB, staff_uuid=STAFF, derived_uuid=DERIVED,
+                         start=start, finished_at=start, now_ms=NOW)  # fmt: skip
+    assert [(w.kind, w.uuid) for w in writes] == [("update", DERIVED)]
+    revived = after_write(old, writes[0], JOB, STAFF)
+    assert sm8_presence([revived], NOW) == target
