@@ -209,9 +209,11 @@ def _pull(
 ) -> list[Sm8Write]:
     event_ms = view.changed_ms.get(user) or view.modified_ms or now_ms
     start_ms = view.start_ms if view.start_ms is not None else event_ms
-    start = datetime.fromtimestamp(start_ms / 1000, tz)
+    # ServiceM8 keeps whole seconds: a time written with milliseconds would read back as another
+    # time, and the bridge would take its own write for a change.
+    start = datetime.fromtimestamp(start_ms // 1000, tz)
     if view.start_ms is None:  # an untimed job: the day the user was scheduled
-        start = start.replace(hour=0, minute=0, second=0, microsecond=0)
+        start = start.replace(hour=0, minute=0, second=0)
     return pull_writes(
         target,
         pair,
@@ -219,6 +221,6 @@ def _pull(
         staff_uuid=staff,
         derived_uuid=sm8_allocation_uuid(ns, view.uuid, user),
         start=start,
-        finished_at=datetime.fromtimestamp(event_ms / 1000, tz),
+        finished_at=datetime.fromtimestamp(event_ms // 1000, tz),
         now_ms=now_ms,
     )

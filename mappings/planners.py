@@ -103,18 +103,20 @@ def pull_writes(
             fields.setdefault("allocation_date", None)
             fields.setdefault("completion_timestamp", None)
         return [Sm8Write(kind, derived_uuid, fields)]
+    # Finished visits are history: with a booking still open, only the open ones move.
+    current = [a for a in live if a.completed_ms is None] or live
     if target == Presence.SCHEDULED:
-        if not any(a.date_ms is not None for a in live) and start is not None:
-            writes.append(Sm8Write("update", live[0].uuid, {"allocation_date": start}))
+        if not any(a.date_ms is not None for a in current) and start is not None:
+            writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": start}))
         writes += [
             Sm8Write("update", a.uuid, {"completion_timestamp": None})
-            for a in live
+            for a in current
             if a.completed_ms is not None
         ]
     elif target == Presence.ASSIGNED:
         writes += [
             Sm8Write("update", a.uuid, {"allocation_date": None, "completion_timestamp": None})
-            for a in live
+            for a in current
             if a.date_ms is not None or a.completed_ms is not None
         ]
     elif target == Presence.FINISHED:

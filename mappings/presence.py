@@ -8,14 +8,15 @@ Presence    ServiceM8 (allocations of S on J)       Coredination (U's resource o
 ==========  ======================================  =========================================
 ABSENT      none live (deleted, expired, or none)   none, UNASSIGNED, DECLINED, CANCELED,
                                                     INACTIVE
-ASSIGNED    live, none has a date                   ASSIGNED
-SCHEDULED   live, one has a date                    SCHEDULED, ACCEPTED, IN_TRANSIT,
+ASSIGNED    open (live, not completed), none dated  ASSIGNED
+SCHEDULED   open, one has a date                    SCHEDULED, ACCEPTED, IN_TRANSIT,
                                                     ON_STATION, STARTED, PAUSED
-FINISHED    every live one has a completion time    FINISHED
+FINISHED    live, every one has a completion time   FINISHED
 ==========  ======================================  =========================================
 
-"Live" is active and not past ``expiry_timestamp``. Coredination has no operation that finishes a
-resource, so a FINISHED ServiceM8 pair is in step with a present Coredination resource.
+"Live" is active and not past ``expiry_timestamp``; "open" is live and not completed (a finished
+visit is history: next to an open booking it changes nothing). Coredination has no operation that
+finishes a resource, so a FINISHED ServiceM8 pair is in step with a present Coredination resource.
 
 Pure: no I/O, and nothing here knows either API's wire format.
 """
@@ -59,12 +60,14 @@ def cd_presence(resource_state: str | None) -> Presence | None:
 
 
 def sm8_presence(allocations: Iterable[AllocationFacts], now_ms: int) -> Presence:
+    """Finished visits are history: a person with an open booking is as that booking says."""
     live = [a for a in allocations if a.live(now_ms)]
     if not live:
         return Presence.ABSENT
-    if all(a.completed_ms is not None for a in live):
+    open_ = [a for a in live if a.completed_ms is None]
+    if not open_:
         return Presence.FINISHED
-    if any(a.date_ms is not None for a in live):
+    if any(a.date_ms is not None for a in open_):
         return Presence.SCHEDULED
     return Presence.ASSIGNED
 

@@ -53,6 +53,7 @@ def ingest_allocations(
 
     A record equal to what we hold (apart from ``edit_date``, which our own writes do not know)
     is an echo or a re-read of the overlap window: stored quietly, the job is not marked dirty.
+    A deleted record the bridge never saw is not kept at all (it would make the job known).
     A record the bridge wrote after ``read_started`` (the moment the read began) is older than
     our write and is ignored: a stale read must never undo our own write. An allocation once
     known as the bridge's stays the bridge's.
@@ -67,6 +68,8 @@ def ingest_allocations(
             del record.written[fact.uuid]  # a read begun after our write settles it
             wrote = True
         previous = record.allocations.get(fact.uuid)
+        if previous is None and not fact.active:
+            continue  # deleted before the bridge ever saw it (a poll's overlap): nothing to keep
         if previous is not None and previous.by_bridge and not fact.by_bridge:
             fact = replace(fact, by_bridge=True)
         if previous == fact:

@@ -207,9 +207,13 @@ class SyncMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.synced)
     @rule()
     def quiet_sync(self) -> None:
-        """Right after a sync, with no one acting, a cycle writes nothing: no echo."""
+        """Right after a sync, with no one acting, a cycle marks nothing and writes nothing: no
+        echo."""
         before = self.sm8.writes(), self.cd.writes(), self.sm8.calls.copy(), self.cd.calls.copy()
         self.clock.advance(1.0)
+        # Re-reading what the last sync wrote is no change: the polls mark no job to sync.
+        marked = self.engine.poll_servicem8() | self.engine.poll_coredination()
+        assert marked == set(), f"a quiet poll marked jobs to sync: {sorted(marked)}"
         report = self.engine.run_cycle(match_staff=False)
         sm8_calls, cd_calls = self.sm8.calls - before[2], self.cd.calls - before[3]
         assert (self.sm8.writes(), self.cd.writes()) == before[:2], (
@@ -218,6 +222,12 @@ class SyncMachine(RuleBasedStateMachine):
         )
         self.check_no_duplicate()
         self.check_in_step()
+        # And a sync is safe to run twice: every job synced again, with nothing new, writes
+        # nothing (no field re-sent, no pair decided again).
+        writes = self.sm8.writes(), self.cd.writes()
+        self.engine.ctx.stores.jobs.mark_dirty(self.jobs)
+        self.engine.run_cycle(match_staff=False)
+        assert (self.sm8.writes(), self.cd.writes()) == writes, "a repeated sync wrote again"
 
     # --- the invariants --------------------------------------------------------------------------
     def check_no_duplicate(self) -> None:

@@ -355,3 +355,15 @@ def test_reviving_our_own_deleted_allocation_says_every_field_the_presence_reads
     assert [(w.kind, w.uuid) for w in writes] == [("update", DERIVED)]
     revived = after_write(old, writes[0], JOB, STAFF)
     assert sm8_presence([revived], NOW) == target
+
+
+def test_a_finished_visit_is_history_next_to_an_open_booking():
+    """Found by the state machine: a dated, completed visit and a new undated booking are an
+    assigned person, not a scheduled one; pulling scheduled dates the open booking only."""
+    done = facts(allocation_date="2026-11-24 00:00:00", completion_timestamp="2026-11-24 10:00:00")
+    new = facts(uuid="bbbbbbbb-bbbb-4ccc-8ddd-eeeeeeeeeeee")
+    assert sm8_presence([done, new], NOW) == A
+    start = datetime(2026, 12, 3, tzinfo=UTC)
+    writes = pull_writes(S, [done, new], job_uuid=JOB, staff_uuid=STAFF, derived_uuid=DERIVED,
+                         start=start, finished_at=None, now_ms=NOW)  # fmt: skip
+    assert [(w.uuid, w.fields) for w in writes] == [(new.uuid, {"allocation_date": start})]
