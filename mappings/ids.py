@@ -1,4 +1,6 @@
-"""Deterministic identities (docs/operations.md#budget).
+"""Deterministic identities: the upsert (docs/coredination-api.md#jobs) and the client-supplied
+uuid on create (docs/servicem8-api.md#writes) make every write the bridge repeats land on the same
+record.
 
 The Coredination job for ServiceM8 job J is ``uuid5(ns, "job:" + J)``, so ``PUT /job/{uuid}`` is an
 idempotent upsert. An allocation the bridge creates in ServiceM8 for user U on Coredination job C is
