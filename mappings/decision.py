@@ -20,6 +20,9 @@ TieRule = Literal["servicem8", "coredination"]
 class Side:
     presence: Presence
     changed_ms: int | None = None
+    # ServiceM8's side only: in step with a person FINISHED in Coredination although its presence
+    # is not FINISHED (its live bookings are finished or fixed: ``presence.finish_in_step``).
+    finishable: bool = False
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ def decide(
     both changed              the later change; a tie goes to ``tie``
     ========================  ==============================================================
     """
-    if in_step(sm8.presence, cd.presence):
+    if in_step(sm8.presence, cd.presence) or (cd.presence == Presence.FINISHED and sm8.finishable):
         return IN_STEP
     if snapshot is None:
         # First sight: existence beats absence; two different presences go to the later change.

@@ -11,7 +11,10 @@ from dataclasses import asdict, dataclass
 
 @dataclass(frozen=True)
 class AllocationFacts:
-    """What the bridge keeps of one ServiceM8 allocation (its canonical state)."""
+    """What the bridge keeps of one ServiceM8 booking (its canonical state): a job allocation (a
+    flexible booking: a date at most, in a window) or, with ``fixed``, a job activity booked from
+    ``date_ms`` to ``end_ms`` exactly (docs/servicem8-api.md#bookings). A fixed booking has no
+    completion: time worked is another record, never a booking."""
 
     uuid: str
     job_uuid: str
@@ -23,6 +26,8 @@ class AllocationFacts:
     expires_ms: int | None
     edited_ms: int | None  # edit_date; None when we wrote it and have not read it back
     by_bridge: bool = False  # created by the bridge from a Coredination resource
+    fixed: bool = False  # a job activity (fixed booking) rather than a job allocation
+    end_ms: int | None = None  # a fixed booking's end
 
     def live(self, now_ms: int) -> bool:
         return self.active and not (self.expires_ms is not None and self.expires_ms <= now_ms)

@@ -28,10 +28,15 @@ class JobTime:
 
 
 def allocation_time(a: AllocationFacts, tz: tzinfo) -> JobTime:
-    """Date + window → a timed slot; a date at midnight alone → all day; a date with a time → that
-    start with no end; no date → untimed."""
+    """A fixed booking → its exact start and end. An allocation: date + window → a timed slot; a
+    date at midnight alone → all day; a date with a time → that start with no end; no date →
+    untimed."""
     if a.date_ms is None:
         return JobTime()
+    if a.fixed:  # a fixed booking: exactly its start and end
+        start = datetime.fromtimestamp(a.date_ms / 1000, tz)
+        end = datetime.fromtimestamp(a.end_ms / 1000, tz) if a.end_ms is not None else None
+        return JobTime(start, end if end is not None and end > start else None)
     local = datetime.fromtimestamp(a.date_ms / 1000, tz)
     midnight = datetime.combine(local.date(), time(0), tzinfo=tz)
     if a.window is not None:

@@ -33,7 +33,7 @@ from mappings.planners import (
     push_op,
     redundant_writes,
 )
-from mappings.presence import Presence, cd_presence, sm8_presence
+from mappings.presence import Presence, cd_presence, finish_in_step, sm8_presence
 from mappings.state import CdView, JobRecord, PairSnapshot
 
 
@@ -155,7 +155,11 @@ def plan_pair(
         facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
                  for a in facts]  # fmt: skip
     plan.park_after = len(plan.writes)
-    sm8 = Side(sm8_presence(facts, now_ms), max((a.edited_ms or 0 for a in facts), default=None))
+    sm8 = Side(
+        sm8_presence(facts, now_ms),
+        max((a.edited_ms or 0 for a in facts), default=None),
+        finishable=finish_in_step(facts, now_ms),
+    )
     if user is None:
         reason = "staff member has no Coredination user"
         plan.park = Park(staff, reason if sm8.presence != Presence.ABSENT else None)

@@ -103,10 +103,12 @@ def pull_writes(
             fields.setdefault("allocation_date", None)
             fields.setdefault("completion_timestamp", None)
         return [Sm8Write(kind, derived_uuid, fields)]
-    # Finished visits are history: with a booking still open, only the open ones move.
-    current = [a for a in live if a.completed_ms is None] or live
+    # Finished visits are history: with a booking still open, only the open ones move. Fixed
+    # bookings are not moved from here (their time is the office's, or the job's).
+    flexible = [a for a in live if not a.fixed]
+    current = [a for a in flexible if a.completed_ms is None] or flexible
     if target == Presence.SCHEDULED:
-        if not any(a.date_ms is not None for a in current) and start is not None:
+        if current and not any(a.date_ms is not None for a in current) and start is not None:
             writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": start}))
         writes += [
             Sm8Write("update", a.uuid, {"completion_timestamp": None})
@@ -121,9 +123,9 @@ def pull_writes(
         ]
     elif target == Presence.FINISHED:
         when = finished_at or (datetime.fromtimestamp(now_ms / 1000).astimezone())
-        writes += [
+        writes += [  # a fixed booking has no completion: it stays as it is
             Sm8Write("update", a.uuid, {"completion_timestamp": when})
-            for a in live
+            for a in flexible
             if a.completed_ms is None
         ]
     return writes

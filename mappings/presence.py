@@ -60,16 +60,32 @@ def cd_presence(resource_state: str | None) -> Presence | None:
 
 
 def sm8_presence(allocations: Iterable[AllocationFacts], now_ms: int) -> Presence:
-    """Finished visits are history: a person with an open booking is as that booking says."""
+    """Finished visits are history: a person with an open booking is as that booking says. A
+    fixed booking is always open and always timed: it schedules the person."""
     live = [a for a in allocations if a.live(now_ms)]
     if not live:
         return Presence.ABSENT
-    open_ = [a for a in live if a.completed_ms is None]
+    open_ = [a for a in live if a.fixed or a.completed_ms is None]
     if not open_:
         return Presence.FINISHED
-    if any(a.date_ms is not None for a in open_):
+    if any(a.fixed or a.date_ms is not None for a in open_):
         return Presence.SCHEDULED
     return Presence.ASSIGNED
+
+
+def finish_in_step(allocations: Iterable[AllocationFacts], now_ms: int) -> bool:
+    """Whether a person FINISHED in Coredination is in step with their bookings: every live one
+    finished, or fixed (ServiceM8 has no completion on a fixed booking; it stays as it is)."""
+    live = [a for a in allocations if a.live(now_ms)]
+    return bool(live) and all(a.fixed or a.completed_ms is not None for a in live)
+
+
+def pair_in_step(allocations: Iterable[AllocationFacts], cd: Presence, now_ms: int) -> bool:
+    """Both sides of a pair in step, read from the bookings themselves."""
+    bookings = list(allocations)
+    if cd == Presence.FINISHED and finish_in_step(bookings, now_ms):
+        return True
+    return in_step(sm8_presence(bookings, now_ms), cd)
 
 
 def in_step(sm8: Presence, cd: Presence) -> bool:

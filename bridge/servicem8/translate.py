@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bridge.servicem8.models import AllocationWindow, Job, JobAllocation
+from bridge.servicem8.models import AllocationWindow, Job, JobActivity, JobAllocation
 from mappings.facts import AllocationFacts, JobFacts
 from mappings.stamps import to_epoch_ms
 
@@ -24,6 +24,28 @@ def allocation_facts(
         expires_ms=to_epoch_ms(allocation.expiry_timestamp),
         edited_ms=to_epoch_ms(allocation.edit_date),
         by_bridge=by_bridge,
+    )
+
+
+def activity_facts(activity: JobActivity, *, by_bridge: bool = False) -> AllocationFacts:
+    """A job activity as a fixed booking. Time worked and automated records are no bookings:
+    they read as not live, so one that was a booking stops counting
+    (docs/servicem8-api.md#bookings).
+    ``edit_date`` is kept as for allocations; opening a booking on the phone moves it, which is
+    why a change's time is taken from the fields the rules read (``mappings.transitions``)."""
+    return AllocationFacts(
+        uuid=activity.uuid.lower(),
+        job_uuid=activity.job_uuid.lower(),
+        staff_uuid=activity.staff_uuid.lower() if activity.staff_uuid else None,
+        active=activity.active and activity.is_booking,
+        date_ms=to_epoch_ms(activity.start_date),
+        window=None,
+        completed_ms=None,
+        expires_ms=None,
+        edited_ms=to_epoch_ms(activity.edit_date),
+        by_bridge=by_bridge,
+        fixed=True,
+        end_ms=to_epoch_ms(activity.end_date),
     )
 
 

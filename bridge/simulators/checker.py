@@ -18,7 +18,7 @@ from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.servicem8 import ServiceM8Simulator
 from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
-from mappings.presence import Presence, cd_presence, in_step, sm8_presence
+from mappings.presence import Presence, cd_presence, pair_in_step, sm8_presence
 from mappings.stamps import StampError, parse_sm8_stamp, to_epoch_ms
 
 
@@ -116,7 +116,7 @@ def check(
             derived = sm8_allocation_uuid(ns, cd_job_uuid(ns, job), user)
             if len(open_) > 1 and any(a.uuid == derived for a in open_):
                 result.duplicates.append(f"{name}: {len(open_)} live allocations")
-            if in_step(s_presence, c_presence):
+            if pair_in_step(allocations, c_presence, now_ms):
                 key = s_presence.value
                 result.by_presence[key] = result.by_presence.get(key, 0) + 1
             elif c_presence == Presence.ABSENT:

@@ -16,7 +16,9 @@ written before a field was appended reads that field as the dataclass's default.
 
     details      None | [active, number, description, address, lat, lng]
     staff        [staff uuid, ...]: every staff member named below, once; referred to by position
-    allocations  [[uuid, staff, active, date, window, completed, expires, edited, by_bridge], ...]
+    allocations  [[uuid, staff, active, date, window, completed, expires, edited, by_bridge,
+                   fixed, end], ...] (the last two appended with fixed bookings: an older row
+                 reads them as False and None)
                  window: None | [start minute, end minute]
     written      {allocation uuid: when the bridge wrote it (epoch seconds)}
     cd           None | [id, uuid or None (= derived), {user: state}, {user: event time},
@@ -62,9 +64,11 @@ LAYOUT: dict[type, tuple[str, ...]] = {
     JobRecord: ("details", "staff", "allocations", "written", "cd", "fields_fp", "pairs"),
     JobFacts: ("active", "number", "description", "address", "lat", "lng"),
     AllocationFacts: ("uuid", "staff_uuid", "active", "date_ms", "window", "completed_ms",
-                      "expires_ms", "edited_ms", "by_bridge"),
+                      "expires_ms", "edited_ms", "by_bridge", "fixed", "end_ms"),
     CdView: ("id", "uuid", "resources", "changed_ms", "modified_ms", "start_ms"),
 }  # fmt: skip
+# How many fields each class had in its first layout: later ones may be left off (``row``).
+FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9}
 # Fields not stored because the record's key gives them (the job uuid).
 IMPLIED: dict[type, frozenset[str]] = {
     JobRecord: frozenset({"uuid"}),
@@ -139,8 +143,16 @@ class _Encoder:
         return self.staff.setdefault(staff_uuid, len(self.staff))
 
     def row(self, value: Any, packers: Packers) -> list[Any]:
-        fields = LAYOUT[type(value)]
-        return [packers.get(name, _same)(getattr(value, name)) for name in fields]
+        """The stored row; fields appended after a class's first layout are left off while they
+        hold their defaults, so such a record is stored exactly as before they were added."""
+        cls = type(value)
+        names = list(LAYOUT[cls])
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
+        while len(names) > FIRST_LENGTH.get(cls, len(names)) and (
+            getattr(value, names[-1]) == defaults.get(names[-1], dataclasses.MISSING)
+        ):
+            names.pop()
+        return [packers.get(name, _same)(getattr(value, name)) for name in names]
 
 
 def _same(value: Any) -> Any:
@@ -154,6 +166,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
     allocation: Packers = {
         "uuid": pack_id, "staff_uuid": enc.who, "window": lambda w: None if w is None else list(w),
         "date_ms": fold, "completed_ms": fold, "expires_ms": fold, "edited_ms": fold,
+        "end_ms": fold,
     }  # fmt: skip
     cd: Packers = {
         "uuid": lambda u: None if u == derived_cd_uuid else pack_id(u),
@@ -224,6 +237,7 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
         "staff_uuid": lambda who: None if who is None else staff[who],
         "window": lambda w: None if w is None else (w[0], w[1]),
         "date_ms": unfold, "completed_ms": unfold, "expires_ms": unfold, "edited_ms": unfold,
+        "end_ms": unfold,
     }  # fmt: skip
     for row in parts["allocations"]:
         fact = _build(AllocationFacts, row, {"job_uuid": job_uuid}, allocation)

@@ -14,7 +14,7 @@ from bridge.sync.ingest import facts_of, parker
 from bridge.sync.pull import pull_job
 from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid
-from mappings.presence import cd_presence, in_step, sm8_presence
+from mappings.presence import cd_presence, pair_in_step, sm8_presence
 
 log = get_logger(__name__)
 
@@ -48,8 +48,9 @@ def _drift(
         cd = cd_presence(resources.get(user)) if user is not None else None
         if user is None or cd is None:  # unmapped (pending) or a state we do not know
             continue
-        sm8 = sm8_presence(by_staff.get(staff, []), now_ms)
-        if not in_step(sm8, cd):
+        bookings = by_staff.get(staff, [])
+        sm8 = sm8_presence(bookings, now_ms)
+        if not pair_in_step(bookings, cd, now_ms):
             reason = "job not linked yet" if not linked else "the two sides disagree"
             out.append(Drift(job, staff, user, sm8.value, cd.value, reason))
     return out
