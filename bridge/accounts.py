@@ -63,5 +63,3 @@ class AccountIds:
     def __call__(self, api: Api) -> str:
         """The account whose budget a call of ``api`` takes from. Makes no API call."""
         return self._known[api] if self.known(api) else self.stand_ins[api]
-
-    peek = __call__

@@ -53,7 +53,7 @@ def status(rt: Runtime) -> dict[str, Any]:
         "deferred": stores.work.deferred_count(),
         "paused": pauses,
         "budget": budget,
-        "accounts": {api: rt.budget.accounts.peek(api) for api in SYSTEMS},
+        "accounts": {api: rt.budget.accounts(api) for api in SYSTEMS},
         "cursors": {shown: cursors.get(name) for shown, name in CURSORS.items()},
         "poll_age_seconds": {
             system: round(now - float(at), 1) if at else None

@@ -30,7 +30,7 @@ err = Console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fail(message: str, code: int) -> None:
+def fail(message: str, code: int) -> None:
     err.print(f"error: {message}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
@@ -41,9 +41,9 @@ def handles_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            fail(str(exc), 2)
         except BridgeError as exc:
-            _fail(str(exc), 1)
+            fail(str(exc), 1)
 
     return wrapper  # type: ignore[return-value]
 
@@ -58,14 +58,14 @@ def settings_and_logging() -> Settings:
 COMMAND_BUDGET_WAIT = 300.0
 
 
-def _runtime() -> Runtime:
-    """The bridge's wiring from the settings; use as ``with _runtime() as rt:``."""
+def command_runtime() -> Runtime:
+    """The bridge's wiring from the settings; use as ``with command_runtime() as rt:``."""
     from bridge.runtime import build
 
     return build(settings_and_logging(), budget_wait=COMMAND_BUDGET_WAIT)
 
 
-def _print_report(counts: dict[str, int]) -> None:
+def print_report(counts: dict[str, int]) -> None:
     from rich.table import Table
 
     table = Table(title="What this cycle did", show_lines=False)

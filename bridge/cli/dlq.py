@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
-if TYPE_CHECKING:
-    pass
-
-from bridge.cli.base import _fail, _runtime, app, handles_errors, out
+from bridge.cli.base import app, command_runtime, fail, handles_errors, out
 
 dlq_app = typer.Typer(help="Dead letters: operations given up on, with the reason.")
 app.add_typer(dlq_app, name="dlq")
@@ -30,7 +27,7 @@ def dlq_list(
 
     from rich.table import Table
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rows = _dlq_rows(rt, limit)
     if as_json:
         out.print_json(json.dumps(rows))
@@ -53,10 +50,10 @@ def dlq_show(
     """One dead letter in full."""
     import json
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         entry = rt.stores.work.get_dead_letter(entry_id)
     if entry is None:
-        _fail(f"no dead letter {entry_id}", 1)
+        fail(f"no dead letter {entry_id}", 1)
     if as_json:
         out.print_json(json.dumps({"id": entry_id, **(entry or {})}))
         return
@@ -72,9 +69,9 @@ def _selected(rt: Any, entry_ids: list[str], everything: bool) -> list[dict[str,
     found = [r for r in rows if r["id"] in wanted]
     missing = wanted - {r["id"] for r in found}
     if missing:
-        _fail(f"no dead letter {', '.join(sorted(missing))}", 1)
+        fail(f"no dead letter {', '.join(sorted(missing))}", 1)
     if not found:
-        _fail("name entry ids, or say --all", 2)
+        fail("name entry ids, or say --all", 2)
     return found
 
 
@@ -88,7 +85,7 @@ def dlq_replay(
     """Queue the operations again (for the workers) and remove them from the dead letters."""
     import json
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
         from bridge.queues import Enqueuer
 
@@ -115,7 +112,7 @@ def dlq_drop(
     """Remove dead letters without replaying them."""
     import json
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
         dropped = [row["id"] for row in rows if rt.stores.work.drop_dead_letter(row["id"])]
     if as_json:

@@ -5,16 +5,12 @@ from __future__ import annotations
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
+from bridge.cli.base import app, err, fail, handles_errors, out, settings_and_logging
 from bridge.log import configure_logging
-
-if TYPE_CHECKING:
-    pass
-
-from bridge.cli.base import _fail, app, err, handles_errors, out, settings_and_logging
 
 
 @app.command()
@@ -30,7 +26,7 @@ def web(
 
     settings = settings_and_logging()
     if settings.redis_url is None:
-        _fail("REDIS_URL is required for 'bridge web' ('bridge run' sets it for its parts)", 2)
+        fail("REDIS_URL is required for 'bridge web' ('bridge run' sets it for its parts)", 2)
     if settings.webhook_token is None:
         err.print("warning: WEBHOOK_TOKEN is not set; webhook endpoints answer 404", style="yellow")
     # access_log off: uvicorn's access log prints request paths, and paths carry the token.

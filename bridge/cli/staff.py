@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    pass
-
-from bridge.cli.base import _print_report, _runtime, app, handles_errors, out
+from bridge.cli.base import app, command_runtime, handles_errors, out, print_report
 
 staff_app = typer.Typer(help="The staff ⇄ user map (matched by e-mail, overridable by hand).")
 app.add_typer(staff_app, name="staff")
@@ -25,7 +22,7 @@ def staff_list(
 
     from rich.table import Table
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         staff = rt.stores.staff.directory("staff")
         users = rt.stores.staff.directory("users")
         mapping = rt.stores.staff.staff_map()
@@ -59,9 +56,9 @@ def staff_list(
 @handles_errors
 def staff_match() -> None:
     """Read both directories now and link staff to users by e-mail (case-insensitive)."""
-    with _runtime() as rt:
+    with command_runtime() as rt:
         report = rt.engine.match_staff()
-    _print_report(dict(report.counts))
+    print_report(dict(report.counts))
 
 
 @staff_app.command("link")
@@ -71,7 +68,7 @@ def staff_link(
     cd_user_id: Annotated[int, typer.Argument(help="Coredination user id.")],
 ) -> None:
     """Link a staff member to a user by hand; automatic matching will leave it alone."""
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rt.engine.link_staff(sm8_staff_uuid, cd_user_id)
     out.print(f"linked {sm8_staff_uuid} → {cd_user_id}; parked allocations will be retried")
 
@@ -82,6 +79,6 @@ def staff_unlink(
     sm8_staff_uuid: Annotated[str, typer.Argument(help="ServiceM8 staff uuid.")],
 ) -> None:
     """Remove a link by hand; the staff member's allocations are parked until linked again."""
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rt.engine.unlink_staff(sm8_staff_uuid)
     out.print(f"unlinked {sm8_staff_uuid}")

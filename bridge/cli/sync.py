@@ -4,25 +4,21 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from bridge.errors import ApiError, BridgeError
-
-if TYPE_CHECKING:
-    pass
-
 from bridge.cli.base import (
-    _fail,
-    _print_report,
-    _runtime,
     app,
+    command_runtime,
     err,
+    fail,
     handles_errors,
     out,
+    print_report,
     settings_and_logging,
 )
+from bridge.errors import ApiError, BridgeError
 
 
 @app.command()
@@ -38,7 +34,7 @@ def check() -> None:
     try:
         users = CoredinationClient.from_settings(settings).list_users()
     except ApiError as exc:
-        _fail(f"Coredination: {exc}", 1)
+        fail(f"Coredination: {exc}", 1)
     out.print(f"Coredination: {len(users)} users")
 
 
@@ -55,13 +51,13 @@ def sync(
     stays marked and is tried again next time).
     """
     if not once:
-        _fail("say --once (continuous syncing is 'bridge run')", 2)
-    with _runtime() as rt:
+        fail("say --once (continuous syncing is 'bridge run')", 2)
+    with command_runtime() as rt:
         report = rt.engine.run_cycle()
-    _print_report(dict(report.counts))
+    print_report(dict(report.counts))
     failed = sum(n for k, n in report.counts.items() if k.startswith("failed."))
     if failed:
-        _fail(f"{failed} job(s) failed; they stay queued for the next cycle", 1)
+        fail(f"{failed} job(s) failed; they stay queued for the next cycle", 1)
 
 
 @app.command()
@@ -74,7 +70,7 @@ def status(
 
     from bridge.ops import status as read_status
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         data = read_status(rt)
     if as_json:
         out.print_json(json.dumps(data))
@@ -118,7 +114,7 @@ def reconcile(
     import json
     from dataclasses import asdict
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         drifts, dirty = rt.engine.reconcile(repair=not dry_run)
         failed = []
         for job in sorted(dirty):
@@ -159,7 +155,7 @@ def backfill(
     from bridge.http.budget import priority
     from bridge.queues import Enqueuer
 
-    rt = _runtime()
+    rt = command_runtime()
     token = priority.set("bulk")
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

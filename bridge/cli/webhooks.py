@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-if TYPE_CHECKING:
-    pass
-
-from bridge.cli.base import _runtime, app, handles_errors, out
+from bridge.cli.base import app, command_runtime, handles_errors, out
 
 webhooks_app = typer.Typer(help="Webhook subscriptions in ServiceM8 and Coredination.")
 app.add_typer(webhooks_app, name="webhooks")
@@ -22,7 +19,7 @@ def webhooks_subscribe() -> None:
     checks it with a challenge). Safe to repeat."""
     from bridge.ops import subscribe_webhooks
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         done = subscribe_webhooks(rt)
     out.print("subscribed: " + ", ".join(done))
 
@@ -37,7 +34,7 @@ def webhooks_list(
 
     from bridge.ops import list_webhooks
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         rows = list_webhooks(rt)
     if as_json:
         out.print_json(json.dumps(rows))
@@ -52,6 +49,6 @@ def webhooks_unsubscribe() -> None:
     """Remove the subscriptions that point at this bridge."""
     from bridge.ops import unsubscribe_webhooks
 
-    with _runtime() as rt:
+    with command_runtime() as rt:
         done = unsubscribe_webhooks(rt)
     out.print("unsubscribed: " + (", ".join(done) or "nothing"))

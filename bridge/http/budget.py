@@ -165,7 +165,7 @@ class Budget:
             rows = []
             for w in windows:
                 window = SlotWindow(w.name, w.limit, w.limit, w.span)
-                used, frees_at = self.store.slots_used(api, self.accounts.peek(api), window, now)
+                used, frees_at = self.store.slots_used(api, self.accounts(api), window, now)
                 rows.append(Usage(w.name, w.limit, used, max(0.0, (frees_at or now) - now)))
             out[api] = rows
         return out
