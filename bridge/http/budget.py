@@ -3,8 +3,8 @@ Redis first (docs/operations.md#budget). Implements ``bridge.http.CallGate``.
 
 - Windows are *moving*: no span of the window's length ever holds more calls than the limit, not
   only each calendar minute (a fixed window would let 2 x 180 calls through across a minute
-  boundary). One Lua script (``Store.take_slot``) checks and records a call in every window of an
-  API at once, to the microsecond.
+  boundary). One Lua script (``BudgetStore.take_slot``) checks and records a call in every window
+  of an API at once, to the microsecond.
 - Each window is the API's window plus a margin (``BUDGET_MARGIN_SECONDS``): the slot is taken a
   moment before ServiceM8 counts the request, and a request that travels slower than the next one
   must not make two calls a window apart look closer than a window to ServiceM8.
