@@ -4,8 +4,9 @@ A small world (three jobs, three staff mapped by e-mail to three users) over in-
 both APIs and the real stores on fakeredis. People act at random: the office books, unbooks,
 dates and undates someone in ServiceM8; the dispatcher schedules, assigns and unschedules someone
 on a job the bridge has linked, and workers accept, start, decline or finish. The bridge syncs in
-between. After every sync nothing is booked twice by the bridge; after a quiet sync (a cycle with
-no human action since the last one) both sides agree pair by pair and nothing was written.
+between. After every sync nothing is booked twice by the bridge; in a quiet sync (a cycle with no
+human action since the last one) the polls mark no job, nothing is written, both sides agree pair
+by pair, and syncing every job once more writes nothing either.
 
 The judge has its own presence table below: it imports none of the rules it judges (presence,
 decision, planners) nor any sync helper, only the derived job id (``mappings.ids``) to find the
