@@ -2,7 +2,9 @@
 
 Separate worker, beat and web processes on a private Redis (append-only, so its restart loses
 nothing and nothing else is disturbed), both simulators, and a mixed stream of operations on both
-sides (create, reschedule, reassign, delete, schedule, unschedule, finish) while:
+sides (flexible bookings: create, reschedule, reassign, delete; fixed bookings on the board:
+create, move, delete, open on the phone; in Coredination: schedule, on timed jobs and untimed,
+unschedule, finish) while:
 
 - the simulators answer 5xx, hold responses past the client's timeout, reset connections and send
   bursts of 429;
@@ -119,7 +121,8 @@ class Chaos:
 
     def _run(self, stack: Stack) -> None:
         jobs = max(10, self.size // 10)
-        biz = seed_business(self.sm8, self.cd, staff=6, jobs=jobs, allocations=jobs, seed=3)
+        biz = seed_business(self.sm8, self.cd, staff=6, jobs=jobs, allocations=jobs,
+                            fixed=jobs // 2, seed=3)  # fmt: skip
         ns = connection_namespace(stack.connection)
         stack.env["WEBHOOK_PUBLIC_URL"] = stack.web()
         self._bridge(stack, "staff", "match")
@@ -220,7 +223,8 @@ class Chaos:
         start = time.monotonic()
         for i in range(self.size):
             time.sleep(max(0.0, start + i / RATE - time.monotonic()))
-            op = self.rng.choice(["create", "reschedule", "reassign", "delete", "schedule",
+            op = self.rng.choice(["create", "reschedule", "reassign", "delete", "fixed_create",
+                                  "fixed_move", "fixed_delete", "open", "schedule",
                                   "unschedule", "finish"])  # fmt: skip
             try:
                 done = getattr(self, f"_op_{op}")(biz, ns, users)
@@ -230,10 +234,56 @@ class Chaos:
             if done:
                 self.report.operations[op] += 1
 
-    def _live(self) -> list[dict[str, Any]]:
+    def _live(self, obj: str = "joballocation") -> list[dict[str, Any]]:
         with self.sm8.lock:
-            return [dict(a) for a in self.sm8.records["joballocation"].values()
+            return [dict(a) for a in self.sm8.records[obj].values()
                     if str(a["active"]) == "1"]  # fmt: skip
+
+    def _free(self, biz: Business, job: str) -> list[str]:
+        """Staff with no live booking of either kind on the job."""
+        live = self._live() + self._live("jobactivity")
+        taken = {a["staff_uuid"] for a in live if a["job_uuid"] == job}
+        return [s["uuid"] for s in biz.staff if s["uuid"] not in taken]
+
+    def _slot(self) -> dict[str, str]:
+        start = (datetime.now() + timedelta(days=self.rng.randint(1, 30))).replace(
+            hour=self.rng.randint(7, 16), minute=0, second=0, microsecond=0
+        )
+        end = start + timedelta(hours=self.rng.choice([1, 2, 3]))
+        return {"start_date": start.strftime("%Y-%m-%d %H:%M:%S"),
+                "end_date": end.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+
+    def _op_fixed_create(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        """A booking dragged onto a person's row of the dispatch board."""
+        job = self.rng.choice(biz.jobs)
+        free = self._free(biz, job)
+        if not free:
+            return False
+        self.sm8.create("jobactivity", {"job_uuid": job, "staff_uuid": self.rng.choice(free),
+                                        "activity_was_scheduled": 1, **self._slot()})  # fmt: skip
+        return True
+
+    def _op_fixed_move(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        live = self._live("jobactivity")
+        if not live:
+            return False
+        self.sm8.update("jobactivity", self.rng.choice(live)["uuid"], self._slot())
+        return True
+
+    def _op_fixed_delete(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        live = self._live("jobactivity")
+        if not live:
+            return False
+        self.sm8.delete("jobactivity", self.rng.choice(live)["uuid"])
+        return True
+
+    def _op_open(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        """The booked person opens a booking on the phone (edit_date moves, nothing else)."""
+        live = self._live("jobactivity")
+        if not live:
+            return False
+        self.sm8.open_booking("jobactivity", self.rng.choice(live)["uuid"])
+        return True
 
     def _day(self) -> str:
         day = datetime.now() + timedelta(days=self.rng.randint(1, 30))
@@ -241,8 +291,7 @@ class Chaos:
 
     def _op_create(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
         job = self.rng.choice(biz.jobs)
-        taken = {a["staff_uuid"] for a in self._live() if a["job_uuid"] == job}
-        free = [s["uuid"] for s in biz.staff if s["uuid"] not in taken]
+        free = self._free(biz, job)
         if not free:
             return False
         self.sm8.create("joballocation", {"job_uuid": job, "staff_uuid": self.rng.choice(free),
@@ -262,8 +311,7 @@ class Chaos:
         if not live:
             return False
         row = self.rng.choice(live)
-        taken = {a["staff_uuid"] for a in live if a["job_uuid"] == row["job_uuid"]}
-        free = [s["uuid"] for s in biz.staff if s["uuid"] not in taken]
+        free = self._free(biz, row["job_uuid"])
         if not free:
             return False
         self.sm8.update("joballocation", row["uuid"], {"staff_uuid": self.rng.choice(free)})
@@ -345,12 +393,14 @@ class Chaos:
         for problem in result.duplicates[:5]:  # the records behind each duplicate, to read
             job, staff = problem.split(":")[0].split()[1::2]
             with self.sm8.lock:
-                rows = [a for a in self.sm8.records["joballocation"].values()
+                rows = [a for obj in ("joballocation", "jobactivity")
+                        for a in self.sm8.records[obj].values()
                         if a["job_uuid"].startswith(job) and str(a["staff_uuid"]).startswith(staff)
                         and str(a["active"]) == "1"]  # fmt: skip
             for a in rows:
+                when = a.get("allocation_date") or f"{a.get('start_date')}-{a.get('end_date')}"
                 self.report.problems.append(
-                    f"  {a['uuid']} date {a['allocation_date']} done {a['completion_timestamp']} "
+                    f"  {a['uuid']} date {when} done {a.get('completion_timestamp')} "
                     f"edited {a['edit_date']}"
                 )
         self.report.dead_letters = stack.stores.work.dead_letter_count()

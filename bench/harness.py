@@ -19,13 +19,23 @@ import requests
 
 from bridge.redis_server import free_port
 from bridge.store import Stores
+from mappings.ids import sm8_activity_uuid, sm8_allocation_uuid
 
-__all__ = ["Stack", "eventually", "free_port"]
+__all__ = ["Stack", "eventually", "expected_booking", "free_port"]
 
 ROOT = Path(__file__).resolve().parents[1]
 SM8_KEY = "bench-servicem8-key-4c1f"
 CD_KEY = "bench-coredination-key-9a2e"
 OUR_PREFIXES = ("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_", "BUDGET_")
+
+
+def expected_booking(cd_sim: Any, ns: uuid.UUID, cd_job: str, user: int) -> tuple[str, str]:
+    """The ServiceM8 object and uuid of the booking the bridge makes for ``user`` scheduled on
+    ``cd_job`` (``SERVICEM8_PULL_BOOKING=auto``): fixed on a timed job, flexible otherwise."""
+    job = cd_sim.jobs[cd_sim.by_uuid[cd_job.lower()]]
+    if job.get("startTime") is not None and not job.get("allDay"):
+        return "jobactivity", sm8_activity_uuid(ns, cd_job, user)
+    return "joballocation", sm8_allocation_uuid(ns, cd_job, user)
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.2) -> Any:

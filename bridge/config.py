@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     coredination_send_message: bool = Field(
         False, description="Ask Coredination to notify users the bridge schedules."
     )
+    servicem8_pull_booking: Literal["auto", "flexible", "fixed"] = Field(
+        "auto",
+        description="The ServiceM8 booking made for a person scheduled in Coredination: auto, a "
+        "fixed-time booking on a timed job and a flexible one otherwise; flexible, always a job "
+        "allocation; fixed, always a fixed-time booking (for accounts without the Job "
+        "Allocations add-on; an assignment without a time is then not booked).",
+    )
 
     # --- HTTP ------------------------------------------------------------------------------------
     http_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")

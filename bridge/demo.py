@@ -87,15 +87,23 @@ class Demo:
                     return str(resource["state"])
         return None
 
-    def live_allocations(self, job_uuid: str, staff_uuid: str) -> list[dict[str, Any]]:
+    def live_allocations(
+        self, job_uuid: str, staff_uuid: str, obj: str = "joballocation"
+    ) -> list[dict[str, Any]]:
         with self.sm8.lock:
             return [
                 dict(a)
-                for a in self.sm8.records["joballocation"].values()
+                for a in self.sm8.records[obj].values()
                 if a["job_uuid"] == job_uuid
                 and a["staff_uuid"] == staff_uuid
                 and str(a["active"]) == "1"
             ]
+
+    def live_bookings(self, job_uuid: str, staff_uuid: str) -> list[dict[str, Any]]:
+        """Both kinds: flexible (job allocations) and fixed (job activities)."""
+        return self.live_allocations(job_uuid, staff_uuid) + self.live_allocations(
+            job_uuid, staff_uuid, "jobactivity"
+        )
 
     def settings(self, redis_url: str) -> Settings:
         from bridge.config import load_settings
@@ -171,6 +179,7 @@ class Demo:
 
             self.say("\n[bold]3. Changes on both sides[/]")
             self._new_allocation()
+            self._fixed_on_the_board()
             self._reschedule_in_coredination()
             self._delete_allocation()
             self._finish_in_coredination()
@@ -178,9 +187,10 @@ class Demo:
             self.say("\n[bold]4. Summary[/] (read back from both simulators)")
             _wait("both sides to agree", lambda: check(self.sm8, self.cd, self.ns).converged)
             result = check(self.sm8, self.cd, self.ns)
-            self._summary(result, runtime.stores.activity.stats())
+            print_summary(self, result, runtime.stores.activity.stats())
             if summary_json is not None:
-                summary_json.write_text(json.dumps(self._summary_data(result), indent=2))
+                data = summary_data(self.sm8, self.cd, result)
+                summary_json.write_text(json.dumps(data, indent=2))
             if keep_running:
                 self._keep_running()
             return result
@@ -206,6 +216,42 @@ class Demo:
         self.done(f"Coredination: {self.staff_name(member['uuid'])} (user {user['id']}) "
                   "SCHEDULED on the job", time.monotonic() - started)  # fmt: skip
 
+    def _fixed_on_the_board(self) -> None:
+        """A fixed booking dragged onto a person's row of the dispatch board: the Coredination
+        job takes its exact time."""
+        assert self.business is not None
+        job = self.business.jobs[4]  # its only booking is undated: the job has no time yet
+        taken = {a["staff_uuid"] for a in self.live_allocations_of(job)}
+        member = next(s for s in self.business.staff if s["uuid"] not in taken)
+        user = self.business.user_for(member["uuid"])
+        assert user is not None
+        start = (datetime.now() + timedelta(days=3)).replace(hour=13, minute=0, second=0,
+                                                             microsecond=0)  # fmt: skip
+        end = start + timedelta(hours=2)
+        self.say(f"  ServiceM8: office drags '{self.job_address(job)}' onto "
+                 f"{self.staff_name(member['uuid'])}'s row of the dispatch board, "
+                 f"{start:%Y-%m-%d %H:%M}-{end:%H:%M} (a fixed-time booking)")  # fmt: skip
+        started = time.monotonic()
+        self.sm8.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
+                                        "activity_was_scheduled": 1,
+                                        "start_date": f"{start:%Y-%m-%d %H:%M:%S}",
+                                        "end_date": f"{end:%Y-%m-%d %H:%M:%S}"})  # fmt: skip
+        want = (
+            int(start.replace(tzinfo=self.sm8.tz).timestamp() * 1000),  # the account's timezone
+            int(end.replace(tzinfo=self.sm8.tz).timestamp() * 1000),
+        )
+        _wait("the fixed booking in Coredination",
+              lambda: self.cd_state(job, user["id"]) == "SCHEDULED"
+              and self.cd_times(job) == want)  # fmt: skip
+        self.done(f"Coredination: {self.staff_name(member['uuid'])} SCHEDULED, the job set to "
+                  f"{start:%H:%M}-{end:%H:%M} exactly", time.monotonic() - started)  # fmt: skip
+
+    def cd_times(self, job_uuid: str) -> tuple[int | None, int | None]:
+        with self.cd.lock:
+            job_id = self.cd.by_uuid.get(cd_job_uuid(self.ns, job_uuid))
+            row = self.cd.jobs[job_id] if job_id is not None else {}
+            return row.get("startTime"), row.get("endTime")
+
     def live_allocations_of(self, job: str) -> list[dict[str, Any]]:
         with self.sm8.lock:
             return [a for a in self.sm8.records["joballocation"].values()
@@ -228,10 +274,14 @@ class Demo:
         self.cd.resource_op(cd_job, "schedule", str(new_user["id"]))
         _wait(
             "the move in ServiceM8",
-            lambda: not self.live_allocations(job, old) and self.live_allocations(job, new),
+            lambda: not self.live_bookings(job, old) and self.live_bookings(job, new),
         )
+        made = self.live_bookings(job, new)[0]
+        kind = (f"fixed booking {made['start_date'][11:16]}-{made['end_date'][11:16]} (the job's "
+                "time)" if "start_date" in made else "allocation")  # fmt: skip
         self.done(f"ServiceM8: {self.staff_name(old)}'s allocation deleted, "
-                  f"{self.staff_name(new)}'s created", time.monotonic() - started)  # fmt: skip
+                  f"{self.staff_name(new)}'s {kind} created",
+                  time.monotonic() - started)  # fmt: skip
 
     def _delete_allocation(self) -> None:
         assert self.business is not None
@@ -263,56 +313,6 @@ class Demo:
                           for a in self.live_allocations(job, staff)))  # fmt: skip
         self.done("ServiceM8: allocation completion time set", time.monotonic() - started)
 
-    def _summary_data(self, result: Convergence) -> dict[str, Any]:
-        return {
-            "converged": result.converged,
-            "servicem8_jobs_allocated": result.sm8_jobs,
-            "coredination_jobs": result.cd_jobs,
-            "pairs_in_step": result.by_presence,
-            "pending": result.pending,
-            "problems": result.problems,
-            "servicem8_live_allocations": sum(
-                1 for a in self.sm8.records["joballocation"].values() if str(a["active"]) == "1"
-            ),
-            "coredination_resources": sum(
-                1
-                for j in self.cd.jobs.values()
-                for r in j["resources"]
-                if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")
-            ),
-            "servicem8_requests": len(self.sm8.calls),
-            "coredination_requests": len(self.cd.calls),
-            "answered_429": sum(1 for c in self.sm8.calls if c[3] == 429),
-            "simulators": {
-                "servicem8_joballocations": list(self.sm8.records["joballocation"].values()),
-                "coredination_jobs": list(self.cd.jobs.values()),
-            },
-        }
-
-    def _summary(self, result: Convergence, stats: dict[str, int]) -> None:
-        data = self._summary_data(result)
-        table = Table(show_header=True, header_style="bold")
-        table.add_column("")
-        table.add_column("ServiceM8", justify="right")
-        table.add_column("Coredination", justify="right")
-        table.add_row("jobs with people on them", str(data["servicem8_jobs_allocated"]),
-                      str(data["coredination_jobs"]))  # fmt: skip
-        table.add_row("live allocations / resources", str(data["servicem8_live_allocations"]),
-                      str(data["coredination_resources"]))  # fmt: skip
-        table.add_row("API requests made to it", str(data["servicem8_requests"]),
-                      str(data["coredination_requests"]))  # fmt: skip
-        self.console.print(table)
-        in_step = ", ".join(f"{n} {p}" for p, n in sorted(result.by_presence.items()))
-        self.say(f"  pairs in step: {sum(result.by_presence.values())} ({in_step}); "
-                 f"pending: {result.pending}; 429 answers: {data['answered_429']}")  # fmt: skip
-        writes = {k: v for k, v in sorted(stats.items()) if not k.startswith("webhook.")}
-        self.say(f"  bridge counters: {writes}")
-        if result.converged:
-            self.say("  [bold green]Both systems agree.[/]")
-        else:
-            for problem in result.problems:
-                self.say(f"  [red]✗[/] {problem}")
-
     def _keep_running(self) -> None:
         self.say(f"\nStill running (Ctrl-C to stop). Logs in {self.state_dir / 'logs'}.")
         self.say(f"  metrics  http://127.0.0.1:{self.port}/metrics")
@@ -324,6 +324,70 @@ class Demo:
         signal.signal(signal.SIGTERM, self.supervisor.request_stop)
         signal.signal(signal.SIGINT, self.supervisor.request_stop)
         self.supervisor.wait()
+
+
+def summary_data(
+    sm8: ServiceM8Simulator, cd: CoredinationSimulator, result: Convergence
+) -> dict[str, Any]:
+    """What the demo's summary shows, read back from both simulators."""
+    return {
+        "converged": result.converged,
+        "servicem8_jobs_allocated": result.sm8_jobs,
+        "coredination_jobs": result.cd_jobs,
+        "pairs_in_step": result.by_presence,
+        "pending": result.pending,
+        "problems": result.problems,
+        "servicem8_live_allocations": sum(
+            1 for a in sm8.records["joballocation"].values() if str(a["active"]) == "1"
+        ),
+        "servicem8_live_fixed_bookings": sum(
+            1
+            for a in sm8.records["jobactivity"].values()
+            if str(a["active"]) == "1" and str(a["activity_was_scheduled"]) == "1"
+        ),
+        "coredination_resources": sum(
+            1
+            for j in cd.jobs.values()
+            for r in j["resources"]
+            if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")
+        ),
+        "servicem8_requests": len(sm8.calls),
+        "coredination_requests": len(cd.calls),
+        "answered_429": sum(1 for c in sm8.calls if c[3] == 429),
+        "simulators": {
+            "servicem8_joballocations": list(sm8.records["joballocation"].values()),
+            "servicem8_jobactivities": list(sm8.records["jobactivity"].values()),
+            "coredination_jobs": list(cd.jobs.values()),
+        },
+    }
+
+
+def print_summary(demo: Demo, result: Convergence, stats: dict[str, int]) -> None:
+    data = summary_data(demo.sm8, demo.cd, result)
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("")
+    table.add_column("ServiceM8", justify="right")
+    table.add_column("Coredination", justify="right")
+    table.add_row("jobs with people on them", str(data["servicem8_jobs_allocated"]),
+                  str(data["coredination_jobs"]))  # fmt: skip
+    bookings = data["servicem8_live_allocations"] + data["servicem8_live_fixed_bookings"]
+    table.add_row("live bookings (flexible + fixed) / resources",
+                  f"{bookings} ({data['servicem8_live_allocations']} + "
+                  f"{data['servicem8_live_fixed_bookings']})",
+                  str(data["coredination_resources"]))  # fmt: skip
+    table.add_row("API requests made to it", str(data["servicem8_requests"]),
+                  str(data["coredination_requests"]))  # fmt: skip
+    demo.console.print(table)
+    in_step = ", ".join(f"{n} {p}" for p, n in sorted(result.by_presence.items()))
+    demo.say(f"  pairs in step: {sum(result.by_presence.values())} ({in_step}); "
+             f"pending: {result.pending}; 429 answers: {data['answered_429']}")  # fmt: skip
+    writes = {k: v for k, v in sorted(stats.items()) if not k.startswith("webhook.")}
+    demo.say(f"  bridge counters: {writes}")
+    if result.converged:
+        demo.say("  [bold green]Both systems agree.[/]")
+    else:
+        for problem in result.problems:
+            demo.say(f"  [red]✗[/] {problem}")
 
 
 def healthy(url: str) -> bool:

@@ -38,6 +38,7 @@ def status(rt: Runtime) -> dict[str, Any]:
     cursors = stores.activity.cursors()
     return {
         "connection": rt.settings.bridge_connection_id,
+        "pull_booking": rt.settings.servicem8_pull_booking,
         "links": stores.jobs.count(),
         "staff_mapped": stores.staff.mapped_count(),
         "dirty_jobs": stores.jobs.dirty_count(),
@@ -86,8 +87,9 @@ def _ours(url: str, callback: str) -> bool:
 
 
 def subscribe_webhooks(rt: Runtime) -> list[str]:
-    """Subscribe ServiceM8 object webhooks (job allocations, jobs) and a Coredination job webhook
-    to this bridge's receiver. Safe to repeat: existing subscriptions for the same URL are kept."""
+    """Subscribe ServiceM8 object webhooks (job activities, jobs, job allocations) and a
+    Coredination job webhook to this bridge's receiver. Safe to repeat: existing subscriptions for
+    the same URL are kept."""
     urls = callback_urls(rt.settings)
     done = []
     for obj, fields in SUBSCRIBED_FIELDS.items():

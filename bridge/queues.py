@@ -20,6 +20,7 @@ MATCH_STAFF: Final = "bridge.staff.match"
 RECONCILE: Final = "bridge.reconcile"
 SWEEP: Final = "bridge.sweep"
 WEBHOOK_SERVICEM8_ALLOCATION: Final = "bridge.webhook.servicem8_allocation"
+WEBHOOK_SERVICEM8_ACTIVITY: Final = "bridge.webhook.servicem8_activity"
 WEBHOOK_SERVICEM8_JOB: Final = "bridge.webhook.servicem8_job"
 WEBHOOK_COREDINATION_JOB: Final = "bridge.webhook.coredination_job"
 RELEASE_DEFERRED: Final = "bridge.deferred.release"
@@ -30,6 +31,7 @@ TASK_NAMES: Final = (
     RECONCILE,
     SWEEP,
     WEBHOOK_SERVICEM8_ALLOCATION,
+    WEBHOOK_SERVICEM8_ACTIVITY,
     WEBHOOK_SERVICEM8_JOB,
     WEBHOOK_COREDINATION_JOB,
     RELEASE_DEFERRED,

@@ -128,6 +128,7 @@ def build(
         tie=settings.conflict_tie_winner,
         sm8_overlap=timedelta(seconds=settings.servicem8_poll_overlap_seconds),
         send_message=settings.coredination_send_message,
+        pull_booking=settings.servicem8_pull_booking,
         lock_seconds=2 * settings.http_read_timeout + 5,
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget)

@@ -42,6 +42,7 @@ from bridge.coredination.webhooks import coredination_hints
 from bridge.log import get_logger
 from bridge.queues import (
     WEBHOOK_COREDINATION_JOB,
+    WEBHOOK_SERVICEM8_ACTIVITY,
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
 )
@@ -54,6 +55,7 @@ log = get_logger(__name__)
 
 TASKS = {
     "servicem8.joballocation": WEBHOOK_SERVICEM8_ALLOCATION,
+    "servicem8.jobactivity": WEBHOOK_SERVICEM8_ACTIVITY,
     "servicem8.job": WEBHOOK_SERVICEM8_JOB,
     "coredination.job": WEBHOOK_COREDINATION_JOB,
 }

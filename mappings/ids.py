@@ -4,8 +4,10 @@ record.
 
 The Coredination job for ServiceM8 job J is ``uuid5(ns, "job:" + J)``, so ``PUT /job/{uuid}`` is an
 idempotent upsert. An allocation the bridge creates in ServiceM8 for user U on Coredination job C is
-``uuid5(ns, "allocation:" + C + ":" + U)``, so a retried create lands on the same record. ``ns`` is
-per connection, so two connections never derive the same ids.
+``uuid5(ns, "allocation:" + C + ":" + U)``, and a fixed booking (a job activity) it creates is
+``uuid5(ns, "activity:" + C + ":" + U)``, so a retried create lands on the same record, and the
+bridge knows its own bookings of either kind when it reads them back. ``ns`` is per connection, so
+two connections never derive the same ids.
 """
 
 from __future__ import annotations
@@ -27,3 +29,7 @@ def cd_job_uuid(ns: UUID, sm8_job_uuid: str) -> str:
 
 def sm8_allocation_uuid(ns: UUID, cd_job_uuid: str, cd_user_id: int | str) -> str:
     return str(uuid5(ns, f"allocation:{cd_job_uuid.lower()}:{cd_user_id}"))
+
+
+def sm8_activity_uuid(ns: UUID, cd_job_uuid: str, cd_user_id: int | str) -> str:
+    return str(uuid5(ns, f"activity:{cd_job_uuid.lower()}:{cd_user_id}"))

@@ -1,10 +1,12 @@
 """Job fields: what the Coredination job of a ServiceM8 job says, and the body that writes it.
 
 Job fields flow ServiceM8 → Coredination only: title and description from the job, destination
-from its address, and the time from the earliest live dated allocation (date + allocation window;
-a date alone makes an all-day job; no dated allocation leaves the job untimed). Allocations the
-bridge itself created from Coredination do not set the job's time, so a time set in Coredination is
-never overwritten by its own echo. Pure: no I/O.
+from its address, and the time from the earliest live booking of either kind (a fixed booking: its
+exact start and end; a flexible one: date + allocation window, a date alone makes an all-day job;
+none leaves the job untimed).
+Bookings the bridge itself created from Coredination do not set the job's time, so a time set in
+Coredination is never overwritten by its own echo. A job deleted in ServiceM8 asks for the state
+``CANCELED`` (a state override, docs/coredination-api.md#states). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 from mappings.facts import AllocationFacts, JobFacts
 from mappings.stamps import to_epoch_ms
+
+CANCELED = "CANCELED"  # the Coredination job state a deleted ServiceM8 job asks for
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,8 @@ def allocation_time(a: AllocationFacts, tz: tzinfo) -> JobTime:
 
 
 def job_time(allocations: Iterable[AllocationFacts], tz: tzinfo, now_ms: int) -> JobTime:
-    """The earliest live dated allocation sets the job's time (bridge-made ones excluded)."""
+    """The earliest live dated booking of either kind sets the job's time (bridge-made ones
+    excluded). A fixed booking whose end has passed still counts: history is not undone."""
     dated = [a for a in allocations if a.live(now_ms) and a.date_ms is not None and not a.by_bridge]
     if not dated:
         return JobTime()
@@ -99,7 +104,7 @@ def cd_job_body(
 ) -> dict[str, Any]:
     """The body of ``PUT /job/{uuid5(ns, J)}`` for the fields the bridge owns."""
     when = job_time(allocations, tz, now_ms)
-    return job_body(
+    body = job_body(
         title=job_title(job),
         description=job.description,
         start=when.start,
@@ -109,6 +114,9 @@ def cd_job_body(
         latitude=job.lat,
         longitude=job.lng,
     )
+    if not job.active:
+        body["state"] = CANCELED
+    return body
 
 
 def fingerprint(body: dict[str, Any]) -> str:

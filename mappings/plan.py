@@ -16,19 +16,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Literal
 from uuid import UUID
 
-from mappings.decision import Side, TieRule, decide
+from mappings.decision import Decision, Side, TieRule, decide
 from mappings.facts import AllocationFacts
-from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
 from mappings.jobfields import cd_job_body, fingerprint
 from mappings.planners import (
+    BookingKind,
     CdOp,
+    Slot,
     Sm8Write,
     after_write,
     cd_state_after,
+    follow_writes,
     pull_writes,
     push_op,
     redundant_writes,
@@ -87,9 +90,18 @@ def later_expiry(record: JobRecord, now_ms: int) -> int | None:
     return min(later) if later else None
 
 
+def job_deleted(record: JobRecord) -> bool:
+    """The ServiceM8 job is deleted (``active = 0``): nobody is booked on it, whatever its
+    bookings say, until it is restored."""
+    return record.details is not None and not record.details.active
+
+
 def needs_link(record: JobRecord, now_ms: int) -> bool:
-    """A job the bridge has not linked is linked only once it has a live allocation."""
-    return record.cd is not None or any(a.live(now_ms) for a in record.allocations.values())
+    """A job the bridge has not linked is linked only once it has a live booking (and is not
+    deleted)."""
+    if record.cd is not None:
+        return True
+    return not job_deleted(record) and any(a.live(now_ms) for a in record.allocations.values())
 
 
 def plan_job_fields(record: JobRecord, ns: UUID, tz: tzinfo, now_ms: int) -> UpsertJob | None:
@@ -110,6 +122,7 @@ def plan_pairs(
     tz: tzinfo,
     now_ms: int,
     tie: TieRule,
+    booking: BookingKind = "auto",
 ) -> PairsPlan:
     """Every pair of the job: each staff member with an allocation, a snapshot, or a mapped
     user's resource on the Coredination job."""
@@ -128,7 +141,7 @@ def plan_pairs(
             unmapped.append(user)
     plans = [
         plan_pair(record, staff, by_staff.get(staff, []), s2u.get(staff),
-                  ns=ns, tz=tz, now_ms=now_ms, tie=tie)
+                  ns=ns, tz=tz, now_ms=now_ms, tie=tie, booking=booking)
         for staff in sorted(people)
     ]  # fmt: skip
     return PairsPlan(plans, unmapped)
@@ -144,6 +157,7 @@ def plan_pair(
     tz: tzinfo,
     now_ms: int,
     tie: TieRule,
+    booking: BookingKind = "auto",
 ) -> PairPlan:
     """Decide one (job, staff member) pair and list the writes that carry the decision out."""
     assert record.cd is not None
@@ -155,10 +169,11 @@ def plan_pair(
         facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
                  for a in facts]  # fmt: skip
     plan.park_after = len(plan.writes)
+    deleted = job_deleted(record)
     sm8 = Side(
-        sm8_presence(facts, now_ms),
+        Presence.ABSENT if deleted else sm8_presence(facts, now_ms),
         max((a.edited_ms or 0 for a in facts), default=None),
-        finishable=finish_in_step(facts, now_ms),
+        finishable=not deleted and finish_in_step(facts, now_ms),
     )
     if user is None:
         reason = "staff member has no Coredination user"
@@ -173,11 +188,21 @@ def plan_pair(
         return plan
     plan.park = Park(staff, None)
     cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
-    decision = decide(record.pairs.get(staff), sm8, cd, tie)
+    if deleted:  # nobody goes to work that no longer exists, and nobody is booked onto it
+        gone = cd.presence == Presence.ABSENT
+        decision = (
+            Decision("in_step")
+            if gone
+            else Decision("push", Presence.ABSENT, "job deleted in ServiceM8")
+        )
+    else:
+        decision = decide(record.pairs.get(staff), sm8, cd, tie)
     plan.reason, plan.target = decision.reason, decision.target
     if decision.action == "in_step":
         plan.direction = "in_step"
         plan.snapshot = PairSnapshot(sm8.presence, cd.presence)
+        if not deleted and cd.presence != Presence.ABSENT:
+            plan.writes += _follow(view, facts, tz, now_ms)
         return plan
     assert decision.target is not None
     if decision.action == "push":
@@ -191,13 +216,32 @@ def plan_pair(
         plan.snapshot = PairSnapshot(sm8.presence, cd_presence(after) or Presence.ABSENT)
         return plan
     plan.direction = "pull"
-    writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms)
+    writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms, booking)
+    if decision.target != Presence.ABSENT:
+        writes += _follow(view, facts, tz, now_ms)
     by_uuid = {a.uuid: a for a in facts}
     for write in writes:
         by_uuid[write.uuid] = after_write(by_uuid.get(write.uuid), write, record.uuid, staff)
     plan.writes += writes
     plan.snapshot = PairSnapshot(sm8_presence(by_uuid.values(), now_ms), cd.presence)
     return plan
+
+
+def _follow(view: CdView, pair: list[AllocationFacts], tz: tzinfo, now_ms: int) -> list[Sm8Write]:
+    """Our own fixed bookings follow the Coredination job's time (a timed job only)."""
+    if not view.timed:
+        return []
+    return follow_writes(pair, _job_times(view, tz), now_ms)
+
+
+def _job_times(view: CdView, tz: tzinfo) -> tuple[datetime, datetime]:
+    """A timed Coredination job's start and end; one hour when it has neither end nor duration."""
+    assert view.start_ms is not None
+    # ServiceM8 keeps whole seconds: a time written with milliseconds would read back as another
+    # time, and the bridge would take its own write for a change.
+    start = datetime.fromtimestamp(view.start_ms // 1000, tz)
+    end = datetime.fromtimestamp(view.end_ms // 1000, tz) if view.end_ms is not None else None
+    return start, end if end is not None and end > start else start + timedelta(hours=1)
 
 
 def _pull(
@@ -210,21 +254,28 @@ def _pull(
     ns: UUID,
     tz: tzinfo,
     now_ms: int,
+    booking: BookingKind,
 ) -> list[Sm8Write]:
     event_ms = view.changed_ms.get(user) or view.modified_ms or now_ms
-    start_ms = view.start_ms if view.start_ms is not None else event_ms
-    # ServiceM8 keeps whole seconds: a time written with milliseconds would read back as another
-    # time, and the bridge would take its own write for a change.
-    start = datetime.fromtimestamp(start_ms // 1000, tz)
-    if view.start_ms is None:  # an untimed job: the day the user was scheduled
-        start = start.replace(hour=0, minute=0, second=0)
+    event = datetime.fromtimestamp(event_ms // 1000, tz)
+    fixed: tuple[datetime, datetime] | None = None
+    if view.timed:
+        day = datetime.fromtimestamp((view.start_ms or 0) // 1000, tz)
+        if booking != "flexible":
+            fixed = _job_times(view, tz)
+    else:  # an untimed (or all-day) job: the day of the job, or the day the user was scheduled
+        day = datetime.fromtimestamp((view.start_ms or event_ms) // 1000, tz)
+        day = day.replace(hour=0, minute=0, second=0)
+        if booking == "fixed":  # no flexible bookings on this account: an hour from then
+            start = event.replace(second=0)
+            fixed = (start, start + timedelta(hours=1))
     return pull_writes(
         target,
         pair,
         job_uuid=job_uuid,
         staff_uuid=staff,
-        derived_uuid=sm8_allocation_uuid(ns, view.uuid, user),
-        start=start,
-        finished_at=datetime.fromtimestamp(event_ms // 1000, tz),
+        derived=(sm8_allocation_uuid(ns, view.uuid, user), sm8_activity_uuid(ns, view.uuid, user)),
+        slot=Slot(fixed=fixed, day=day, flexible=booking != "fixed"),
+        finished_at=event,
         now_ms=now_ms,
     )

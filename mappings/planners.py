@@ -1,8 +1,9 @@
 """Write planners: the operations that bring one side of a pair to a target presence.
 
-``push_op`` names the Coredination resource operation; ``pull_writes`` and ``redundant_writes``
-list the ServiceM8 allocation writes; ``after_write`` is the planner's model of a write's effect
-on the facts (the same model the job planner uses to plan a whole job before anything is sent).
+``push_op`` names the Coredination resource operation; ``pull_writes``, ``follow_writes`` and
+``redundant_writes`` list the ServiceM8 booking writes (job allocations and job activities);
+``after_write`` is the planner's model of a write's effect on the facts (the same model the job
+planner uses to plan a whole job before anything is sent).
 Pure: no I/O.
 """
 
@@ -42,16 +43,35 @@ def cd_state_after(op: CdOp) -> str | None:
     return {"schedule": "SCHEDULED", "assign": "ASSIGNED"}.get(op)
 
 
+BookingKind = Literal["auto", "flexible", "fixed"]
+
+
 @dataclass(frozen=True)
 class Sm8Write:
+    """One ServiceM8 write: to a job allocation (a flexible booking), or with ``fixed`` to a job
+    activity (a fixed booking)."""
+
     kind: Literal["create", "update", "delete"]
     uuid: str
     fields: dict[str, Any] = field(default_factory=dict)
+    fixed: bool = False
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Where a booking made from Coredination goes. ``fixed``: the exact start and end of a fixed
+    booking, or None when a flexible one is made instead; ``day``: a flexible booking's date (the
+    job's start, or the day the person was scheduled on an untimed job); ``flexible``: whether the
+    account may be given flexible bookings at all (``SERVICEM8_PULL_BOOKING`` is not ``fixed``)."""
+
+    fixed: tuple[datetime, datetime] | None = None
+    day: datetime | None = None
+    flexible: bool = True
 
 
 def redundant_writes(pair: Sequence[AllocationFacts], now_ms: int) -> list[Sm8Write]:
-    """The bridge's own allocations a pair no longer needs: when someone else also allocated the
-    same person to the same job (the office and a dispatcher booking at the same moment), the
+    """The bridge's own bookings a pair no longer needs: when someone else also booked the same
+    person onto the same job (the office and a dispatcher booking at the same moment), the
     bridge's copy is deleted. If it alone carried the date, the date moves to theirs first, so
     the pair keeps its presence. Never deletes anyone else's; leaves finished work as it is."""
     live = [a for a in pair if a.live(now_ms)]
@@ -63,12 +83,14 @@ def redundant_writes(pair: Sequence[AllocationFacts], now_ms: int) -> list[Sm8Wr
     before = sm8_presence(live, now_ms)
     if sm8_presence(theirs, now_ms) != before:
         dated = next((a for a in ours if a.date_ms is not None), None)
-        if before != Presence.SCHEDULED or dated is None or any(a.completed_ms for a in theirs):
+        undated = [a for a in theirs if not a.fixed]
+        if (before != Presence.SCHEDULED or dated is None or not undated
+                or any(a.completed_ms for a in theirs)):  # fmt: skip
             return []
         assert dated.date_ms is not None
         when = datetime.fromtimestamp(dated.date_ms / 1000, UTC)
-        writes.append(Sm8Write("update", theirs[0].uuid, {"allocation_date": when}))
-    return writes + [Sm8Write("delete", a.uuid) for a in ours]
+        writes.append(Sm8Write("update", undated[0].uuid, {"allocation_date": when}))
+    return writes + [Sm8Write("delete", a.uuid, fixed=a.fixed) for a in ours]
 
 
 def pull_writes(
@@ -77,50 +99,49 @@ def pull_writes(
     *,
     job_uuid: str,
     staff_uuid: str,
-    derived_uuid: str,
-    start: datetime | None,
+    derived: tuple[str, str],
+    slot: Slot,
     finished_at: datetime | None,
     now_ms: int,
 ) -> list[Sm8Write]:
-    """The ServiceM8 writes that bring the pair's allocations to ``target``.
+    """The ServiceM8 writes that bring the pair's bookings to ``target``.
 
-    ``start`` is the Coredination job's start (or, for an untimed job, the time the user was
-    scheduled); a created allocation carries ``derived_uuid`` so a retried create is harmless.
+    A booking created for a person scheduled in Coredination is fixed when ``slot.fixed`` is set
+    (a timed job), else flexible, dated ``slot.day``; it carries the uuid ``derived`` gives for its
+    kind (flexible, fixed), so a retried create is harmless. Unscheduled removes every live
+    booking of both kinds; finished completes the flexible ones and leaves fixed ones as they are
+    (ServiceM8 has no completion on a job activity).
     """
     live = [a for a in pair if a.live(now_ms)]
     if target == Presence.ABSENT:
-        return [Sm8Write("delete", a.uuid) for a in live]
-    writes: list[Sm8Write] = []
+        return [Sm8Write("delete", a.uuid, fixed=a.fixed) for a in live]
     if not live:
-        fields: dict[str, Any] = {"job_uuid": job_uuid, "staff_uuid": staff_uuid, "active": 1}
-        if target in (Presence.SCHEDULED, Presence.FINISHED) and start is not None:
-            fields["allocation_date"] = start
-        if target == Presence.FINISHED:
-            fields["completion_timestamp"] = finished_at or start
-        known = {a.uuid for a in pair}
-        kind: Literal["create", "update"] = "update" if derived_uuid in known else "create"
-        if kind == "update":  # our own old record, revived: it may still hold an old date
-            fields.setdefault("allocation_date", None)
-            fields.setdefault("completion_timestamp", None)
-        return [Sm8Write(kind, derived_uuid, fields)]
+        return _create(target, pair, job_uuid, staff_uuid, derived, slot, finished_at)
     # Finished visits are history: with a booking still open, only the open ones move. Fixed
-    # bookings are not moved from here (their time is the office's, or the job's).
+    # bookings keep their time here (the office's, or the job's: ``follow_writes``).
     flexible = [a for a in live if not a.fixed]
     current = [a for a in flexible if a.completed_ms is None] or flexible
+    writes: list[Sm8Write] = []
     if target == Presence.SCHEDULED:
-        if current and not any(a.date_ms is not None for a in current) and start is not None:
-            writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": start}))
+        undated = current and not any(a.date_ms is not None for a in current)
+        if undated and slot.day is not None and not any(a.fixed for a in live):
+            writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": slot.day}))
         writes += [
             Sm8Write("update", a.uuid, {"completion_timestamp": None})
             for a in current
             if a.completed_ms is not None
         ]
     elif target == Presence.ASSIGNED:
+        if not slot.flexible:  # a person without a time cannot be booked on this account
+            return []
+        writes += [Sm8Write("delete", a.uuid, fixed=True) for a in live if a.fixed]
         writes += [
             Sm8Write("update", a.uuid, {"allocation_date": None, "completion_timestamp": None})
             for a in current
             if a.date_ms is not None or a.completed_ms is not None
         ]
+        if not flexible:
+            writes += _create(target, pair, job_uuid, staff_uuid, derived, slot, None)
     elif target == Presence.FINISHED:
         when = finished_at or (datetime.fromtimestamp(now_ms / 1000).astimezone())
         writes += [  # a fixed booking has no completion: it stays as it is
@@ -131,10 +152,55 @@ def pull_writes(
     return writes
 
 
+def _create(
+    target: Presence,
+    pair: Sequence[AllocationFacts],
+    job_uuid: str,
+    staff_uuid: str,
+    derived: tuple[str, str],
+    slot: Slot,
+    finished_at: datetime | None,
+) -> list[Sm8Write]:
+    """One new booking for a person with none live (or our own old one, revived)."""
+    known = {a.uuid for a in pair}
+    base: dict[str, Any] = {"job_uuid": job_uuid, "staff_uuid": staff_uuid, "active": 1}
+    if target != Presence.ASSIGNED and slot.fixed is not None:
+        uuid = derived[1]
+        start, end = slot.fixed
+        fields = base | {"activity_was_scheduled": 1, "start_date": start, "end_date": end}
+        return [Sm8Write("update" if uuid in known else "create", uuid, fields, fixed=True)]
+    if not slot.flexible:
+        return []
+    uuid = derived[0]
+    fields = dict(base)
+    if target in (Presence.SCHEDULED, Presence.FINISHED) and slot.day is not None:
+        fields["allocation_date"] = slot.day
+    if target == Presence.FINISHED:
+        fields["completion_timestamp"] = finished_at or slot.day
+    if uuid in known:  # our own old record, revived: it may still hold an old date
+        fields.setdefault("allocation_date", None)
+        fields.setdefault("completion_timestamp", None)
+        return [Sm8Write("update", uuid, fields)]
+    return [Sm8Write("create", uuid, fields)]
+
+
+def follow_writes(
+    pair: Sequence[AllocationFacts], times: tuple[datetime, datetime], now_ms: int
+) -> list[Sm8Write]:
+    """The bridge's own live fixed bookings moved to the Coredination job's time, when a
+    dispatcher moved the job. Bookings the office made are never moved from Coredination."""
+    start, end = (to_epoch_ms(t) for t in times)
+    return [
+        Sm8Write("update", a.uuid, {"start_date": times[0], "end_date": times[1]}, fixed=True)
+        for a in pair
+        if a.live(now_ms) and a.fixed and a.by_bridge and (a.date_ms, a.end_ms) != (start, end)
+    ]
+
+
 def after_write(
     before: AllocationFacts | None, write: Sm8Write, job_uuid: str, staff: str
 ) -> AllocationFacts:
-    """The facts of an allocation after the bridge's own write (no edit_date until read back)."""
+    """The facts of a booking after the bridge's own write (no edit_date until read back)."""
     base = before or AllocationFacts(
         uuid=write.uuid,
         job_uuid=job_uuid,
@@ -146,6 +212,7 @@ def after_write(
         expires_ms=None,
         edited_ms=None,
         by_bridge=True,
+        fixed=write.fixed,
     )
     if write.kind == "delete":
         return replace(base, active=False, edited_ms=None)
@@ -157,4 +224,8 @@ def after_write(
         changes["window"] = base.window
     if "completion_timestamp" in write.fields:
         changes["completed_ms"] = to_epoch_ms(write.fields["completion_timestamp"])
+    if "start_date" in write.fields:
+        changes["date_ms"] = to_epoch_ms(write.fields["start_date"])
+    if "end_date" in write.fields:
+        changes["end_ms"] = to_epoch_ms(write.fields["end_date"])
     return replace(base, **changes)

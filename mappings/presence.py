@@ -1,22 +1,30 @@
 """Presence: how each side of a pair is reduced to one value the decision compares.
 
 The unit of sync is a *pair*: one ServiceM8 job J with one staff member S, against the Coredination
-job ``uuid5(ns, J)`` with the user U mapped to S. Both sides are reduced to a ``Presence``:
+job ``uuid5(ns, J)`` with the user U mapped to S. S's side is every booking of S on J, of both
+kinds: flexible (job allocations) and fixed (job activities with ``activity_was_scheduled``). Both
+sides are reduced to a ``Presence``:
 
 ==========  ======================================  =========================================
-Presence    ServiceM8 (allocations of S on J)       Coredination (U's resource on the job)
+Presence    ServiceM8 (bookings of S on J)          Coredination (U's resource on the job)
 ==========  ======================================  =========================================
-ABSENT      none live (deleted, expired, or none)   none, UNASSIGNED, DECLINED, CANCELED,
-                                                    INACTIVE
-ASSIGNED    open (live, not completed), none dated  ASSIGNED
-SCHEDULED   open, one has a date                    SCHEDULED, ACCEPTED, IN_TRANSIT,
-                                                    ON_STATION, STARTED, PAUSED
-FINISHED    live, every one has a completion time   FINISHED
+ABSENT      none live (deleted, expired, or none),  none, UNASSIGNED, DECLINED, CANCELED,
+            or the job itself is deleted            INACTIVE
+ASSIGNED    open flexible ones only, none dated     ASSIGNED
+SCHEDULED   a live fixed one, or an open flexible   SCHEDULED, ACCEPTED, IN_TRANSIT,
+            one with a date                         ON_STATION, STARTED, PAUSED
+FINISHED    live flexible ones only, every one      FINISHED
+            with a completion time
 ==========  ======================================  =========================================
 
 "Live" is active and not past ``expiry_timestamp``; "open" is live and not completed (a finished
-visit is history: next to an open booking it changes nothing). Coredination has no operation that
-finishes a resource, so a FINISHED ServiceM8 pair is in step with a present Coredination resource.
+visit is history: next to an open booking it changes nothing). A fixed booking is always open: a
+fixed booking whose end has passed still schedules the person (history does not unschedule
+anyone), and time worked (``activity_was_recorded``) or automated activities are no bookings at
+all. Coredination has no operation that finishes a resource, so a FINISHED ServiceM8 pair is in
+step with a present Coredination resource; ServiceM8 has no completion on a fixed booking, so a
+FINISHED Coredination resource is in step with bookings that are all finished or fixed
+(``finish_in_step``). The deleted job is the job planner's reading (``mappings.plan``).
 
 Pure: no I/O, and nothing here knows either API's wire format.
 """

@@ -31,6 +31,13 @@ class CdView:
     changed_ms: dict[int, int] = field(default_factory=dict)  # user id → last event time
     modified_ms: int | None = None
     start_ms: int | None = None
+    end_ms: int | None = None  # the job's end: endTime, or start + duration (None: neither set)
+    all_day: bool = False  # startTime and endTime are dates, not times
+
+    @property
+    def timed(self) -> bool:
+        """The job has a start time (not a date alone)."""
+        return self.start_ms is not None and not self.all_day
 
 
 @dataclass

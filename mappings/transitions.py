@@ -56,7 +56,8 @@ def ingest_allocations(
     A deleted record the bridge never saw is not kept at all (it would make the job known).
     A record the bridge wrote after ``read_started`` (the moment the read began) is older than
     our write and is ignored: a stale read must never undo our own write. An allocation once
-    known as the bridge's stays the bridge's.
+    known as the bridge's stays the bridge's. A record whose fields are unchanged keeps the
+    change time it had: ``edit_date`` alone moving is no change.
     """
     facts = list(facts)
     wrote, dirty = False, False
@@ -72,6 +73,10 @@ def ingest_allocations(
             continue  # deleted before the bridge ever saw it (a poll's overlap): nothing to keep
         if previous is not None and previous.by_bridge and not fact.by_bridge:
             fact = replace(fact, by_bridge=True)
+        if previous is not None and previous.edited_ms is not None and previous.same_state(fact):
+            # Only edit_date moved (a booking opened on the phone): the change time stays when
+            # the fields the rules read last changed, so it wins no conflict.
+            fact = replace(fact, edited_ms=previous.edited_ms)
         if previous == fact:
             continue
         record.allocations[fact.uuid] = fact

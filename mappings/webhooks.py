@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qs
 
-HintKind = Literal["servicem8.joballocation", "servicem8.job", "coredination.job"]
+HintKind = Literal[
+    "servicem8.joballocation", "servicem8.jobactivity", "servicem8.job", "coredination.job"
+]
 
 MAX_DEPTH = 32  # JSON nesting deeper than any real body
 

@@ -20,6 +20,7 @@ from bridge.queues import (
     SWEEP,
     SYNC_JOB,
     WEBHOOK_COREDINATION_JOB,
+    WEBHOOK_SERVICEM8_ACTIVITY,
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
     Enqueuer,
@@ -92,6 +93,11 @@ def sweep(task: BridgeTask) -> None:
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ALLOCATION)
 def servicem8_allocation_changed(task: BridgeTask, sm8_allocation_uuid: str) -> None:
     task.enqueue_syncs(task.runtime.engine.push_allocation(sm8_allocation_uuid), "interactive")
+
+
+@shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ACTIVITY)
+def servicem8_activity_changed(task: BridgeTask, sm8_activity_uuid: str) -> None:
+    task.enqueue_syncs(task.runtime.engine.push_activity(sm8_activity_uuid), "interactive")
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_JOB)

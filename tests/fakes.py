@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from bridge.coredination.models import CdJob, CdUser
 from bridge.errors import NotFound
 from bridge.servicem8 import Filter, OnInvalid
-from bridge.servicem8.models import AllocationWindow, Job, JobAllocation, Staff
+from bridge.servicem8.models import AllocationWindow, Job, JobActivity, JobAllocation, Staff
 
 EMPTY = "0000-00-00 00:00:00"
 SYDNEY = ZoneInfo("Australia/Sydney")
@@ -43,18 +43,24 @@ class Clock:
 
 
 class FakeServiceM8:
-    WRITES = ("create_allocation", "update_allocation", "delete_allocation")
+    WRITES = ("create_allocation", "update_allocation", "delete_allocation",
+              "create_activity", "update_activity", "delete_activity")  # fmt: skip
     BLANK: Mapping[str, Any] = {
         "allocation_date": EMPTY, "allocation_window_uuid": "", "allocated_by_staff_uuid": "",
         "allocated_timestamp": EMPTY, "expiry_timestamp": EMPTY, "read_timestamp": EMPTY,
         "completion_timestamp": EMPTY, "sort_priority": "",
     }  # fmt: skip
-    STAMPS = frozenset(k for k, v in BLANK.items() if v == EMPTY)
+    BLANK_ACTIVITY: Mapping[str, Any] = {
+        "start_date": EMPTY, "end_date": EMPTY, "activity_was_scheduled": 0,
+        "activity_was_recorded": 0, "activity_was_automated": 0, "has_been_opened": 0,
+        "has_been_opened_timestamp": EMPTY,
+    }  # fmt: skip
+    STAMPS = frozenset(k for k, v in {**BLANK, **BLANK_ACTIVITY}.items() if v == EMPTY)
 
     def __init__(self, clock: Clock, tz: tzinfo = SYDNEY) -> None:
         self.clock, self.tz, self.calls = clock, tz, Counter[str]()
         self.records: dict[str, dict[str, dict[str, Any]]] = {
-            o: {} for o in ("joballocation", "job", "staff", "allocationwindow")
+            o: {} for o in ("joballocation", "jobactivity", "job", "staff", "allocationwindow")
         }
         self.by_bridge: set[str] = set()  # allocations created through the port
         self._seq = 0
@@ -119,8 +125,26 @@ class FakeServiceM8:
     def _when(self, date: datetime | None, window: str) -> dict[str, Any]:
         return {"allocation_date": date, "allocation_window_uuid": window if date else ""}
 
+    def book_fixed(self, job: str, staff: str, start: datetime, end: datetime) -> str:
+        fields = {**self.BLANK_ACTIVITY, "job_uuid": job, "staff_uuid": staff,
+                  "activity_was_scheduled": 1, "start_date": start, "end_date": end}  # fmt: skip
+        return self._put("jobactivity", None, fields)
+
+    def move_fixed(self, uuid: str, start: datetime, end: datetime) -> None:
+        self._put("jobactivity", uuid, {"start_date": start, "end_date": end,
+                                        "has_been_opened": 0})  # fmt: skip
+
+    def open_booking(self, uuid: str) -> None:
+        """The booked person opens it on the phone: edit_date moves, nothing the rules read."""
+        now = datetime.fromtimestamp(self.clock(), self.tz)
+        self._put("jobactivity", uuid, {"has_been_opened": 1, "has_been_opened_timestamp": now})
+
     def allocations(self, job: str, staff: str) -> list[dict[str, Any]]:
         return [r for r in self.records["joballocation"].values()
+                if r["job_uuid"] == job and r["staff_uuid"] == staff]  # fmt: skip
+
+    def activities(self, job: str, staff: str) -> list[dict[str, Any]]:
+        return [r for r in self.records["jobactivity"].values()
                 if r["job_uuid"] == job and r["staff_uuid"] == staff]  # fmt: skip
 
     # --- the port -------------------------------------------------------------------------------
@@ -155,6 +179,37 @@ class FakeServiceM8:
         self.calls["delete_allocation"] += 1
         record = self._get("joballocation", uuid)
         self._put("joballocation", record["uuid"], {"active": 1 - record["active"]})
+
+    def iter_activities(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[JobActivity]:
+        self.calls["iter_activities"] += 1
+        return iter(self._list("jobactivity", JobActivity, flt))
+
+    def get_activity(self, uuid: str) -> JobActivity:
+        self.calls["get_activity"] += 1
+        return JobActivity.from_wire(dict(self._get("jobactivity", uuid)), self.tz)
+
+    def create_activity(self, fields: Mapping[str, Any], uuid: str | None = None) -> str:
+        self.calls["create_activity"] += 1
+        uuid = uuid.lower() if uuid else None
+        if uuid is None or uuid not in self.records["jobactivity"]:
+            if not fields.get("job_uuid"):
+                raise ValueError("job_uuid is required")
+            fields = {**self.BLANK_ACTIVITY, **fields}
+        uuid = self._put("jobactivity", uuid, fields)
+        self.by_bridge.add(uuid)
+        return uuid
+
+    def update_activity(self, uuid: str, fields: Mapping[str, Any]) -> None:
+        self.calls["update_activity"] += 1
+        self._put("jobactivity", self._get("jobactivity", uuid)["uuid"], fields)
+
+    def delete_activity(self, uuid: str) -> None:
+        """Soft delete; a second one restores the record, as for allocations."""
+        self.calls["delete_activity"] += 1
+        record = self._get("jobactivity", uuid)
+        self._put("jobactivity", record["uuid"], {"active": 1 - record["active"]})
 
     def get_job(self, uuid: str) -> Job:
         self.calls["get_job"] += 1

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
 
 
 app = typer.Typer(
-    help="Keeps ServiceM8 job allocations and Coredination job resources in step.",
+    help="Keeps ServiceM8 bookings (job allocations and fixed-time job activities) and "
+    "Coredination job resources in step.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,

@@ -75,7 +75,8 @@ def status(
     if as_json:
         out.print_json(json.dumps(data))
         return
-    out.print(f"[bold]connection[/] {data['connection']}")
+    out.print(f"[bold]connection[/] {data['connection']}   bookings made from Coredination: "
+              f"{data['pull_booking']} (SERVICEM8_PULL_BOOKING)")  # fmt: skip
     accounts = ", ".join(f"{api} {account}" for api, account in data["accounts"].items())
     out.print(f"accounts (whose budgets it draws from): {accounts}", highlight=False)
     out.print(
@@ -144,12 +145,13 @@ def backfill(
         datetime | None,
         typer.Option(
             formats=["%Y-%m-%d", "%Y-%m-%d %H:%M:%S"],
-            help="Allocations edited after this (account time). Default: every active.",
+            help="Bookings edited after this (account time). Default: every active.",
         ),
     ] = None,
 ) -> None:
-    """Read ServiceM8 allocations (edited since DATE) and queue their sync as bulk work, which may
-    not take the share of the budget kept for webhooks and polls. Workers do the writing."""
+    """Read ServiceM8 bookings of both kinds, job allocations and job activities (edited since
+    DATE), and queue their sync as bulk work, which may not take the share of the budget kept for
+    webhooks and polls. Workers do the writing."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from bridge.http.budget import priority
@@ -160,7 +162,7 @@ def backfill(
     try:
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                       console=err) as progress:  # fmt: skip
-            reading = progress.add_task("reading allocations", total=None)
+            reading = progress.add_task("reading bookings", total=None)
             dirty = rt.engine.backfill(since, lambda n: progress.advance(reading, n))
             progress.update(reading, total=progress.tasks[reading].completed)
             queueing = progress.add_task("queueing job syncs", total=len(dirty))

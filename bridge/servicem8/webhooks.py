@@ -20,15 +20,20 @@ from mappings.webhooks import BadPayload, Handshake, Hint, HintKind, Parsed
 
 SM8_OBJECTS: dict[str, HintKind] = {
     "joballocation": "servicem8.joballocation",
+    "jobactivity": "servicem8.jobactivity",
     "job": "servicem8.job",
 }
 MAX_ENTRIES = 500  # ServiceM8 batches entries; more than this in one delivery is not a delivery
 # The fields whose change matters to the rules that read them (``bridge.servicem8.translate``):
 # a subscription names them, so ServiceM8 does not call for changes the bridge ignores.
+# Job activities (fixed bookings) and jobs first: ServiceM8 may refuse a subscription to job
+# allocations (docs/servicem8-api.md#webhooks), and the polls cover them in any case.
 SUBSCRIBED_FIELDS = {
+    "jobactivity": ["job_uuid", "staff_uuid", "start_date", "end_date", "activity_was_scheduled",
+                    "activity_was_recorded", "activity_was_automated", "active"],
+    "job": ["job_address", "job_description", "generated_job_id", "lat", "lng", "active"],
     "joballocation": ["job_uuid", "staff_uuid", "allocation_date", "allocation_window_uuid",
                       "expiry_timestamp", "completion_timestamp", "active"],
-    "job": ["job_address", "job_description", "generated_job_id", "lat", "lng", "active"],
 }  # fmt: skip
 
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

@@ -2,7 +2,9 @@
 lists every way they disagree under the mapping rules. Used by the demo's summary and the tests.
 
 Staff are matched to users by e-mail, case-insensitively, as the bridge does; pairs whose staff
-member has no user are *pending*, counted apart and never called a disagreement.
+member has no user are *pending*, counted apart and never called a disagreement. Bookings are of
+both kinds (job allocations, and job activities that are fixed bookings); on a job deleted in
+ServiceM8 nobody is booked.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ from uuid import UUID
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.servicem8 import ServiceM8Simulator
 from mappings.facts import AllocationFacts
-from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
 from mappings.presence import Presence, cd_presence, pair_in_step, sm8_presence
 from mappings.stamps import StampError, parse_sm8_stamp, to_epoch_ms
 
 
 @dataclass
 class Convergence:
-    sm8_jobs: int = 0  # ServiceM8 jobs with a live allocation of mapped staff
+    sm8_jobs: int = 0  # ServiceM8 jobs with a live booking of mapped staff
     cd_jobs: int = 0  # their Coredination jobs found
     pairs: int = 0  # (job, staff member) pairs present on either side
     by_presence: dict[str, int] = field(default_factory=dict)  # in-step pairs by presence
@@ -44,10 +46,27 @@ class Convergence:
         return not self.problems
 
 
-def _facts(row: dict[str, Any], tz: tzinfo) -> AllocationFacts:
+def _facts(row: dict[str, Any], tz: tzinfo, obj: str = "joballocation") -> AllocationFacts:
     def ms(name: str) -> int | None:
         return to_epoch_ms(parse_sm8_stamp(row.get(name), tz))
 
+    if obj == "jobactivity":
+        booking = str(row.get("activity_was_scheduled")) == "1" and not any(
+            str(row.get(f)) == "1" for f in ("activity_was_recorded", "activity_was_automated")
+        )
+        return AllocationFacts(
+            uuid=row["uuid"],
+            job_uuid=str(row["job_uuid"]).lower(),
+            staff_uuid=str(row.get("staff_uuid") or "").lower() or None,
+            active=str(row.get("active", 1)) == "1" and booking,
+            date_ms=ms("start_date"),
+            window=None,
+            completed_ms=None,
+            expires_ms=None,
+            edited_ms=None,
+            fixed=True,
+            end_ms=ms("end_date"),
+        )
     return AllocationFacts(
         uuid=row["uuid"],
         job_uuid=str(row["job_uuid"]).lower(),
@@ -73,14 +92,16 @@ def check(
             for uuid, s in sm8.records["staff"].items()
         }
         pairs: dict[tuple[str, str], list[AllocationFacts]] = defaultdict(list)
-        for row in sm8.records["joballocation"].values():
-            try:
-                facts = _facts(row, sm8.tz)
-            except StampError:
-                result.unreadable += 1
-                continue
-            if facts.staff_uuid:
-                pairs[(facts.job_uuid, facts.staff_uuid)].append(facts)
+        deleted = {u for u, j in sm8.records["job"].items() if str(j.get("active", 1)) != "1"}
+        for obj in ("joballocation", "jobactivity"):
+            for row in sm8.records[obj].values():
+                try:
+                    facts = _facts(row, sm8.tz, obj)
+                except StampError:
+                    result.unreadable += 1
+                    continue
+                if facts.staff_uuid and facts.job_uuid not in deleted:
+                    pairs[(facts.job_uuid, facts.staff_uuid)].append(facts)
         cd_jobs = {j["uuid"]: j for j in cd.jobs.values()}
         user_staff = {u: s for s, u in staff_user.items() if u is not None}
         sm8_job_for = {cd_job_uuid(ns, j): j for j in sm8.records["job"]}
@@ -113,9 +134,10 @@ def check(
             # A duplicate: two open (live, not completed) bookings of one person on one job, one
             # of them the bridge's. A finished visit next to a new booking is history, not that.
             open_ = [a for a in allocations if a.live(now_ms) and a.completed_ms is None]
-            derived = sm8_allocation_uuid(ns, cd_job_uuid(ns, job), user)
-            if len(open_) > 1 and any(a.uuid == derived for a in open_):
-                result.duplicates.append(f"{name}: {len(open_)} live allocations")
+            cd_uuid = cd_job_uuid(ns, job)
+            derived = {sm8_allocation_uuid(ns, cd_uuid, user), sm8_activity_uuid(ns, cd_uuid, user)}
+            if len(open_) > 1 and any(a.uuid in derived for a in open_):
+                result.duplicates.append(f"{name}: {len(open_)} live bookings")
             if pair_in_step(allocations, c_presence, now_ms):
                 key = s_presence.value
                 result.by_presence[key] = result.by_presence.get(key, 0) + 1

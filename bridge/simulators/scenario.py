@@ -2,8 +2,9 @@
 
 Shared by the tests, ``bridge demo`` and the benchmarks so they all stand on the same ground.
 Staff e-mails match Coredination users (in different letter case, as real data does); jobs have
-addresses and descriptions; allocations mix the variants the mapping rules distinguish: a date
-with an allocation window, a date alone, and no date at all.
+addresses and descriptions; allocations (flexible bookings) mix the variants the mapping rules
+distinguish: a date with an allocation window, a date alone, and no date at all; fixed bookings (job
+activities, ``fixed``) are two hours on a day, as made on the dispatch board.
 """
 
 from __future__ import annotations
@@ -59,6 +60,12 @@ class Business:
     jobs: list[str] = field(default_factory=list)
     windows: list[str] = field(default_factory=list)
     allocations: list[dict[str, Any]] = field(default_factory=list)
+    activities: list[dict[str, Any]] = field(default_factory=list)  # fixed bookings
+
+    @property
+    def bookings(self) -> list[dict[str, Any]]:
+        """Every seeded booking, of both kinds."""
+        return self.allocations + self.activities
 
     def user_for(self, staff_uuid: str) -> dict[str, Any] | None:
         for member, user in zip(self.staff, self.users, strict=False):
@@ -77,8 +84,10 @@ def seed_business(
     unmapped_staff: int = 0,
     seed: int = 1,
     start: datetime | None = None,
+    fixed: int = 0,
 ) -> Business:
-    """Seed both simulators. The last ``unmapped_staff`` staff get no Coredination user."""
+    """Seed both simulators: ``allocations`` flexible and ``fixed`` fixed bookings over the jobs.
+    The last ``unmapped_staff`` staff get no Coredination user."""
     rng = random.Random(seed)
     business = Business()
     windows: list[dict[str, Any]] = [
@@ -122,12 +131,26 @@ def seed_business(
             row["allocation_date"] = day.strftime("%Y-%m-%d 00:00:00")
         rows.append(row)  # variant 4: no date at all
     business.allocations = rows
+    for i in range(fixed):
+        job = i % jobs
+        member = business.staff[(job + 2 + i // jobs) % staff]
+        begin = day0 + timedelta(days=(i * 3) % 30, hours=8 + 2 * (i % 4))
+        business.activities.append({
+            "uuid": new_uuid(rng),
+            "job_uuid": job_rows[job]["uuid"],
+            "staff_uuid": member["uuid"],
+            "active": 1,
+            "activity_was_scheduled": 1,
+            "start_date": begin.strftime("%Y-%m-%d %H:%M:%S"),
+            "end_date": (begin + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S"),
+        })  # fmt: skip
     sm8.seed(
         {
             "allocationwindow": windows,
             "staff": business.staff,
             "job": job_rows,
             "joballocation": rows,
+            "jobactivity": business.activities,
         }
     )
     return business

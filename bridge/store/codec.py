@@ -22,7 +22,8 @@ written before a field was appended reads that field as the dataclass's default.
                  window: None | [start minute, end minute]
     written      {allocation uuid: when the bridge wrote it (epoch seconds)}
     cd           None | [id, uuid or None (= derived), {user: state}, {user: event time},
-                         modified, start]
+                         modified, start, end, all day] (the last three appended
+                         with fixed bookings, left off while they hold their defaults)
     fields_fp    None | the fingerprint of the job body last written, as bytes when it is hex
     pairs        {staff: sm8 presence * 4 + cd presence}
 
@@ -65,10 +66,11 @@ LAYOUT: dict[type, tuple[str, ...]] = {
     JobFacts: ("active", "number", "description", "address", "lat", "lng"),
     AllocationFacts: ("uuid", "staff_uuid", "active", "date_ms", "window", "completed_ms",
                       "expires_ms", "edited_ms", "by_bridge", "fixed", "end_ms"),
-    CdView: ("id", "uuid", "resources", "changed_ms", "modified_ms", "start_ms"),
+    CdView: ("id", "uuid", "resources", "changed_ms", "modified_ms", "start_ms", "end_ms",
+             "all_day"),
 }  # fmt: skip
 # How many fields each class had in its first layout: later ones may be left off (``row``).
-FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9}
+FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9, CdView: 6}
 # Fields not stored because the record's key gives them (the job uuid).
 IMPLIED: dict[type, frozenset[str]] = {
     JobRecord: frozenset({"uuid"}),
@@ -174,6 +176,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
         "changed_ms": lambda c: {user: fold(t) for user, t in c.items()},
         "modified_ms": fold,
         "start_ms": fold,
+        "end_ms": fold,
     }
     parts: dict[str, Any] = {
         "details": None if record.details is None else enc.row(record.details, {}),
@@ -252,6 +255,7 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
             "changed_ms": lambda c: {int(u): unfold(t) for u, t in c.items()},
             "modified_ms": unfold,
             "start_ms": unfold,
+            "end_ms": unfold,
         }
         record.cd = _build(CdView, parts["cd"], {}, cd)
     fp = parts["fields_fp"]

@@ -35,6 +35,9 @@ class Engine:
     def push_allocation(self, uuid: str) -> set[str]:
         return ingest.push_allocation(self.ctx, uuid)
 
+    def push_activity(self, uuid: str) -> set[str]:
+        return ingest.push_activity(self.ctx, uuid)
+
     def push_job(self, uuid: str) -> set[str]:
         return ingest.push_job(self.ctx, uuid)
 

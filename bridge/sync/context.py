@@ -20,13 +20,16 @@ from bridge.servicem8.models import AllocationWindow
 from bridge.store import Stores
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
 from mappings.decision import TieRule
+from mappings.planners import BookingKind
 
 # Cursor names in the ``cursor`` hash (bridge.store.keys): one per polled object and system.
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
+CURSOR_SM8_ACTIVITIES = "servicem8:jobactivity"
 CURSOR_SM8_JOBS = "servicem8:job"
 CURSOR_CD_JOBS = "coredination:job"
 CURSORS = {
     "servicem8.joballocation": CURSOR_SM8_ALLOCATIONS,
+    "servicem8.jobactivity": CURSOR_SM8_ACTIVITIES,
     "servicem8.job": CURSOR_SM8_JOBS,
     "coredination.job": CURSOR_CD_JOBS,
 }
@@ -45,6 +48,9 @@ class SyncOptions:
     sm8_overlap: timedelta = timedelta(minutes=15)
     cd_overlap_ms: int = 60_000
     send_message: bool = False
+    # The kind of ServiceM8 booking made for a person scheduled in Coredination: ``auto`` makes a
+    # fixed booking on a timed job and a flexible one otherwise (SERVICEM8_PULL_BOOKING).
+    pull_booking: BookingKind = "auto"
     # The job lock is a lease, renewed before every write. It outlives one slow request (two read
     # timeouts) but not much more, so a killed holder blocks the job only briefly.
     lock_seconds: float = 65.0

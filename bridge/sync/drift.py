@@ -7,13 +7,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from bridge.log import get_logger
-from bridge.servicem8 import where
 from bridge.store import StaffMap
 from bridge.sync.context import SyncContext
-from bridge.sync.ingest import facts_of, parker
+from bridge.sync.ingest import active, facts_of, parker
 from bridge.sync.pull import pull_job
 from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid
+from mappings.plan import job_deleted
 from mappings.presence import cd_presence, pair_in_step, sm8_presence
 
 log = get_logger(__name__)
@@ -36,7 +36,10 @@ def _drift(
     linked: bool,
     staff_map: StaffMap,
     now_ms: int,
+    deleted: bool = False,
 ) -> list[Drift]:
+    """The pairs of one job whose sides disagree. On a job deleted in ServiceM8 nobody is
+    booked, whatever its bookings say."""
     by_staff: dict[str, list[AllocationFacts]] = {}
     for fact in facts:
         if fact.staff_uuid:
@@ -48,7 +51,7 @@ def _drift(
         cd = cd_presence(resources.get(user)) if user is not None else None
         if user is None or cd is None:  # unmapped (pending) or a state we do not know
             continue
-        bookings = by_staff.get(staff, [])
+        bookings = [] if deleted else by_staff.get(staff, [])
         sm8 = sm8_presence(bookings, now_ms)
         if not pair_in_step(bookings, cd, now_ms):
             reason = "job not linked yet" if not linked else "the two sides disagree"
@@ -61,15 +64,18 @@ def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]
     disagree, linked or not yet linked. With ``repair``, record what was read and mark those
     jobs dirty: the normal sync then decides each pair (snapshot, later change wins).
 
-    Costs one ServiceM8 call per 5,000 active allocations and one Coredination call per page
-    of jobs. An allocation the bridge holds as live that the active list lacks was deleted."""
+    Costs one ServiceM8 call per 5,000 active bookings of each kind and one Coredination call
+    per page of jobs. A booking the bridge holds as live that the active lists lack was deleted.
+    """
     staff_map = ctx.stores.staff.staff_map()
     park = parker(ctx)
     started, now_ms = ctx.clock(), ctx.now_ms()
     fresh: dict[str, list[AllocationFacts]] = {}
-    for allocation in ctx.sm8.iter_allocations(where("active", "eq", 1), park):
-        fact = facts_of(ctx, allocation, staff_map)
-        fresh.setdefault(fact.job_uuid, []).append(fact)
+    for obj, listing in (("joballocation", ctx.sm8.iter_allocations),
+                         ("jobactivity", ctx.sm8.iter_activities)):  # fmt: skip
+        for booking in listing(active(obj), park):
+            fact = facts_of(ctx, booking, staff_map)
+            fresh.setdefault(fact.job_uuid, []).append(fact)
     cd_jobs = {
         job.uuid.lower(): job for job in ctx.cd.iter_changed_jobs(0, on_invalid=park) if job.uuid
     }
@@ -83,7 +89,8 @@ def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]
         facts = fresh.get(job, []) + gone
         cd_job = cd_jobs.get(cd_job_uuid(ctx.ns, job))
         resources = {r.user_id: r.state for r in cd_job.resources} if cd_job else {}
-        found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms)
+        deleted = job_deleted(record)
+        found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms, deleted)
         if not found:
             continue
         drifts += found

@@ -14,12 +14,17 @@ from typing import Any
 from bridge.errors import InvalidRecord, NotFound
 from bridge.log import get_logger
 from bridge.servicem8 import where
-from bridge.servicem8.models import JobAllocation
-from bridge.servicem8.translate import allocation_facts, job_facts
+from bridge.servicem8.models import JobActivity, JobAllocation
+from bridge.servicem8.translate import activity_facts, allocation_facts, job_facts
 from bridge.store import StaffMap
-from bridge.sync.context import CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS, SyncContext
+from bridge.sync.context import (
+    CURSOR_SM8_ACTIVITIES,
+    CURSOR_SM8_ALLOCATIONS,
+    CURSOR_SM8_JOBS,
+    SyncContext,
+)
 from mappings.facts import AllocationFacts
-from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
 from mappings.stamps import format_sm8_stamp, parse_sm8_stamp
 
 log = get_logger(__name__)
@@ -27,19 +32,22 @@ log = get_logger(__name__)
 BACKFILL_BATCH = 500
 
 
-def facts_of(ctx: SyncContext, allocation: JobAllocation, staff_map: StaffMap) -> AllocationFacts:
-    """An allocation's facts, its window resolved, and marked as the bridge's own when its uuid
-    is the one the bridge derives for that job and user."""
-    window_uuid = (allocation.allocation_window_uuid or "").lower()
-    windows = ctx.allocation_windows()
-    if window_uuid and window_uuid not in windows:
-        windows = ctx.allocation_windows(refresh=True)
-    facts = allocation_facts(allocation, windows.get(window_uuid))
+def facts_of(
+    ctx: SyncContext, booking: JobAllocation | JobActivity, staff_map: StaffMap
+) -> AllocationFacts:
+    """A booking's facts (an allocation's window resolved), marked as the bridge's own when its
+    uuid is the one the bridge derives for that job, user and kind."""
+    if isinstance(booking, JobActivity):
+        facts, derive = activity_facts(booking), sm8_activity_uuid
+    else:
+        window_uuid = (booking.allocation_window_uuid or "").lower()
+        windows = ctx.allocation_windows()
+        if window_uuid and window_uuid not in windows:
+            windows = ctx.allocation_windows(refresh=True)
+        facts, derive = allocation_facts(booking, windows.get(window_uuid)), sm8_allocation_uuid
     user = staff_map.s2u.get(facts.staff_uuid or "")
-    if user is not None:
-        derived = sm8_allocation_uuid(ctx.ns, cd_job_uuid(ctx.ns, facts.job_uuid), user)
-        if derived == facts.uuid:
-            facts = replace(facts, by_bridge=True)
+    if user is not None and derive(ctx.ns, cd_job_uuid(ctx.ns, facts.job_uuid), user) == facts.uuid:
+        facts = replace(facts, by_bridge=True)
     return facts
 
 
@@ -55,9 +63,18 @@ def parker(ctx: SyncContext) -> Callable[[InvalidRecord], None]:
     return park
 
 
-def _since(ctx: SyncContext, cursor: str | None) -> Any:
+def active(obj: str) -> Any:
+    """Every active record of ``obj``; of job activities, only the fixed bookings (an account's
+    years of time worked are no bookings, and need not be read whole)."""
+    flt = where("active", "eq", 1)
+    return flt.where("activity_was_scheduled", "eq", 1) if obj == "jobactivity" else flt
+
+
+def _since(ctx: SyncContext, cursor: str | None, obj: str) -> Any:
+    """Changed since the cursor (re-reading the overlap); everything active when there is none.
+    A read from the cursor filters on nothing else, so a booking that stops being one is seen."""
     if cursor is None:
-        return where("active", "eq", 1)
+        return active(obj)
     stamp = parse_sm8_stamp(cursor, ctx.tz)
     assert stamp is not None
     return where("edit_date", "gt", stamp - ctx.options.sm8_overlap)
@@ -70,33 +87,39 @@ def _max_stamp(current: datetime | None, value: datetime | None) -> datetime | N
 
 
 def poll_servicem8(ctx: SyncContext) -> set[str]:
-    """Read allocations and jobs changed since the cursors (re-reading an overlap window);
-    record them; return the jobs now dirty. The first poll reads every active record. A record
-    that cannot be read is parked with its reason; the others go on."""
+    """Read bookings of both kinds (allocations, then activities) and jobs changed since their
+    cursors (re-reading an overlap window); record them; return the jobs now dirty. The first
+    poll reads every active record. A record that cannot be read is parked with its reason; the
+    others go on."""
     stores, park = ctx.stores, parker(ctx)
     staff_map = stores.staff.staff_map()
     parked = set(stores.parked.invalid())
     dirty: set[str] = set()
-    started = ctx.clock()
-    cursor, newest = stores.activity.cursor(CURSOR_SM8_ALLOCATIONS), None
-    facts = []
-    for allocation in ctx.sm8.iter_allocations(_since(ctx, cursor), park):
-        facts.append(facts_of(ctx, allocation, staff_map))
-        newest = _max_stamp(newest, allocation.edit_date)
-    dirty |= stores.jobs.ingest_allocations(facts, read_started=started)
-    if newest is not None:
-        stores.activity.set_cursor(CURSOR_SM8_ALLOCATIONS, format_sm8_stamp(newest, ctx.tz))
+    read: set[str] = set()
+    for obj, cursor_name, listing in (
+        ("joballocation", CURSOR_SM8_ALLOCATIONS, ctx.sm8.iter_allocations),
+        ("jobactivity", CURSOR_SM8_ACTIVITIES, ctx.sm8.iter_activities),
+    ):
+        started = ctx.clock()
+        cursor, newest = stores.activity.cursor(cursor_name), None
+        facts = []
+        for booking in listing(_since(ctx, cursor, obj), park):
+            facts.append(facts_of(ctx, booking, staff_map))
+            newest = _max_stamp(newest, booking.edit_date)
+        dirty |= stores.jobs.ingest_allocations(facts, read_started=started)
+        if newest is not None:
+            stores.activity.set_cursor(cursor_name, format_sm8_stamp(newest, ctx.tz))
+        read |= {f"servicem8.{obj}:{f.uuid}" for f in facts}
 
     cursor, newest = stores.activity.cursor(CURSOR_SM8_JOBS), None
     jobs = []
-    for job in ctx.sm8.iter_jobs(_since(ctx, cursor), park):
+    for job in ctx.sm8.iter_jobs(_since(ctx, cursor, "job"), park):
         jobs.append(job_facts(job))
         newest = _max_stamp(newest, job.edit_date)
     dirty |= stores.jobs.ingest_jobs(jobs, only_known=True)
     if newest is not None:
         stores.activity.set_cursor(CURSOR_SM8_JOBS, format_sm8_stamp(newest, ctx.tz))
     if parked:  # read cleanly now: no longer parked
-        read = {f"servicem8.joballocation:{f.uuid}" for f in facts}
         read |= {f"servicem8.job:{j.uuid}" for j in jobs}
         stores.parked.clear_invalid(parked & read)
     return dirty
@@ -114,6 +137,19 @@ def push_allocation(ctx: SyncContext, uuid: str) -> set[str]:
     return ctx.stores.jobs.ingest_allocations([facts], read_started=started)
 
 
+def push_activity(ctx: SyncContext, uuid: str) -> set[str]:
+    """A webhook said job activity ``uuid`` changed: read it and record it (time worked and
+    automated records read as no booking, and change nothing)."""
+    started = ctx.clock()
+    try:
+        activity = ctx.sm8.get_activity(uuid)
+    except NotFound:
+        log.warning("push.activity_missing", sm8_activity_uuid=uuid)
+        return set()
+    facts = facts_of(ctx, activity, ctx.stores.staff.staff_map())
+    return ctx.stores.jobs.ingest_allocations([facts], read_started=started)
+
+
 def push_job(ctx: SyncContext, uuid: str) -> set[str]:
     """A webhook said job ``uuid`` changed: re-read it if the bridge knows it."""
     if not ctx.stores.jobs.has(uuid.lower()):
@@ -124,23 +160,25 @@ def push_job(ctx: SyncContext, uuid: str) -> set[str]:
 def backfill(
     ctx: SyncContext, since: datetime | None, progress: Callable[[int], None] = lambda n: None
 ) -> set[str]:
-    """Read every allocation edited after ``since`` (account time; ``None``: every active one)
-    and record it; return the jobs now dirty. Cursors are left alone."""
+    """Read every booking of both kinds edited after ``since`` (account time; ``None``: every
+    active one) and record it; return the jobs now dirty. Cursors are left alone."""
     staff_map = ctx.stores.staff.staff_map()
-    if since is None:
-        flt = where("active", "eq", 1)
-    else:
-        flt = where("edit_date", "gt", since.replace(tzinfo=since.tzinfo or ctx.tz))
     dirty: set[str] = set()
-    batch: list[AllocationFacts] = []
-    started = ctx.clock()
-    for allocation in ctx.sm8.iter_allocations(flt, parker(ctx)):
-        batch.append(facts_of(ctx, allocation, staff_map))
-        if len(batch) >= BACKFILL_BATCH:
+    for obj, listing in (("joballocation", ctx.sm8.iter_allocations),
+                         ("jobactivity", ctx.sm8.iter_activities)):  # fmt: skip
+        if since is None:
+            flt = active(obj)
+        else:
+            flt = where("edit_date", "gt", since.replace(tzinfo=since.tzinfo or ctx.tz))
+        batch: list[AllocationFacts] = []
+        started = ctx.clock()
+        for booking in listing(flt, parker(ctx)):
+            batch.append(facts_of(ctx, booking, staff_map))
+            if len(batch) >= BACKFILL_BATCH:
+                dirty |= ctx.stores.jobs.ingest_allocations(batch, read_started=started)
+                progress(len(batch))
+                batch = []
+        if batch:
             dirty |= ctx.stores.jobs.ingest_allocations(batch, read_started=started)
             progress(len(batch))
-            batch = []
-    if batch:
-        dirty |= ctx.stores.jobs.ingest_allocations(batch, read_started=started)
-        progress(len(batch))
     return dirty

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 
 from bridge.coredination.translate import view_of
-from bridge.errors import NotFound
+from bridge.errors import NotFound, Rejected
 from bridge.log import get_logger
 from bridge.servicem8.translate import job_facts
 from bridge.store.codec import id_bytes
@@ -21,6 +21,7 @@ from mappings.facts import AllocationFacts
 from mappings.plan import (
     PairPlan,
     ResourceOp,
+    job_deleted,
     later_expiry,
     needs_link,
     plan_job_fields,
@@ -32,6 +33,8 @@ from mappings.state import CdView, JobRecord, PairSnapshot
 from mappings.transitions import SyncWrite
 
 log = get_logger(__name__)
+
+JOB_STATE = "job-state"  # the pending entry of a job whose state override was refused
 
 
 def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
@@ -70,6 +73,12 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
     if not needs_link(record, now_ms):
         report.add("skipped.nothing_to_link")
         return report
+    if job_deleted(record) and record.cd is not None:
+        # Everyone off the job first, then the state override: a resource change after it would
+        # derive the job's state again (docs/coredination-api.md#states).
+        _sync_pairs(ctx, record, lease, now_ms, report)
+        _upsert_fields(ctx, record, lease, now_ms, report)
+        return report
     _upsert_fields(ctx, record, lease, now_ms, report)
     written = _sync_pairs(ctx, record, lease, now_ms, report)
     if written and lease.owned():
@@ -83,12 +92,26 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
 def _upsert_fields(
     ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
 ) -> None:
-    """Write the Coredination job's fields unless it already holds them (the fingerprint)."""
+    """Write the Coredination job's fields unless it already holds them (the fingerprint). A
+    state override Coredination refuses (the canceled state of a deleted job) is left out, and
+    the job is parked with the reason, where ``bridge status`` shows it."""
     upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
     if upsert is None:
         return
     lease.renew()
-    job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
+    parked = ctx.stores.parked
+    try:
+        job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
+        parked.clear_pending(record.uuid, JOB_STATE)
+    except Rejected as exc:
+        if "state" not in upsert.body:
+            raise
+        body = {k: v for k, v in upsert.body.items() if k != "state"}
+        job = ctx.cd.upsert_job(upsert.uuid, body)
+        why = (f"deleted in ServiceM8, but Coredination refused the state {upsert.body['state']}"
+               f" (HTTP {exc.status}): the job keeps no people")  # fmt: skip
+        parked.set_pending(record.uuid, JOB_STATE, why)
+        report.add("skipped.state_refused")
     report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
     record.cd, record.fields_fp = view_of(job, upsert.uuid), upsert.digest
     ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
@@ -100,8 +123,8 @@ def _sync_pairs(
     """Every pair's plan, applied in order; returns the allocations the bridge wrote."""
     assert record.cd is not None
     staff_map = ctx.stores.staff.staff_map()
-    plan = plan_pairs(record, staff_map.s2u, staff_map.u2s,
-                      ns=ctx.ns, tz=ctx.tz, now_ms=now_ms, tie=ctx.options.tie)  # fmt: skip
+    plan = plan_pairs(record, staff_map.s2u, staff_map.u2s, ns=ctx.ns, tz=ctx.tz, now_ms=now_ms,
+                      tie=ctx.options.tie, booking=ctx.options.pull_booking)  # fmt: skip
     parked = ctx.stores.parked
     for user in plan.unmapped_users:
         parked.set_pending(
@@ -190,12 +213,18 @@ def _park(
 
 
 def _apply_sm8(ctx: SyncContext, write: Sm8Write, report: Report) -> None:
+    """One booking write: a job activity when the booking is fixed (counted as
+    ``servicem8.fixed_*``), else a job allocation."""
+    sm8 = ctx.sm8
     if write.kind == "create":
-        ctx.sm8.create_allocation(write.fields, uuid=write.uuid)
-        report.add("servicem8.created")
+        create = sm8.create_activity if write.fixed else sm8.create_allocation
+        create(write.fields, uuid=write.uuid)
+        done = "created"
     elif write.kind == "update":
-        ctx.sm8.update_allocation(write.uuid, write.fields)
-        report.add("servicem8.updated")
+        update = sm8.update_activity if write.fixed else sm8.update_allocation
+        update(write.uuid, write.fields)
+        done = "updated"
     else:
-        ctx.sm8.delete_allocation(write.uuid)
-        report.add("servicem8.deleted")
+        (sm8.delete_activity if write.fixed else sm8.delete_allocation)(write.uuid)
+        done = "deleted"
+    report.add(f"servicem8.fixed_{done}" if write.fixed else f"servicem8.{done}")

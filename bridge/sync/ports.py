@@ -10,7 +10,7 @@ from typing import Any, Protocol
 
 from bridge.coredination.models import CdJob, CdUser
 from bridge.servicem8 import Filter, OnInvalid
-from bridge.servicem8.models import AllocationWindow, Job, JobAllocation, Staff
+from bridge.servicem8.models import AllocationWindow, Job, JobActivity, JobAllocation, Staff
 
 
 class ServiceM8Port(Protocol):
@@ -28,6 +28,18 @@ class ServiceM8Port(Protocol):
     def update_allocation(self, uuid: str, fields: Mapping[str, Any]) -> None: ...
 
     def delete_allocation(self, uuid: str) -> None: ...
+
+    def iter_activities(
+        self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
+    ) -> Iterator[JobActivity]: ...
+
+    def get_activity(self, uuid: str) -> JobActivity: ...
+
+    def create_activity(self, fields: Mapping[str, Any], uuid: str | None = None) -> str: ...
+
+    def update_activity(self, uuid: str, fields: Mapping[str, Any]) -> None: ...
+
+    def delete_activity(self, uuid: str) -> None: ...
 
     def get_job(self, uuid: str) -> Job: ...
 

@@ -1,5 +1,5 @@
 """Ingest from Coredination: the poll and webhook-triggered reads record a linked job's
-resources and mark the job dirty when they differ from what the bridge holds."""
+resources and time, and mark the job dirty when they differ from what the bridge holds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from bridge.log import get_logger
 from bridge.sync.context import CURSOR_CD_JOBS, SyncContext
 from bridge.sync.ingest import parker
 from mappings.stamps import to_epoch_ms
+from mappings.state import CdView, JobRecord
 from mappings.transitions import SyncWrite
-from mappings.webhooks import cd_event_known
+from mappings.webhooks import JOB_FIELD_EVENTS, cd_event_known
 
 log = get_logger(__name__)
 
@@ -42,11 +43,26 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     for sm8_job, job in linked:
         view = views.get(sm8_job)
         listed = {r.user_id: r.state for r in job.resources}
-        if view is None or view.resources != listed:
+        if view is None or view.resources != listed or _moved(view, job):
             dirty |= pull_job(ctx, sm8_job)
     if newest is not None:
         stores.activity.set_cursor(CURSOR_CD_JOBS, str(newest))
     return dirty
+
+
+def _times(view: CdView) -> tuple[int | None, int | None, bool]:
+    return view.start_ms, view.end_ms, view.all_day
+
+
+def _moved(view: CdView, job: CdJob) -> bool:
+    """The job's time differs from the one the bridge holds (a dispatcher moved it): the
+    bridge's own fixed bookings follow it."""
+    return _times(view) != _times(view_of(job, view.uuid))
+
+
+def _follows(record: JobRecord) -> bool:
+    """The job holds a live fixed booking the bridge made: it follows the job's time."""
+    return any(a.fixed and a.by_bridge and a.active for a in record.allocations.values())
 
 
 def pull_job(ctx: SyncContext, sm8_job: str, event: CdEvent | None = None) -> set[str]:
@@ -56,7 +72,10 @@ def pull_job(ctx: SyncContext, sm8_job: str, event: CdEvent | None = None) -> se
         record = ctx.stores.jobs.load(sm8_job)
         if record.cd is None:
             return set()
-        if event is not None and cd_event_known(*event, record.cd.resources):
+        # A job-field event can move the job's time, which only the bridge's own fixed bookings
+        # follow: for any other job it says nothing the bridge acts on.
+        moves = event is not None and event[0].upper() in JOB_FIELD_EVENTS and _follows(record)
+        if event is not None and cd_event_known(*event, record.cd.resources) and not moves:
             log.debug("pull.echo_skipped", sm8_job_uuid=sm8_job, event_type=event[0])
             return set()
         try:
@@ -65,7 +84,7 @@ def pull_job(ctx: SyncContext, sm8_job: str, event: CdEvent | None = None) -> se
             ctx.stores.jobs.forget_cd(sm8_job)
             return {sm8_job}
         view = view_of(job, record.cd.uuid)
-        if view.resources == record.cd.resources:
+        if view.resources == record.cd.resources and _times(view) == _times(record.cd):
             return set()
         ctx.stores.jobs.save_sync(SyncWrite(sm8_job, view=view, dirty=True))
         return {sm8_job}

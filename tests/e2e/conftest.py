@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-from bench.harness import Stack, eventually
+from bench.harness import Stack, eventually, expected_booking
 from tests.conftest import CD_KEY, SM8_KEY
 
-__all__ = ["Stack", "eventually", "stack"]
+__all__ = ["Stack", "eventually", "expected_booking", "stack"]
 
 pytestmark = pytest.mark.e2e
 

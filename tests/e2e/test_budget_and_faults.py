@@ -13,14 +13,15 @@ from typer.testing import CliRunner
 from bridge.cli import app as cli
 from bridge.queues import sender
 from bridge.simulators.scenario import seed_business
-from mappings.ids import cd_job_uuid, connection_namespace, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, connection_namespace
 from tests.conftest import CD_KEY, SM8_KEY
-from tests.e2e.conftest import Stack, eventually
+from tests.e2e.conftest import Stack, eventually, expected_booking
 
 
 def _schedule_extra_user_everywhere(cd_sim, biz, ns):
     """In Coredination, schedule on every linked job a user the job does not have yet: each one
-    needs a ServiceM8 allocation created, i.e. one ServiceM8 write per operation."""
+    needs a ServiceM8 booking created (fixed on a timed job, flexible otherwise), i.e. one
+    ServiceM8 write per operation. Returns (object, uuid) of each booking expected."""
     expected = []
     for job in biz.jobs:
         cd_job = cd_job_uuid(ns, job)
@@ -28,7 +29,7 @@ def _schedule_extra_user_everywhere(cd_sim, biz, ns):
         member = next(s for s in biz.staff if s["uuid"] not in taken)
         user = biz.user_for(member["uuid"])["id"]
         cd_sim.resource_op(cd_job, "schedule", str(user))
-        expected.append(sm8_allocation_uuid(ns, cd_job, user))
+        expected.append(expected_booking(cd_sim, ns, cd_job, user))
     return expected
 
 
@@ -50,10 +51,10 @@ def test_four_workers_share_the_budget_without_a_single_429(tmp_path, redis_url,
             timeout=60,
         )
         sm8_sim.set_limits(per_minute=limit, minute_window=window)  # ServiceM8 now enforces it
-        records = sm8_sim.records["joballocation"]
+        records = sm8_sim.records
         expected = _schedule_extra_user_everywhere(cd_sim, biz, ns)  # a backlog of 2.5 x limit
         started = time.time()
-        eventually(lambda: all(u in records for u in expected), timeout=240)
+        eventually(lambda: all(u in records[obj] for obj, u in expected), timeout=240)
         calls = [c for c in sm8_sim.calls if c[0] >= started]
         first, last = calls[0][0], calls[-1][0]
         rejected = sum(1 for c in calls if c[3] == 429)
@@ -69,7 +70,8 @@ def test_four_workers_share_the_budget_without_a_single_429(tmp_path, redis_url,
               f"achieved {achieved:.1%} of the limit, {rejected} answered 429")  # fmt: skip
         assert rejected == 0
         assert achieved >= 0.90
-        assert len(sm8_sim.records["joballocation"]) == 200  # every operation landed, once
+        bookings = len(records["joballocation"]) + len(records["jobactivity"])
+        assert bookings == 200  # every operation landed, once
     finally:
         stack.stop()
         stack.wipe()
@@ -89,10 +91,10 @@ def test_a_429_storm_loses_nothing(tmp_path, redis_url, sm8_sim, cd_sim):
         )
         sm8_sim.set_faults(burst_429=4)
         expected = _schedule_extra_user_everywhere(cd_sim, biz, ns)
-        records = sm8_sim.records["joballocation"]
-        eventually(lambda: all(u in records for u in expected), timeout=90)
+        records = sm8_sim.records
+        eventually(lambda: all(u in records[obj] for obj, u in expected), timeout=90)
         assert sm8_sim.statuses[429] >= 1  # the storm did hit the bridge
-        assert len(records) == 40
+        assert len(records["joballocation"]) + len(records["jobactivity"]) == 40
         logs = stack.logs()
         assert "budget.paused" in logs
         for secret in (SM8_KEY, CD_KEY):

@@ -101,18 +101,22 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
     assert "Both systems agree." in result.stdout
     summary = json.loads((tmp_path / "summary.json").read_text())
     allocations = summary["simulators"]["servicem8_joballocations"]
+    activities = summary["simulators"]["servicem8_jobactivities"]
     jobs = summary["simulators"]["coredination_jobs"]
     live = [a for a in allocations if str(a["active"]) == "1"]
+    fixed = [a for a in activities if str(a["active"]) == "1"
+             and str(a["activity_was_scheduled"]) == "1"]  # fmt: skip
     present = [r for j in jobs for r in j["resources"]
                if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")]  # fmt: skip
     assert summary["servicem8_live_allocations"] == len(live)
+    assert summary["servicem8_live_fixed_bookings"] == len(fixed) == 2  # the board's, the pull's
     assert summary["coredination_resources"] == len(present)
     assert summary["coredination_jobs"] == sum(1 for j in jobs if j["resources"] and any(
         r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE") for r in j["resources"]
     ))  # fmt: skip
-    # Every live allocation has exactly one present resource, and the other way round.
-    assert len(live) == len(present)
-    assert sum(summary["pairs_in_step"].values()) == len(live)
+    # Every live booking has exactly one present resource, and the other way round.
+    assert len(live) + len(fixed) == len(present)
+    assert sum(summary["pairs_in_step"].values()) == len(live) + len(fixed)
     assert summary["pairs_in_step"]["finished"] == sum(
         1 for r in present if r["state"] == "FINISHED"
     )
@@ -121,5 +125,6 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
     assert Counter(str(a["staff_uuid"]) for a in live)  # allocations spread over staff
     assert summary["problems"] == [] and summary["answered_429"] == 0
     for line in ("SCHEDULED on the job", "allocation deleted", "user unscheduled",
-                 "completion time set"):  # fmt: skip
+                 "completion time set", "the job set to 13:00-15:00 exactly",
+                 "fixed booking"):  # fmt: skip
         assert line in result.stdout

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 
 from bridge.simulators.scenario import seed_business
-from mappings.ids import cd_job_uuid, connection_namespace, sm8_allocation_uuid
-from tests.e2e.conftest import eventually
+from mappings.ids import cd_job_uuid, connection_namespace
+from tests.e2e.conftest import eventually, expected_booking
 
 
 def expected_resources(biz, ns):
@@ -53,6 +54,9 @@ def test_allocations_sync_then_a_quiet_cycle_writes_nothing(stack, sm8_sim, cd_s
 
 
 def test_coredination_changes_flow_back_without_echo(stack, sm8_sim, cd_sim):
+    """On a timed job a person scheduled in Coredination becomes a fixed booking of the job's
+    exact time; finishing leaves it as it is (no completion on a fixed booking), unscheduling
+    removes it, and nothing echoes."""
     ns = connection_namespace(stack.connection)
     biz = seed_business(sm8_sim, cd_sim, staff=4, jobs=2, allocations=2)
     stack.worker()
@@ -64,17 +68,22 @@ def test_coredination_changes_flow_back_without_echo(stack, sm8_sim, cd_sim):
     taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
     member = next(s for s in biz.staff if s["uuid"] not in taken)
     user = biz.user_for(member["uuid"])["id"]
-    derived = sm8_allocation_uuid(ns, cd_job, user)
-    records = sm8_sim.records["joballocation"]
+    obj, derived = expected_booking(cd_sim, ns, cd_job, user)
+    assert obj == "jobactivity"  # the seeded job 0 has a window: it is timed
+    records = sm8_sim.records[obj]
+    timed = next(j for j in cd_sim.snapshot()["jobs"] if j["uuid"] == cd_job)
 
     cd_sim.reset_counts()
     cd_sim.resource_op(cd_job, "schedule", str(user))
     row = eventually(lambda: records.get(derived))
     assert (row["job_uuid"], row["staff_uuid"], row["active"]) == (job, member["uuid"], 1)
-    assert row["allocation_date"] != "0000-00-00 00:00:00"
+    start, end = (datetime.fromtimestamp(timed[k] / 1000, sm8_sim.tz).strftime(
+        "%Y-%m-%d %H:%M:%S") for k in ("startTime", "endTime"))  # fmt: skip
+    assert (row["start_date"], row["end_date"], row["activity_was_scheduled"]) == (start, end, "1")
 
     cd_sim.user_action(cd_job, str(user), "FINISHED")
-    eventually(lambda: records[derived]["completion_timestamp"] != "0000-00-00 00:00:00")
+    wait_quiet_cycles(sm8_sim)
+    assert records[derived]["active"] == 1 and records[derived]["start_date"] == start
 
     cd_sim.user_action(cd_job, str(user), "SCHEDULED")
     cd_sim.resource_op(cd_job, "unschedule", str(user))

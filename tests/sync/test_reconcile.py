@@ -7,13 +7,19 @@ import time
 
 from bridge.simulators.checker import check
 from bridge.simulators.scenario import seed_business
-from bridge.sync.context import CURSOR_CD_JOBS, CURSOR_SM8_ALLOCATIONS, CURSOR_SM8_JOBS
+from bridge.sync.context import (
+    CURSOR_CD_JOBS,
+    CURSOR_SM8_ACTIVITIES,
+    CURSOR_SM8_ALLOCATIONS,
+    CURSOR_SM8_JOBS,
+)
 from mappings.ids import cd_job_uuid
 
 
 def _miss_everything_from_now(store):
     """As if every webhook were lost and the polls' cursors had run past the changes."""
     store.activity.set_cursor(CURSOR_SM8_ALLOCATIONS, "2099-01-01 00:00:00")
+    store.activity.set_cursor(CURSOR_SM8_ACTIVITIES, "2099-01-01 00:00:00")
     store.activity.set_cursor(CURSOR_SM8_JOBS, "2099-01-01 00:00:00")
     store.activity.set_cursor(CURSOR_CD_JOBS, str(int((time.time() + 7200) * 1000)))
 
@@ -45,7 +51,9 @@ def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim)
     cd_sim.reset_counts()
     drifts, dirty = engine.reconcile(repair=False)
     assert dirty == set() and sm8_sim.write_count() == cd_sim.write_count() == 0
-    assert sm8_sim.read_count() == 1 and cd_sim.read_count() == 1  # one list each
+    # One list each: ServiceM8's bookings of both kinds (allocations, activities), Coredination's
+    # jobs.
+    assert sm8_sim.read_count() == 2 and cd_sim.read_count() == 1
     reasons = {(d.sm8_job_uuid, d.servicem8, d.coredination, d.reason) for d in drifts}
     assert reasons == {
         (deleted["job_uuid"], "absent", "scheduled", "the two sides disagree"),
@@ -62,3 +70,25 @@ def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim)
     # Each side's later change won: the deletion reached Coredination, the unschedule ServiceM8.
     assert str(sm8_sim.records["joballocation"][kept["uuid"]]["active"]) == "0"
     assert engine.reconcile(repair=False)[0] == []
+
+
+def test_reconcile_finds_fixed_bookings_the_polls_missed(engine, sm8_sim, cd_sim):
+    biz = seed_business(sm8_sim, cd_sim, staff=4, jobs=4, allocations=4, fixed=2)
+    engine.run_cycle()
+    assert check(sm8_sim, cd_sim, engine.ctx.ns).converged
+    _miss_everything_from_now(engine.ctx.stores)
+    gone = biz.activities[0]
+    sm8_sim.delete("jobactivity", gone["uuid"])
+    new = sm8_sim.create("jobactivity", {
+        "job_uuid": biz.jobs[3], "staff_uuid": biz.staff[0]["uuid"], "activity_was_scheduled": 1,
+        "start_date": "2026-12-24 09:00:00", "end_date": "2026-12-24 10:00:00",
+    })  # fmt: skip
+    engine.run_cycle(match_staff=False)
+    assert len(check(sm8_sim, cd_sim, engine.ctx.ns).problems) == 2  # the polls saw neither
+
+    drifts, dirty = engine.reconcile(repair=True)
+    assert {d.sm8_job_uuid for d in drifts} == {gone["job_uuid"], biz.jobs[3]}
+    for job in dirty:
+        engine.sync_job(job)
+    assert check(sm8_sim, cd_sim, engine.ctx.ns).converged
+    assert sm8_sim.records["jobactivity"][new]["active"] == 1

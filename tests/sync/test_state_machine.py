@@ -2,8 +2,10 @@
 
 A small world (three jobs, three staff mapped by e-mail to three users) over in-memory fakes of
 both APIs and the real stores on fakeredis. People act at random: the office books, unbooks,
-dates and undates someone in ServiceM8; the dispatcher schedules, assigns and unschedules someone
-on a job the bridge has linked, and workers accept, start, decline or finish. The bridge syncs in
+dates and undates someone in ServiceM8 (flexible bookings), books, moves and removes fixed-time
+bookings on the board, and deletes and restores jobs; booked people open bookings on the phone;
+the dispatcher schedules, assigns and unschedules someone on a job the bridge has linked, and
+workers accept, start, decline or finish. The bridge syncs in
 between. After every sync nothing is booked twice by the bridge; in a quiet sync (a cycle with no
 human action since the last one) the polls mark no job, nothing is written, both sides agree pair
 by pair, and syncing every job once more writes nothing either.
@@ -59,18 +61,30 @@ def open_(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in live(rows) if r["completion_timestamp"] == EMPTY]
 
 
-def servicem8_presence(rows: list[dict[str, Any]]) -> str:
-    if not live(rows):
+def fixed(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Live fixed bookings: scheduled activities, not time worked nor automated."""
+    flags = ("activity_was_recorded", "activity_was_automated")
+    return [r for r in live(rows) if str(r["activity_was_scheduled"]) == "1"
+            and all(str(r[f]) != "1" for f in flags)]  # fmt: skip
+
+
+def servicem8_presence(allocations: list[dict[str, Any]], activities: list[dict[str, Any]]) -> str:
+    if not (live(allocations) or fixed(activities)):
         return ABSENT
-    if not open_(rows):
+    if fixed(activities):
+        return SCHEDULED
+    if not open_(allocations):
         return FINISHED
-    return SCHEDULED if any(r["allocation_date"] != EMPTY for r in open_(rows)) else ASSIGNED
+    return SCHEDULED if any(r["allocation_date"] != EMPTY for r in open_(allocations)) else ASSIGNED
 
 
-def agree(servicem8: str, coredination: str) -> bool:
-    # Coredination has no way to finish a resource: finished work matches anyone still present.
+def agree(servicem8: str, coredination: str, finishable: bool = False) -> bool:
+    # Coredination has no way to finish a resource: finished work matches anyone still present;
+    # and ServiceM8 has no way to finish a fixed booking: it matches a finished resource.
     if servicem8 == FINISHED:
         return coredination != ABSENT
+    if coredination == FINISHED and finishable:
+        return True
     return servicem8 == coredination
 
 
@@ -80,6 +94,7 @@ PERSON = st.integers(0, 2)
 PICK = st.integers(0, 3)  # which of a pair's live bookings a person touches
 DATED = st.sampled_from(["all day", "window", "10:30"])
 WHEN = st.just("undated") | DATED
+SLOT = st.sampled_from(["09:00-11:00", "13:00-15:00", "next day 08:00-09:00"])
 
 
 class SyncMachine(RuleBasedStateMachine):
@@ -137,15 +152,42 @@ class SyncMachine(RuleBasedStateMachine):
             "10:30": (day + timedelta(days=1, hours=10, minutes=30), ""),
         }[when]
 
-    def picked(self, job: int, person: int, pick: int) -> str | None:
-        rows = live(self.sm8.allocations(self.jobs[job], self.staff[person]))
+    def slot(self, slot: str) -> tuple[datetime, datetime]:
+        day = datetime.combine(START.date() + timedelta(days=1), time(0), tzinfo=TZ)
+        if slot.startswith("next day "):
+            day, slot = day + timedelta(days=1), slot.removeprefix("next day ")
+        start, end = (datetime.strptime(t, "%H:%M").time() for t in slot.split("-"))
+        return (datetime.combine(day.date(), start, tzinfo=TZ),
+                datetime.combine(day.date(), end, tzinfo=TZ))  # fmt: skip
+
+    def picked(self, job: int, person: int, pick: int, kind: str = "allocation") -> str | None:
+        if kind == "allocation":
+            rows = live(self.sm8.allocations(self.jobs[job], self.staff[person]))
+        else:
+            rows = fixed(self.sm8.activities(self.jobs[job], self.staff[person]))
         return rows[pick % len(rows)]["uuid"] if rows else None
+
+    def deleted(self, job: str) -> bool:
+        return self.sm8.records["job"][job]["active"] != 1
+
+    def judge(self, job: str, staff: str) -> tuple[str, bool]:
+        """The person's presence on the job in ServiceM8, and whether it is in step with a
+        person finished in Coredination (every live booking finished or fixed)."""
+        if self.deleted(job):
+            return ABSENT, False
+        allocations, activities = self.sm8.allocations(job, staff), self.sm8.activities(job, staff)
+        finishable = bool(live(allocations) or fixed(activities)) and not open_(allocations)
+        return servicem8_presence(allocations, activities), finishable
 
     def describe(self, job: str, staff: str, user: int) -> str:
         rows = [{k: r[k] for k in ("uuid", "active", "allocation_date", "completion_timestamp")}
                 | {"by_bridge": r["uuid"] in self.sm8.by_bridge}
                 for r in self.sm8.allocations(job, staff)]  # fmt: skip
-        return f"job {job} staff {staff}: {rows}; Coredination user {user}: " + str(
+        rows += [{k: r[k] for k in ("uuid", "active", "start_date", "end_date")}
+                 | {"by_bridge": r["uuid"] in self.sm8.by_bridge}
+                 for r in self.sm8.activities(job, staff)]  # fmt: skip
+        deleted = " (job deleted)" if self.deleted(job) else ""
+        return f"job {job}{deleted} staff {staff}: {rows}; Coredination user {user}: " + str(
             self.cd.resources(self.cd_job(job)).get(user)
         )
 
@@ -172,6 +214,38 @@ class SyncMachine(RuleBasedStateMachine):
         if (uuid := self.picked(job, person, pick)) is not None:
             self.act()
             self.sm8.move(uuid, None)
+
+    @rule(job=JOB, person=PERSON, slot=SLOT)
+    def office_books_fixed(self, job: int, person: int, slot: str) -> None:
+        """A booking dragged onto the person's row of the dispatch board."""
+        self.act()
+        self.sm8.book_fixed(self.jobs[job], self.staff[person], *self.slot(slot))
+
+    @rule(job=JOB, person=PERSON, pick=PICK, slot=SLOT)
+    def office_moves_fixed(self, job: int, person: int, pick: int, slot: str) -> None:
+        if (uuid := self.picked(job, person, pick, "activity")) is not None:
+            self.act()
+            self.sm8.move_fixed(uuid, *self.slot(slot))
+
+    @rule(job=JOB, person=PERSON, pick=PICK)
+    def office_unbooks_fixed(self, job: int, person: int, pick: int) -> None:
+        if (uuid := self.picked(job, person, pick, "activity")) is not None:
+            self.act()
+            self.sm8._put("jobactivity", uuid, {"active": 0})
+
+    @rule(job=JOB, person=PERSON, pick=PICK)
+    def phone_opens(self, job: int, person: int, pick: int) -> None:
+        """Opening a booking edits it (edit_date) and changes nothing the sync reads: it is no
+        human action for the quiet-sync check, which must then see no write."""
+        if (uuid := self.picked(job, person, pick, "activity")) is not None:
+            self.clock.advance(STEP)
+            self.sm8.open_booking(uuid)
+
+    @rule(job=JOB, active=st.sampled_from([0, 1]))
+    def office_deletes_or_restores_job(self, job: int, active: int) -> None:
+        if self.sm8.records["job"][self.jobs[job]]["active"] != active:
+            self.act()
+            self.sm8._put("job", self.jobs[job], {"active": active})
 
     # --- the dispatcher and the workers, in Coredination ----------------------------------------
     @precondition(lambda self: self.linked())
@@ -234,7 +308,9 @@ class SyncMachine(RuleBasedStateMachine):
     def check_no_duplicate(self) -> None:
         for job in self.jobs:
             for staff, user in zip(self.staff, self.users, strict=True):
-                rows = open_(self.sm8.allocations(job, staff))
+                rows = open_(self.sm8.allocations(job, staff)) + fixed(
+                    self.sm8.activities(job, staff)
+                )
                 ours = [r for r in rows if r["uuid"] in self.sm8.by_bridge]
                 assert not (ours and len(rows) > 1), (
                     f"duplicate booking: {self.describe(job, staff, user)}"
@@ -244,9 +320,9 @@ class SyncMachine(RuleBasedStateMachine):
         for job in self.jobs:
             resources = self.cd.resources(self.cd_job(job))
             for staff, user in zip(self.staff, self.users, strict=True):
-                servicem8 = servicem8_presence(self.sm8.allocations(job, staff))
+                servicem8, finishable = self.judge(job, staff)
                 coredination = CD_STATES[resources.get(user)]
-                assert agree(servicem8, coredination), (
+                assert agree(servicem8, coredination, finishable), (
                     f"not in step: ServiceM8 {servicem8}, Coredination {coredination}: "
                     + self.describe(job, staff, user)
                 )

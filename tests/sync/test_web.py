@@ -33,6 +33,9 @@ def test_good_token_enqueues_one_push_per_entry(web):
     r = post(web, documented("job", JOB))
     assert r.json()["enqueued"] == 1
     assert web.sent[-1] == ("bridge.webhook.servicem8_job", [JOB])
+    r = post(web, documented("jobactivity", ALLOCATION))  # a fixed booking
+    assert r.json()["enqueued"] == 1
+    assert web.sent[-1] == ("bridge.webhook.servicem8_activity", [ALLOCATION])
 
 
 @pytest.mark.parametrize("token", [None, "wrong", TOKEN + "x", TOKEN[:-1], TOKEN.upper()])

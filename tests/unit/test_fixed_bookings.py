@@ -10,7 +10,7 @@ from bridge.servicem8.models import JobActivity, JobAllocation
 from bridge.servicem8.translate import activity_facts, allocation_facts
 from mappings.decision import Side, decide
 from mappings.jobfields import job_time
-from mappings.planners import pull_writes
+from mappings.planners import Slot, pull_writes
 from mappings.presence import Presence, finish_in_step, pair_in_step, sm8_presence
 from mappings.stamps import to_epoch_ms
 from mappings.state import PairSnapshot
@@ -76,6 +76,7 @@ def test_a_person_finished_in_coredination_is_in_step_with_a_fixed_booking():
     # Finishing completes flexible bookings only: a fixed one has no completion.
     end = datetime(2026, 12, 1, 11, tzinfo=SYD)
     assert pull_writes(Presence.FINISHED, [booking], job_uuid=JOB, staff_uuid=BEN,
-                       derived_uuid=booking.uuid, start=end - timedelta(hours=2),
+                       derived=(booking.uuid, booking.uuid),
+                       slot=Slot(day=end - timedelta(hours=2)),
                        finished_at=end, now_ms=NOW) == []  # fmt: skip
     assert to_epoch_ms(end) == booking.end_ms

@@ -17,7 +17,7 @@ from mappings.decision import Side, decide
 from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid, connection_namespace, sm8_allocation_uuid
 from mappings.jobfields import allocation_time, cd_job_body, job_time
-from mappings.planners import cd_state_after, pull_writes, push_op, redundant_writes
+from mappings.planners import Slot, cd_state_after, pull_writes, push_op, redundant_writes
 from mappings.presence import Presence, cd_presence, in_step, sm8_presence
 from mappings.stamps import to_epoch_ms
 from mappings.state import PairSnapshot
@@ -26,6 +26,7 @@ SYD = ZoneInfo("Australia/Sydney")
 NOW = int(datetime(2026, 11, 23, 9, tzinfo=SYD).timestamp() * 1000)
 JOB = "4f1c2a70-1b2c-4d3e-8f90-a1b2c3d4e5f6"
 STAFF = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
+FIXED = "00000000-0000-4000-8000-00000000f1ed"  # the derived uuid of a fixed booking
 MORNING = AllocationWindow.from_wire(
     {
         "uuid": "11111111-2222-4333-8444-555555555555",
@@ -275,8 +276,8 @@ def test_round_trip_is_stable(pair):
         pair,
         job_uuid=JOB,
         staff_uuid=STAFF,
-        derived_uuid=DERIVED,
-        start=datetime(2026, 12, 3, tzinfo=UTC),
+        derived=(DERIVED, FIXED),
+        slot=Slot(day=datetime(2026, 12, 3, tzinfo=UTC)),
         finished_at=None,
         now_ms=NOW,
     )
@@ -292,8 +293,8 @@ def test_pull_then_read_back_is_in_step(target, pair):
         pair,
         job_uuid=JOB,
         staff_uuid=STAFF,
-        derived_uuid=DERIVED,
-        start=datetime(2026, 12, 3, tzinfo=UTC),
+        derived=(DERIVED, FIXED),
+        slot=Slot(day=datetime(2026, 12, 3, tzinfo=UTC)),
         finished_at=datetime(2026, 12, 3, 15, tzinfo=UTC),
         now_ms=NOW,
     )
@@ -350,8 +351,8 @@ def test_reviving_our_own_deleted_allocation_says_every_field_the_presence_reads
     old = replace(facts(uuid=DERIVED, active=0, allocation_date="2026-11-23 00:00:00"),
                   by_bridge=True)  # fmt: skip
     start = datetime(2026, 12, 3, tzinfo=UTC)
-    writes = pull_writes(target, [old], job_uuid=JOB, staff_uuid=STAFF, derived_uuid=DERIVED,
-                         start=start, finished_at=start, now_ms=NOW)  # fmt: skip
+    writes = pull_writes(target, [old], job_uuid=JOB, staff_uuid=STAFF, derived=(DERIVED, FIXED),
+                         slot=Slot(day=start), finished_at=start, now_ms=NOW)  # fmt: skip
     assert [(w.kind, w.uuid) for w in writes] == [("update", DERIVED)]
     revived = after_write(old, writes[0], JOB, STAFF)
     assert sm8_presence([revived], NOW) == target
@@ -364,6 +365,7 @@ def test_a_finished_visit_is_history_next_to_an_open_booking():
     new = facts(uuid="bbbbbbbb-bbbb-4ccc-8ddd-eeeeeeeeeeee")
     assert sm8_presence([done, new], NOW) == A
     start = datetime(2026, 12, 3, tzinfo=UTC)
-    writes = pull_writes(S, [done, new], job_uuid=JOB, staff_uuid=STAFF, derived_uuid=DERIVED,
-                         start=start, finished_at=None, now_ms=NOW)  # fmt: skip
+    writes = pull_writes(S, [done, new], job_uuid=JOB, staff_uuid=STAFF,
+                         derived=(DERIVED, FIXED), slot=Slot(day=start), finished_at=None,
+                         now_ms=NOW)  # fmt: skip
     assert [(w.uuid, w.fields) for w in writes] == [(new.uuid, {"allocation_date": start})]
