@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Literal
 from uuid import UUID
 
@@ -189,10 +189,11 @@ def plan_pair(
     plan.park = Park(staff, None)
     cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
     if deleted:  # nobody goes to work that no longer exists, and nobody is booked onto it
-        gone = cd.presence == Presence.ABSENT
+        # (work finished before the job was deleted is history: it stays as it is)
+        left = cd.presence in (Presence.ABSENT, Presence.FINISHED)
         decision = (
             Decision("in_step")
-            if gone
+            if left
             else Decision("push", Presence.ABSENT, "job deleted in ServiceM8")
         )
     else:
@@ -217,11 +218,14 @@ def plan_pair(
         return plan
     plan.direction = "pull"
     writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms, booking)
-    if decision.target != Presence.ABSENT:
-        writes += _follow(view, facts, tz, now_ms)
     by_uuid = {a.uuid: a for a in facts}
     for write in writes:
         by_uuid[write.uuid] = after_write(by_uuid.get(write.uuid), write, record.uuid, staff)
+    if decision.target in (Presence.SCHEDULED, Presence.FINISHED):  # on the bookings as pulled
+        follow = _follow(view, list(by_uuid.values()), tz, now_ms)
+        for write in follow:
+            by_uuid[write.uuid] = after_write(by_uuid[write.uuid], write, record.uuid, staff)
+        writes += follow
     plan.writes += writes
     plan.snapshot = PairSnapshot(sm8_presence(by_uuid.values(), now_ms), cd.presence)
     return plan
@@ -237,11 +241,28 @@ def _follow(view: CdView, pair: list[AllocationFacts], tz: tzinfo, now_ms: int) 
 def _job_times(view: CdView, tz: tzinfo) -> tuple[datetime, datetime]:
     """A timed Coredination job's start and end; one hour when it has neither end nor duration."""
     assert view.start_ms is not None
-    # ServiceM8 keeps whole seconds: a time written with milliseconds would read back as another
-    # time, and the bridge would take its own write for a change.
-    start = datetime.fromtimestamp(view.start_ms // 1000, tz)
-    end = datetime.fromtimestamp(view.end_ms // 1000, tz) if view.end_ms is not None else None
+    start = _wall(view.start_ms, tz)
+    end = _wall(view.end_ms, tz) if view.end_ms is not None else None
     return start, end if end is not None and end > start else start + timedelta(hours=1)
+
+
+def _wall(ms: int, tz: tzinfo) -> datetime:
+    """A time as ServiceM8 will hold it: whole seconds (a time written with milliseconds would
+    read back as another time, and the bridge would take its own write for a change), and wall
+    clock in the account's timezone (in the hour repeated when daylight saving ends, the reading
+    ServiceM8's naive stamp gives back)."""
+    return datetime.fromtimestamp(ms // 1000, tz).replace(fold=0)
+
+
+def _day(view: CdView, event_ms: int, tz: tzinfo) -> datetime:
+    """The date of a flexible booking on an untimed or all-day job: the job's day (an all-day
+    job's start is a date: a whole UTC day is taken as that date), else the day the person was
+    scheduled; midnight in the account's timezone."""
+    if view.start_ms is not None and view.all_day and view.start_ms % 86_400_000 == 0:
+        day = datetime.fromtimestamp(view.start_ms / 1000, UTC).date()
+    else:
+        day = datetime.fromtimestamp((view.start_ms or event_ms) // 1000, tz).date()
+    return datetime.combine(day, time(0), tzinfo=tz)
 
 
 def _pull(
@@ -257,15 +278,14 @@ def _pull(
     booking: BookingKind,
 ) -> list[Sm8Write]:
     event_ms = view.changed_ms.get(user) or view.modified_ms or now_ms
-    event = datetime.fromtimestamp(event_ms // 1000, tz)
+    event = _wall(event_ms, tz)
     fixed: tuple[datetime, datetime] | None = None
     if view.timed:
-        day = datetime.fromtimestamp((view.start_ms or 0) // 1000, tz)
+        day = _wall(view.start_ms or 0, tz)
         if booking != "flexible":
             fixed = _job_times(view, tz)
     else:  # an untimed (or all-day) job: the day of the job, or the day the user was scheduled
-        day = datetime.fromtimestamp((view.start_ms or event_ms) // 1000, tz)
-        day = day.replace(hour=0, minute=0, second=0)
+        day = _day(view, event_ms, tz)
         if booking == "fixed":  # no flexible bookings on this account: an hour from then
             start = event.replace(second=0)
             fixed = (start, start + timedelta(hours=1))

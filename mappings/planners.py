@@ -124,6 +124,12 @@ def pull_writes(
     writes: list[Sm8Write] = []
     if target == Presence.SCHEDULED:
         undated = current and not any(a.date_ms is not None for a in current)
+        ours = [a for a in current if a.by_bridge and a.completed_ms is None]
+        if undated and slot.fixed is not None and ours and len(ours) == len(current):
+            # Our own booking of an assignment, now scheduled on a timed job: a fixed booking
+            # of the job's time replaces it, as if the person had been scheduled at once.
+            writes = [Sm8Write("delete", a.uuid) for a in ours]
+            return writes + _create(target, pair, job_uuid, staff_uuid, derived, slot, None)
         if undated and slot.day is not None and not any(a.fixed for a in live):
             writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": slot.day}))
         writes += [

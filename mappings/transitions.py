@@ -56,7 +56,8 @@ def ingest_allocations(
     A deleted record the bridge never saw is not kept at all (it would make the job known).
     A record the bridge wrote after ``read_started`` (the moment the read began) is older than
     our write and is ignored: a stale read must never undo our own write. An allocation once
-    known as the bridge's stays the bridge's. A record whose fields are unchanged keeps the
+    known as the bridge's stays the bridge's; a fixed booking the bridge made stops being the
+    bridge's once the office moves it. A record whose fields are unchanged keeps the
     change time it had: ``edit_date`` alone moving is no change.
     """
     facts = list(facts)
@@ -71,7 +72,14 @@ def ingest_allocations(
         previous = record.allocations.get(fact.uuid)
         if previous is None and not fact.active:
             continue  # deleted before the bridge ever saw it (a poll's overlap): nothing to keep
-        if previous is not None and previous.by_bridge and not fact.by_bridge:
+        if previous is not None and previous.fixed and (
+            not previous.by_bridge or (fact.date_ms, fact.end_ms) != (previous.date_ms,
+                                                                      previous.end_ms)
+        ):  # fmt: skip
+            # A fixed booking the bridge made that the office moved is the office's from then
+            # on: it sets the job's time and is never moved from Coredination again.
+            fact = replace(fact, by_bridge=False)
+        elif previous is not None and previous.by_bridge and not fact.by_bridge:
             fact = replace(fact, by_bridge=True)
         if previous is not None and previous.edited_ms is not None and previous.same_state(fact):
             # Only edit_date moved (a booking opened on the phone): the change time stays when

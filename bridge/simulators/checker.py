@@ -127,6 +127,8 @@ def check(
             c_presence = cd_presence(resource["state"] if resource else None) or Presence.ABSENT
             if s_presence == Presence.ABSENT and c_presence == Presence.ABSENT:
                 continue
+            if job in deleted and c_presence == Presence.FINISHED:
+                continue  # work finished before the job was deleted is history
             result.pairs += 1
             if s_presence != Presence.ABSENT:
                 linked_jobs.add(job)

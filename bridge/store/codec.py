@@ -7,7 +7,8 @@ as small numbers, and the Coredination job uuid left out because it is derived f
 job (``mappings.ids``).
 
 A record is a MessagePack array whose position 0 is its format; ``decode`` dispatches on it, so a
-later format can read every earlier one. The layout is driven by the state model's dataclasses:
+later format can read every earlier one (format 2, below ``FORMAT``, is format 1 with appended
+fields in use). The layout is driven by the state model's dataclasses:
 ``LAYOUT`` lists, per class, the fields in stored order (append only), ``IMPLIED`` the ones taken
 from the record's key instead, and a test fails when a dataclass field is in neither. A record
 written before a field was appended reads that field as the dataclass's default. Format 1::
@@ -22,7 +23,7 @@ written before a field was appended reads that field as the dataclass's default.
                  window: None | [start minute, end minute]
     written      {allocation uuid: when the bridge wrote it (epoch seconds)}
     cd           None | [id, uuid or None (= derived), {user: state}, {user: event time},
-                         modified, start, end, all day] (the last three appended
+                         modified, start, end, all day] (the last two appended
                          with fixed bookings, left off while they hold their defaults)
     fields_fp    None | the fingerprint of the job body last written, as bytes when it is hex
     pairs        {staff: sm8 presence * 4 + cd presence}
@@ -47,7 +48,12 @@ from mappings.facts import AllocationFacts, JobFacts
 from mappings.presence import Presence
 from mappings.state import CdView, JobRecord, PairSnapshot
 
-FORMAT = 1
+FORMAT = 2  # the newest format this version writes and reads
+# Format 2 is format 1's layout with rows longer than a class's first layout (the fields appended
+# for fixed bookings in use). A record that needs none of them is still written as format 1, byte
+# for byte as before; one that does is written as 2, so a worker of an older version meets
+# ``NewerRecord`` (and leaves the record alone) instead of a row it cannot read.
+BASE_FORMAT = 1
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 
 # Append only: stored records refer to these by position.
@@ -138,6 +144,7 @@ class _Encoder:
     def __init__(self, derived_cd_uuid: str) -> None:
         self.derived_cd_uuid = derived_cd_uuid
         self.staff: dict[str, int] = {}
+        self.extended = False  # a row holds a field appended after its class's first layout
 
     def who(self, staff_uuid: str | None) -> int | None:
         if staff_uuid is None:
@@ -154,6 +161,8 @@ class _Encoder:
             getattr(value, names[-1]) == defaults.get(names[-1], dataclasses.MISSING)
         ):
             names.pop()
+        if len(names) > FIRST_LENGTH.get(cls, len(names)):
+            self.extended = True
         return [packers.get(name, _same)(getattr(value, name)) for name in names]
 
 
@@ -192,7 +201,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
         },
     }
     parts["staff"] = [pack_id(name) for name in enc.staff]
-    packed = [FORMAT, *(parts[name] for name in LAYOUT[JobRecord])]
+    packed = [FORMAT if enc.extended else BASE_FORMAT, *(parts[name] for name in LAYOUT[JobRecord])]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
 
@@ -267,7 +276,7 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
     return record
 
 
-DECODERS: dict[int, Callable[[str, list[Any], str], JobRecord]] = {1: _decode_v1}
+DECODERS: dict[int, Callable[[str, list[Any], str], JobRecord]] = {1: _decode_v1, 2: _decode_v1}
 
 
 def unencoded_fields() -> dict[str, set[str]]:

@@ -292,3 +292,60 @@ def test_a_job_activity_webhook_reads_that_record_alone(engine, sm8_sim, cd_sim)
     assert engine.push_activity(worked) == set()  # time worked: nothing to sync
     assert engine.push_activity("3f0b9c1e-5a7d-4c2b-9e8f-1a2b3c4d5e6f") == set()  # gone: logged
     assert sm8_sim.read_count() == 3 and sm8_sim.count("GET", "jobactivity.get") == 3
+
+
+def test_the_office_moving_a_booking_the_bridge_made_is_kept_and_moves_the_job(
+    engine, sm8_sim, cd_sim
+):
+    job, cd_job, [(ava, _), _, (_, cat_id)] = _one_job(sm8_sim, cd_sim, engine)
+    _fixed(sm8_sim, job, ava, 3, 14, 16)
+    _cycle(engine)
+    cd_sim.resource_op(cd_job, "schedule", str(cat_id))
+    _cycle(engine)
+    made = sm8_activity_uuid(engine.ctx.ns, cd_job, cat_id)
+    assert sm8_sim.records["jobactivity"][made]["start_date"] == _stamp(3, 14)
+    # The office drags Cat's booking to the morning: it is the office's now.
+    sm8_sim.update("jobactivity", made, {"start_date": _stamp(3, 8), "end_date": _stamp(3, 9)})
+    _cycle(engine)
+    _cycle(engine)
+    assert sm8_sim.records["jobactivity"][made]["start_date"] == _stamp(3, 8)  # not reverted
+    cd = _cd_job(cd_sim, cd_job)
+    assert (cd["startTime"], cd["endTime"]) == (_ms(3, 8), _ms(3, 9))  # the earliest booking
+
+
+def test_an_assignment_then_scheduled_on_a_timed_job_becomes_a_fixed_booking(
+    engine, sm8_sim, cd_sim
+):
+    job, cd_job, [(ava, _), _, (cat, cat_id)] = _one_job(sm8_sim, cd_sim, engine)
+    _fixed(sm8_sim, job, ava, 3, 14, 16)
+    _cycle(engine)
+    cd_sim.resource_op(cd_job, "assign", str(cat_id))
+    _cycle(engine)
+    flexible = [a for a in sm8_sim.records["joballocation"].values() if a["staff_uuid"] == cat]
+    assert len(flexible) == 1 and flexible[0]["allocation_date"] == EMPTY
+    cd_sim.resource_op(cd_job, "schedule", str(cat_id))
+    _cycle(engine)
+    assert sm8_sim.records["joballocation"][flexible[0]["uuid"]]["active"] == 0
+    fixed = sm8_sim.records["jobactivity"][sm8_activity_uuid(engine.ctx.ns, cd_job, cat_id)]
+    assert (fixed["start_date"], fixed["end_date"], fixed["active"]) == (
+        _stamp(3, 14),
+        _stamp(3, 16),
+        1,
+    )
+    sm8_sim.reset_counts()
+    cd_sim.reset_counts()
+    _cycle(engine)
+    assert sm8_sim.write_count() == 0 and cd_sim.write_count() == 0
+
+
+def test_work_finished_before_the_job_was_deleted_stays(engine, sm8_sim, cd_sim):
+    job, cd_job, [(ava, ava_id), (ben, ben_id), _] = _one_job(sm8_sim, cd_sim, engine)
+    _fixed(sm8_sim, job, ava, 3, 9, 11)
+    _fixed(sm8_sim, job, ben, 3, 9, 11)
+    _cycle(engine)
+    cd_sim.user_action(cd_job, str(ava_id), "FINISHED")
+    _cycle(engine)
+    sm8_sim.delete("job", job)
+    _cycle(engine)
+    assert _resources(cd_sim, cd_job) == {ava_id: "FINISHED"}
+    assert ben_id not in _resources(cd_sim, cd_job)

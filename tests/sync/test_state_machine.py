@@ -173,8 +173,8 @@ class SyncMachine(RuleBasedStateMachine):
     def judge(self, job: str, staff: str) -> tuple[str, bool]:
         """The person's presence on the job in ServiceM8, and whether it is in step with a
         person finished in Coredination (every live booking finished or fixed)."""
-        if self.deleted(job):
-            return ABSENT, False
+        if self.deleted(job):  # nobody booked; work finished before it was deleted stays
+            return ABSENT, True
         allocations, activities = self.sm8.allocations(job, staff), self.sm8.activities(job, staff)
         finishable = bool(live(allocations) or fixed(activities)) and not open_(allocations)
         return servicem8_presence(allocations, activities), finishable

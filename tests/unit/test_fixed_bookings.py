@@ -3,7 +3,9 @@ job's time. (Reading them in polls and writing them back from Coredination come 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
 from zoneinfo import ZoneInfo
 
 from bridge.servicem8.models import JobActivity, JobAllocation
@@ -80,3 +82,38 @@ def test_a_person_finished_in_coredination_is_in_step_with_a_fixed_booking():
                        slot=Slot(day=end - timedelta(hours=2)),
                        finished_at=end, now_ms=NOW) == []  # fmt: skip
     assert to_epoch_ms(end) == booking.end_ms
+
+
+def test_a_pull_to_assigned_never_moves_a_booking_it_deletes():
+    """Found in review: the dispatcher moved a timed job and then only assigned the person; the
+    plan deleted our fixed booking and then updated it to the job's new time."""
+    from mappings.plan import plan_pair
+    from mappings.state import CdView, JobRecord
+
+    ns = UUID("6f1c2a70-1b2c-4d3e-8f90-a1b2c3d4e5f6")
+    view = CdView(7, "0b1c2d3e-4f5a-4b6c-8d7e-9f0a1b2c3d4e", {5: "ASSIGNED"}, {5: NOW},
+                  start_ms=to_epoch_ms(datetime(2026, 12, 1, 11, tzinfo=SYD)),
+                  end_ms=to_epoch_ms(datetime(2026, 12, 1, 12, tzinfo=SYD)))  # fmt: skip
+    ours = replace(fixed("2026-12-01 09:00:00", "2026-12-01 10:00:00"), by_bridge=True)
+    in_step = PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)
+    record = JobRecord(JOB, cd=view, allocations={ours.uuid: ours}, pairs={BEN: in_step})
+    plan = plan_pair(record, BEN, [ours], 5, ns=ns, tz=SYD, now_ms=NOW, tie="servicem8")
+    touched = [(w.kind, w.uuid) for w in plan.writes if w.uuid == ours.uuid]
+    assert touched == [("delete", ours.uuid)]
+    assert plan.snapshot == PairSnapshot(Presence.ASSIGNED, Presence.ASSIGNED)
+
+
+def test_times_from_coredination_are_written_as_servicem8_reads_them_back():
+    """In the hour repeated when daylight saving ends, and on an all-day job west of UTC."""
+    from zoneinfo import ZoneInfo
+
+    from mappings.plan import _day, _wall
+    from mappings.stamps import format_sm8_stamp, parse_sm8_stamp
+    from mappings.state import CdView
+
+    second = datetime(2026, 4, 5, 2, 30, tzinfo=SYD).replace(fold=1)  # AEST, after the change
+    wall = _wall(to_epoch_ms(second), SYD)
+    assert to_epoch_ms(parse_sm8_stamp(format_sm8_stamp(wall, SYD), SYD)) == to_epoch_ms(wall)
+    new_york = ZoneInfo("America/New_York")
+    all_day = CdView(1, "x", start_ms=to_epoch_ms(datetime(2026, 3, 10, tzinfo=UTC)), all_day=True)
+    assert _day(all_day, NOW, new_york) == datetime(2026, 3, 10, tzinfo=new_york)

@@ -172,3 +172,35 @@ def test_records_written_by_format_1_before_the_store_was_split_read_back_unchan
                           expected)  # fmt: skip
         assert repr(record) == expected, row["name"]
         assert encode(record, derived) == raw, row["name"]  # and are stored as before
+
+
+def test_a_record_using_appended_fields_is_format_2_which_an_older_reader_refuses():
+    """Format 1 readers know only the first layouts: a fixed booking's row (or a Coredination view
+    with an end) would be a row too long for them. Such a record says format 2, so an older
+    worker meets ``NewerRecord`` and leaves it alone rather than reading it as damaged."""
+    from bridge.store import codec
+
+    staff = "35bf992d-c9e9-4616-a12e-7696a6cecc1b"
+    plain = AllocationFacts("c96fa758-02b0-47f8-86fa-adb10a248cff", JOB, staff, True,
+                            1796043600000, None, None, None, 1795423605000)  # fmt: skip
+    fixed = AllocationFacts("c96fa758-02b0-47f8-86fa-adb10a248c00", JOB, staff, True,
+                            1796043600000, None, None, None, 1795423605000, fixed=True,
+                            end_ms=1796050800000)  # fmt: skip
+    timed = CdView(100045, DERIVED, {}, {}, None, 1796043600000, end_ms=1796050800000)
+    for record, version in [
+        (JobRecord(JOB, allocations={plain.uuid: plain}), 1),
+        (JobRecord(JOB, allocations={plain.uuid: plain, fixed.uuid: fixed}), 2),
+        (JobRecord(JOB, cd=CdView(100045, DERIVED)), 1),
+        (JobRecord(JOB, cd=timed), 2),
+    ]:
+        raw = encode(record, DERIVED)
+        assert msgpack.unpackb(raw, strict_map_key=False)[0] == version
+        assert decode(JOB, raw, DERIVED) == record
+    raw = encode(JobRecord(JOB, cd=timed), DERIVED)
+    older = dict(codec.DECODERS)
+    older.pop(2)
+    with pytest.MonkeyPatch.context() as patch:  # a reader of format 1 only
+        patch.setattr(codec, "FORMAT", 1)
+        patch.setattr(codec, "DECODERS", older)
+        with pytest.raises(codec.NewerRecord):
+            decode(JOB, raw, DERIVED)
