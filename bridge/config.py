@@ -57,7 +57,7 @@ class Settings(BaseSettings):
         "used by 'bridge webhooks subscribe'.",
     )
     webhook_max_body_bytes: int = Field(
-        262_144, gt=0, description="Larger webhook bodies are refused with 413."
+        262_144, gt=0, description="Larger webhook bodies are not read (answered 200, counted)."
     )
     webhook_dedupe_seconds: int = Field(
         86_400, gt=0, description="How long a webhook delivery is remembered to drop repeats."

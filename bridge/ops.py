@@ -8,10 +8,13 @@ import time
 from typing import Any
 
 from bridge.config import Settings
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, Rejected
+from bridge.log import get_logger
 from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
 from bridge.sync.context import CURSORS, SYSTEMS, polled
+
+log = get_logger(__name__)
 
 
 def status(rt: Runtime) -> dict[str, Any]:
@@ -56,6 +59,10 @@ def status(rt: Runtime) -> dict[str, Any]:
         "budget": budget,
         "accounts": {api: rt.budget.accounts(api) for api in SYSTEMS},
         "cursors": {shown: cursors.get(name) for shown, name in CURSORS.items()},
+        "subscriptions": {
+            name: cursors.get(f"subscription:{name}")
+            for name in [f"servicem8.{obj}" for obj in SUBSCRIBED_FIELDS]
+        },
         "poll_age_seconds": {
             system: round(now - float(at), 1) if at else None
             for system in SYSTEMS
@@ -91,10 +98,24 @@ def subscribe_webhooks(rt: Runtime) -> list[str]:
     Coredination job webhook to this bridge's receiver. Safe to repeat: existing subscriptions for
     the same URL are kept."""
     urls = callback_urls(rt.settings)
+    connection = rt.settings.bridge_connection_id
     done = []
     for obj, fields in SUBSCRIBED_FIELDS.items():
-        # ServiceM8 checks the URL by the challenge handshake before it answers.
-        rt.sm8.subscribe_object(obj, fields, urls["servicem8"], unique_id=f"bridge-{obj}")
+        # Each object on its own: ServiceM8 refuses objects it cannot send (job allocations,
+        # docs/servicem8-api.md#webhooks), and a refused one is polled as before. The key names
+        # the connection, since a second subscription with the same key replaces the first.
+        name = f"servicem8.{obj}"
+        try:
+            # ServiceM8 checks the URL by the challenge handshake before it answers.
+            rt.sm8.subscribe_object(obj, fields, urls["servicem8"],
+                                    unique_id=f"bridge-{connection}-{obj}"[:100])  # fmt: skip
+        except Rejected as exc:
+            why = f"ServiceM8 refused the subscription (HTTP {exc.status}): {exc}"[:200]
+            rt.stores.activity.set_subscription(name, f"poll-only: {why}")
+            log.info("webhooks.poll_only", object=obj, status=exc.status)
+            done.append(f"servicem8 {obj} poll-only ({why})")
+            continue
+        rt.stores.activity.set_subscription(name, "active")
         done.append(f"servicem8 {obj}")
     hooks = rt.cd.list_webhooks()
     if not any(h.get("url") == urls["coredination"] for h in hooks):

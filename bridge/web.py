@@ -23,6 +23,7 @@ bodies and answers well inside ServiceM8's 10-second limit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import time
@@ -111,9 +112,7 @@ class Receiver:
                 return Reply(200, challenge.challenge)
             parsed = PARSERS[source](body)
         except BadPayload as exc:
-            self.activity.count({f"webhook.{source}.rejected": 1})
-            log.warning("webhook.rejected", source=source, reason=str(exc))
-            return Reply(400, {"error": str(exc)})
+            return self.unusable(source, str(exc))
         enqueued, duplicates = 0, 0
         for hint in parsed.hints:
             delivery = self._delivery_key(hint, raw)
@@ -125,12 +124,16 @@ class Receiver:
                 args = [hint.ref, *hint.event] if hint.kind == "coredination.job" else [hint.ref]
                 self.send(TASKS[hint.kind], args)
             except Exception as exc:
+                # Answered 2xx all the same (ServiceM8 turns off a subscription whose deliveries
+                # keep failing): the poll catches the change, and the metric counts it.
                 self.activity.forget_delivery(delivery)
+                self.activity.count({f"webhook.{source}.enqueue_failed": 1})
                 log.error("webhook.enqueue_failed", source=source, error=type(exc).__name__)
-                return Reply(503, {"error": "could not queue the work; retry later"})
+                return Reply(202, {"enqueued": enqueued, "error": "not queued; the poll will "
+                                   "catch the change"})  # fmt: skip
             enqueued += 1
-        if parsed.hints:
-            self.activity.note_webhook(source, time.time())
+        if parsed.hints:  # per system, and per object (its own poll may then stretch)
+            self.activity.note_webhook([source, *{h.kind for h in parsed.hints}], time.time())
         self.activity.count(
             {
                 f"webhook.{source}.enqueued": enqueued,
@@ -147,6 +150,15 @@ class Receiver:
         )
         return Reply(200, {"enqueued": enqueued, "duplicates": duplicates,
                            "ignored": parsed.ignored[:20]})  # fmt: skip
+
+    def unusable(self, source: str, reason: str) -> Reply:
+        """An authenticated delivery the bridge cannot use (unreadable, too large, another media
+        type): counted as ``rejected`` and answered 200, since ServiceM8 deactivates a
+        subscription whose deliveries keep failing; the poll catches whatever it was about."""
+        with contextlib.suppress(redis.RedisError):  # uncounted then; the log line still tells
+            self.activity.count({f"webhook.{source}.rejected": 1})
+        log.warning("webhook.rejected", source=source, reason=reason)
+        return Reply(200, {"enqueued": 0, "duplicates": 0, "ignored": [reason]})
 
     @staticmethod
     def _delivery_key(hint: Hint, raw: bytes) -> str:
@@ -308,19 +320,38 @@ def create_app(
         if not receiver.authentic(token):
             log.warning("webhook.unauthorised", source=source)
             return Reply(401, {"error": "wrong or missing token"}).response()
+        # From here on every answer is a 2xx: the sender is ours, and ServiceM8 deactivates a
+        # subscription whose deliveries keep failing. What cannot be used is counted, and the
+        # poll catches the change it was about.
         content_type = request.headers.get("content-type", "")
         if content_type.split(";", 1)[0].strip().lower() not in MEDIA_TYPES:
-            return Reply(415, {"error": "unsupported content type"}).response()
+            reason = "unsupported content type"
+            return (await run_in_threadpool(receiver.unusable, source, reason)).response()
         try:
             raw = await _read_body(request, settings.webhook_max_body_bytes)
         except _Body as exc:
-            return Reply(exc.status, {"error": exc.message}).response()
+            return (await run_in_threadpool(receiver.unusable, source, exc.message)).response()
         try:
             reply = await run_in_threadpool(receiver.handle, source, raw, content_type)
-        except redis.RedisError as exc:  # Redis restarting: the sender retries, polls catch up
+        except redis.RedisError as exc:  # Redis restarting: the polls catch up
             log.error("webhook.redis_unavailable", source=source, error=type(exc).__name__)
-            reply = Reply(503, {"error": "temporarily unavailable; retry later"})
+            reply = Reply(202, {"enqueued": 0, "error": "not queued; the poll will catch the "
+                                "change"})  # fmt: skip
         return reply.response()
+
+    @app.get("/webhooks/servicem8/{token}", include_in_schema=False)
+    async def challenge_by_get(token: str, request: Request) -> Response:
+        """ServiceM8's subscription check, when it comes as a GET with the same parameters."""
+        if receiver.token is None or not receiver.authentic(token):
+            return Reply(401, {"error": "wrong or missing token"}).response()
+        try:
+            challenge = handshake(dict(request.query_params))
+        except BadPayload as exc:
+            return Reply(400, {"error": str(exc)}).response()
+        if challenge is None:
+            return Reply(404, {"error": "not a subscription check"}).response()
+        log.info("webhook.handshake", source="servicem8", method="GET")
+        return Reply(200, challenge.challenge).response()
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -95,6 +95,8 @@ def status(
         out.print(f"budget {api}: {used}")
     for name, value in data["cursors"].items():
         out.print(f"cursor {name}: {value or '-'}")
+    for name, state in data["subscriptions"].items():
+        out.print(f"webhooks {name}: {state or 'not subscribed by this bridge'}", highlight=False)
     for row in data["pending_examples"]:
         out.print(f"pending {row['pair']}: {row['reason']}")
     for row in data["invalid_examples"]:

@@ -18,8 +18,9 @@ Redis first (docs/operations.md#budget). Implements ``bridge.http.CallGate``.
 - Slots and pauses belong to the API *account* (``accounts(api)``: the ServiceM8 vendor uuid,
   a digest of the Coredination key), not to one connection of ours: ServiceM8 limits "per
   add-on per account" (docs/servicem8-api.md#limits), so two connections on one account share it.
-- A 429 pauses that account's use of the API until its window resets: a minute, or
-  midnight in the account's timezone for the day limit. 401/402/403 pause it for
+- A 429 pauses that account's use of the API until its window resets: a minute, or for the
+  day limit the earlier of UTC midnight and midnight in the account's timezone (which one
+  ServiceM8 uses is not documented: a probe too early costs one 429). 401/402/403 pause it for
   ``AUTH_PAUSE_SECONDS``; the first call after that is the probe that resumes or re-pauses.
 
 Why not the ``limits`` library (used until the benchmark measured it): it counts whole seconds
@@ -33,7 +34,7 @@ import contextvars
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
 from bridge.accounts import AccountIds
@@ -171,12 +172,17 @@ class Budget:
         return out
 
     # --- helpers -----------------------------------------------------------------------------
+    def _to_midnight(self, tz: tzinfo) -> float:
+        now = datetime.fromtimestamp(self.clock(), tz)
+        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+        return (midnight - now).total_seconds()
+
     def _until_reset(self, api: Api, window: str | None) -> float:
         if window == "day":
-            tz = self.day_reset_tz() if self.day_reset_tz else None
-            now = datetime.fromtimestamp(self.clock(), tz)
-            midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-            return max(60.0, (midnight - now).total_seconds())
+            # When the day limit resets is not documented: probe at the earlier of UTC midnight
+            # and the account's midnight (a probe too early costs one 429 and pauses again).
+            zones = [UTC, self.day_reset_tz()] if self.day_reset_tz else [UTC]
+            return max(60.0, min(self._to_midnight(tz) for tz in zones))
         # A minute window whose start we cannot see: wait one whole window (plus the margin).
         short = [w for w in self.windows.get(api, []) if w.seconds < 86_400]
         return float(short[0].span) if short else 61.0

@@ -64,9 +64,19 @@ class ActivityStore:
         """Undo ``first_delivery`` when enqueueing failed, so a redelivery is not dropped."""
         self.r.delete(self.keys.seen(delivery))
 
-    def note_webhook(self, system: str, now: float) -> None:
-        """A valid webhook from ``system`` arrived (its polls may then run less often)."""
-        self.r.hset(self.keys.cursor, f"webhook:{system}", repr(now))
+    def note_webhook(self, names: str | Iterable[str], now: float) -> None:
+        """A valid webhook arrived from a system about the objects named (``servicem8``,
+        ``servicem8.jobactivity``): their polls may then run less often."""
+        names = [names] if isinstance(names, str) else list(names)
+        self.r.hset(self.keys.cursor, mapping={f"webhook:{n}": repr(now) for n in names})
+
+    def subscription(self, name: str) -> str | None:
+        """What is known of the webhook subscription for ``name`` (``servicem8.jobactivity``):
+        ``active``, or ``poll-only: <why>``; None when the bridge never subscribed it."""
+        return self.cursor(f"subscription:{name}")
+
+    def set_subscription(self, name: str, state: str) -> None:
+        self.set_cursor(f"subscription:{name}", state[:300])
 
     # --- liveness --------------------------------------------------------------------------------
     def heartbeat(self, worker: str, now: float, ttl: int) -> None:

@@ -3,48 +3,76 @@ without Celery (``bridge sync --once``)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
+
 from bridge.errors import ApiError, BudgetExhausted
 from bridge.log import get_logger
 from bridge.sync.context import SYSTEMS, Report, SyncContext, polled
-from bridge.sync.ingest import poll_servicem8
+from bridge.sync.ingest import SM8_POLLED, poll_servicem8
 from bridge.sync.jobsync import sync_job
 from bridge.sync.pull import poll_coredination
 from bridge.sync.staff import match_staff
 
 log = get_logger(__name__)
 
-POLLS = {"servicem8": poll_servicem8, "coredination": poll_coredination}
+
+def _poll_coredination(ctx: SyncContext, objects: Collection[str]) -> set[str]:
+    return poll_coredination(ctx)
+
+
+Poll = Callable[[SyncContext, Collection[str]], set[str]]
+POLLS: dict[str, Poll] = {"servicem8": poll_servicem8, "coredination": _poll_coredination}
+POLLED: dict[str, tuple[str, ...]] = {"servicem8": SM8_POLLED, "coredination": ("job",)}
+
+
+def _hooked(ctx: SyncContext, name: str, now: float, with_webhooks: float) -> bool:
+    """Webhooks stand in for the poll of object ``name`` (``servicem8.jobactivity``) only while
+    its own subscription is not known to be refused or lost and its own webhooks arrive: a
+    webhook about jobs says nothing of allocations (which ServiceM8 may not send at all)."""
+    activity = ctx.stores.activity
+    subscription = activity.subscription(name)
+    if subscription is not None and subscription != "active":
+        return False
+    hooked = activity.cursor(f"webhook:{name}")
+    return hooked is not None and now - float(hooked) < with_webhooks
 
 
 def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float = 0.0) -> set[str]:
-    """Ingest each system whose poll interval has elapsed, ServiceM8 then Coredination, before
+    """Ingest each polled object whose interval has elapsed, ServiceM8 then Coredination, before
     any sync runs: a pair changed on both sides between two polls is then decided with both
     changes in view, so the later one wins.
 
-    While a system's webhooks arrive (one within the last ``with_webhooks`` seconds), its interval
-    stretches to ``with_webhooks``: the poll is then only the safety net for a lost webhook, and
-    ServiceM8's budget is better spent on changes."""
+    While an object's own webhooks arrive (one within the last ``with_webhooks`` seconds, and its
+    subscription not refused), its interval stretches to ``with_webhooks``: the poll is then only
+    the safety net for a lost webhook, and ServiceM8's budget is better spent on changes."""
     now = ctx.clock()
     activity = ctx.stores.activity
     dirty = ctx.stores.jobs.due_expiries(ctx.now_ms())
     for system in SYSTEMS:
         interval = intervals.get(system, 0)
-        hooked = activity.cursor(f"webhook:{system}")
-        if hooked is not None and now - float(hooked) < with_webhooks:
-            interval = max(interval, with_webhooks)
-        last = activity.cursor(polled(system))
-        if last is not None and now - float(last) < interval * 0.9:
+        due = []
+        for obj in POLLED[system]:
+            name = f"{system}.{obj}"
+            wait = (
+                max(interval, with_webhooks) if _hooked(ctx, name, now, with_webhooks) else interval
+            )
+            last = activity.cursor(polled(name))
+            if last is None or now - float(last) >= wait * 0.9:
+                due.append(obj)
+        if not due:
             continue
         with ctx.stores.work.poll_lock(system) as held:
             if not held:
                 continue
             try:
-                dirty |= POLLS[system](ctx)
+                dirty |= POLLS[system](ctx, due)
             except BudgetExhausted as exc:
                 # This system waits for its budget; the other is still polled now. The poll
                 # stays due, so the next tick tries again.
                 log.info("poll.waiting_for_budget", system=system, retry_in=round(exc.retry_in, 1))
                 continue
+            for obj in due:
+                activity.set_cursor(polled(f"{system}.{obj}"), repr(now))
             activity.set_cursor(polled(system), repr(now))
     return dirty
 

@@ -6,7 +6,7 @@ ingested: the dirty mark, not a queued message, is what guarantees the job is sy
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -86,11 +86,14 @@ def _max_stamp(current: datetime | None, value: datetime | None) -> datetime | N
     return value if current is None or value > current else current
 
 
-def poll_servicem8(ctx: SyncContext) -> set[str]:
+SM8_POLLED = ("joballocation", "jobactivity", "job")  # the ServiceM8 objects polled, in order
+
+
+def poll_servicem8(ctx: SyncContext, objects: Collection[str] = SM8_POLLED) -> set[str]:
     """Read bookings of both kinds (allocations, then activities) and jobs changed since their
-    cursors (re-reading an overlap window); record them; return the jobs now dirty. The first
-    poll reads every active record. A record that cannot be read is parked with its reason; the
-    others go on."""
+    cursors (re-reading an overlap window), or only the ``objects`` named; record them; return
+    the jobs now dirty. The first poll reads every active record. A record that cannot be read is
+    parked with its reason; the others go on."""
     stores, park = ctx.stores, parker(ctx)
     staff_map = stores.staff.staff_map()
     parked = set(stores.parked.invalid())
@@ -100,6 +103,8 @@ def poll_servicem8(ctx: SyncContext) -> set[str]:
         ("joballocation", CURSOR_SM8_ALLOCATIONS, ctx.sm8.iter_allocations),
         ("jobactivity", CURSOR_SM8_ACTIVITIES, ctx.sm8.iter_activities),
     ):
+        if obj not in objects:
+            continue
         started = ctx.clock()
         cursor, newest = stores.activity.cursor(cursor_name), None
         facts = []
@@ -111,16 +116,17 @@ def poll_servicem8(ctx: SyncContext) -> set[str]:
             stores.activity.set_cursor(cursor_name, format_sm8_stamp(newest, ctx.tz))
         read |= {f"servicem8.{obj}:{f.uuid}" for f in facts}
 
-    cursor, newest = stores.activity.cursor(CURSOR_SM8_JOBS), None
-    jobs = []
-    for job in ctx.sm8.iter_jobs(_since(ctx, cursor, "job"), park):
-        jobs.append(job_facts(job))
-        newest = _max_stamp(newest, job.edit_date)
-    dirty |= stores.jobs.ingest_jobs(jobs, only_known=True)
-    if newest is not None:
-        stores.activity.set_cursor(CURSOR_SM8_JOBS, format_sm8_stamp(newest, ctx.tz))
-    if parked:  # read cleanly now: no longer parked
+    if "job" in objects:
+        cursor, newest = stores.activity.cursor(CURSOR_SM8_JOBS), None
+        jobs = []
+        for job in ctx.sm8.iter_jobs(_since(ctx, cursor, "job"), park):
+            jobs.append(job_facts(job))
+            newest = _max_stamp(newest, job.edit_date)
+        dirty |= stores.jobs.ingest_jobs(jobs, only_known=True)
+        if newest is not None:
+            stores.activity.set_cursor(CURSOR_SM8_JOBS, format_sm8_stamp(newest, ctx.tz))
         read |= {f"servicem8.job:{j.uuid}" for j in jobs}
+    if parked:  # read cleanly now: no longer parked
         stores.parked.clear_invalid(parked & read)
     return dirty
 

@@ -149,6 +149,15 @@ def test_429_per_day_pauses_until_midnight_in_the_account_timezone(budget, store
     assert pause["until"] - time.time() == pytest.approx(12 * 3600, abs=5)
 
 
+def test_429_per_day_probes_at_utc_midnight_when_that_comes_first(budget, store):
+    """Which midnight resets ServiceM8's day limit is not documented: the earlier one."""
+    new_york = ZoneInfo("America/New_York")
+    noon = datetime(2026, 11, 23, 12, 0, tzinfo=new_york).timestamp()  # 17:00 UTC
+    b = budget([Window("minute", 100, 60)], day_reset_tz=lambda: new_york, clock=lambda: noon)
+    b.after_call("servicem8", Outcome("rate_limited", "per day", "day"))
+    assert b.pause("servicem8")["until"] - time.time() == pytest.approx(7 * 3600, abs=5)
+
+
 def test_bad_credentials_pause_the_api_and_say_why(budget, store):
     b = budget([Window("minute", 100, 60)], auth_pause_seconds=300, clock=time.time)
     b.after_call("servicem8", Outcome("auth", "HTTP 401: Authentication failed"))

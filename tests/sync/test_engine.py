@@ -6,6 +6,7 @@ points at the rule, not at the plumbing.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -276,3 +277,29 @@ def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
     assert _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job))[user] == "SCHEDULED"  # it went
     after = engine.ctx.stores.jobs.load(job)
     assert after.cd == before.cd and after.pairs == before.pairs  # left to the new owner's sync
+
+
+def test_an_objects_poll_stretches_only_while_its_own_webhooks_arrive(engine, sm8_sim, cd_sim):
+    """Job and job-activity webhooks say nothing of allocations, which ServiceM8 may not send at
+    all: the allocation poll keeps its own interval while the others stretch."""
+    seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+    engine.run_cycle()
+    activity, now = engine.ctx.stores.activity, time.time()
+    intervals = {"servicem8": 60.0, "coredination": 60.0}
+    engine.poll_due(intervals, with_webhooks=300.0)  # every object polled once
+    activity.set_subscription("servicem8.joballocation", "poll-only: refused (HTTP 400)")
+    activity.set_subscription("servicem8.job", "active")
+    activity.set_subscription("servicem8.jobactivity", "active")
+    # Webhooks arrive for jobs, activities and (as a first-reading simulator would send them)
+    # allocations; the allocation subscription is known to be refused all the same.
+    activity.note_webhook(["servicem8", "servicem8.job", "servicem8.jobactivity",
+                           "servicem8.joballocation"], now)  # fmt: skip
+    sm8_sim.reset_counts()
+    engine.ctx.clock = lambda: now + 61  # one interval later
+    engine.poll_due(intervals, with_webhooks=300.0)
+    assert sm8_sim.count("GET", "joballocation.list") == 1  # its own interval
+    assert sm8_sim.count("GET", "job.list") == 0  # stretched: job webhooks arrive
+    assert sm8_sim.count("GET", "jobactivity.list") == 0
+    engine.ctx.clock = lambda: now + 301  # the stretched interval too
+    engine.poll_due(intervals, with_webhooks=300.0)
+    assert sm8_sim.count("GET", "job.list") == 1 and sm8_sim.count("GET", "jobactivity.list") == 1

@@ -67,12 +67,18 @@ def test_unknown_objects_and_events_are_acknowledged_and_ignored(web):
     assert web.sent == []
 
 
-def test_oversized_body_is_413(web):
+def _counted_rejected(web) -> int:
+    return web.runtime.stores.activity.stats().get("webhook.servicem8.rejected", 0)
+
+
+def test_an_oversized_body_is_answered_200_counted_and_not_queued(web):
+    """Every authenticated delivery gets a 2xx: ServiceM8 deactivates a subscription whose
+    deliveries keep failing. What cannot be used is counted; the poll catches its change."""
     body = documented()
     body["padding"] = "x" * 5000
     r = post(web, body)
-    assert r.status_code == 413
-    assert web.sent == []
+    assert r.status_code == 200 and "larger than" in r.json()["ignored"][0]
+    assert web.sent == [] and _counted_rejected(web) == 1
 
 
 @pytest.mark.parametrize(
@@ -84,14 +90,24 @@ def test_oversized_body_is_413(web):
         (b"mode=subscribe&challenge=has space", "application/x-www-form-urlencoded"),
     ],
 )
-def test_malformed_body_is_400(web, raw, content_type):
+def test_a_malformed_body_is_answered_200_counted_and_not_queued(web, raw, content_type):
     r = post(web, raw, content_type=content_type)
-    assert r.status_code == 400
-    assert web.sent == []
+    assert r.status_code == 200 and r.json()["enqueued"] == 0
+    assert web.sent == [] and _counted_rejected(web) == 1
 
 
-def test_other_media_types_are_415(web):
-    assert post(web, b"<xml/>", content_type="application/xml").status_code == 415
+def test_other_media_types_are_answered_200_counted_and_not_queued(web):
+    r = post(web, b"<xml/>", content_type="application/xml")
+    assert r.status_code == 200 and r.json()["ignored"] == ["unsupported content type"]
+    assert web.sent == [] and _counted_rejected(web) == 1
+
+
+def test_the_subscription_check_is_answered_as_a_get_too(web):
+    r = web.get(f"/webhooks/servicem8/{TOKEN}", params={"mode": "subscribe", "challenge": "c-42"})
+    assert (r.status_code, r.text) == (200, "c-42")
+    check = {"mode": "subscribe", "challenge": "c"}
+    assert web.get("/webhooks/servicem8/wrong", params=check).status_code == 401
+    assert web.get(f"/webhooks/servicem8/{TOKEN}").status_code == 404
     assert web.sent == []
 
 
@@ -138,12 +154,14 @@ def test_coredination_events_enqueue_a_pull_of_the_job(web):
     ]
 
 
-def test_a_failed_enqueue_is_503_and_the_redelivery_is_not_dropped(web):
+def test_a_failed_enqueue_is_2xx_counted_and_a_redelivery_is_not_dropped(web):
     def broken(task: str, args: list[str]) -> None:
         raise ConnectionError("broker down")
 
     app = create_app(web.runtime.settings, web.runtime, broken)
-    assert post(TestClient(app), documented()).status_code == 503
+    assert post(TestClient(app), documented()).status_code == 202
+    stats = web.runtime.stores.activity.stats()
+    assert stats["webhook.servicem8.enqueue_failed"] == 1
     assert post(web, documented()).json()["enqueued"] == 1
 
 
