@@ -5,10 +5,15 @@ Flags are true when present and false when absent (docs/coredination-api.md#conv
 are sent bare (``&untimed``), as the documentation's own examples do. Times go out as epoch
 milliseconds. Users and webhooks are not in the documents; their shapes are assumptions kept in
 ``bridge.coredination.models`` and in the simulator.
+
+Two guessed endpoints may not exist on a live account (docs/coredination-api.md#guesses): a
+missing ``unassign`` falls back to ``unschedule``, learnt once per client; a missing users list
+raises ``UsersListMissing``, which tells the operator to link staff by hand.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from typing import Any
@@ -20,9 +25,12 @@ from pydantic import ValidationError
 from bridge.config import Settings
 from bridge.coredination.classify import classify_coredination
 from bridge.coredination.models import ALL_JOB_STATES_CSV, CdJob, CdUser
-from bridge.errors import InvalidRecord, invalid_record
+from bridge.errors import ApiError, InvalidRecord, PermanentError, invalid_record
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
+from bridge.log import get_logger
 from mappings.stamps import to_epoch_ms
+
+log = get_logger(__name__)
 
 JOB_LISTS = frozenset(
     {"all", "unassigned", "mine", "user", "customer", "project", "order", "asset"}
@@ -45,9 +53,48 @@ def _ms(value: datetime | int | None) -> int | None:
     return value if isinstance(value, int) or value is None else to_epoch_ms(value)
 
 
+def _operation_missing(exc: ApiError) -> bool:
+    """An answer that may mean "no such operation": 404 (no route; also what a missing job or
+    user answers, so the caller confirms) or 405 (a route without this verb)."""
+    return exc.status in (404, 405)
+
+
+class UsersListMissing(PermanentError):
+    """Coredination answered the users list with 404 or 405: this account has no such endpoint
+    (it is a guess, docs/coredination-api.md#users). Retrying cannot help; staff are linked to
+    users by hand (``bridge staff link``)."""
+
+
+class ChangedJobs(Iterator[CdJob]):
+    """The jobs of a change poll, one at a time, and ``listed_at_ms``: the client's clock just
+    before the first page was asked for (None until then).
+
+    When jobs carry no change stamp, that time is what a poll's cursor can advance to: every
+    change after it is in the next poll's ``modified`` window, and the cursor's overlap absorbs
+    a small difference between the two clocks (docs/coredination-api.md#change-stamps).
+    """
+
+    def __init__(self, jobs: Iterator[CdJob], clock: Callable[[], float]) -> None:
+        self._jobs = jobs
+        self._clock = clock
+        self.listed_at_ms: int | None = None
+
+    def __iter__(self) -> ChangedJobs:
+        return self
+
+    def __next__(self) -> CdJob:
+        if self.listed_at_ms is None:
+            self.listed_at_ms = int(self._clock() * 1000)
+        return next(self._jobs)
+
+
 class CoredinationClient:
-    def __init__(self, transport: Transport) -> None:
+    def __init__(self, transport: Transport, *, clock: Callable[[], float] = time.time) -> None:
         self.transport = transport
+        self.clock = clock
+        # Learnt from the first refusal and kept for the client's life, which is the process's:
+        # a process builds its client once (bridge.runtime).
+        self.unassign_missing = False
 
     @classmethod
     def from_settings(
@@ -155,10 +202,10 @@ class CoredinationClient:
         *,
         page_size: int = DEFAULT_PAGE,
         on_invalid: Callable[[InvalidRecord], None] | None = None,
-    ) -> Iterator[CdJob]:
+    ) -> ChangedJobs:
         """Every job modified since ``since``, in any state, timed or not
-        (docs/coredination-api.md#lists)."""
-        return self.iter_jobs(
+        (docs/coredination-api.md#lists), with the time the listing started."""
+        jobs = self.iter_jobs(
             page_size=page_size,
             on_invalid=on_invalid,
             from_=EPOCH_START_MS,
@@ -167,6 +214,7 @@ class CoredinationClient:
             current=True,
             modified=since,
         )
+        return ChangedJobs(jobs, self.clock)
 
     # --- resources ---------------------------------------------------------------------------
     def resource_op(
@@ -174,25 +222,83 @@ class CoredinationClient:
     ) -> None:
         """``PUT /job/{id}/{schedule|unschedule|assign|unassign}?userId=..[&sendMessage]``.
 
-        ``unassign`` is not in the documents (docs/coredination-api.md#resources); it is sent the
-        same way.
+        ``unassign`` is not in the documents (docs/coredination-api.md#resources): it is sent the
+        same way, and where it does not exist ``unschedule`` is sent instead (ASSUMPTION: it takes
+        a user off the job whether scheduled or only assigned).
         """
         if op not in RESOURCE_OPS:
             raise ValueError(f"unknown resource operation {op!r}")
+        if op == "unassign" and self.unassign_missing:
+            op = "unschedule"
+        try:
+            self._send_resource_op(op, job_ref, user_id, send_message)
+        except PermanentError as exc:
+            if op != "unassign" or not _operation_missing(exc):
+                raise
+            self._unassign_by_unschedule(exc, job_ref, user_id, send_message)
+
+    def _send_resource_op(
+        self, op: str, job_ref: str | int, user_id: str | int, send_message: bool
+    ) -> None:
         query = _query({"userId": user_id}, ["sendMessage"] if send_message else [])
         self.transport.request("PUT", f"job/{job_ref}/{op}?{query}", operation=f"job.{op}")
 
+    def _unassign_by_unschedule(
+        self, refused: ApiError, job_ref: str | int, user_id: str | int, send_message: bool
+    ) -> None:
+        """``unassign`` was refused as missing: take the user off with ``unschedule``.
+
+        A 404 is also what a missing job or user answers, so the fallback is learnt only once
+        ``unschedule`` on the same job and user has worked (a 405 is learnt at once). Should
+        ``unschedule`` fail too, its error is the one raised.
+        """
+        if refused.status == 405:
+            self._learn_unassign_missing(refused)
+        self._send_resource_op("unschedule", job_ref, user_id, send_message)
+        self._learn_unassign_missing(refused)
+
+    def _learn_unassign_missing(self, refused: ApiError) -> None:
+        if self.unassign_missing:
+            return
+        self.unassign_missing = True
+        log.warning(
+            "coredination.unassign_missing",
+            status=refused.status,
+            fallback="unschedule",
+            reason="PUT /job/{id}/unassign does not exist here; unschedule is sent instead",
+        )
+
     # --- users (ASSUMPTION: GET /user with offset paging) ------------------------------------
     def list_users(self, *, page_size: int = DEFAULT_PAGE) -> list[CdUser]:
+        """Every user. Raises ``UsersListMissing`` when the endpoint does not exist
+        (docs/coredination-api.md#users)."""
         users: list[CdUser] = []
         offset = 0
         while True:
-            query = _query({"limit": page_size, "offset": offset or None})
-            rows = self.transport.request("GET", f"user?{query}", operation="user.list").json()
+            rows = self._user_rows(page_size, offset)
             users += [CdUser.model_validate(row) for row in rows]
             if len(rows) < page_size:
                 return users
             offset += len(rows)
+
+    def _user_rows(self, page_size: int, offset: int) -> list[Any]:
+        query = _query({"limit": page_size, "offset": offset or None})
+        try:
+            response = self.transport.request("GET", f"user?{query}", operation="user.list")
+        except PermanentError as exc:
+            if offset or not _operation_missing(exc):
+                raise
+            raise UsersListMissing(
+                f"coredination user.list: GET /user answered {exc.status}: this account has no "
+                "users list, so staff cannot be matched by e-mail; link each staff member by "
+                "hand with 'bridge staff link'",
+                api="coredination",
+                status=exc.status,
+                operation="user.list",
+                body_excerpt=exc.body_excerpt,
+            ) from None
+        rows = response.json()
+        return list(rows) if isinstance(rows, list) else []
 
     # --- webhooks (ASSUMPTION: /webhook {url, channels, filter}) -----------------------------
     def subscribe_webhook(

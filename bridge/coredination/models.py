@@ -4,11 +4,15 @@ Times are epoch milliseconds UTC (docs/coredination-api.md#conventions), read he
 datetimes. Unknown fields are kept. States are kept as plain strings so a state Coredination adds
 later does not fail parsing; the known sets below are what the mapping rules reason about.
 
-ASSUMPTIONS (not in the documents; the simulator shares these shapes, change both together):
-- A resource in ``job.resources[]`` is ``{"id", "userId", "userUuid", "state", "reported"}``.
+ASSUMPTIONS (not in the documents; the simulator plays each reading, see its dialects):
+- A resource in ``job.resources[]`` names its user either flat, ``{"userId", "userUuid", ...}``,
+  or nested, ``{"user": {"id", "uuid", ...}, ...}``; both are read
+  (docs/coredination-api.md#resources).
 - Users are listed at ``GET /user`` as ``{"id", "uuid", "email", "firstName", "lastName",
   "active"}``.
-- The "common attributes" of a job include ``created`` and ``modified`` (epoch ms).
+- The "common attributes" of a job carry its change and creation stamps (epoch ms) as
+  ``modified``/``created`` or as ``lastModified``/``creationTimeStamp``, or not at all; either
+  name is read (docs/coredination-api.md#change-stamps).
 - A webhook subscription is ``{"id", "url", "channels": [...], "filter": "<regex>"}`` at
   ``/webhook``, and a delivery is ``{"channel", "type", "jobId", "jobUuid", "eventTimeStamp",
   "event": {...}}``.
@@ -17,9 +21,17 @@ ASSUMPTIONS (not in the documents; the simulator shares these shapes, change bot
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    model_validator,
+)
 
 from mappings.stamps import parse_cd_time, to_epoch_ms
 
@@ -84,11 +96,30 @@ class CdUser(CdModel):
 
 
 class CdResource(CdModel):
+    """A user on a job. Read from either shape (docs/coredination-api.md#resources): the user's
+    id flat as ``userId``, or inside a nested ``user`` object."""
+
     user_id: int = Field(alias="userId")
     user_uuid: str | None = Field(default=None, alias="userUuid")
     state: str = "UNASSIGNED"
     reported: bool = False
     id: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat_user(cls, data: Any) -> Any:
+        """Lift ``user.id`` / ``user.uuid`` to ``userId`` / ``userUuid`` when only the nested
+        shape is present; a flat ``userId`` wins when both are."""
+        if not isinstance(data, dict) or "userId" in data or "user_id" in data:
+            return data
+        user = data.get("user")
+        if isinstance(user, dict):
+            lifted = {"userId": user.get("id"), "userUuid": user.get("uuid")}
+        elif isinstance(user, int | str) and not isinstance(user, bool):
+            lifted = {"userId": user}
+        else:
+            return data
+        return {**{k: v for k, v in lifted.items() if v is not None}, **data}
 
 
 class CdEvent(CdModel):
@@ -128,8 +159,14 @@ class CdJob(CdModel):
     resources: list[CdResource] = Field(default_factory=list)
     destinations: list[CdDestination] = Field(default_factory=list)
     events: list[CdEvent] | None = None
-    created: Millis = None
-    modified: Millis = None
+    # Either name of each stamp is read; with neither, the stamp is None and the poll's cursor
+    # follows the listing time instead (docs/coredination-api.md#change-stamps).
+    created: Millis = Field(
+        default=None, validation_alias=AliasChoices("created", "creationTimeStamp")
+    )
+    modified: Millis = Field(
+        default=None, validation_alias=AliasChoices("modified", "lastModified")
+    )
 
     def resource_for(self, user_id: int) -> CdResource | None:
         return next((r for r in self.resources if r.user_id == user_id), None)

@@ -5,9 +5,15 @@ parameter with offset paging, events recorded for every change, resource operati
 unschedule, assign, and unassign, which the documents do not confirm), job state derived from
 resources, users, and webhook subscriptions with event delivery.
 
-ASSUMPTIONS shared with ``bridge.coredination.models`` (change both together): the resource shape,
-the ``/user`` list, the ``created``/``modified`` common attributes, the ``/webhook`` subscription
-and its delivery body, and the error body ``{"status", "message"}``.
+Where Coredination's behaviour is unsettled, a ``CoredinationDialect`` picks the reading the
+simulator plays (docs/coredination-api.md#guesses): the names of a job's stamps, the shape of a
+resource, whether ``unassign`` and the users list exist, and what ``schedule`` does to a finished
+resource. The simulator keeps its own records in one canonical form (``modified``/``created``,
+resources with ``userId``) and renders them in the dialect only on the API's wire, so the admin
+surface (``snapshot``, ``jobs``) reads the same under every dialect.
+
+Further ASSUMPTIONS, one reading each: the ``/webhook`` subscription and its delivery body, and the
+error body ``{"status", "message"}``.
 """
 
 from __future__ import annotations
@@ -15,8 +21,10 @@ from __future__ import annotations
 import json
 import re
 import uuid as uuidlib
+from collections import deque
+from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from bridge.simulators.base import SimError, SimReply, SimRequest, SimServer
 
@@ -68,6 +76,73 @@ JOB_FIELDS = {
 LIST_OMITS = {"events", "signature", "documents", "items", "customFields"}
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 RESOURCE_EVENT = {"ACCEPTED": "ACCEPT", "DECLINED": "DECLINE"}
+# States a schedule / an assign replaces; any other state is a person already at work.
+SCHEDULE_REPLACES = ("UNASSIGNED", "DECLINED", "ASSIGNED", "CANCELED", "INACTIVE")
+ASSIGN_REPLACES = ("UNASSIGNED", "DECLINED", "SCHEDULED", "CANCELED", "INACTIVE")
+# The wire names of a job's (change, creation) stamps under each ``stamps`` reading.
+STAMP_NAMES: dict[str, tuple[str, str] | None] = {
+    "modified": ("modified", "created"),
+    "lastModified": ("lastModified", "creationTimeStamp"),
+    "none": None,
+}
+
+Stamps = Literal["modified", "lastModified", "none"]
+ResourceShape = Literal["userId", "user"]
+ScheduleFinished = Literal["applied", "ignored"]
+
+
+@dataclass(frozen=True)
+class CoredinationDialect:
+    """One reading of each Coredination behaviour the documents leave open
+    (docs/coredination-api.md#guesses). The defaults follow the evidence where it leans one way
+    and take the harder reading for the bridge where nothing is known, so that every test run
+    against the default simulator also proves the bridge copes with the unfriendly answer.
+
+    - ``stamps``: the names of a job's change / creation stamps: ``modified``/``created``,
+      ``lastModified``/``creationTimeStamp`` (the names the one timestamped object in the
+      documents uses: the default), or ``none``. The list's ``modified`` query parameter filters
+      by the change time under every reading.
+    - ``resource_shape``: a resource names its user flat (``{"userId": 5, ...}``) or nested
+      (``{"user": {"id": 5, ...}, ...}``). Nothing is documented; nested is the default, as the
+      shape a reader of the flat one would miss.
+    - ``unassign``: whether ``PUT /job/{id}/unassign`` exists. Not documented; by default it does
+      not, and answers ``missing_status``.
+    - ``schedule_finished``: what ``schedule`` does to a ``FINISHED`` resource: ``ignored`` (the
+      default: a silent no-op, the harder case) or ``applied`` (scheduled again).
+    - ``users_endpoint``: whether ``GET /user`` exists; when not it answers ``missing_status``.
+      It exists by default: without it no staff member can be matched by e-mail, and the demo
+      and the end-to-end flows stand on that matching; the missing case has its own tests.
+    - ``missing_status``: how an operation that does not exist answers: 404, as a server answers
+      a path it has no route for (the default), or 405.
+    """
+
+    stamps: Stamps = "lastModified"
+    resource_shape: ResourceShape = "user"
+    unassign: bool = False
+    schedule_finished: ScheduleFinished = "ignored"
+    users_endpoint: bool = True
+    missing_status: Literal[404, 405] = 404
+
+    def __post_init__(self) -> None:
+        choices: dict[str, tuple[object, ...]] = {
+            "stamps": tuple(STAMP_NAMES),
+            "resource_shape": ("userId", "user"),
+            "unassign": (True, False),
+            "schedule_finished": ("applied", "ignored"),
+            "users_endpoint": (True, False),
+            "missing_status": (404, 405),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed or type(value) is not type(allowed[0]):
+                raise ValueError(f"dialect {name} must be one of {list(allowed)}, not {value!r}")
+
+
+# The reading the simulator played before it had dialects: flat resources, ``modified``/``created``
+# stamps, an ``unassign`` that removes the resource like ``unschedule``.
+LEGACY_DIALECT = CoredinationDialect(
+    stamps="modified", resource_shape="userId", unassign=True, users_endpoint=True
+)
 
 
 def _ms_param(value: str | None, name: str) -> int | None:
@@ -115,9 +190,13 @@ class CoredinationSimulator(SimServer):
         api_keys: tuple[str, ...] = ("sim-coredination-key",),
         seed: int | None = None,
         clock: Any = None,
+        dialect: CoredinationDialect | None = None,
     ) -> None:
         super().__init__(seed=seed, clock=clock)
         self.api_keys = set(api_keys)
+        self.dialect = dialect or CoredinationDialect()
+        # How many jobs each job-list call answered, oldest first: a quiet poll shows as a 0.
+        self.listed: deque[int] = deque(maxlen=100_000)
         self.users: dict[int, dict[str, Any]] = {}
         self.jobs: dict[int, dict[str, Any]] = {}
         self.by_uuid: dict[str, int] = {}
@@ -152,6 +231,40 @@ class CoredinationSimulator(SimServer):
     def _id(self, kind: str) -> int:
         self._next[kind] += 1
         return self._next[kind]
+
+    def _missing(self) -> SimError:
+        """The answer to an operation this dialect does not have."""
+        status = self.dialect.missing_status
+        return SimError(status, "Resource not found" if status == 404 else "Method not allowed")
+
+    # --- the dialect's wire form ----------------------------------------------------------------
+    def wire_job(self, job: dict[str, Any], omit: frozenset[str] | set[str] = frozenset()) -> Any:
+        """A job as the API sends it under the dialect: a copy, with the stamps renamed (or left
+        out) and the resources in the dialect's shape."""
+        out: dict[str, Any] = json.loads(
+            json.dumps({k: v for k, v in job.items() if k not in omit})
+        )
+        changed, created = out.pop("modified", None), out.pop("created", None)
+        names = STAMP_NAMES[self.dialect.stamps]
+        if names is not None:
+            out[names[0]], out[names[1]] = changed, created
+        if self.dialect.resource_shape == "user" and isinstance(out.get("resources"), list):
+            out["resources"] = [self._nested(r) for r in out["resources"]]
+        return out
+
+    def _nested(self, resource: Any) -> Any:
+        """A resource with its user as a nested object (``resource_shape="user"``)."""
+        if not isinstance(resource, dict) or "userId" not in resource:
+            return resource
+        rest = {k: v for k, v in resource.items() if k not in ("userId", "userUuid")}
+        known = self.users.get(resource["userId"], {})
+        user = {
+            "id": resource["userId"],
+            "uuid": resource.get("userUuid"),
+            "firstName": known.get("firstName"),
+            "lastName": known.get("lastName"),
+        }
+        return {**rest, "user": user}
 
     # --- users -------------------------------------------------------------------------------
     def add_user(self, email: str, first: str = "", last: str = "", **extra: Any) -> dict[str, Any]:
@@ -317,25 +430,16 @@ class CoredinationSimulator(SimServer):
         job = self._job(ref)
         user = self._user(user_ref)
         current = next((r for r in job["resources"] if r["userId"] == user["id"]), None)
+        state = None if current is None else current["state"]
         if op == "schedule":
-            # Scheduling keeps a resource that is already at work (accepted, started...) as it is.
-            if current is not None and current["state"] not in (
-                "UNASSIGNED",
-                "DECLINED",
-                "ASSIGNED",
-                "CANCELED",
-                "INACTIVE",
-            ):
+            # Scheduling keeps a resource that is already at work (accepted, started...) as it is;
+            # a finished one as the dialect says.
+            again = state == "FINISHED" and self.dialect.schedule_finished == "applied"
+            if state is not None and state not in SCHEDULE_REPLACES and not again:
                 return
             self.set_resource(job, user, "SCHEDULED", "SCHEDULE")
         elif op == "assign":
-            if current is not None and current["state"] not in (
-                "UNASSIGNED",
-                "DECLINED",
-                "SCHEDULED",
-                "CANCELED",
-                "INACTIVE",
-            ):
+            if state is not None and state not in ASSIGN_REPLACES:
                 return
             self.set_resource(job, user, "ASSIGNED", "ASSIGN")
         elif op == "unschedule":
@@ -414,7 +518,7 @@ class CoredinationSimulator(SimServer):
         offset = int(req.arg("offset", "0") or 0)
         limit_arg = req.arg("limit")
         rows = rows[offset:] if limit_arg is None else rows[offset : offset + int(limit_arg)]
-        return [{k: v for k, v in j.items() if k not in LIST_OMITS} for j in rows]
+        return [self.wire_job(j, LIST_OMITS) for j in rows]
 
     # --- webhooks ----------------------------------------------------------------------------
     def _deliver(self, job: dict[str, Any], event: dict[str, Any]) -> None:
@@ -439,6 +543,8 @@ class CoredinationSimulator(SimServer):
             return SimReply(200, {"version": "1", "simulator": True})
 
         def users(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if not self.dialect.users_endpoint:
+                raise self._missing()
             rows = list(self.users.values())
             offset = int(req.arg("offset", "0") or 0)
             limit = req.arg("limit")
@@ -449,13 +555,15 @@ class CoredinationSimulator(SimServer):
             return SimReply(200, dict(self._user(p["id"])))
 
         def job_list(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, self.list_jobs(req, p.get("kind") or "all", p.get("ref")))
+            rows = self.list_jobs(req, p.get("kind") or "all", p.get("ref"))
+            self.listed.append(len(rows))
+            return SimReply(200, rows)
 
         def job_get(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, json.loads(json.dumps(self._job(p["id"]))))
+            return SimReply(200, self.wire_job(self._job(p["id"])))
 
         def job_create(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, json.loads(json.dumps(self.create_job(req.json() or {}))))
+            return SimReply(200, self.wire_job(self.create_job(req.json() or {})))
 
         def job_put(req: SimRequest, p: dict[str, str]) -> SimReply:
             ref = p["id"]
@@ -465,8 +573,8 @@ class CoredinationSimulator(SimServer):
                 if not UUID.match(ref):
                     raise
                 job = self.create_job(req.json() or {}, uuid=ref)
-                return SimReply(200, json.loads(json.dumps(job)))
-            return SimReply(200, json.loads(json.dumps(self.update_job(job, req.json() or {}))))
+                return SimReply(200, self.wire_job(job))
+            return SimReply(200, self.wire_job(self.update_job(job, req.json() or {})))
 
         def job_delete(req: SimRequest, p: dict[str, str]) -> SimReply:
             self.delete_job(self._job(p["id"]))
@@ -476,6 +584,8 @@ class CoredinationSimulator(SimServer):
             return SimReply(200, [dict(e) for e in self._job(p["id"])["events"]])
 
         def resource(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if p["op"] == "unassign" and not self.dialect.unassign:
+                raise self._missing()
             self.resource_op(p["id"], p["op"], req.arg("userId"))
             return SimReply(200, None)
 
@@ -578,11 +688,35 @@ class CoredinationSimulator(SimServer):
             self.reset()
             return SimReply(200, {"ok": True})
 
+        def dialect(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if req.method == "POST":
+                self.set_dialect(**(req.json() or {}))
+            return SimReply(200, asdict(self.dialect))
+
         self.route("POST", "/_admin/seed", "admin", seed, api=False)
         self.route("GET", "/_admin/state", "admin", state, api=False)
         self.route("POST", r"/_admin/job/(?P<id>[^/]+)/action", "admin", act, api=False)
         self.route("POST", r"/_admin/job/(?P<id>[^/]+)/op", "admin", op, api=False)
         self.route("POST", "/_admin/reset", "admin", reset, api=False)
+        for method in ("GET", "POST"):
+            self.route(method, "/_admin/dialect", "admin", dialect, api=False)
+
+    def set_dialect(self, **switches: Any) -> None:
+        """Change some of the dialect's switches (a 400 for an unknown one or a bad value)."""
+        known = {f.name for f in fields(CoredinationDialect)}
+        unknown = sorted(set(switches) - known)
+        if unknown:
+            raise SimError(400, f"unknown dialect switch {unknown[0]!r}")
+        try:
+            with self.lock:
+                self.dialect = replace(self.dialect, **switches)
+        except ValueError as exc:
+            raise SimError(400, str(exc)) from None
+
+    def reset_counts(self) -> None:
+        super().reset_counts()
+        with self.lock:
+            self.listed.clear()
 
     def seed(self, data: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
         out: dict[str, list[dict[str, Any]]] = {"users": [], "jobs": []}

@@ -28,7 +28,8 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     newest = int(cursor) if cursor else None
     parked = {r for r in stores.parked.invalid() if r.startswith("coredination.")}
     linked: list[tuple[str, CdJob]] = []
-    for job in ctx.cd.iter_changed_jobs(since, on_invalid=parker(ctx)):
+    jobs = ctx.cd.iter_changed_jobs(since, on_invalid=parker(ctx))
+    for job in jobs:
         if parked:  # read cleanly now: no longer parked
             refs = {f"coredination.job:{r}" for r in (job.uuid and job.uuid.lower(), job.id)}
             stores.parked.clear_invalid(parked & refs)
@@ -38,6 +39,12 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
         sm8_job = stores.jobs.job_for_cd(job.uuid or "") if job.uuid else None
         if sm8_job is not None:
             linked.append((sm8_job, job))
+    # Every change after the listing began is in the next poll's window, stamped or not
+    # (docs/coredination-api.md#change-stamps): the cursor moves on while nothing changes, and
+    # the overlap absorbs a small difference between the two clocks.
+    listed_at = getattr(jobs, "listed_at_ms", None)
+    if listed_at is not None:
+        newest = max(newest or 0, listed_at)
     views = stores.jobs.cd_views(j for j, _ in linked)
     dirty: set[str] = set()
     for sm8_job, job in linked:

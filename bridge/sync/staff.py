@@ -2,26 +2,34 @@
 
 from __future__ import annotations
 
+from bridge.coredination.client import UsersListMissing
 from bridge.log import get_logger
 from bridge.sync.context import Report, SyncContext
 
 log = get_logger(__name__)
+
+USERS_LIST_MISSING = "staff.users_list_missing"
 
 
 def match_staff(ctx: SyncContext) -> Report:
     """Read both directories and link staff to users by e-mail (case-insensitive).
 
     Manual links and unlinks are left alone; an e-mail shared by two users is ambiguous and is
-    never guessed. When the map changes, parked pairs are retried.
+    never guessed. When the map changes, parked pairs are retried. Where Coredination has no
+    users list (docs/coredination-api.md#users) only the staff directory is refreshed and the
+    map is left as it is, for the operator to complete by hand.
     """
     report = Report()
     store = ctx.stores.staff
     staff = ctx.sm8.list_staff()
-    users = ctx.cd.list_users()
     store.save_directory("staff", {
         s.uuid.lower(): {"email": s.email, "name": s.display_name, "active": s.active}
         for s in staff
     })  # fmt: skip
+    try:
+        users = ctx.cd.list_users()
+    except UsersListMissing as exc:
+        return _without_users(ctx, report, exc)
     store.save_directory("users", {
         str(u.id): {"email": u.email, "name": u.display_name, "active": u.active} for u in users
     })  # fmt: skip
@@ -53,6 +61,23 @@ def match_staff(ctx: SyncContext) -> Report:
     if changed:
         requeue_pending(ctx)
     report.add("staff.mapped", store.mapped_count())
+    return report
+
+
+def _without_users(ctx: SyncContext, report: Report, exc: UsersListMissing) -> Report:
+    """No users list: nothing can be matched, so no automatic link is made or undone (not
+    seeing the users is no sign that they changed). Said once per run, as a counter in the
+    report and in the status counters and as a warning; returned, not raised, so that the
+    periodic task neither retries nor dead-letters what only the operator can settle."""
+    report.add(USERS_LIST_MISSING)
+    ctx.stores.activity.count({USERS_LIST_MISSING: 1})
+    log.warning(
+        USERS_LIST_MISSING,
+        status=exc.status,
+        reason="Coredination has no users list: staff are not matched by e-mail",
+        action="link each staff member by hand: bridge staff link <sm8_staff_uuid> <cd_user_id>",
+    )
+    report.add("staff.mapped", ctx.stores.staff.mapped_count())
     return report
 
 

@@ -56,7 +56,8 @@ def test_upsert_is_idempotent_and_get_by_id_or_uuid(cd: CoredinationClient, cd_s
     assert [e.type for e in by_uuid.events] == ["CREATE", "UPDATE"]
 
 
-def test_resource_operations_record_events(cd: CoredinationClient, users):
+def test_resource_operations_record_events(cd: CoredinationClient, cd_sim, users):
+    cd_sim.set_dialect(unassign=True)  # where it is missing: test_coredination_dialects.py
     uuid = str(uuidlib.uuid4())
     cd.upsert_job(uuid, job_body(title="t", description=None, start=T0, end=None))
     ava, ben = users
