@@ -7,14 +7,16 @@ create, move, delete, open on the phone; in Coredination: schedule, on timed job
 unschedule, finish) while:
 
 - the simulators answer 5xx, hold responses past the client's timeout, reset connections and send
-  bursts of 429;
+  bursts of 429, and lose a third of ServiceM8's DELETE answers after applying the delete (under
+  the default dialects, where a repeated DELETE restores the record);
 - webhooks are dropped, duplicated and reordered;
 - a worker is killed with SIGKILL every few seconds and started again; beat is killed and
   restarted once; the Redis server is restarted once.
 
 When the operations end the faults stop, one reconcile runs, and the convergence checker must
-find nothing lost, duplicated or diverged. Every fake key and token is then searched for in every
-log line, dead letter, ``bridge status`` and ``/metrics`` output. Exit 0 only when all is clean.
+find nothing lost, duplicated or diverged, and no record a repeated DELETE brought back. Every
+fake key and token is then searched for in every log line, dead letter, ``bridge status`` and
+``/metrics`` output. Exit 0 only when all is clean.
 
 ServiceM8's budget is raised to 1,200 a minute here (the simulator enforces none): this run is
 about faults, and at ten operations a second 180 a minute would only make it wait. The budget has
@@ -65,6 +67,7 @@ class ChaosReport:
     lost: int = 0
     duplicated: int = 0
     diverged: int = 0
+    resurrected: int = 0  # records a DELETE sent twice brought back (the office never restores)
     dead_letters: int = 0
     reconciled: int = 0  # drifted pairs the final reconcile found (what webhooks and polls missed)
     converge_seconds: float = 0.0
@@ -78,7 +81,8 @@ class ChaosReport:
 
     @property
     def clean(self) -> bool:
-        return not (self.lost or self.duplicated or self.diverged or self.secrets_found)
+        return not (self.lost or self.duplicated or self.diverged or self.resurrected
+                    or self.secrets_found)  # fmt: skip
 
 
 class Chaos:
@@ -173,6 +177,10 @@ class Chaos:
 
     # --- faults --------------------------------------------------------------------------------
     def _faults_on(self) -> None:
+        # The most hostile reading of ServiceM8 (the simulator's defaults: no allocation webhooks,
+        # a second DELETE restores) and, besides, a third of DELETE answers lost after the delete
+        # was applied.
+        self.sm8.set_dialect(lost_delete_answer_rate=0.3)
         for sim in (self.sm8, self.cd):
             sim.set_faults(error_rate=0.05, timeout_rate=0.02, timeout_seconds=2.0,
                            reset_rate=0.02, latency_jitter=0.05)  # fmt: skip
@@ -181,6 +189,7 @@ class Chaos:
             sim.deliverer.faults.max_delay = 1.0
 
     def _faults_off(self) -> None:
+        self.sm8.set_dialect(lost_delete_answer_rate=0.0)
         for sim in (self.sm8, self.cd):
             sim.set_faults(error_rate=0.0, timeout_rate=0.0, reset_rate=0.0, latency_jitter=0.0,
                            burst_429=0)  # fmt: skip
@@ -404,6 +413,9 @@ class Chaos:
                     f"edited {a['edit_date']}"
                 )
         self.report.dead_letters = stack.stores.work.dead_letter_count()
+        self.report.resurrected = sum(self.sm8.restored.values())
+        if self.report.resurrected:
+            self.report.problems.append(f"resurrected by a repeated DELETE: {self.sm8.restored}")
         for sim in (self.sm8, self.cd):
             for kind, n in sim.injected.items():
                 self.report.faults[f"{sim.name} {kind}"] += n
@@ -443,7 +455,8 @@ def main(
     console.print(f"operations: {sum(report.operations.values())} {dict(report.operations)}")
     console.print(f"faults injected: {sum(report.faults.values())} {dict(report.faults)}")
     console.print(f"records lost: {report.lost}   duplicated: {report.duplicated}   "
-                  f"diverged: {report.diverged}   dead letters: {report.dead_letters}")  # fmt: skip
+                  f"diverged: {report.diverged}   resurrected: {report.resurrected}   "
+                  f"dead letters: {report.dead_letters}")  # fmt: skip
     console.print(f"drift left for the final reconcile: {report.reconciled} pair(s)")
     console.print(f"time to converge after the faults stopped: {report.converge_seconds:.1f} s")
     console.print(f"secrets found in output: {len(report.secrets_found)} {report.secrets_found}")

@@ -186,8 +186,9 @@ def trickle(b: Bench) -> None:
         # Quiet: one poll cycle of both systems with nothing changed.
         st.kill("beat", 15)
         time.sleep(1.0)
-        for system in ("servicem8", "coredination"):
-            st.stores.redis.hdel(st.stores.keys.key("cursor"), f"polled:{system}")
+        polled = [f"polled:{s}" for s in ("servicem8", "coredination")]
+        polled += [f"polled:servicem8.{o}" for o in ("joballocation", "jobactivity", "job")]
+        st.stores.redis.hdel(st.stores.keys.key("cursor"), *polled, "polled:coredination.job")
         quiet_started = time.time()
         st.send(POLL_CYCLE)
         systems = ("servicem8", "coredination")
@@ -199,9 +200,9 @@ def trickle(b: Bench) -> None:
                  "coredination": reads_writes(calls_between(cd, quiet_started))}  # fmt: skip
     r = b.result
     r.series["trickle_calls_by_operation"] = _by_operation(sm8_calls, cd_calls)
-    r.add("trickle", f"ServiceM8 calls per allocation ({count} at {rate:.0f}/s, by webhook)",
+    r.add("trickle", f"ServiceM8 calls per booking ({count} fixed at {rate:.0f}/s, by webhook)",
           len(sm8_calls) / count, "", "<= 1.0")  # fmt: skip
-    r.add("trickle", "Coredination calls per allocation", len(cd_calls) / count, "", "<= 1.3")
+    r.add("trickle", "Coredination calls per booking", len(cd_calls) / count, "", "<= 1.3")
     r.add("latency", "webhook → scheduled in Coredination, p50", _pct(latencies, 50) * 1000, "ms",
           "<= 100")  # fmt: skip
     r.add("latency", "p99", _pct(latencies, 99) * 1000, "ms", "<= 500")
@@ -223,40 +224,43 @@ class Created:
 
 
 def _trickle(sm8: Any, biz: Business, count: int, rate: float) -> list[Created]:
-    """New allocations on new (job, staff) pairs, one by one at ``rate`` per second.
+    """New fixed bookings on new (job, staff) pairs, one by one at ``rate`` per second: what the
+    office makes on the dispatch board, and what ServiceM8 sends webhooks for (it sends none for
+    allocations, docs/servicem8-api.md#webhooks).
 
     The mix an office makes: a second person on a job's day, or a follow-up visit a day or a week
-    later; on a job with no date yet, the first date (which gives the Coredination job its time).
+    later; on a job with no date yet, the first visit (which gives the Coredination job its time).
     """
     rng = random.Random(9)
     rows = list(sm8.records["joballocation"].values())
     present = {(a["job_uuid"], a["staff_uuid"]) for a in rows}
-    first: dict[str, tuple[str, str]] = {}  # job → (date, window) of its earliest allocation
+    first: dict[str, str] = {}  # job → the day of its earliest allocation
     for a in rows:
-        day = str(a.get("allocation_date") or "")
-        if day and not day.startswith("0000") and day < first.get(a["job_uuid"], ("9999", ""))[0]:
-            first[a["job_uuid"]] = (day, str(a.get("allocation_window_uuid") or ""))
+        dated = str(a.get("allocation_date") or "")[:10]
+        if dated and not dated.startswith("0000") and dated < first.get(a["job_uuid"], "9999"):
+            first[a["job_uuid"]] = dated
     free = [(j, s["uuid"]) for j in biz.jobs for s in biz.staff if (j, s["uuid"]) not in present]
     rng.shuffle(free)
     created = []
     start = time.monotonic()
     for i, (job, staff) in enumerate(free[:count]):
         time.sleep(max(0.0, start + i / rate - time.monotonic()))
-        fields = {"job_uuid": job, "staff_uuid": staff}
         if job in first:
-            day, window = first[job]
-            later = datetime.strptime(day[:10], "%Y-%m-%d") + timedelta(
+            day = datetime.strptime(first[job], "%Y-%m-%d") + timedelta(
                 days=rng.choice([0, 0, 1, 7])
             )
-            fields["allocation_date"] = later.strftime("%Y-%m-%d 00:00:00")
-            if window:
-                fields["allocation_window_uuid"] = window
         else:
-            day = (datetime.now() + timedelta(days=rng.randint(3, 20))).strftime("%Y-%m-%d")
-            fields["allocation_date"] = f"{day} 00:00:00"
-            first[job] = (fields["allocation_date"], "")
+            day = datetime.now().replace(hour=0, minute=0, second=0, microsecond=0) + timedelta(
+                days=rng.randint(3, 20)
+            )
+            first[job] = day.strftime("%Y-%m-%d")
+        begin = day + timedelta(hours=rng.choice([8, 10, 13]))
+        stamp = "%Y-%m-%d %H:%M:%S"
+        fields = {"job_uuid": job, "staff_uuid": staff, "activity_was_scheduled": 1,
+                  "start_date": begin.strftime(stamp),
+                  "end_date": (begin + timedelta(hours=2)).strftime(stamp)}  # fmt: skip
         at = time.time()
-        uuid = sm8.create("joballocation", fields)
+        uuid = sm8.create("jobactivity", fields)
         created.append(Created(uuid, at, job, staff))
     return created
 

@@ -175,10 +175,12 @@ class FakeServiceM8:
         self._put("joballocation", self._get("joballocation", uuid)["uuid"], fields)
 
     def delete_allocation(self, uuid: str) -> None:
-        """Soft delete. Deleting a deleted record restores it (docs/servicem8-api.md#delete)."""
+        """Soft delete, as the real client does it: only while the record is active (a DELETE of
+        a deleted record would restore it, docs/servicem8-api.md#delete)."""
         self.calls["delete_allocation"] += 1
         record = self._get("joballocation", uuid)
-        self._put("joballocation", record["uuid"], {"active": 1 - record["active"]})
+        if record["active"]:
+            self._put("joballocation", record["uuid"], {"active": 0})
 
     def iter_activities(
         self, flt: Filter | None = None, on_invalid: OnInvalid | None = None
@@ -206,10 +208,11 @@ class FakeServiceM8:
         self._put("jobactivity", self._get("jobactivity", uuid)["uuid"], fields)
 
     def delete_activity(self, uuid: str) -> None:
-        """Soft delete; a second one restores the record, as for allocations."""
+        """Soft delete, only while active, as for allocations."""
         self.calls["delete_activity"] += 1
         record = self._get("jobactivity", uuid)
-        self._put("jobactivity", record["uuid"], {"active": 1 - record["active"]})
+        if record["active"]:
+            self._put("jobactivity", record["uuid"], {"active": 0})
 
     def get_job(self, uuid: str) -> Job:
         self.calls["get_job"] += 1

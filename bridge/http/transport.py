@@ -67,6 +67,18 @@ def message_of(body: str) -> str:
     return text
 
 
+def says_unsuccessful(body: str) -> bool:
+    """A JSON object body with ``"success": false``: some APIs refuse with a 2xx that says so
+    (docs/servicem8-api.md#writes), which status codes alone would read as success."""
+    if not body.lstrip().startswith("{"):
+        return False
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and data.get("success") in (False, "false", "0")
+
+
 def transport_failure(exc: BaseException) -> Outcome:
     if isinstance(exc, requests.Timeout):
         return Outcome("unavailable", "timeout")
@@ -219,6 +231,8 @@ class Transport:
 
         A request that is safe to repeat (by method, or ``idempotent=True`` for a create with a
         client-supplied id) gets ``quick_retries`` more tries after a 5xx, timeout or reset.
+        ``idempotent=False`` sends it once whatever the method: a ServiceM8 DELETE toggles a
+        record, so its caller reads the record back instead (docs/servicem8-api.md#delete).
         Each try takes from the gate. Longer waits are the task layer's job
         (docs/operations.md#budget).
         """

@@ -4,6 +4,11 @@ Paths, fields and formats follow the official spec as summarised in docs/service
 ``$filter`` with ``eq ne gt lt`` joined by ``and`` (at most 10), ``cursor=-1`` / ``x-next-cursor``
 paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, object webhooks at
 ``{origin}/webhook_subscriptions`` (outside ``/api_1.0``).
+
+Three behaviours are met here rather than left to the caller: a 2xx saying ``success: false`` is a
+refusal, a create whose ``x-record-uuid`` is not the supplied uuid fails loudly, and a delete reads
+the record before every DELETE, since a DELETE of a deleted record restores it
+(docs/servicem8-api.md#writes, docs/servicem8-api.md#delete).
 """
 
 from __future__ import annotations
@@ -26,10 +31,12 @@ from bridge.errors import (
     ApiError,
     ConfigError,
     InvalidRecord,
+    PermanentError,
     Unavailable,
     invalid_record,
 )
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
+from bridge.http.transport import Outcome, message_of, says_unsuccessful
 from bridge.log import get_logger
 from bridge.servicem8.classify import classify_servicem8
 from bridge.servicem8.models import (
@@ -48,6 +55,8 @@ log = get_logger(__name__)
 R = TypeVar("R", bound=SM8Record)
 LEARN_RETRY_SECONDS = 60.0
 OnInvalid = Callable[[InvalidRecord], None]
+DELETE_TRIES = 3  # DELETEs whose answer may be lost before a delete gives up for now
+_LOG_UUID = {"joballocation": "sm8_allocation_uuid", "jobactivity": "sm8_activity_uuid"}
 
 FILTER_OPS = frozenset({"eq", "ne", "gt", "lt"})
 MAX_FILTER_CONDITIONS = 10
@@ -96,6 +105,30 @@ class Filter:
 
 def where(field: str, op: str, value: FilterValue) -> Filter:
     return Filter().where(field, op, value)
+
+
+class UuidNotKept(PermanentError):
+    """ServiceM8 made the record under a uuid other than the one supplied, so a repeated create
+    would make another record: this account cannot be written to idempotently. ``made_uuid``
+    is the record that was made (docs/servicem8-api.md#writes)."""
+
+    def __init__(self, message: str, *, made_uuid: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.made_uuid = made_uuid
+
+
+def classify_answer(
+    status: int | None,
+    headers: Mapping[str, str] | None = None,
+    body: str = "",
+    exc: BaseException | None = None,
+) -> Outcome:
+    """``classify_servicem8``, and a 2xx whose JSON says ``success: false`` is a refusal like a
+    400 (docs/servicem8-api.md#writes): it is not a write that landed."""
+    outcome = classify_servicem8(status, headers, body, exc)
+    if outcome.ok and says_unsuccessful(body):
+        return Outcome("rejected", f"success false: {message_of(body)[:120]}")
+    return outcome
 
 
 def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
@@ -149,7 +182,7 @@ class ServiceM8Client:
             api="servicem8",
             base_url=settings.servicem8_base_url,
             credentials=credentials or ApiKeyAuth("X-Api-Key", settings.servicem8_api_key),
-            classify=classify_servicem8,
+            classify=classify_answer,
             connect_timeout=settings.http_connect_timeout,
             read_timeout=settings.http_read_timeout,
             gate=gate,
@@ -295,7 +328,17 @@ class ServiceM8Client:
         response = self.transport.request(
             "POST", f"{obj}.json", operation=f"{obj}.create", json_body=body, idempotent=bool(uuid)
         )
-        return response.headers.get("x-record-uuid") or uuid or ""
+        made = response.headers.get("x-record-uuid") or ""
+        if uuid and made and made.lower() != uuid.lower():
+            raise UuidNotKept(
+                f"servicem8 {obj}.create: ServiceM8 did not keep the supplied uuid {uuid} and made "
+                f"record {made} instead, so the bridge cannot create idempotently",
+                made_uuid=made,
+                api="servicem8",
+                status=response.status_code,
+                operation=f"{obj}.create",
+            )
+        return made or uuid or ""
 
     def _update(self, obj: str, uuid: str, fields: Mapping[str, Any]) -> None:
         self.transport.request(
@@ -307,8 +350,35 @@ class ServiceM8Client:
         )
 
     def _delete(self, obj: str, uuid: str) -> None:
-        self.tz  # noqa: B018 - the timezone read also tells the budget's account
-        self.transport.request("DELETE", f"{obj}/{uuid}.json", operation=f"{obj}.delete")
+        """Soft delete, sent only to a record read as active, and never sent blindly again.
+
+        A DELETE of a deleted record restores it (docs/servicem8-api.md#delete). So the record is
+        read before every DELETE: one the office deleted meanwhile, or one an earlier try of this
+        task deleted before its answer was lost, is left alone. The transport does not repeat the
+        DELETE; after a lost answer (timeout, broken connection, 5xx) the loop reads again.
+        After ``DELETE_TRIES`` lost answers with the record still active it raises
+        ``Unavailable``, and the task's retry starts again from a read.
+        """
+        operation = f"{obj}.delete"
+        for attempt in range(DELETE_TRIES + 1):
+            if not self._get_one(obj, SM8Record, uuid).active:
+                return
+            if attempt == DELETE_TRIES:
+                break
+            try:
+                self.transport.request(
+                    "DELETE", f"{obj}/{uuid}.json", operation=operation, idempotent=False
+                )
+                return
+            except Unavailable as exc:
+                field = _LOG_UUID.get(obj, "sm8_record_uuid")
+                log.warning("servicem8.delete_unconfirmed", reason=exc.reason, attempt=attempt,
+                            **{field: uuid})  # fmt: skip
+        raise Unavailable(
+            f"servicem8 {operation}: {DELETE_TRIES} answers lost and the record is still active",
+            api="servicem8",
+            operation=operation,
+        )
 
     def _get(
         self, path: str, *, operation: str, params: Mapping[str, Any] | None = None

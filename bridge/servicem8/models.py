@@ -164,7 +164,8 @@ class Staff(SM8Record):
 
 
 class AllocationWindow(SM8Record):
-    """A named window of the day; ``start_time``/``end_time`` are minutes from midnight."""
+    """A named window of the day; ``start_time``/``end_time`` are minutes from midnight. The
+    urgent window has both 0 and sets no time (``translate.window_minutes``)."""
 
     name: OptStr = None
     start_time: OptInt = None

@@ -7,12 +7,23 @@ from mappings.facts import AllocationFacts, JobFacts
 from mappings.stamps import to_epoch_ms
 
 
+def window_minutes(window: AllocationWindow | None) -> tuple[int, int] | None:
+    """A window's (start, end) in minutes from midnight, or None when it sets no time of day.
+
+    A window whose start equals its end is none: the urgent window is ``0``/``0``
+    (docs/servicem8-api.md#windows), and read as a span it would wrap into a 24-hour slot, so an
+    allocation dated in it is an all-day job, as one without a window is."""
+    if window is None or window.start_time is None or window.end_time is None:
+        return None
+    if window.start_time == window.end_time:
+        return None
+    return (window.start_time, window.end_time)
+
+
 def allocation_facts(
     allocation: JobAllocation, window: AllocationWindow | None, *, by_bridge: bool = False
 ) -> AllocationFacts:
-    minutes = None
-    if window is not None and window.start_time is not None and window.end_time is not None:
-        minutes = (window.start_time, window.end_time)
+    minutes = window_minutes(window)
     return AllocationFacts(
         uuid=allocation.uuid.lower(),
         job_uuid=allocation.job_uuid.lower(),

@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
@@ -242,6 +242,19 @@ class SimServer:
         self._register_admin()
 
     # --- clock -------------------------------------------------------------------------------
+    dialect: Any  # each simulator's frozen dataclass of named switches
+
+    def set_dialect(self, **switches: Any) -> None:
+        """Change some of the dialect's switches (a 400 for an unknown one or a bad value)."""
+        unknown = sorted(set(switches) - {f.name for f in fields(self.dialect)})
+        if unknown:
+            raise SimError(400, f"unknown dialect switch {unknown[0]!r}")
+        try:
+            with self.lock:
+                self.dialect = replace(self.dialect, **switches)
+        except ValueError as exc:
+            raise SimError(400, str(exc)) from None
+
     def now(self) -> float:
         return self._base_clock() + self.clock_offset
 

@@ -22,7 +22,7 @@ import json
 import re
 import uuid as uuidlib
 from collections import deque
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -700,18 +700,6 @@ class CoredinationSimulator(SimServer):
         self.route("POST", "/_admin/reset", "admin", reset, api=False)
         for method in ("GET", "POST"):
             self.route(method, "/_admin/dialect", "admin", dialect, api=False)
-
-    def set_dialect(self, **switches: Any) -> None:
-        """Change some of the dialect's switches (a 400 for an unknown one or a bad value)."""
-        known = {f.name for f in fields(CoredinationDialect)}
-        unknown = sorted(set(switches) - known)
-        if unknown:
-            raise SimError(400, f"unknown dialect switch {unknown[0]!r}")
-        try:
-            with self.lock:
-                self.dialect = replace(self.dialect, **switches)
-        except ValueError as exc:
-            raise SimError(400, str(exc)) from None
 
     def reset_counts(self) -> None:
         super().reset_counts()

@@ -6,15 +6,22 @@ bookings), jobactivity (fixed bookings, and time worked), job, staff, allocation
 paging; ``x-record-uuid`` on create; soft delete; ``edit_date`` in the account's timezone bumped on
 every write; 429 as text or JSON per minute or per day; and object webhooks at
 ``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake.
+
+Where ServiceM8's behaviour is unsettled, a ``ServiceM8Dialect`` picks the reading the simulator
+plays (docs/servicem8-api.md#open-questions). Its defaults are the readings the evidence points to;
+``FIRST_READING`` is the friendlier one the simulator played before it had dialects.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import threading
 import uuid as uuidlib
+from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any
+from http.server import BaseHTTPRequestHandler
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import requests
@@ -153,6 +160,65 @@ _TOKEN = re.compile(
 )
 
 
+RecordUuidHeader = Literal["echo", "server"]
+NO_ALLOCATION_SUBSCRIPTION = "Object joballocation does not support subscription"
+
+
+@dataclass(frozen=True)
+class ServiceM8Dialect:
+    """One reading of each ServiceM8 behaviour the documents leave open
+    (docs/servicem8-api.md#open-questions). The defaults follow the evidence; for every switch
+    but ``record_uuid_header`` that is also the reading harder for the bridge, so every test
+    against the default simulator proves the bridge copes with it.
+
+    - ``allocation_webhooks``: whether job allocations can be subscribed. The webhooks overview
+      does not list them, and an object it does not list is refused with a 400 "Object ... does
+      not support subscription" (docs/servicem8-api.md#webhooks): off by default.
+    - ``delete_restores``: a DELETE of a record that is already deleted makes it active again, as
+      a client checked against the live API saw (docs/servicem8-api.md#delete): on by default.
+    - ``lost_delete_answer_rate``: the chance that a DELETE is applied and its answer then lost
+      (the connection closes with no reply), so the caller cannot tell it landed. A property of
+      the network rather than of the API: 0 by default, raised by the tests of the delete rule.
+    - ``record_uuid_header``: on a create with a client-supplied uuid, ``echo`` keeps it and
+      returns it in ``x-record-uuid`` (the official spec: the default); ``server`` ignores it and
+      makes one of its own, the case nothing documents.
+    - ``refusal_as_success``: a record write refused for a bad value answers HTTP 200 with
+      ``{"success": false, "message": ...}`` instead of a 400. Seen on the developer forum, and the
+      official integration code tests ``success`` (docs/servicem8-api.md#writes): on by default.
+    """
+
+    allocation_webhooks: bool = False
+    delete_restores: bool = True
+    lost_delete_answer_rate: float = 0.0
+    record_uuid_header: RecordUuidHeader = "echo"
+    refusal_as_success: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("allocation_webhooks", "delete_restores", "refusal_as_success"):
+            value = getattr(self, name)
+            if not isinstance(value, bool):
+                raise ValueError(f"dialect {name} must be true or false, not {value!r}")
+        rate = self.lost_delete_answer_rate
+        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+            raise ValueError(f"dialect lost_delete_answer_rate must be within 0..1, not {rate!r}")
+        if self.record_uuid_header not in ("echo", "server"):
+            raise ValueError(
+                f"dialect record_uuid_header must be 'echo' or 'server', "
+                f"not {self.record_uuid_header!r}"
+            )
+
+    @classmethod
+    def first_reading(cls) -> ServiceM8Dialect:
+        """The reading the simulator played before it had dialects (``FIRST_READING``)."""
+        return FIRST_READING
+
+
+# Allocations can be subscribed, a second DELETE leaves a record deleted, refusals are 400s.
+FIRST_READING = ServiceM8Dialect(
+    allocation_webhooks=True, delete_restores=False, refusal_as_success=False
+)
+
+
 def parse_filter(text: str) -> list[tuple[str, str, Any]]:
     """``field op value [and field op value]...``; strings in single quotes with '' for a quote.
 
@@ -213,15 +279,19 @@ class ServiceM8Simulator(SimServer):
         rate_limit_body: str = "text",
         seed: int | None = None,
         clock: Any = None,
+        dialect: ServiceM8Dialect | None = None,
     ) -> None:
         super().__init__(seed=seed, clock=clock)
         self.api_keys = set(api_keys)
+        self.dialect = dialect or ServiceM8Dialect()
+        self._answer = threading.local()  # per request: whether its answer is to be lost
         self.page_size = page_size
         self.rate_limit_body = rate_limit_body  # "text" (the docs) or "json" (the SDK examples)
         self.records: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in OBJECTS}
         self.order: dict[str, dict[str, int]] = {obj: {} for obj in OBJECTS}
         self._seq = 0
         self.subscriptions: list[dict[str, str]] = []
+        self.restored: dict[str, int] = {}  # object → records a DELETE restored (delete_restores)
         self.event_subscriptions: list[dict[str, str]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
         self.vendor_uuid = str(uuidlib.uuid4())
@@ -366,10 +436,15 @@ class ServiceM8Simulator(SimServer):
         self._write(obj, record, existing)
 
     def delete(self, obj: str, uuid: str) -> None:
+        """Soft delete. Under the dialect's ``delete_restores`` a record that is already deleted
+        is restored instead: DELETE toggles ``active`` (docs/servicem8-api.md#delete)."""
         existing = self.records[obj].get(uuid.lower())
         if existing is None:
             raise SimError(404, "Resource not found")
-        self._write(obj, {**existing, "active": 0}, existing)
+        restore = self.dialect.delete_restores and str(existing.get("active")) == "0"
+        if restore:  # counted: a chaos run reports how many records a repeated DELETE revived
+            self.restored[obj] = self.restored.get(obj, 0) + 1
+        self._write(obj, {**existing, "active": 1 if restore else 0}, existing)
 
     def open_booking(self, obj: str, uuid: str) -> None:
         """The booked person opens the booking on their phone: ServiceM8 records that it was
@@ -397,6 +472,34 @@ class ServiceM8Simulator(SimServer):
         self._put(obj, record)
         changed = sorted(k for k, v in record.items() if before.get(k) != v and k != "edit_date")
         self._notify(obj, record, changed)
+
+    def _refusal(self, exc: SimError) -> SimReply:
+        """A refused record write as the dialect answers it: a 400, or under
+        ``refusal_as_success`` a 200 whose body says ``success: false``
+        (docs/servicem8-api.md#writes). Other errors (404, 405) are not refusals of a value."""
+        if exc.status == 400 and self.dialect.refusal_as_success:
+            return SimReply(200, {"success": False, "message": exc.message})
+        raise exc
+
+    def _maybe_lose_answer(self) -> None:
+        """Mark this request's answer as lost, with the dialect's chance. The rng is rolled only
+        when the chance is set, so the seeded uuids of other tests stay as they were."""
+        rate = self.dialect.lost_delete_answer_rate
+        if rate and self.rng.random() < rate:
+            self._answer.lost = True
+
+    def dispatch(
+        self, request: SimRequest, conn: BaseHTTPRequestHandler | None = None
+    ) -> SimReply | None:
+        """As the base, except that an answer the handler marked as lost is never sent: the
+        change stands, and the connection closes without a reply."""
+        self._answer.lost = False
+        reply = super().dispatch(request, conn)
+        if reply is None or not self._answer.lost:
+            return reply
+        with self.lock:
+            self.injected["lost_answer"] += 1
+        return None
 
     # --- webhooks ----------------------------------------------------------------------------
     def _notify(self, obj: str, record: dict[str, Any], changed: list[str]) -> None:
@@ -459,19 +562,30 @@ class ServiceM8Simulator(SimServer):
         def create(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["obj"] in READ_ONLY_OBJECTS:
                 raise SimError(405, "Method not allowed")
-            uuid = self.create(p["obj"], req.fields())
+            data = req.fields()
+            if self.dialect.record_uuid_header == "server":  # a uuid of its own, whatever is sent
+                data = {k: v for k, v in data.items() if k != "uuid"}
+            try:
+                uuid = self.create(p["obj"], data)
+            except SimError as exc:
+                return self._refusal(exc)
             return SimReply(200, {"errorCode": 0, "message": "OK"}, {"x-record-uuid": uuid})
 
         def update(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["obj"] in READ_ONLY_OBJECTS:
                 raise SimError(405, "Method not allowed")
-            self.update(p["obj"], p["uuid"], req.fields())
+            data = req.fields()
+            try:
+                self.update(p["obj"], p["uuid"], data)
+            except SimError as exc:
+                return self._refusal(exc)
             return SimReply(200, {"errorCode": 0, "message": "OK"})
 
         def delete(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["obj"] in READ_ONLY_OBJECTS:
                 raise SimError(405, "Method not allowed")
             self.delete(p["obj"], p["uuid"])
+            self._maybe_lose_answer()
             return SimReply(200, {"errorCode": 0, "message": "OK"})
 
         def subscribe_object(req: SimRequest, p: dict[str, str]) -> SimReply:
@@ -482,6 +596,8 @@ class ServiceM8Simulator(SimServer):
                 raise SimError(400, "Please specify an object for subscription")
             if obj not in OBJECTS:
                 raise SimError(400, f"{obj} is not an authorised object type")
+            if obj == "joballocation" and not self.dialect.allocation_webhooks:
+                raise SimError(400, NO_ALLOCATION_SUBSCRIPTION)
             if not callback.startswith(("http://", "https://")):
                 raise SimError(400, "Please specify a valid callback_url")
             self.lock.release()  # the handshake calls back into a server that may call us
@@ -569,9 +685,16 @@ class ServiceM8Simulator(SimServer):
             self.reset()
             return SimReply(200, {"ok": True})
 
+        def dialect(req: SimRequest, p: dict[str, str]) -> SimReply:
+            if req.method == "POST":
+                self.set_dialect(**(req.json() or {}))
+            return SimReply(200, asdict(self.dialect))
+
         self.route("POST", "/_admin/seed", "admin", seed, api=False)
         self.route("GET", "/_admin/state", "admin", state, api=False)
         self.route("POST", "/_admin/reset", "admin", reset, api=False)
+        for method in ("GET", "POST"):
+            self.route(method, "/_admin/dialect", "admin", dialect, api=False)
 
     def seed(self, data: dict[str, list[dict[str, Any]]]) -> dict[str, int]:
         """Load records as a user of the ServiceM8 app would create them (webhooks fire)."""

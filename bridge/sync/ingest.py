@@ -133,26 +133,24 @@ def poll_servicem8(ctx: SyncContext, objects: Collection[str] = SM8_POLLED) -> s
 
 def push_allocation(ctx: SyncContext, uuid: str) -> set[str]:
     """A webhook said allocation ``uuid`` changed: read it and record it."""
-    started = ctx.clock()
-    try:
-        allocation = ctx.sm8.get_allocation(uuid)
-    except NotFound:
-        log.warning("push.allocation_missing", sm8_allocation_uuid=uuid)
-        return set()
-    facts = facts_of(ctx, allocation, ctx.stores.staff.staff_map())
-    return ctx.stores.jobs.ingest_allocations([facts], read_started=started)
+    return _push_booking(ctx, "joballocation", uuid)
 
 
 def push_activity(ctx: SyncContext, uuid: str) -> set[str]:
     """A webhook said job activity ``uuid`` changed: read it and record it (time worked and
     automated records read as no booking, and change nothing)."""
+    return _push_booking(ctx, "jobactivity", uuid)
+
+
+def _push_booking(ctx: SyncContext, obj: str, uuid: str) -> set[str]:
     started = ctx.clock()
+    get = ctx.sm8.get_activity if obj == "jobactivity" else ctx.sm8.get_allocation
     try:
-        activity = ctx.sm8.get_activity(uuid)
+        booking: JobAllocation | JobActivity = get(uuid)
     except NotFound:
-        log.warning("push.activity_missing", sm8_activity_uuid=uuid)
+        log.warning(f"push.{obj.removeprefix('job')}_missing", sm8_record_uuid=uuid)
         return set()
-    facts = facts_of(ctx, activity, ctx.stores.staff.staff_map())
+    facts = facts_of(ctx, booking, ctx.stores.staff.staff_map())
     return ctx.stores.jobs.ingest_allocations([facts], read_started=started)
 
 

@@ -152,17 +152,21 @@ def test_a_quote_in_a_value_cannot_break_out_of_the_filter(sm8, sm8_sim):
 
 
 def test_object_webhook_subscription_handshake_delivery_and_delete(sm8, sm8_sim, seeded, receiver):
-    sm8.subscribe_object("joballocation", ["staff_uuid", "allocation_date", "active"], receiver.url)
+    """Job activities can be subscribed; job allocations cannot (tests/adapters/
+    test_servicem8_dialects.py plays both readings)."""
+    sm8.subscribe_object("jobactivity", ["staff_uuid", "start_date", "active"], receiver.url)
     subs = sm8.list_subscriptions()
-    assert [(s["object"], s["callback_url"]) for s in subs] == [("joballocation", receiver.url)]
-    made = sm8.create_allocation({"job_uuid": seeded["job"], "staff_uuid": seeded["staff"]})
+    assert [(s["object"], s["callback_url"]) for s in subs] == [("jobactivity", receiver.url)]
+    made = sm8.create_activity(
+        {"job_uuid": seeded["job"], "staff_uuid": seeded["staff"], "activity_was_scheduled": 1}
+    )
     posts = receiver.wait(1)
     body = json.loads(posts[0]["body"])
-    assert body["object"] == "joballocation"
+    assert body["object"] == "jobactivity"
     assert body["entry"][0]["uuid"] == made
     assert "staff_uuid" in body["entry"][0]["changed_fields"]
-    assert body["resource_url"].endswith(f"/joballocation/{made}.json")
-    sm8.unsubscribe(object="joballocation", callback_url=receiver.url)
+    assert body["resource_url"].endswith(f"/jobactivity/{made}.json")
+    sm8.unsubscribe(object="jobactivity", callback_url=receiver.url)
     assert sm8.list_subscriptions() == []
 
 

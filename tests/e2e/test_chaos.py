@@ -22,4 +22,5 @@ def test_chaos_run_converges_with_nothing_lost_duplicated_diverged_or_leaked(tmp
     assert report.faults["redis restart"] == 1 and report.faults["beat killed"] == 1
     assert sum(report.operations.values()) >= 80  # the rest found nothing to act on
     assert (report.lost, report.duplicated, report.diverged) == (0, 0, 0), report.problems
+    assert report.resurrected == 0, report.problems
     assert report.secrets_found == []

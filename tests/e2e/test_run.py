@@ -32,7 +32,7 @@ def _clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cleanly(
+def test_bridge_run_on_embedded_redis_syncs_a_webhooked_booking_and_stops_cleanly(
     tmp_path: Path, sm8_sim, cd_sim
 ):
     port = free_port()
@@ -41,7 +41,8 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cle
         COREDINATION_API_KEY=CD_KEY, COREDINATION_BASE_URL=cd_sim.api_url(),
         WEBHOOK_TOKEN=TOKEN, WEBHOOK_PUBLIC_URL=f"http://127.0.0.1:{port}",
         BRIDGE_STATE_DIR=str(tmp_path / "state"),
-        # Polls far apart: after the first one, only the webhook can carry the new allocation.
+        # Polls far apart: after the first one, only the webhook can carry the new booking (a
+        # fixed one: ServiceM8 sends no webhooks for allocations).
         SERVICEM8_POLL_SECONDS="3600", COREDINATION_POLL_SECONDS="3600", STAFF_MATCH_SECONDS="1",
         LOG_FORMAT="json", PYTHONUNBUFFERED="1",
     )  # fmt: skip
@@ -65,8 +66,10 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_allocation_and_stops_cle
         taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
         member = next(s for s in biz.staff if s["uuid"] not in taken)
         user = biz.user_for(member["uuid"])["id"]
-        sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": member["uuid"],
-                                         "allocation_date": "2026-12-03 00:00:00"})  # fmt: skip
+        sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
+                                       "activity_was_scheduled": 1,
+                                       "start_date": "2026-12-03 09:00:00",
+                                       "end_date": "2026-12-03 11:00:00"})  # fmt: skip
 
         def scheduled() -> bool:
             cd_job = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, job)]]
