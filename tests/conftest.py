@@ -144,3 +144,30 @@ def store(redis_client: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     s = Stores.connect(redis_client, f"t{uuid.uuid4().hex[:10]}")
     yield s
     s.wipe()
+
+
+@pytest.fixture
+def app(
+    redis_url: str, sm8_sim: ServiceM8Simulator, cd_sim: CoredinationSimulator
+) -> Iterator[Any]:
+    """The Celery app of a connection of its own against both simulators (tasks run eagerly
+    with ``.apply``); its stores are wiped afterwards."""
+    import uuid
+
+    from bridge.config import load_settings
+    from tasks.app import create_app
+
+    settings = load_settings(
+        _env_file=None,
+        redis_url=redis_url,
+        bridge_connection_id=f"app{uuid.uuid4().hex[:8]}",
+        servicem8_api_key=SM8_KEY,
+        servicem8_base_url=sm8_sim.api_url(),
+        coredination_api_key=CD_KEY,
+        coredination_base_url=cd_sim.api_url(),
+    )
+    celery_app = create_app(settings)
+    yield celery_app
+    rt = celery_app.bridge_runtime()
+    rt.stores.wipe()
+    rt.close()

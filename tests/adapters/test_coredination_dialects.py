@@ -11,7 +11,6 @@ import pytest
 import requests
 from celery.exceptions import Retry
 
-from bridge.config import load_settings
 from bridge.coredination import CoredinationClient
 from bridge.coredination.client import UsersListMissing
 from bridge.errors import NotFound
@@ -27,7 +26,7 @@ from bridge.sync import Engine, SyncContext
 from bridge.sync.context import CURSOR_CD_JOBS
 from mappings.ids import cd_job_uuid
 from mappings.stamps import to_epoch_ms
-from tests.conftest import CD_KEY, SM8_KEY
+from tests.conftest import CD_KEY
 
 STAMPS = ("modified", "lastModified", "none")
 SHAPES = ("userId", "user")
@@ -392,26 +391,6 @@ def test_a_users_list_gone_missing_undoes_no_automatic_link(engine, sm8_sim, cd_
     report = engine.match_staff()
     assert report.counts["staff.users_list_missing"] == 1 and "staff.unlinked" not in report.counts
     assert store.staff.staff_map().s2u == before
-
-
-@pytest.fixture
-def app(redis_url, sm8_sim, cd_sim):
-    from tasks.app import create_app
-
-    settings = load_settings(
-        _env_file=None,
-        redis_url=redis_url,
-        bridge_connection_id=f"cdd{uuidlib.uuid4().hex[:8]}",
-        servicem8_api_key=SM8_KEY,
-        servicem8_base_url=sm8_sim.api_url(),
-        coredination_api_key=CD_KEY,
-        coredination_base_url=cd_sim.api_url(),
-    )
-    app = create_app(settings)
-    yield app
-    rt = app.bridge_runtime()
-    rt.stores.wipe()
-    rt.close()
 
 
 def test_the_staff_task_neither_retries_nor_dead_letters_a_missing_users_list(app, sm8_sim, cd_sim):

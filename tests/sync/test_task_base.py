@@ -4,34 +4,12 @@ the factory builds from this test's settings (no environment, no module reloads)
 from __future__ import annotations
 
 import time
-import uuid
 
 import pytest
 from celery.exceptions import Retry
 
-from bridge.config import load_settings
 from bridge.errors import BudgetExhausted
 from bridge.queues import MATCH_STAFF, SYNC_JOB
-from tasks.app import create_app
-from tests.conftest import CD_KEY, SM8_KEY
-
-
-@pytest.fixture
-def app(redis_url, sm8_sim, cd_sim):
-    settings = load_settings(
-        _env_file=None,
-        redis_url=redis_url,
-        bridge_connection_id=f"tb{uuid.uuid4().hex[:8]}",
-        servicem8_api_key=SM8_KEY,
-        servicem8_base_url=sm8_sim.api_url(),
-        coredination_api_key=CD_KEY,
-        coredination_base_url=cd_sim.api_url(),
-    )
-    app = create_app(settings)
-    yield app
-    rt = app.bridge_runtime()
-    rt.stores.wipe()
-    rt.close()
 
 
 def _call(task, exc, routing_key, retries=0):
