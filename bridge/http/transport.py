@@ -67,18 +67,6 @@ def message_of(body: str) -> str:
     return text
 
 
-def says_unsuccessful(body: str) -> bool:
-    """A JSON object body with ``"success": false``: some APIs refuse with a 2xx that says so
-    (docs/servicem8-api.md#writes), which status codes alone would read as success."""
-    if not body.lstrip().startswith("{"):
-        return False
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return False
-    return isinstance(data, dict) and data.get("success") in (False, "false", "0")
-
-
 def transport_failure(exc: BaseException) -> Outcome:
     if isinstance(exc, requests.Timeout):
         return Outcome("unavailable", "timeout")

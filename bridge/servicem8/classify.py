@@ -20,7 +20,8 @@ def classify_servicem8(
 
     429 comes as plain text ("Number of allowed API requests per minute exceeded") or as JSON
     ``{"errorCode":429,"message":"... per day exceeded"}``; the window is read from the words.
-    A 200 whose JSON ``errorCode`` is not 0 is a rejection: writes answer ``{"errorCode":0,...}``.
+    A 200 whose JSON ``errorCode`` is not 0, or whose ``success`` is false, is a rejection: writes
+    answer ``{"errorCode":0,...}``.
     """
     if exc is not None or status is None:
         return transport_failure(exc or RuntimeError("no response"))
@@ -38,4 +39,7 @@ def classify_servicem8(
             data = None
         if isinstance(data, dict) and str(data.get("errorCode", "0")) not in ("0", ""):
             return Outcome("rejected", f"errorCode {data['errorCode']}: {message[:120]}")
+        # A refusal can come as a 200 that says so (docs/servicem8-api.md#writes).
+        if isinstance(data, dict) and data.get("success") in (False, "false", "0"):
+            return Outcome("rejected", f"success false: {message[:120]}")
     return by_status(status, message)

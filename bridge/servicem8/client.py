@@ -36,7 +36,6 @@ from bridge.errors import (
     invalid_record,
 )
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
-from bridge.http.transport import Outcome, message_of, says_unsuccessful
 from bridge.log import get_logger
 from bridge.servicem8.classify import classify_servicem8
 from bridge.servicem8.models import (
@@ -117,20 +116,6 @@ class UuidNotKept(PermanentError):
         self.made_uuid = made_uuid
 
 
-def classify_answer(
-    status: int | None,
-    headers: Mapping[str, str] | None = None,
-    body: str = "",
-    exc: BaseException | None = None,
-) -> Outcome:
-    """``classify_servicem8``, and a 2xx whose JSON says ``success: false`` is a refusal like a
-    400 (docs/servicem8-api.md#writes): it is not a write that landed."""
-    outcome = classify_servicem8(status, headers, body, exc)
-    if outcome.ok and says_unsuccessful(body):
-        return Outcome("rejected", f"success false: {message_of(body)[:120]}")
-    return outcome
-
-
 def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fields.items():
@@ -182,7 +167,7 @@ class ServiceM8Client:
             api="servicem8",
             base_url=settings.servicem8_base_url,
             credentials=credentials or ApiKeyAuth("X-Api-Key", settings.servicem8_api_key),
-            classify=classify_answer,
+            classify=classify_servicem8,
             connect_timeout=settings.http_connect_timeout,
             read_timeout=settings.http_read_timeout,
             gate=gate,

@@ -16,7 +16,8 @@ import requests
 
 from bridge.errors import PermanentError, Rejected, RetryableError, Unavailable
 from bridge.servicem8 import ServiceM8Client
-from bridge.servicem8.client import UuidNotKept, classify_answer
+from bridge.servicem8.classify import classify_servicem8
+from bridge.servicem8.client import UuidNotKept
 from bridge.servicem8.models import AllocationWindow, JobAllocation
 from bridge.servicem8.translate import allocation_facts
 from bridge.simulators.base import SimError
@@ -314,7 +315,7 @@ def test_success_false_is_rejected_like_a_400(sm8: ServiceM8Client, sm8_sim, job
     ],
 )
 def test_the_classifier_reads_success_false_as_a_refusal(status, body, kind):
-    assert classify_answer(status, {}, body, None).kind == kind
+    assert classify_servicem8(status, {}, body, None).kind == kind
 
 
 def test_a_create_whose_uuid_is_not_kept_fails_loudly_and_names_the_record_made(
