@@ -163,7 +163,7 @@ def trickle(b: Bench) -> None:
         st.env["WEBHOOK_PUBLIC_URL"] = base
         rt = b.runtime(st)
         rt.engine.match_staff()
-        from bridge.ops import subscribe_webhooks
+        from bridge.subscriptions import subscribe_webhooks
 
         subscribe_webhooks(rt)
         rt.close()

@@ -113,6 +113,13 @@ class Settings(BaseSettings):
         description="How often beat compares both systems whole and repairs drift (0: never).",
     )
     staff_match_seconds: float = Field(900.0, gt=0, description="Staff ⇄ user re-match interval.")
+    webhook_health_seconds: float = Field(
+        900.0,
+        ge=0,
+        description="How often beat lists ServiceM8's webhook subscriptions and posts again any "
+        "of the bridge's that ServiceM8 deactivated (0: never; runs only with "
+        "WEBHOOK_PUBLIC_URL set). One API call each time.",
+    )
     servicem8_poll_overlap_seconds: int = Field(
         900, ge=0, description="How far behind its cursor each ServiceM8 poll re-reads."
     )

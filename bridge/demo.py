@@ -164,7 +164,7 @@ class Demo:
             seconds = _wait("the bridge to report healthy", lambda: healthy(health), 60)
             self.done(f"healthy at {health}", seconds)
             started = time.monotonic()
-            from bridge.ops import subscribe_webhooks
+            from bridge.subscriptions import subscribe_webhooks
 
             subscribed = subscribe_webhooks(runtime)
             self.done("webhooks subscribed: " + ", ".join(subscribed) +

@@ -24,6 +24,7 @@ WEBHOOK_SERVICEM8_ACTIVITY: Final = "bridge.webhook.servicem8_activity"
 WEBHOOK_SERVICEM8_JOB: Final = "bridge.webhook.servicem8_job"
 WEBHOOK_COREDINATION_JOB: Final = "bridge.webhook.coredination_job"
 RELEASE_DEFERRED: Final = "bridge.deferred.release"
+CHECK_SUBSCRIPTIONS: Final = "bridge.poll.webhook_subscriptions"
 TASK_NAMES: Final = (
     SYNC_JOB,
     POLL_CYCLE,
@@ -35,6 +36,7 @@ TASK_NAMES: Final = (
     WEBHOOK_SERVICEM8_JOB,
     WEBHOOK_COREDINATION_JOB,
     RELEASE_DEFERRED,
+    CHECK_SUBSCRIPTIONS,
 )
 
 # --- queues --------------------------------------------------------------------------------------

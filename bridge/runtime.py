@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta, tzinfo
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import redis
@@ -132,9 +132,19 @@ def build(
         lock_seconds=2 * settings.http_read_timeout + 5,
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget)
+    _apply_probe(stores.activity.probe(), cd_client)
     ctx = SyncContext(
         stores, sm8_client, cd_client, connection_namespace(settings.bridge_connection_id), options
     )
     return Runtime(
         settings, redis_url, client, stores, Engine(ctx), budget, sm8_client, cd_client, embedded
     )
+
+
+def _apply_probe(found: dict[str, Any] | None, cd: CoredinationClient) -> None:
+    """What ``bridge probe`` proved missing on this account is not tried again by every process
+    (docs/probe.md). Without a probe every switch keeps its harder reading: the clients try, and
+    learn from the refusal."""
+    readings = ((found or {}).get("dialect") or {}).get("coredination") or {}
+    cd.unassign_missing = readings.get("unassign") is False
+    cd.users_missing = readings.get("users_endpoint") is False

@@ -266,6 +266,23 @@ class StatusCollector:
         for api in ("servicem8", "coredination"):
             paused.add_metric([api], 1.0 if api in data["paused"] else 0.0)
         gauges.append(paused)
+        subscribed = GaugeMetricFamily(
+            "bridge_webhook_subscription_active",
+            "1 while ServiceM8 shows the bridge's subscription for the object active, 0 while it "
+            "is deactivated or missing (read by the health check).",
+            labels=["object"],
+        )
+        delivered = GaugeMetricFamily(
+            "bridge_webhook_last_delivery_age_seconds",
+            "Seconds since a webhook about the object last arrived.",
+            labels=["object"],
+        )
+        for name, sub in data["subscriptions"].items():
+            if sub["active"] is not None:
+                subscribed.add_metric([name], 1.0 if sub["active"] else 0.0)
+            if sub["last_delivery_seconds_ago"] is not None:
+                delivered.add_metric([name], sub["last_delivery_seconds_ago"])
+        gauges += [subscribed, delivered]
         syncs = CounterMetricFamily("bridge_sync", "Sync outcomes by direction.",
                                     labels=["direction", "outcome"])  # fmt: skip
         hooks = CounterMetricFamily("bridge_webhooks", "Webhook deliveries by source and result.",

@@ -48,6 +48,7 @@ from bridge.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.log import configure_logging
 from bridge.queues import (
+    CHECK_SUBSCRIPTIONS,
     MATCH_STAFF,
     POLL_CYCLE,
     QUEUE_KINDS,
@@ -110,6 +111,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     if settings.reconcile_seconds:
         schedule["reconcile"] = {"task": RECONCILE, "schedule": settings.reconcile_seconds}
     schedule["sweep-dirty"] = {"task": SWEEP, "schedule": max(2.0, min(30.0, tick))}
+    if settings.webhook_health_seconds and settings.webhook_public_url:
+        schedule["webhook-health"] = {
+            "task": CHECK_SUBSCRIPTIONS,
+            "schedule": settings.webhook_health_seconds,
+        }
     return schedule
 
 

@@ -10,9 +10,11 @@ import time
 
 from celery import shared_task
 
+from bridge import subscriptions
 from bridge.errors import BudgetExhausted
 from bridge.log import get_logger
 from bridge.queues import (
+    CHECK_SUBSCRIPTIONS,
     MATCH_STAFF,
     POLL_CYCLE,
     RECONCILE,
@@ -59,6 +61,16 @@ def match_staff(task: BridgeTask) -> None:
         log.info("staff.waiting_for_budget", retry_in=round(exc.retry_in, 1))
         return
     task.enqueue_syncs(task.runtime.stores.jobs.dirty())
+
+
+@shared_task(base=BridgeTask, bind=True, name=CHECK_SUBSCRIPTIONS)
+def check_subscriptions(task: BridgeTask) -> None:
+    """Periodic: ServiceM8's subscriptions listed, deactivated ones of ours posted again. With the
+    budget spent it waits for its next turn, like the staff match."""
+    try:
+        subscriptions.check_subscriptions(task.runtime)
+    except BudgetExhausted as exc:
+        log.info("webhooks.health_waiting_for_budget", retry_in=round(exc.retry_in, 1))
 
 
 @shared_task(base=BridgeTask, bind=True, name=RECONCILE)

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -95,12 +95,28 @@ def status(
         out.print(f"budget {api}: {used}")
     for name, value in data["cursors"].items():
         out.print(f"cursor {name}: {value or '-'}")
-    for name, state in data["subscriptions"].items():
-        out.print(f"webhooks {name}: {state or 'not subscribed by this bridge'}", highlight=False)
+    for name, sub in data["subscriptions"].items():
+        out.print(f"webhooks {name}: {_subscription_line(sub)}", highlight=False)
     for row in data["pending_examples"]:
         out.print(f"pending {row['pair']}: {row['reason']}")
     for row in data["invalid_examples"]:
         out.print(f"unreadable {row['record']}: {row['reason']}", highlight=False)
+
+
+def _subscription_line(sub: dict[str, Any]) -> str:
+    if not sub["state"]:
+        return "not subscribed by this bridge"
+    parts = [sub["state"]]
+    if sub["active"] is False:
+        parts.append("ServiceM8 shows it INACTIVE")
+    if sub["last_failure_reason"]:
+        at = sub["last_failure_at"] or "?"
+        parts.append(f"last failure {sub['last_failure_reason']} at {at}")
+    if sub["last_delivery_seconds_ago"] is not None:
+        parts.append(f"last delivery {sub['last_delivery_seconds_ago']}s ago")
+    if sub["checked_seconds_ago"] is not None:
+        parts.append(f"checked {sub['checked_seconds_ago']}s ago")
+    return "; ".join(parts)
 
 
 @app.command()

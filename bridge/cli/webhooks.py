@@ -17,7 +17,7 @@ app.add_typer(webhooks_app, name="webhooks")
 def webhooks_subscribe() -> None:
     """Point both systems' webhooks at WEBHOOK_PUBLIC_URL (the receiver must be running: ServiceM8
     checks it with a challenge). Safe to repeat."""
-    from bridge.ops import subscribe_webhooks
+    from bridge.subscriptions import subscribe_webhooks
 
     with command_runtime() as rt:
         done = subscribe_webhooks(rt)
@@ -32,7 +32,7 @@ def webhooks_list(
     """Every subscription in both systems (the token in URLs is masked)."""
     import json
 
-    from bridge.ops import list_webhooks
+    from bridge.subscriptions import list_webhooks
 
     with command_runtime() as rt:
         rows = list_webhooks(rt)
@@ -47,7 +47,7 @@ def webhooks_list(
 @handles_errors
 def webhooks_unsubscribe() -> None:
     """Remove the subscriptions that point at this bridge."""
-    from bridge.ops import unsubscribe_webhooks
+    from bridge.subscriptions import unsubscribe_webhooks
 
     with command_runtime() as rt:
         done = unsubscribe_webhooks(rt)

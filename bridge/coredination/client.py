@@ -59,6 +59,12 @@ def _operation_missing(exc: ApiError) -> bool:
     return exc.status in (404, 405)
 
 
+USERS_MISSING = (
+    "this account has no users list, so staff cannot be matched by e-mail; link each staff "
+    "member by hand with 'bridge staff link'"
+)
+
+
 class UsersListMissing(PermanentError):
     """Coredination answered the users list with 404 or 405: this account has no such endpoint
     (it is a guess, docs/coredination-api.md#users). Retrying cannot help; staff are linked to
@@ -95,6 +101,7 @@ class CoredinationClient:
         # Learnt from the first refusal and kept for the client's life, which is the process's:
         # a process builds its client once (bridge.runtime).
         self.unassign_missing = False
+        self.users_missing = False  # set from a stored probe: GET /user does not exist here
 
     @classmethod
     def from_settings(
@@ -272,6 +279,8 @@ class CoredinationClient:
     def list_users(self, *, page_size: int = DEFAULT_PAGE) -> list[CdUser]:
         """Every user. Raises ``UsersListMissing`` when the endpoint does not exist
         (docs/coredination-api.md#users)."""
+        if self.users_missing:
+            raise UsersListMissing(USERS_MISSING, api="coredination", operation="user.list")
         users: list[CdUser] = []
         offset = 0
         while True:
@@ -289,9 +298,7 @@ class CoredinationClient:
             if offset or not _operation_missing(exc):
                 raise
             raise UsersListMissing(
-                f"coredination user.list: GET /user answered {exc.status}: this account has no "
-                "users list, so staff cannot be matched by e-mail; link each staff member by "
-                "hand with 'bridge staff link'",
+                f"coredination user.list: GET /user answered {exc.status}: {USERS_MISSING}",
                 api="coredination",
                 status=exc.status,
                 operation="user.list",

@@ -119,7 +119,11 @@ class UuidNotKept(PermanentError):
 def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in fields.items():
-        if isinstance(value, bool):
+        if value is None:
+            # Cleared as the official integration clears, with an empty string: what JSON null
+            # does to a date is not known (docs/servicem8-api.md#writes).
+            out[key] = ""
+        elif isinstance(value, bool):
             out[key] = int(value)
         elif isinstance(value, datetime):
             out[key] = format_sm8_stamp(value, tz)
@@ -293,12 +297,18 @@ class ServiceM8Client:
         )
 
     def list_subscriptions(self) -> list[dict[str, Any]]:
-        rows = self._get(self.webhook_url, operation="webhook.list").json()
-        return list(rows) if isinstance(rows, list) else []
+        """Every subscription, deactivated ones included (``status=all``), each with its
+        ``uuid``, ``active``, ``last_failure_reason`` and ``last_failure_at`` where ServiceM8
+        gives them (docs/servicem8-api.md#webhooks)."""
+        rows = self._get(
+            self.webhook_url, operation="webhook.list", params={"status": "all"}
+        ).json()
+        return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
 
-    def unsubscribe(self, **match: str) -> None:
-        """Delete the subscriptions whose fields equal ``match`` (e.g. object, callback_url)."""
-        self.transport.request("DELETE", self.webhook_url, operation="webhook.delete", form=match)
+    def delete_subscription(self, uuid: str) -> None:
+        self.transport.request(
+            "DELETE", f"{self.webhook_url}/{uuid}", operation="webhook.delete", idempotent=True
+        )
 
     # --- plumbing ----------------------------------------------------------------------------
     def _get_one(self, obj: str, model: type[R], uuid: str) -> R:

@@ -4,7 +4,8 @@ strict sliding-window rate limits, fault knobs, an injectable clock and a webhoo
 The rate limit is a sliding log: a request is refused when the window ending now already holds the
 limit, so no span of ``window`` seconds ever passes more than ``limit`` accepted requests. That is
 the strictest reading of "180 per minute", which ServiceM8 does not define further
-(docs/servicem8-api.md#limits).
+(docs/servicem8-api.md#limits). The day limit is either such a rolling window or a calendar day
+that starts at a midnight the simulator names (``SlidingLimiter.admit``'s ``day_start``).
 """
 
 from __future__ import annotations
@@ -132,14 +133,23 @@ class SlidingLimiter:
         self.minute: deque[float] = deque()
         self.day: deque[float] = deque()
 
-    def admit(self, now: float, limits: Limits) -> str | None:
-        """Record and admit a request, or return the window ("minute"/"day") that refuses it."""
+    def admit(self, now: float, limits: Limits, day_start: float | None = None) -> str | None:
+        """Record and admit a request, or return the window ("minute"/"day") that refuses it.
+
+        ``day_start`` is the instant the current calendar day began (a midnight, as a Unix time):
+        given, the day count holds only requests since then, so it restarts at each midnight;
+        without it the day is a window of ``day_window`` seconds ending now, like the minute.
+        """
         for log_, limit, window, name in (
             (self.day, limits.per_day, limits.day_window, "day"),
             (self.minute, limits.per_minute, limits.minute_window, "minute"),
         ):
-            while log_ and log_[0] <= now - window:
-                log_.popleft()
+            if name == "day" and day_start is not None:
+                while log_ and log_[0] < day_start:
+                    log_.popleft()
+            else:
+                while log_ and log_[0] <= now - window:
+                    log_.popleft()
             if limit is not None and len(log_) >= limit:
                 return name
         if limits.per_day is not None:
@@ -153,14 +163,28 @@ class SlidingLimiter:
         self.day.clear()
 
 
-class Deliverer:
-    """Posts webhook bodies from a background thread, with drop / duplicate / delay faults."""
+OnResult = Callable[[bool, str], None]
+_Queued = tuple[float, int, str, bytes, str, OnResult | None]
 
-    def __init__(self, rng: random.Random) -> None:
+
+class Deliverer:
+    """Posts webhook bodies from a background thread, with drop / duplicate / delay faults.
+
+    Each attempt's outcome goes to the ``on_result`` its ``post`` named, if any: ``(True, "")``
+    for a 2xx, else ``(False, reason)`` with a reason such as ``"HTTP 503"``, ``"timeout"`` or
+    ``"connection refused"``, so a simulator can act on failed deliveries as ServiceM8 does. The
+    callback runs on the delivery thread with no lock of the deliverer held; it takes its
+    simulator's lock itself, which the thread never holds while it posts. A dropped delivery
+    (``drop_rate``) is never attempted, so it reports nothing.
+    """
+
+    def __init__(self, rng: random.Random, timeout: float = 10.0) -> None:
         self.faults = WebhookFaults()
         self.rng = rng
+        self.timeout = timeout  # seconds per attempt: ServiceM8 allows a callback 10
         self.stats: Counter[str] = Counter()
-        self._heap: list[tuple[float, int, str, bytes, str]] = []
+        self._heap: list[_Queued] = []
+        self._inflight = 0
         self._seq = 0
         self._cond = threading.Condition()
         self._stopped = False
@@ -168,7 +192,13 @@ class Deliverer:
         self._thread = threading.Thread(target=self._run, name="sim-webhooks", daemon=True)
         self._thread.start()
 
-    def post(self, url: str, body: bytes, content_type: str = "application/json") -> None:
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        content_type: str = "application/json",
+        on_result: OnResult | None = None,
+    ) -> None:
         with self._cond:
             copies = 1
             if self.rng.random() < self.faults.drop_rate:
@@ -180,13 +210,14 @@ class Deliverer:
             for _ in range(copies):
                 due = time.monotonic() + self.rng.uniform(0, self.faults.max_delay)
                 self._seq += 1
-                heapq.heappush(self._heap, (due, self._seq, url, body, content_type))
+                heapq.heappush(self._heap, (due, self._seq, url, body, content_type, on_result))
                 self.stats["queued"] += 1
             self._cond.notify()
 
     def pending(self) -> int:
+        """Deliveries not yet settled: queued, or being posted right now."""
         with self._cond:
-            return len(self._heap)
+            return len(self._heap) + self._inflight
 
     def _run(self) -> None:
         while True:
@@ -198,14 +229,38 @@ class Deliverer:
                     self._cond.wait(timeout=0.05 if self.faults.paused else wait)
                 if self._stopped:
                     return
-                _, _, url, body, ctype = heapq.heappop(self._heap)
+                _, _, url, body, ctype, on_result = heapq.heappop(self._heap)
+                self._inflight += 1
             try:
-                response = self._session.post(
-                    url, data=body, headers={"Content-Type": ctype}, timeout=10
-                )
-                self.stats["delivered" if response.ok else "rejected"] += 1
-            except requests.RequestException:
-                self.stats["failed"] += 1
+                ok, reason = self._attempt(url, body, ctype)
+                if on_result is not None:
+                    try:
+                        on_result(ok, reason)
+                    except Exception:  # a broken callback must not stop every later delivery
+                        self.stats["callback_errors"] += 1
+            finally:
+                with self._cond:
+                    self._inflight -= 1
+
+    def _attempt(self, url: str, body: bytes, ctype: str) -> tuple[bool, str]:
+        """One POST: whether it counts as delivered (a 2xx in time), and why not."""
+        try:
+            response = self._session.post(
+                url, data=body, headers={"Content-Type": ctype}, timeout=self.timeout
+            )
+        except requests.Timeout:  # before ConnectionError: a connect timeout is both
+            self.stats["failed"] += 1
+            return False, "timeout"
+        except requests.ConnectionError as exc:
+            self.stats["failed"] += 1
+            refused = "refused" in str(exc).lower()
+            return False, "connection refused" if refused else "connection failed"
+        except requests.RequestException as exc:
+            self.stats["failed"] += 1
+            return False, type(exc).__name__
+        ok = 200 <= response.status_code < 300
+        self.stats["delivered" if ok else "rejected"] += 1
+        return ok, "" if ok else f"HTTP {response.status_code}"
 
     def stop(self) -> None:
         with self._cond:
@@ -257,6 +312,12 @@ class SimServer:
 
     def now(self) -> float:
         return self._base_clock() + self.clock_offset
+
+    def day_start(self, now: float) -> float | None:
+        """The midnight the day limit's count restarts at, or None for a rolling day window
+        (``SlidingLimiter.admit``). Rolling here; a simulator whose API has a calendar day
+        overrides it."""
+        return None
 
     # --- routing -----------------------------------------------------------------------------
     def route(
@@ -420,7 +481,8 @@ class SimServer:
             reply = self.unauthorized_reply()
         else:
             with self.lock:
-                refused = self.limiter.admit(self.now(), self.limits)
+                now = self.now()
+                refused = self.limiter.admit(now, self.limits, self.day_start(now))
             reply = (
                 self.rate_limited_reply(refused)
                 if refused

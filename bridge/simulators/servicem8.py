@@ -5,7 +5,8 @@ bookings), jobactivity (fixed bookings, and time worked), job, staff, allocation
 ``$filter`` (``eq ne gt lt`` joined by ``and``, at most 10); ``cursor=-1`` / ``x-next-cursor``
 paging; ``x-record-uuid`` on create; soft delete; ``edit_date`` in the account's timezone bumped on
 every write; 429 as text or JSON per minute or per day; and object webhooks at
-``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake.
+``/webhook_subscriptions`` with the ``mode=subscribe`` / ``challenge`` handshake, each with a uuid,
+``active`` and its last failure, deactivated after repeated failed deliveries.
 
 Where ServiceM8's behaviour is unsettled, a ``ServiceM8Dialect`` picks the reading the simulator
 plays (docs/servicem8-api.md#open-questions). Its defaults are the readings the evidence points to;
@@ -19,7 +20,8 @@ import re
 import threading
 import uuid as uuidlib
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -161,6 +163,8 @@ _TOKEN = re.compile(
 
 
 RecordUuidHeader = Literal["echo", "server"]
+DayReset = Literal["utc", "account", "rolling"]
+DAY_RESETS = ("utc", "account", "rolling")
 NO_ALLOCATION_SUBSCRIPTION = "Object joballocation does not support subscription"
 
 
@@ -185,6 +189,19 @@ class ServiceM8Dialect:
     - ``refusal_as_success``: a record write refused for a bad value answers HTTP 200 with
       ``{"success": false, "message": ...}`` instead of a 400. Seen on the developer forum, and the
       official integration code tests ``success`` (docs/servicem8-api.md#writes): on by default.
+    - ``null_clears``: whether a JSON ``null`` for a date clears it. Real data read back
+      ``0000-00-00 00:00:00`` for an empty date and the official integration clears with ``""``;
+      what ``null`` does is not known (docs/servicem8-api.md#writes). Off by default: ``null``
+      for a date is refused as a bad value, while ``""`` and the empty stamp always clear.
+    - ``day_reset``: when the day limit's count restarts, which is not documented
+      (docs/servicem8-api.md#limits). A public client probes at the earlier of UTC midnight and
+      the account's midnight: ``utc`` (the default) and ``account`` restart the count at that
+      midnight, by the simulator's clock; ``rolling`` is a window of the last 24 hours, the
+      simulator's first reading.
+    - ``deactivate_after_failures``: consecutive failed deliveries (not a 2xx, a timeout, no
+      connection) after which an object subscription is deactivated. The documents say repeated
+      failures, timeouts included, can deactivate a subscription, but not after how many
+      (docs/servicem8-api.md#webhooks): 3 by default, 0 for never.
     """
 
     allocation_webhooks: bool = False
@@ -192,12 +209,25 @@ class ServiceM8Dialect:
     lost_delete_answer_rate: float = 0.0
     record_uuid_header: RecordUuidHeader = "echo"
     refusal_as_success: bool = True
+    null_clears: bool = False
+    day_reset: DayReset = "utc"
+    deactivate_after_failures: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("allocation_webhooks", "delete_restores", "refusal_as_success"):
+        for name in ("allocation_webhooks", "delete_restores", "refusal_as_success",
+                     "null_clears"):  # fmt: skip
             value = getattr(self, name)
             if not isinstance(value, bool):
                 raise ValueError(f"dialect {name} must be true or false, not {value!r}")
+        after = self.deactivate_after_failures
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise ValueError(
+                f"dialect deactivate_after_failures must be a whole number >= 0, not {after!r}"
+            )
+        if self.day_reset not in DAY_RESETS:
+            raise ValueError(
+                f"dialect day_reset must be one of {', '.join(DAY_RESETS)}, not {self.day_reset!r}"
+            )
         rate = self.lost_delete_answer_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"dialect lost_delete_answer_rate must be within 0..1, not {rate!r}")
@@ -213,9 +243,15 @@ class ServiceM8Dialect:
         return FIRST_READING
 
 
-# Allocations can be subscribed, a second DELETE leaves a record deleted, refusals are 400s.
+# Allocations can be subscribed, a second DELETE leaves a record deleted, refusals are 400s,
+# null clears a date, the day limit is a rolling 24 hours, and failed deliveries never deactivate.
 FIRST_READING = ServiceM8Dialect(
-    allocation_webhooks=True, delete_restores=False, refusal_as_success=False
+    allocation_webhooks=True,
+    delete_restores=False,
+    refusal_as_success=False,
+    null_clears=True,
+    day_reset="rolling",
+    deactivate_after_failures=0,
 )
 
 
@@ -290,9 +326,13 @@ class ServiceM8Simulator(SimServer):
         self.records: dict[str, dict[str, dict[str, Any]]] = {obj: {} for obj in OBJECTS}
         self.order: dict[str, dict[str, int]] = {obj: {} for obj in OBJECTS}
         self._seq = 0
-        self.subscriptions: list[dict[str, str]] = []
+        # Object subscriptions as listed: uuid, object, fields, callback_url, unique_id, active,
+        # last_failure_reason, last_failure_at. Consecutive failed deliveries by uuid beside them.
+        self.subscriptions: list[dict[str, Any]] = []
+        self.failures: dict[str, int] = {}
+        self.deactivated = 0  # subscriptions deactivated for failed deliveries
         self.restored: dict[str, int] = {}  # object → records a DELETE restored (delete_restores)
-        self.event_subscriptions: list[dict[str, str]] = []
+        self.event_subscriptions: list[dict[str, Any]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
         self.vendor_uuid = str(uuidlib.uuid4())
         self.tz = ZoneInfo(timezone_name)
@@ -313,6 +353,15 @@ class ServiceM8Simulator(SimServer):
     # --- wire conventions --------------------------------------------------------------------
     def stamp(self) -> str:
         return datetime.fromtimestamp(self.now(), self.tz).strftime("%Y-%m-%d %H:%M:%S")
+
+    def day_start(self, now: float) -> float | None:
+        """The last midnight, in UTC or in the account's timezone, as the dialect's ``day_reset``
+        says; None for a rolling day."""
+        reset = self.dialect.day_reset
+        if reset == "rolling":
+            return None
+        local = datetime.fromtimestamp(now, UTC if reset == "utc" else self.tz)
+        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
     def authenticate(self, request: SimRequest) -> bool:
         key = request.header("x-api-key")
@@ -359,7 +408,11 @@ class ServiceM8Simulator(SimServer):
             if key not in spec["fields"]:
                 continue  # ASSUMPTION: unknown and read-only fields are ignored, not refused.
             if value is None:
+                if key in spec["stamps"] and not self.dialect.null_clears:
+                    raise SimError(400, f"Invalid date format for {key}: null")
                 value = EMPTY_STAMP if key in spec["stamps"] else ""
+            elif value == "" and key in spec["stamps"]:
+                value = EMPTY_STAMP  # how the official integration clears a date
             if key in spec["stamps"]:
                 if not isinstance(value, str) or not (value == EMPTY_STAMP or STAMP.match(value)):
                     raise SimError(
@@ -504,7 +557,7 @@ class ServiceM8Simulator(SimServer):
     # --- webhooks ----------------------------------------------------------------------------
     def _notify(self, obj: str, record: dict[str, Any], changed: list[str]) -> None:
         for sub in self.subscriptions:
-            if sub["object"] != obj:
+            if sub["object"] != obj or not sub["active"]:
                 continue
             wanted = {f.strip() for f in sub.get("fields", "").split(",") if f.strip()}
             if wanted and not wanted.intersection(changed):
@@ -516,7 +569,35 @@ class ServiceM8Simulator(SimServer):
                 ],
                 "resource_url": f"{self.root_url}/api_1.0/{obj}/{record['uuid']}.json",
             }
-            self.deliverer.post(sub["callback_url"], json.dumps(body).encode())
+            self.deliverer.post(
+                sub["callback_url"],
+                json.dumps(body).encode(),
+                on_result=partial(self._delivered, sub["uuid"]),
+            )
+
+    def _delivered(self, sub_uuid: str, ok: bool, reason: str) -> None:
+        """One delivery's outcome, from the deliverer's thread: a success resets the count of
+        consecutive failures; a failure is recorded on the subscription, and the dialect's
+        ``deactivate_after_failures``-th in a row deactivates it (docs/servicem8-api.md#webhooks).
+
+        ASSUMPTION: deliveries are counted in the order they settle, and one already under way
+        when its subscription is posted again counts against the renewed subscription.
+        """
+        with self.lock:
+            sub = next((s for s in self.subscriptions if s["uuid"] == sub_uuid), None)
+            if sub is None:  # deleted meanwhile
+                return
+            if ok:
+                self.failures[sub_uuid] = 0
+                return
+            count = self.failures.get(sub_uuid, 0) + 1
+            self.failures[sub_uuid] = count
+            sub["last_failure_reason"] = reason
+            sub["last_failure_at"] = self.stamp()
+            limit = self.dialect.deactivate_after_failures
+            if limit and count >= limit and sub["active"]:
+                sub["active"] = 0
+                self.deactivated += 1
 
     def _handshake(self, callback_url: str) -> None:
         challenge = uuidlib.uuid4().hex
@@ -605,28 +686,23 @@ class ServiceM8Simulator(SimServer):
                 self._handshake(callback)
             finally:
                 self.lock.acquire()
-            sub = {
-                "object": obj,
-                "fields": str(data.get("fields") or ""),
-                "callback_url": callback,
-                "unique_id": str(data.get("unique_id") or ""),
-            }
-            self.subscriptions = [
-                s
-                for s in self.subscriptions
-                if not (s["object"] == obj and s["callback_url"] == callback)
-            ]
-            self.subscriptions.append(sub)
+            self._store_subscription(
+                obj, str(data.get("fields") or ""), callback, str(data.get("unique_id") or "")
+            )
             return SimReply(200, {"success": True})
 
         def subscribe_event(req: SimRequest, p: dict[str, str]) -> SimReply:
             data = req.fields()
             if not data.get("event") or not data.get("callback_url"):
                 raise SimError(400, "Please specify an event and a callback_url")
+            # ASSUMPTION: event subscriptions have a uuid and are active like object ones; the
+            # simulator sends no events, so nothing deactivates them.
             sub = {
+                "uuid": str(uuidlib.uuid4()),
                 "event": str(data["event"]),
                 "callback_url": str(data["callback_url"]),
                 "unique_id": str(data.get("unique_id") or ""),
+                "active": 1,
             }
             self.event_subscriptions.append(sub)
             return SimReply(200, {"success": True})
@@ -635,15 +711,32 @@ class ServiceM8Simulator(SimServer):
             raise SimError(400, "Please specify an object for subscription")
 
         def list_subs(req: SimRequest, p: dict[str, str]) -> SimReply:
-            # ASSUMPTION: object subscriptions list with the fields they were made with.
-            return SimReply(200, [dict(s) for s in self.subscriptions + self.event_subscriptions])
+            """Active subscriptions; with ``status=all`` the deactivated ones too
+            (docs/servicem8-api.md#webhooks).
+
+            ASSUMPTION: object subscriptions list with the fields they were made with, and any
+            other ``status`` lists as none does.
+            """
+            every = (req.arg("status") or "").lower() == "all"
+            rows = self.subscriptions + self.event_subscriptions
+            return SimReply(200, [dict(s) for s in rows if every or s.get("active", 1)])
+
+        def delete_sub_by_uuid(req: SimRequest, p: dict[str, str]) -> SimReply:
+            wanted = p["uuid"].lower()
+            before = len(self.subscriptions) + len(self.event_subscriptions)
+            self.subscriptions = [s for s in self.subscriptions if s["uuid"] != wanted]
+            self.event_subscriptions = [s for s in self.event_subscriptions if s["uuid"] != wanted]
+            if before == len(self.subscriptions) + len(self.event_subscriptions):
+                raise SimError(404, "Subscription not found")
+            self.failures.pop(wanted, None)
+            return SimReply(200, {"success": True})
 
         def delete_sub(req: SimRequest, p: dict[str, str]) -> SimReply:
             data = req.fields() or {k: v[0] for k, v in req.query.items()}
             before = len(self.subscriptions) + len(self.event_subscriptions)
 
-            def keep(s: dict[str, str]) -> bool:
-                return not all(s.get(k) == str(v) for k, v in data.items() if k in s)
+            def keep(s: dict[str, Any]) -> bool:
+                return not all(str(s[k]) == str(v) for k, v in data.items() if k in s)
 
             self.subscriptions = [s for s in self.subscriptions if keep(s)]
             self.event_subscriptions = [s for s in self.event_subscriptions if keep(s)]
@@ -667,6 +760,35 @@ class ServiceM8Simulator(SimServer):
         self.route("POST", "/webhook_subscriptions", "webhook.subscribe", bare_post)
         self.route("GET", "/webhook_subscriptions", "webhook.list", list_subs)
         self.route("DELETE", "/webhook_subscriptions", "webhook.delete", delete_sub)
+        self.route(
+            "DELETE", "/webhook_subscriptions/(?P<uuid>[^/]+)", "webhook.delete", delete_sub_by_uuid
+        )
+
+    def _store_subscription(self, obj: str, fields: str, callback: str, unique_id: str) -> None:
+        """Create or update an object subscription whose callback has answered the challenge.
+
+        A non-empty ``unique_id`` names the subscription it replaces; without one (or with one
+        nothing has yet), the same object and callback URL do, as before. The replaced one keeps
+        its uuid and is active again with no failures counted: posting a deactivated subscription
+        again is how it is reactivated (docs/servicem8-api.md#webhooks).
+
+        ASSUMPTION: ``last_failure_reason`` / ``last_failure_at`` are kept as history through a
+        reactivation; nothing says whether ServiceM8 clears them.
+        """
+        target = next(
+            (s for s in self.subscriptions if unique_id and s["unique_id"] == unique_id), None
+        ) or next(
+            (s for s in self.subscriptions if (s["object"], s["callback_url"]) == (obj, callback)),
+            None,
+        )
+        row = {"object": obj, "fields": fields, "callback_url": callback, "unique_id": unique_id,
+               "active": 1}  # fmt: skip
+        if target is None:
+            target = {"uuid": str(uuidlib.uuid4()), **row, "last_failure_reason": "",
+                      "last_failure_at": EMPTY_STAMP}  # fmt: skip
+            self.subscriptions.append(target)
+        target.update(row)
+        self.failures[target["uuid"]] = 0
 
     def _ordered(self, obj: str) -> list[dict[str, Any]]:
         order = self.order[obj]
@@ -731,6 +853,8 @@ class ServiceM8Simulator(SimServer):
             self.order = {obj: {} for obj in OBJECTS}
             self.subscriptions.clear()
             self.event_subscriptions.clear()
+            self.failures.clear()
+            self.deactivated = 0
             self._put("vendor", vendor)
             self.reset_counts()
             self.limiter.clear()

@@ -3,6 +3,7 @@ budgets belong to, webhook deliveries seen, worker heartbeats and beat's lock.""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -77,6 +78,25 @@ class ActivityStore:
 
     def set_subscription(self, name: str, state: str) -> None:
         self.set_cursor(f"subscription:{name}", state[:300])
+
+    def subscription_health(self, name: str) -> dict[str, Any] | None:
+        """What the last health check read of the subscription (``bridge.subscriptions``)."""
+        raw = self.cursor(f"subscription-health:{name}")
+        return json.loads(raw) if raw else None
+
+    def set_subscription_health(self, name: str, health: Mapping[str, Any]) -> None:
+        self.set_cursor(f"subscription-health:{name}", json.dumps(dict(health), sort_keys=True))
+
+    def forget_subscription(self, name: str) -> None:
+        self.r.hdel(self.keys.cursor, f"subscription:{name}", f"subscription-health:{name}")
+
+    # --- what ``bridge probe`` found (bridge.probe) ---------------------------------------------
+    def probe(self) -> dict[str, Any] | None:
+        raw = self.cursor("probe")
+        return json.loads(raw) if raw else None
+
+    def set_probe(self, report: Mapping[str, Any]) -> None:
+        self.set_cursor("probe", json.dumps(dict(report), sort_keys=True))
 
     # --- liveness --------------------------------------------------------------------------------
     def heartbeat(self, worker: str, now: float, ttl: int) -> None:

@@ -166,7 +166,8 @@ def test_object_webhook_subscription_handshake_delivery_and_delete(sm8, sm8_sim,
     assert body["entry"][0]["uuid"] == made
     assert "staff_uuid" in body["entry"][0]["changed_fields"]
     assert body["resource_url"].endswith(f"/jobactivity/{made}.json")
-    sm8.unsubscribe(object="jobactivity", callback_url=receiver.url)
+    assert subs[0]["active"] == 1 and subs[0]["last_failure_reason"] == ""
+    sm8.delete_subscription(subs[0]["uuid"])
     assert sm8.list_subscriptions() == []
 
 

@@ -119,3 +119,19 @@ def test_every_request_passes_the_gate(settings, sm8_sim):
     assert isinstance(client.transport, Transport)
     client.vendor()
     assert calls == [("before", "servicem8"), ("ok", "servicem8")]
+
+
+def test_a_calendar_day_restarts_at_its_start_and_a_rolling_one_a_day_later():
+    from bridge.simulators.base import Limits, SlidingLimiter
+
+    limits = Limits(per_day=2)
+    calendar, rolling = SlidingLimiter(), SlidingLimiter()
+    for limiter, day_start in ((calendar, 0.0), (rolling, None)):
+        assert [limiter.admit(t, limits, day_start) for t in (100.0, 200.0, 300.0)] == [
+            None,
+            None,
+            "day",
+        ]
+    assert calendar.admit(1_000.0, limits, 1_000.0) is None  # a new day began at 1,000
+    assert rolling.admit(1_000.0, limits) == "day"
+    assert rolling.admit(86_500.0, limits) is None  # the first request has left the window

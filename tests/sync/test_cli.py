@@ -108,8 +108,8 @@ def test_webhooks_subscribe_list_unsubscribe(cli_env, sm8_sim, cd_sim, receiver,
     assert run("webhooks", "subscribe").exit_code == 0  # again: nothing doubled
     assert len(sm8_sim.subscriptions) == 2 and len(cd_sim.webhooks) == 1
     status = json.loads(run("status", "--json").output)["subscriptions"]
-    assert status["servicem8.job"] == "active"
-    assert status["servicem8.joballocation"].startswith("poll-only: ServiceM8 refused")
+    assert status["servicem8.job"]["state"] == "active"
+    assert status["servicem8.joballocation"]["state"].startswith("poll-only: ServiceM8 refused")
     listed = run("webhooks", "list", "--json")
     rows = json.loads(listed.output)
     assert sorted((r["system"], r["what"]) for r in rows) == [

@@ -150,6 +150,18 @@ def test_the_factory_configures_the_app_from_the_given_settings():
     }
 
 
+def test_the_webhook_health_check_runs_when_the_bridge_has_a_public_url():
+    from tasks.app import create_app
+
+    assert "webhook-health" not in create_app(_settings()).conf.beat_schedule
+    entry = create_app(
+        _settings(webhook_public_url="https://bridge.example.com", webhook_health_seconds=600)
+    ).conf.beat_schedule["webhook-health"]
+    assert (entry["task"], entry["schedule"]) == ("bridge.poll.webhook_subscriptions", 600)
+    off = _settings(webhook_public_url="https://bridge.example.com", webhook_health_seconds=0)
+    assert "webhook-health" not in create_app(off).conf.beat_schedule
+
+
 def test_no_reconcile_entry_when_reconcile_is_off():
     from tasks.app import create_app
 

@@ -1,0 +1,223 @@
+"""The bridge's webhook subscriptions in both systems: subscribe, list, unsubscribe, and the
+health check beat runs (docs/servicem8-api.md#webhooks).
+
+ServiceM8 offers webhooks for some objects only, turns a subscription off after repeated failed
+deliveries, and brings one back when it is posted again with the same key. So each object is
+subscribed on its own, a refusal is recorded as "poll-only" for that object, and the health check
+lists every subscription (``status=all``), records what ServiceM8 says of each of ours and posts
+again the ones ServiceM8 turned off or lost. An object's poll stretches only while its own
+subscription is active and its webhooks arrive (``bridge.sync.cycle``).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.config import Settings
+from bridge.errors import ConfigError, Rejected
+from bridge.log import get_logger
+from bridge.runtime import Runtime
+from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
+
+log = get_logger(__name__)
+
+ACTIVE = "active"
+SUBSCRIBED = [f"servicem8.{obj}" for obj in SUBSCRIBED_FIELDS]
+
+
+def callback_urls(settings: Settings) -> dict[str, str]:
+    """Where each system should post, token included (a secret: never print these whole)."""
+    if not settings.webhook_public_url or settings.webhook_token is None:
+        raise ConfigError("WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN are needed to subscribe webhooks")
+    base = settings.webhook_public_url.rstrip("/")
+    token = settings.webhook_token.get_secret_value()
+    return {s: f"{base}/webhooks/{s}/{token}" for s in ("servicem8", "coredination")}
+
+
+def masked(url: str) -> str:
+    """A callback URL with its token (current or old) hidden."""
+    return re.sub(r"(/webhooks/[A-Za-z0-9]+/)[^/?#]+", r"\1<WEBHOOK_TOKEN>", url)
+
+
+def unique_id(connection: str, obj: str) -> str:
+    """ServiceM8's create-or-update key: a second subscription with the same key replaces the
+    first, so it names the connection (two connections on one account keep one each)."""
+    return f"bridge-{connection}-{obj}"[:100]
+
+
+def _ours(url: str, callback: str) -> bool:
+    """Ours whatever its token: the same receiver and system (so a rotated token's old
+    subscriptions are found too)."""
+    return masked(url) == masked(callback)
+
+
+def _flag(value: Any) -> bool:
+    """ServiceM8 flags come as 1/0, "1"/"0" or booleans; a row without ``active`` is live."""
+    return value is None or str(value).strip().lower() not in ("0", "false", "")
+
+
+# --- subscribe, list, unsubscribe -------------------------------------------------------------
+def _subscribe_servicem8(rt: Runtime, obj: str, callback: str) -> str:
+    """Post one object's subscription and record the outcome: ``active``, or ``poll-only: why``
+    when ServiceM8 refuses the object. Returns the recorded state."""
+    name = f"servicem8.{obj}"
+    try:
+        # ServiceM8 checks the URL by the challenge handshake before it answers.
+        rt.sm8.subscribe_object(
+            obj,
+            SUBSCRIBED_FIELDS[obj],
+            callback,
+            unique_id=unique_id(rt.settings.bridge_connection_id, obj),
+        )
+    except Rejected as exc:
+        state = f"poll-only: ServiceM8 refused the subscription (HTTP {exc.status}): {exc}"[:200]
+        rt.stores.activity.set_subscription(name, state)
+        log.info("webhooks.poll_only", object=obj, status=exc.status)
+        return state
+    rt.stores.activity.set_subscription(name, ACTIVE)
+    return ACTIVE
+
+
+def subscribe_webhooks(rt: Runtime) -> list[str]:
+    """Subscribe ServiceM8 object webhooks (job activities, jobs, job allocations) and a
+    Coredination job webhook to this bridge's receiver. Safe to repeat: existing subscriptions for
+    the same URL are kept. Each object on its own: ServiceM8 refuses objects it cannot send (job
+    allocations, docs/servicem8-api.md#webhooks), and a refused one is polled as before."""
+    urls = callback_urls(rt.settings)
+    done = []
+    for obj in SUBSCRIBED_FIELDS:
+        state = _subscribe_servicem8(rt, obj, urls["servicem8"])
+        done.append(f"servicem8 {obj}" if state == ACTIVE else f"servicem8 {obj} {state}")
+    hooks = rt.cd.list_webhooks()
+    if not any(h.get("url") == urls["coredination"] for h in hooks):
+        rt.cd.subscribe_webhook(urls["coredination"], channels=("job",))
+    done.append("coredination job")
+    return done
+
+
+def list_webhooks(rt: Runtime) -> list[dict[str, str]]:
+    rows = []
+    for sub in rt.sm8.list_subscriptions():
+        url = str(sub.get("callback_url") or sub.get("url") or "")
+        rows.append(
+            {
+                "system": "servicem8",
+                "what": str(sub.get("object") or sub.get("event")),
+                "url": masked(url),
+                "active": "yes" if _flag(sub.get("active")) else "no",
+                "last_failure_reason": str(sub.get("last_failure_reason") or ""),
+            }
+        )
+    for hook in rt.cd.list_webhooks():
+        rows.append(
+            {
+                "system": "coredination",
+                "what": ",".join(hook.get("channels") or []),
+                "url": masked(str(hook.get("url") or "")),
+                "active": "yes",
+                "last_failure_reason": "",
+            }
+        )
+    return rows
+
+
+def unsubscribe_webhooks(rt: Runtime) -> list[str]:
+    """Remove this bridge's subscriptions: those pointing at its receiver, with any token, each
+    deleted by its uuid."""
+    urls = callback_urls(rt.settings)
+    done = []
+    for sub in rt.sm8.list_subscriptions():
+        url = str(sub.get("callback_url") or "")
+        if _ours(url, urls["servicem8"]) and sub.get("object") and sub.get("uuid"):
+            rt.sm8.delete_subscription(str(sub["uuid"]))
+            obj = str(sub["object"])
+            rt.stores.activity.forget_subscription(f"servicem8.{obj}")
+            done.append(f"servicem8 {obj}")
+    for hook in rt.cd.list_webhooks():
+        if _ours(str(hook.get("url") or ""), urls["coredination"]):
+            rt.cd.delete_webhook(hook["id"])
+            done.append("coredination job")
+    return done
+
+
+# --- health -------------------------------------------------------------------------------------
+def _our_rows(rows: list[dict[str, Any]], callback: str) -> dict[str, dict[str, Any]]:
+    """Our subscription per object; where a rotated token left two, the live one, and of equals
+    the one with the current URL."""
+    ours: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        obj = str(row.get("object") or "").lower()
+        if obj not in SUBSCRIBED_FIELDS or not _ours(str(row.get("callback_url") or ""), callback):
+            continue
+
+        def rank(r: Mapping[str, Any]) -> tuple[bool, bool]:
+            return _flag(r.get("active")), r.get("callback_url") == callback
+
+        if obj not in ours or rank(row) > rank(ours[obj]):
+            ours[obj] = row
+    return ours
+
+
+def _stamp(value: Any) -> str:
+    text = str(value or "")
+    return "" if text.startswith("0000-00-00") else text
+
+
+def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Beat's health check of this bridge's ServiceM8 subscriptions: one API call (the list)
+    while all is well. Records each one's ``active``, ``last_failure_reason`` and
+    ``last_failure_at`` (shown by ``bridge status`` and ``/metrics``), and posts again every one
+    of ours that ServiceM8 deactivated or lost. An object refused as poll-only, or never
+    subscribed, is left alone. Returns what it recorded, by object name."""
+    now = time.time() if now is None else now
+    activity = rt.stores.activity
+    if not rt.settings.webhook_public_url or rt.settings.webhook_token is None:
+        return {}
+    callback = callback_urls(rt.settings)["servicem8"]
+    rows = _our_rows(rt.sm8.list_subscriptions(), callback)
+    recorded: dict[str, dict[str, Any]] = {}
+    for obj in SUBSCRIBED_FIELDS:
+        name = f"servicem8.{obj}"
+        state, row = activity.subscription(name), rows.get(obj)
+        if row is None and (state is None or state.startswith("poll-only")):
+            continue
+        health: dict[str, Any] = {
+            "active": row is not None and _flag(row.get("active")),
+            "last_failure_reason": str((row or {}).get("last_failure_reason") or "")[:200],
+            "last_failure_at": _stamp((row or {}).get("last_failure_at")),
+            "checked_at": now,
+        }
+        if row is None:
+            health["last_failure_reason"] = "not in ServiceM8's list of subscriptions"
+        if not health["active"]:
+            health = _reactivate(rt, obj, callback, health, now)
+        else:
+            activity.set_subscription(name, ACTIVE)
+        activity.set_subscription_health(name, health)
+        recorded[name] = health
+    return recorded
+
+
+def _reactivate(
+    rt: Runtime, obj: str, callback: str, health: dict[str, Any], now: float
+) -> dict[str, Any]:
+    """Post the subscription again (ServiceM8 reactivates one posted again with its key). While
+    that fails, for instance because the receiver does not answer the challenge, the object is
+    recorded as inactive, so its poll keeps its own interval."""
+    name = f"servicem8.{obj}"
+    reason = health["last_failure_reason"] or "deactivated by ServiceM8"
+    rt.stores.activity.set_subscription(name, f"inactive: {reason}"[:200])
+    rt.stores.activity.set_subscription_health(name, health)
+    log.warning("webhooks.subscription_inactive", object=obj, reason=reason)
+    state = _subscribe_servicem8(rt, obj, callback)
+    if state != ACTIVE:
+        # Refused now: an API change or a receiver that does not answer the challenge.
+        rt.stores.activity.set_subscription(name, f"inactive: {reason}; re-post refused"[:200])
+        rt.stores.activity.count({"webhook.servicem8.repost_refused": 1})
+        return {**health, "repost_refused": state.removeprefix("poll-only: ")}
+    rt.stores.activity.count({"webhook.servicem8.reactivated": 1})
+    log.info("webhooks.subscription_reactivated", object=obj)
+    return {**health, "active": True, "reactivated_at": now}

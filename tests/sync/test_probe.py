@@ -1,0 +1,173 @@
+"""``bridge probe`` against the simulators in every dialect: it must name the reading each switch
+was set to, read-only where reading can tell and with ``--writes`` otherwise, and leave no record
+of its own behind (docs/probe.md)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from bridge.cli import app as cli
+from bridge.cli.base import command_runtime
+from bridge.probe import probe
+from bridge.simulators.coredination import CoredinationDialect
+from bridge.simulators.scenario import seed_business
+from bridge.simulators.servicem8 import ServiceM8Dialect
+from bridge.store import Stores
+from tests.conftest import CD_KEY, SM8_KEY
+
+TOKEN = "whk-probe-3f9a1c7e20"
+
+# (system, switch, value) for every value of every switch a probe with writes can settle.
+SETTLED_WITH_WRITES = [
+    ("servicem8", "allocation_webhooks", True),
+    ("servicem8", "allocation_webhooks", False),
+    ("servicem8", "delete_restores", True),
+    ("servicem8", "delete_restores", False),
+    ("servicem8", "record_uuid_header", "echo"),
+    ("servicem8", "record_uuid_header", "server"),
+    ("servicem8", "refusal_as_success", True),
+    ("servicem8", "refusal_as_success", False),
+    ("servicem8", "null_clears", True),
+    ("servicem8", "null_clears", False),
+    ("coredination", "stamps", "modified"),
+    ("coredination", "stamps", "lastModified"),
+    ("coredination", "stamps", "none"),
+    ("coredination", "resource_shape", "userId"),
+    ("coredination", "resource_shape", "user"),
+    ("coredination", "unassign", True),
+    ("coredination", "unassign", False),
+    ("coredination", "users_endpoint", True),
+    ("coredination", "users_endpoint", False),
+    ("coredination", "missing_status", 404),
+    ("coredination", "missing_status", 405),
+]
+# What reading alone can tell, given an account with jobs that have people on them.
+READ_ONLY = {"stamps", "resource_shape", "users_endpoint"}
+
+
+@pytest.fixture
+def env(redis_url, redis_client, sm8_sim, cd_sim, receiver, monkeypatch, tmp_path):
+    connection = f"prb{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(tmp_path)
+    for key, value in {
+        "REDIS_URL": redis_url,
+        "BRIDGE_CONNECTION_ID": connection,
+        "SERVICEM8_API_KEY": SM8_KEY,
+        "SERVICEM8_BASE_URL": sm8_sim.api_url(),
+        "COREDINATION_API_KEY": CD_KEY,
+        "COREDINATION_BASE_URL": cd_sim.api_url(),
+        "WEBHOOK_TOKEN": TOKEN,
+        "WEBHOOK_PUBLIC_URL": receiver.url.rsplit("/", 1)[0],
+        "LOG_LEVEL": "WARNING",
+    }.items():
+        monkeypatch.setenv(key, value)
+    business = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+    with command_runtime() as rt:  # a job with a person on it, for the read-only probe
+        job = str(uuid.uuid4())
+        rt.cd.upsert_job(job, {"title": "Existing job"})
+        rt.cd.resource_op("schedule", job, business.users[0]["id"])
+    yield connection
+    Stores.connect(redis_client, connection).wipe()
+
+
+def dialect_for(system: str, switch: str, value: Any) -> dict[str, Any]:
+    """A switch set, with the others made to let the probe reach it: the missing status shows
+    only where an operation is missing."""
+    if switch == "missing_status":
+        return {switch: value, "unassign": False}
+    return {switch: value}
+
+
+def world(sm8_sim, cd_sim) -> tuple[Any, ...]:
+    """What a probe must leave as it found it: live ServiceM8 records, subscriptions, and
+    Coredination jobs."""
+    live = {
+        obj: sorted(r["uuid"] for r in rows if str(r.get("active")) == "1")
+        for obj, rows in sm8_sim.snapshot().items()
+    }
+    subscriptions = sorted((s["object"], s["callback_url"]) for s in sm8_sim.subscriptions)
+    return live, subscriptions, sorted(cd_sim.jobs)
+
+
+@pytest.mark.parametrize("writes", [True, False], ids=["writes", "read-only"])
+@pytest.mark.parametrize(("system", "switch", "value"), SETTLED_WITH_WRITES)
+def test_the_probe_names_the_dialect_that_was_set(
+    env, sm8_sim, cd_sim, system, switch, value, writes
+):
+    sim = sm8_sim if system == "servicem8" else cd_sim
+    sim.set_dialect(**dialect_for(system, switch, value))
+    before = world(sm8_sim, cd_sim)
+    with command_runtime() as rt:
+        report = probe(rt, writes=writes)
+    found = report.dialect()[system].get(switch)
+    if writes or switch in READ_ONLY:
+        assert found == value, report.as_dict()["findings"]
+    elif switch == "allocation_webhooks":
+        assert found is None  # nothing subscribed: reading cannot tell
+    elif switch == "missing_status":
+        assert found is None  # the users list exists; unassign is tried only with writes
+    else:
+        assert found is None
+    assert report.left_behind == []
+    assert world(sm8_sim, cd_sim) == before
+
+
+def test_the_default_dialects_are_named_in_full_and_stored_for_status(env, sm8_sim, cd_sim):
+    with command_runtime() as rt:
+        report = probe(rt, writes=True)
+    expected_sm8 = ServiceM8Dialect()
+    expected_cd = CoredinationDialect()
+    found = report.dialect()
+    for switch, value in found["servicem8"].items():
+        assert getattr(expected_sm8, switch) == value, switch
+    for switch, value in found["coredination"].items():
+        assert getattr(expected_cd, switch) == value, switch
+    assert set(found["servicem8"]) == {
+        "allocation_webhooks",
+        "delete_restores",
+        "record_uuid_header",
+        "refusal_as_success",
+        "null_clears",
+    }
+    assert set(found["coredination"]) == {"stamps", "resource_shape", "unassign",
+                                          "users_endpoint", "missing_status"}  # fmt: skip
+    unsettled = {f.name for f in report.findings if f.dialect and f.reading is None}
+    assert unsettled == {"day_reset", "schedule_finished"}  # no API can settle these
+    status = json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)["dialect"]
+    assert status["probed"] is True and status["writes"] is True
+    assert status["coredination"]["unassign"] is False
+
+
+def test_the_command_prints_a_table_and_json(env, sm8_sim, cd_sim, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # one table row per line
+    table = CliRunner().invoke(cli, ["probe"])
+    assert table.exit_code == 0, table.output
+    assert "What the APIs answered" in table.output and "users_endpoint" in table.output
+    as_json = CliRunner().invoke(cli, ["probe", "--writes", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)  # the refusals it provoked are logged on stderr
+    assert data["writes"] is True and data["left_behind"] == []
+    assert TOKEN not in table.output + as_json.output
+
+
+def test_without_a_probe_status_says_the_harder_reading_is_assumed(env):
+    status = json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)["dialect"]
+    assert status["probed"] is False and "harder reading" in status["note"]
+
+
+def test_what_the_probe_proved_missing_is_not_tried_again(env, sm8_sim, cd_sim):
+    cd_sim.set_dialect(unassign=False, users_endpoint=False)
+    with command_runtime() as rt:  # no users list: a link made by hand gives the probe a user
+        staff = sm8_sim.snapshot()["staff"][0]["uuid"]
+        rt.stores.staff.link(staff, min(cd_sim.users), manual=True)
+        probe(rt, writes=True)
+    with command_runtime() as rt:  # a process started after the probe
+        assert rt.cd.unassign_missing is True and rt.cd.users_missing is True
+        cd_sim.reset_counts()
+        rt.engine.match_staff()
+    assert cd_sim.count("GET", "user.list") == 0  # known missing: no refused call
