@@ -6,6 +6,8 @@ sides (flexible bookings: create, reschedule, reassign, delete; fixed bookings o
 create, move, delete, open on the phone; in Coredination: schedule, on timed jobs and untimed,
 unschedule, finish) while:
 
+- Coredination plays its most hostile dialect throughout (no stamps, nested resources, no
+  unassign, a 405 for what is missing, schedule on a finished resource ignored);
 - the simulators answer 5xx, hold responses past the client's timeout, reset connections and send
   bursts of 429, and lose a third of ServiceM8's DELETE answers after applying the delete (under
   the default dialects, where a repeated DELETE restores the record);
@@ -35,7 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -47,7 +49,12 @@ from rich.console import Console
 from bench.harness import Stack, eventually, free_port
 from bridge.queues import POLL_CYCLE
 from bridge.redis_server import EmbeddedRedis
-from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
+from bridge.simulators import (
+    HOSTILE_COREDINATION,
+    HOSTILE_SERVICEM8,
+    CoredinationSimulator,
+    ServiceM8Simulator,
+)
 from bridge.simulators.checker import Convergence, check
 from bridge.simulators.scenario import Business, seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
@@ -94,7 +101,7 @@ class Chaos:
         self.redis_port = free_port()
         self.redis: EmbeddedRedis | None = None
         self.sm8 = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=seed)
-        self.cd = CoredinationSimulator(api_keys=(CD_KEY,), seed=seed)
+        self.cd = CoredinationSimulator(api_keys=(CD_KEY,), seed=seed, dialect=HOSTILE_COREDINATION)
         self.stop = threading.Event()
 
     # --- the world -----------------------------------------------------------------------------
@@ -179,8 +186,8 @@ class Chaos:
     def _faults_on(self) -> None:
         # The most hostile reading of ServiceM8 (the simulator's defaults: no allocation webhooks,
         # a second DELETE restores) and, besides, a third of DELETE answers lost after the delete
-        # was applied.
-        self.sm8.set_dialect(lost_delete_answer_rate=0.3)
+        # was applied. Coredination plays its most hostile reading for the whole run.
+        self.sm8.set_dialect(**asdict(HOSTILE_SERVICEM8))
         for sim in (self.sm8, self.cd):
             sim.set_faults(error_rate=0.05, timeout_rate=0.02, timeout_seconds=2.0,
                            reset_rate=0.02, latency_jitter=0.05)  # fmt: skip
@@ -452,6 +459,8 @@ def main(
     configure_logging("WARNING", "console")
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     report = Chaos(ops, workdir, seed).run()
+    console.print(f"dialects: coredination {asdict(HOSTILE_COREDINATION)}; servicem8 while "
+                  f"faulted {asdict(HOSTILE_SERVICEM8)}")  # fmt: skip
     console.print(f"operations: {sum(report.operations.values())} {dict(report.operations)}")
     console.print(f"faults injected: {sum(report.faults.values())} {dict(report.faults)}")
     console.print(f"records lost: {report.lost}   duplicated: {report.duplicated}   "

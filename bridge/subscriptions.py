@@ -18,7 +18,7 @@ from typing import Any
 
 from bridge.config import Settings
 from bridge.errors import ConfigError, Rejected
-from bridge.log import get_logger
+from bridge.log import get_logger, redactor
 from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
 
@@ -73,7 +73,8 @@ def _subscribe_servicem8(rt: Runtime, obj: str, callback: str) -> str:
             unique_id=unique_id(rt.settings.bridge_connection_id, obj),
         )
     except Rejected as exc:
-        state = f"poll-only: ServiceM8 refused the subscription (HTTP {exc.status}): {exc}"[:200]
+        why = masked(redactor.text(str(exc)))
+        state = f"poll-only: ServiceM8 refused the subscription (HTTP {exc.status}): {why}"[:200]
         rt.stores.activity.set_subscription(name, state)
         log.info("webhooks.poll_only", object=obj, status=exc.status)
         return state
@@ -186,7 +187,9 @@ def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict
             continue
         health: dict[str, Any] = {
             "active": row is not None and _flag(row.get("active")),
-            "last_failure_reason": str((row or {}).get("last_failure_reason") or "")[:200],
+            "last_failure_reason": masked(
+                redactor.text(str((row or {}).get("last_failure_reason") or ""))
+            )[:200],
             "last_failure_at": _stamp((row or {}).get("last_failure_at")),
             "checked_at": now,
         }

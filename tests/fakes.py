@@ -233,6 +233,17 @@ class FakeServiceM8:
         return self._list("allocationwindow", AllocationWindow)
 
 
+class _Listed(Iterator[CdJob]):
+    """A change poll's jobs, as ``bridge.sync.ports.ChangedJobs`` has them."""
+
+    def __init__(self, jobs: list[CdJob]) -> None:
+        self._jobs = iter(jobs)
+        self.listed_at_ms: int | None = None
+
+    def __next__(self) -> CdJob:
+        return next(self._jobs)
+
+
 class FakeCoredination:
     WRITES = ("upsert_job", "resource_op")
     AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
@@ -343,13 +354,14 @@ class FakeCoredination:
 
     def iter_changed_jobs(
         self, since: datetime | int, *, page_size: int = 500, on_invalid: OnInvalid | None = None
-    ) -> Iterator[CdJob]:
-        """Jobs modified at or after ``since``; list items carry no events."""
+    ) -> _Listed:
+        """Jobs modified at or after ``since``; list items carry no events. Every job here
+        carries its stamp, so the listing time is not needed (None)."""
         self.calls["iter_changed_jobs"] += 1
         ms = since if isinstance(since, int) else round(since.timestamp() * 1000)
         rows = [{k: v for k, v in copy.deepcopy(j).items() if k != "events"}
                 for j in self.jobs.values() if j["modified"] >= ms]  # fmt: skip
-        return iter([CdJob.model_validate(r) for r in rows])
+        return _Listed([CdJob.model_validate(r) for r in rows])
 
     def resource_op(
         self, op: str, job_ref: str | int, user_id: str | int, *, send_message: bool = False

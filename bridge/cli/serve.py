@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import signal
 import threading
+from dataclasses import asdict
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -101,19 +102,47 @@ def simulate(
     seed_business: Annotated[
         bool, typer.Option("--seed-business", help="Start with the demo's small business.")
     ] = False,
+    servicem8_dialect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--servicem8-dialect",
+            help="A ServiceM8 dialect switch as NAME=VALUE (repeatable), e.g. "
+            "allocation_webhooks=true, delete_restores=false, record_uuid_header=server, "
+            "null_clears=true, day_reset=account; 'hostile' or 'first-reading' for a whole set "
+            "(docs/probe.md).",
+        ),
+    ] = None,
+    coredination_dialect: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--coredination-dialect",
+            help="A Coredination dialect switch as NAME=VALUE (repeatable), e.g. stamps=modified, "
+            "resource_shape=userId, unassign=true, users_endpoint=false, missing_status=405; "
+            "'hostile' or 'first-reading' for a whole set.",
+        ),
+    ] = None,
 ) -> None:
-    """Run both simulators on loopback until Ctrl-C. Admin surface at /_admin/... on each."""
+    """Run both simulators on loopback until Ctrl-C. Admin surface at /_admin/... on each; the
+    dialect can also be changed while they run (POST /_admin/dialect)."""
     from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
+    from bridge.simulators.base import SimError
 
     sm8 = ServiceM8Simulator(api_keys=(servicem8_key,))
     sm8.set_limits(per_minute=per_minute or None, per_day=per_day or None)
     cd = CoredinationSimulator(api_keys=(coredination_key,))
+    for sim, given in ((sm8, servicem8_dialect), (cd, coredination_dialect)):
+        try:
+            sim.set_dialect(**_dialect_switches(sim.name, given or []))
+        except (SimError, ValueError) as exc:
+            fail(f"--{sim.name}-dialect: {getattr(exc, 'message', exc)}", 2)
     sm8.start(host=host, port=servicem8_port)
     cd.start(host=host, port=coredination_port)
     if seed_business:
         from bridge.simulators.scenario import seed_business as seed
 
         seed(sm8, cd, staff=4, jobs=6, allocations=8)
+    out.print(f"ServiceM8 dialect: {asdict(sm8.dialect)}", highlight=False)
+    out.print(f"Coredination dialect: {asdict(cd.dialect)}", highlight=False)
     out.print("Simulators running. Point the bridge at them with:")
     out.print(f"  SERVICEM8_BASE_URL={sm8.api_url()}", highlight=False)
     out.print(f"  SERVICEM8_API_KEY={servicem8_key}", highlight=False)
@@ -128,3 +157,36 @@ def simulate(
     finally:
         sm8.stop()
         cd.stop()
+
+
+def _dialect_switches(system: str, given: list[str]) -> dict[str, Any]:
+    """``NAME=VALUE`` switches, or a named set, as keyword arguments for ``set_dialect``; values
+    read as JSON where they parse (true, 405, 0.3) and as text otherwise (server, account)."""
+    import json
+
+    from bridge.simulators import (
+        FIRST_READING,
+        HOSTILE_COREDINATION,
+        HOSTILE_SERVICEM8,
+        LEGACY_DIALECT,
+    )
+
+    named: dict[str, dict[str, Any]] = {
+        "servicem8": {"hostile": HOSTILE_SERVICEM8, "first-reading": FIRST_READING},
+        "coredination": {"hostile": HOSTILE_COREDINATION, "first-reading": LEGACY_DIALECT},
+    }
+    sets = named[system]
+    switches: dict[str, Any] = {}
+    for item in given:
+        if item in sets:
+            switches.update(asdict(sets[item]))
+            continue
+        name, sep, raw = item.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected NAME=VALUE or one of {sorted(sets)}, not {item!r}")
+        try:
+            value: Any = json.loads(raw)
+        except ValueError:
+            value = raw
+        switches[name.strip()] = value
+    return switches

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bridge.log import redactor
 from mappings.stamps import SM8_EMPTY_STAMP
 
 SCRATCH_TITLE = "bridge probe scratch record: safe to delete"
@@ -54,6 +55,8 @@ class Report:
         """Record a finding; a later one on the same question (a write that settles what a read
         could not) takes the earlier one's place."""
         self.findings = [f for f in self.findings if (f.system, f.name) != (system, name)]
+        # An API may echo what it was sent (a callback URL with the webhook token) in a refusal.
+        saw, why = redactor.text(saw), redactor.text(why)
         self.findings.append(Finding(system, name, question, saw, reading, dialect, why))
 
     def dialect(self) -> dict[str, dict[str, Any]]:

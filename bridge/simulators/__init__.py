@@ -6,7 +6,24 @@ admin surface (``/_admin/...``) to seed data and read request counts, and an inj
 assumption where the documents are silent is marked ``ASSUMPTION`` next to the code that makes it.
 """
 
-from bridge.simulators.coredination import CoredinationSimulator
-from bridge.simulators.servicem8 import ServiceM8Simulator
+from bridge.simulators.coredination import (
+    HOSTILE_DIALECT as HOSTILE_COREDINATION,
+)
+from bridge.simulators.coredination import (
+    LEGACY_DIALECT,
+    CoredinationDialect,
+    CoredinationSimulator,
+)
+from bridge.simulators.servicem8 import FIRST_READING, ServiceM8Dialect, ServiceM8Simulator
+from bridge.simulators.servicem8 import HOSTILE_DIALECT as HOSTILE_SERVICEM8
 
-__all__ = ["CoredinationSimulator", "ServiceM8Simulator"]
+__all__ = [
+    "FIRST_READING",
+    "HOSTILE_COREDINATION",
+    "HOSTILE_SERVICEM8",
+    "LEGACY_DIALECT",
+    "CoredinationDialect",
+    "CoredinationSimulator",
+    "ServiceM8Dialect",
+    "ServiceM8Simulator",
+]

@@ -376,7 +376,11 @@ class SimServer:
                     self.send_header(key, value)
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(payload)
+                    try:
+                        self.wfile.write(payload)
+                    except (BrokenPipeError, ConnectionResetError):
+                        # The client gave up waiting (a held response, by a timeout fault).
+                        self.close_connection = True
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = _handle
 

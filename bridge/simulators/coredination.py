@@ -143,6 +143,13 @@ class CoredinationDialect:
 LEGACY_DIALECT = CoredinationDialect(
     stamps="modified", resource_shape="userId", unassign=True, users_endpoint=True
 )
+# Every switch at the reading harder for the bridge: no stamps at all (the cursor must advance by
+# the list time), nested resources, no unassign and a 405 for it, schedule on finished ignored.
+# The users list stays: without it staff are linked by hand, which the sync runs do not do.
+HOSTILE_DIALECT = CoredinationDialect(
+    stamps="none", resource_shape="user", unassign=False, schedule_finished="ignored",
+    missing_status=405,
+)  # fmt: skip
 
 
 def _ms_param(value: str | None, name: str) -> int | None:

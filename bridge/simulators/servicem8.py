@@ -253,6 +253,9 @@ FIRST_READING = ServiceM8Dialect(
     day_reset="rolling",
     deactivate_after_failures=0,
 )
+# The defaults (the evidence's readings, each the harder one but the echoed uuid) with DELETE
+# answers lost as well: what the chaos run plays while its faults are on.
+HOSTILE_DIALECT = ServiceM8Dialect(lost_delete_answer_rate=0.3)
 
 
 def parse_filter(text: str) -> list[tuple[str, str, Any]]:

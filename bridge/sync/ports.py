@@ -13,6 +13,14 @@ from bridge.servicem8 import Filter, OnInvalid
 from bridge.servicem8.models import AllocationWindow, Job, JobActivity, JobAllocation, Staff
 
 
+class ChangedJobs(Iterator[CdJob], Protocol):
+    """The jobs of a change poll, and ``listed_at_ms``: when the listing began by the client's
+    clock (None before the first page), which moves the cursor on where jobs carry no stamp
+    (docs/coredination-api.md#change-stamps)."""
+
+    listed_at_ms: int | None
+
+
 class ServiceM8Port(Protocol):
     @property
     def tz(self) -> tzinfo: ...
@@ -59,7 +67,7 @@ class CoredinationPort(Protocol):
 
     def iter_changed_jobs(
         self, since: datetime | int, *, page_size: int = ..., on_invalid: OnInvalid | None = None
-    ) -> Iterator[CdJob]: ...
+    ) -> ChangedJobs: ...
 
     def resource_op(
         self, op: str, job_ref: str | int, user_id: str | int, *, send_message: bool = False

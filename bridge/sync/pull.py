@@ -42,9 +42,8 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     # Every change after the listing began is in the next poll's window, stamped or not
     # (docs/coredination-api.md#change-stamps): the cursor moves on while nothing changes, and
     # the overlap absorbs a small difference between the two clocks.
-    listed_at = getattr(jobs, "listed_at_ms", None)
-    if listed_at is not None:
-        newest = max(newest or 0, listed_at)
+    if jobs.listed_at_ms is not None:
+        newest = max(newest or 0, jobs.listed_at_ms)
     views = stores.jobs.cd_views(j for j, _ in linked)
     dirty: set[str] = set()
     for sm8_job, job in linked:

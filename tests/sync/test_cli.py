@@ -148,3 +148,24 @@ def test_reconcile_dry_run_reports_then_reconcile_repairs(cli_env, sm8_sim, cd_s
     assert "3 drifted pair(s), repaired 3 job(s)" in fixed.output
     assert run("reconcile", "--dry-run").exit_code == 0
     assert check(sm8_sim, cd_sim, ns).converged
+
+
+def test_simulate_refuses_an_unknown_or_bad_dialect_switch_before_it_starts():
+    bad = run("simulate", "--servicem8-dialect", "no_such_switch=1")
+    assert bad.exit_code == 2 and "unknown dialect switch 'no_such_switch'" in bad.output
+    wrong = run("simulate", "--coredination-dialect", "stamps=sometimes")
+    assert wrong.exit_code == 2 and "stamps must be one of" in wrong.output
+    shape = run("simulate", "--coredination-dialect", "stamps")
+    assert shape.exit_code == 2 and "expected NAME=VALUE" in shape.output
+
+
+def test_simulate_reads_dialect_switches_and_named_sets():
+    from bridge.cli.serve import _dialect_switches
+    from bridge.simulators import HOSTILE_COREDINATION
+
+    assert _dialect_switches(
+        "servicem8",
+        ["allocation_webhooks=true", "day_reset=account", "lost_delete_answer_rate=0.3"],
+    ) == {"allocation_webhooks": True, "day_reset": "account", "lost_delete_answer_rate": 0.3}
+    hostile = _dialect_switches("coredination", ["hostile", "missing_status=404"])
+    assert hostile["stamps"] == HOSTILE_COREDINATION.stamps and hostile["missing_status"] == 404

@@ -13,9 +13,15 @@ from dataclasses import asdict, fields
 
 import pytest
 
-from bridge.simulators.coredination import LEGACY_DIALECT, CoredinationDialect
+from bridge.simulators import (
+    FIRST_READING,
+    HOSTILE_COREDINATION,
+    HOSTILE_SERVICEM8,
+    LEGACY_DIALECT,
+    CoredinationDialect,
+    ServiceM8Dialect,
+)
 from bridge.simulators.scenario import seed_business
-from bridge.simulators.servicem8 import FIRST_READING, ServiceM8Dialect
 from mappings.ids import cd_job_uuid
 
 EMPTY = "0000-00-00 00:00:00"
@@ -39,17 +45,23 @@ SM8_DIALECTS: dict[str, dict[str, object]] = {
     "DELETE never restores": {"delete_restores": False},
     "DELETE answers lost": {"lost_delete_answer_rate": 0.3},
     "refusals as 4xx": {"refusal_as_success": False},
+    "null clears dates": {"null_clears": True},
 }
 assert {f.name for f in fields(ServiceM8Dialect)} >= {k for d in SM8_DIALECTS.values() for k in d}
-MATRIX = [("coredination", name) for name in CD_DIALECTS] + [
-    ("servicem8", name) for name in SM8_DIALECTS
-]
+MATRIX = (
+    [("coredination", name) for name in CD_DIALECTS]
+    + [("servicem8", name) for name in SM8_DIALECTS]
+    + [("both", "hostile mix")]
+)
 
 
 @pytest.fixture(params=MATRIX, ids=[f"{api} {name}" for api, name in MATRIX])
 def dialect(request, sm8_sim, cd_sim):
     api, name = request.param
-    if api == "coredination":
+    if api == "both":
+        cd_sim.set_dialect(**asdict(HOSTILE_COREDINATION))
+        sm8_sim.set_dialect(**asdict(HOSTILE_SERVICEM8))
+    elif api == "coredination":
         cd_sim.set_dialect(**CD_DIALECTS[name])
     else:
         sm8_sim.set_dialect(**SM8_DIALECTS[name])

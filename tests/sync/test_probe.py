@@ -171,3 +171,13 @@ def test_what_the_probe_proved_missing_is_not_tried_again(env, sm8_sim, cd_sim):
         cd_sim.reset_counts()
         rt.engine.match_staff()
     assert cd_sim.count("GET", "user.list") == 0  # known missing: no refused call
+
+
+def test_a_refusal_that_echoes_the_webhook_token_is_reported_without_it():
+    from bridge.log import redactor
+    from bridge.probe import Report
+
+    redactor.add([TOKEN])
+    report = Report(writes=True, probed_at=0.0)
+    report.add("servicem8", "allocation_webhooks", "q?", f"refused: bad url /webhooks/x/{TOKEN}")
+    assert TOKEN not in json.dumps(report.as_dict())
