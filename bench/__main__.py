@@ -15,7 +15,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.scenarios import SCENARIOS, Bench, Result
+from bench.freshness import SCENARIOS
+from bench.scenarios import Bench, Result
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/13"
 console = Console()
@@ -61,6 +62,28 @@ def plots(result: Result, out: Path) -> list[Path]:
         ax.set_ylabel("allocations")
         ax.set_title("Latency at 5 webhooks/s")
         written.append(out / "latency.png")
+        fig.savefig(written[-1], dpi=110, bbox_inches="tight")
+        plt.close(fig)
+    over_time = [
+        (
+            "freshness_latency",
+            "Allocation changes (poll only): change → Coredination",
+            "freshness.png",
+        )
+    ]
+    over_time += [(f"burst_latency_{c}", f"Burst at 5 hints/s, {label}", f"burst-{name}.png")
+                  for c, label, name in (("500", "hints gathered", "gathered"),
+                                         ("0", "one read per hint", "one-read-each"))]  # fmt: skip
+    for key, title, filename in over_time:
+        series = result.series.get(key)
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 4))
+        ax.plot(series["t"], series["latency_s"], ".", color="#3a7ca5", markersize=3)
+        ax.set_xlabel("seconds since the first change")
+        ax.set_ylabel("seconds until it was in Coredination")
+        ax.set_title(title)
+        written.append(out / filename)
         fig.savefig(written[-1], dpi=110, bbox_inches="tight")
         plt.close(fig)
     for strategy in ("shared", "celery-rate-limit"):

@@ -7,6 +7,7 @@ naming it, never a traceback.
 
 from __future__ import annotations
 
+from datetime import time
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -99,7 +100,23 @@ class Settings(BaseSettings):
     )
 
     # --- sync ------------------------------------------------------------------------------------
-    servicem8_poll_seconds: float = Field(60.0, gt=0, description="ServiceM8 poll interval.")
+    servicem8_poll_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="A fixed ServiceM8 poll interval for every object. Unset (the default): each "
+        "object's interval is planned from the day's budget (POLL_BUDGET_SHARE, BUSY_HOURS).",
+    )
+    poll_budget_share: float = Field(
+        0.5, gt=0, le=1, description="Share of SERVICEM8_RATE_PER_DAY that planned polls may spend."
+    )
+    busy_hours: str = Field(
+        "06:00-19:00",
+        pattern=r"^\d{2}:\d{2}-\d{2}:\d{2}$",
+        description="The account's working hours (HH:MM-HH:MM, its timezone): planned polls run "
+        "most often then.",
+    )
+    poll_min_seconds: float = Field(5.0, gt=0, description="Shortest planned poll interval.")
+    poll_max_seconds: float = Field(300.0, gt=0, description="Longest planned poll interval.")
     coredination_poll_seconds: float = Field(60.0, gt=0, description="Coredination poll interval.")
     poll_seconds_with_webhooks: float = Field(
         300.0,
@@ -113,6 +130,12 @@ class Settings(BaseSettings):
         description="How often beat compares both systems whole and repairs drift (0: never).",
     )
     staff_match_seconds: float = Field(900.0, gt=0, description="Staff ⇄ user re-match interval.")
+    hint_coalesce_ms: int = Field(
+        500,
+        ge=0,
+        description="ServiceM8 webhook hints of one object wait up to this long to be read "
+        "together in one list read (0: one read per hint).",
+    )
     webhook_health_seconds: float = Field(
         900.0,
         ge=0,
@@ -154,6 +177,19 @@ class Settings(BaseSettings):
         if parts.scheme not in {"http", "https"} or not parts.netloc:
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
+
+    @field_validator("busy_hours")
+    @classmethod
+    def _hours(cls, value: str) -> str:
+        for part in value.split("-"):
+            hour, minute = (int(x) for x in part.split(":"))
+            if hour > 23 or minute > 59:
+                raise ValueError("must be HH:MM-HH:MM with times of day")
+        return value
+
+    def busy_span(self) -> tuple[time, time]:
+        start, end = (part.split(":") for part in self.busy_hours.split("-"))
+        return time(int(start[0]), int(start[1])), time(int(end[0]), int(end[1]))
 
     @field_validator("log_level", mode="before")
     @classmethod

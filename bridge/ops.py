@@ -63,6 +63,7 @@ def status(rt: Runtime) -> dict[str, Any]:
         },
         "counters": stores.activity.stats(),
         "dialect": _dialect(stores.activity.probe(), now),
+        "poll_plan": stores.activity.poll_plan(),
     }
 
 

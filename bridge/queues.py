@@ -23,6 +23,7 @@ WEBHOOK_SERVICEM8_ALLOCATION: Final = "bridge.webhook.servicem8_allocation"
 WEBHOOK_SERVICEM8_ACTIVITY: Final = "bridge.webhook.servicem8_activity"
 WEBHOOK_SERVICEM8_JOB: Final = "bridge.webhook.servicem8_job"
 WEBHOOK_COREDINATION_JOB: Final = "bridge.webhook.coredination_job"
+READ_HINTS: Final = "bridge.webhook.servicem8_hints"  # one object's gathered hints, read together
 RELEASE_DEFERRED: Final = "bridge.deferred.release"
 CHECK_SUBSCRIPTIONS: Final = "bridge.poll.webhook_subscriptions"
 TASK_NAMES: Final = (
@@ -37,6 +38,7 @@ TASK_NAMES: Final = (
     WEBHOOK_COREDINATION_JOB,
     RELEASE_DEFERRED,
     CHECK_SUBSCRIPTIONS,
+    READ_HINTS,
 )
 
 # --- queues --------------------------------------------------------------------------------------
@@ -121,9 +123,12 @@ class Enqueuer:
         kwargs: Mapping[str, Any] | None = None,
         task_id: str | None = None,
         queue: str | None = None,
+        countdown: float | None = None,
     ) -> None:
         """Queue one task: on ``lane``'s queue if given, else on ``queue`` (a queue's full name,
-        as a deferred message recorded it), else where ``ROUTES`` sends ``task_name``."""
+        as a deferred message recorded it), else where ``ROUTES`` sends ``task_name``.
+        ``countdown``: run it no sooner than this many seconds from now (short waits only: the
+        message is held by the worker that takes it)."""
         if lane is not None:
             queue = queue_name(self.connection, lane)
         self.app.send_task(
@@ -132,6 +137,7 @@ class Enqueuer:
             kwargs=dict(kwargs or {}),
             task_id=task_id,
             queue=queue or queue_for(self.connection, task_name),
+            countdown=countdown,
         )
 
     def syncs(self, jobs: Iterable[str], claim: Callable[[str], bool], lane: Lane = "sync") -> int:

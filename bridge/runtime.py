@@ -21,6 +21,7 @@ from bridge.servicem8 import ServiceM8Client
 from bridge.store import Stores
 from bridge.sync import Engine, SyncContext, SyncOptions
 from mappings.ids import connection_namespace
+from mappings.pollplan import PollBudget
 
 
 @dataclass
@@ -130,11 +131,21 @@ def build(
         send_message=settings.coredination_send_message,
         pull_booking=settings.servicem8_pull_booking,
         lock_seconds=2 * settings.http_read_timeout + 5,
+        poll_budget=None if settings.servicem8_poll_seconds else _poll_budget(settings),
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget)
     _apply_probe(stores.activity.probe(), cd_client)
+
+    def calls_last_day() -> int:
+        return next((u.used for u in budget.usage()["servicem8"] if u.window == "day"), 0)
+
     ctx = SyncContext(
-        stores, sm8_client, cd_client, connection_namespace(settings.bridge_connection_id), options
+        stores,
+        sm8_client,
+        cd_client,
+        connection_namespace(settings.bridge_connection_id),
+        options,
+        calls_last_day=calls_last_day,
     )
     return Runtime(
         settings, redis_url, client, stores, Engine(ctx), budget, sm8_client, cd_client, embedded
@@ -148,3 +159,15 @@ def _apply_probe(found: dict[str, Any] | None, cd: CoredinationClient) -> None:
     readings = ((found or {}).get("dialect") or {}).get("coredination") or {}
     cd.unassign_missing = readings.get("unassign") is False
     cd.users_missing = readings.get("users_endpoint") is False
+
+
+def _poll_budget(settings: Settings) -> PollBudget:
+    busy_from, busy_to = settings.busy_span()
+    return PollBudget(
+        day_limit=settings.servicem8_rate_per_day,
+        share=settings.poll_budget_share,
+        busy_from=busy_from,
+        busy_to=busy_to,
+        min_seconds=settings.poll_min_seconds,
+        max_seconds=settings.poll_max_seconds,
+    )

@@ -29,7 +29,7 @@ import hmac
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import redis
 from fastapi import FastAPI, Request
@@ -42,6 +42,7 @@ from bridge.config import Settings
 from bridge.coredination.webhooks import coredination_hints
 from bridge.log import get_logger
 from bridge.queues import (
+    READ_HINTS,
     WEBHOOK_COREDINATION_JOB,
     WEBHOOK_SERVICEM8_ACTIVITY,
     WEBHOOK_SERVICEM8_ALLOCATION,
@@ -50,6 +51,8 @@ from bridge.queues import (
 from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import handshake, servicem8_hints
 from bridge.store import ALIVE_SECONDS
+from bridge.store.hints import Arrival
+from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
 log = get_logger(__name__)
@@ -73,7 +76,13 @@ MEDIA_TYPES = {
 }
 UNSTAMPED_DEDUPE_SECONDS = 600
 
-Send = Callable[[str, list[str]], None]
+
+class Send(Protocol):
+    """Queue a task (``bridge.queues.Enqueuer.send``)."""
+
+    def __call__(
+        self, task: str, args: list[str], /, *, countdown: float | None = None
+    ) -> None: ...
 
 
 @dataclass
@@ -87,6 +96,12 @@ class Reply:
         return JSONResponse(self.body, status_code=self.status)
 
 
+def _changed_at(stamp: str) -> str:
+    """The change time a ServiceM8 hint's stamp starts with (``time|fields``), or ""."""
+    head = stamp.split("|", 1)[0].strip()
+    return head if SM8_STAMP.match(head) else ""
+
+
 class Receiver:
     """The webhook logic, apart from HTTP: token, parse, de-duplicate, enqueue."""
 
@@ -95,6 +110,7 @@ class Receiver:
         self.token = token.get_secret_value().encode() if token is not None else None
         self.settings = settings
         self.activity = runtime.stores.activity
+        self.hints = runtime.stores.hints
         self.send = send
 
     def authentic(self, token: str | None) -> bool:
@@ -121,8 +137,7 @@ class Receiver:
                 duplicates += 1
                 continue
             try:
-                args = [hint.ref, *hint.event] if hint.kind == "coredination.job" else [hint.ref]
-                self.send(TASKS[hint.kind], args)
+                self._queue(hint)
             except Exception as exc:
                 # Answered 2xx all the same (ServiceM8 turns off a subscription whose deliveries
                 # keep failing): the poll catches the change, and the metric counts it.
@@ -150,6 +165,21 @@ class Receiver:
         )
         return Reply(200, {"enqueued": enqueued, "duplicates": duplicates,
                            "ignored": parsed.ignored[:20]})  # fmt: skip
+
+    def _queue(self, hint: Hint) -> None:
+        """One task per hint, or for ServiceM8 with coalescing on, the hint gathered with the
+        others of its object (``bridge.store.hints``): a lone hint is read at once, a burst's
+        by one reader per window."""
+        window = self.settings.hint_coalesce_ms
+        if hint.kind == "coredination.job":
+            self.send(TASKS[hint.kind], [hint.ref, *hint.event])
+        elif window <= 0:
+            self.send(TASKS[hint.kind], [hint.ref])
+        else:
+            arrival = self.hints.add(hint.kind, hint.ref, _changed_at(hint.stamp), window)
+            if arrival is not Arrival.NONE:
+                wait = window / 1000 if arrival is Arrival.AFTER_WINDOW else None
+                self.send(READ_HINTS, [hint.kind.removeprefix("servicem8.")], countdown=wait)
 
     def unusable(self, source: str, reason: str) -> Reply:
         """An authenticated delivery the bridge cannot use (unreadable, too large, another media

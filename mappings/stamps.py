@@ -14,7 +14,7 @@ from typing import Any
 
 SM8_EMPTY_STAMP = "0000-00-00 00:00:00"
 SM8_STAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
-_SM8_STAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$")
+SM8_STAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$")
 
 
 class StampError(ValueError):
@@ -32,7 +32,7 @@ def parse_sm8_stamp(value: Any, tz: tzinfo) -> datetime | None:
     text = value.strip()
     if not text or text.startswith("0000-00-00"):
         return None
-    match = _SM8_STAMP.match(text)
+    match = SM8_STAMP.match(text)
     if match is None:
         raise StampError(f"not a ServiceM8 stamp: {text[:40]!r}")
     year, month, day, hour, minute, second = (int(g) if g else 0 for g in match.groups())

@@ -93,7 +93,12 @@ def _redis_url(settings: Settings) -> str:
 
 
 def _poll_tick(settings: Settings) -> float:
-    return min(settings.servicem8_poll_seconds, settings.coredination_poll_seconds)
+    return min(_sm8_poll(settings), settings.coredination_poll_seconds)
+
+
+def _sm8_poll(settings: Settings) -> float:
+    """The shortest ServiceM8 poll interval: the fixed one, or the planner's lower bound."""
+    return settings.servicem8_poll_seconds or settings.poll_min_seconds
 
 
 def _queues(settings: Settings) -> list[Queue]:
@@ -128,7 +133,7 @@ FROM_SETTINGS: dict[str, Callable[[Settings], Any]] = {
     "task_routes": lambda s: task_routes(s.bridge_connection_id),
     "redbeat_redis_url": _redis_url,
     "redbeat_key_prefix": lambda s: Keys(s.bridge_connection_id).redbeat_prefix,
-    "redbeat_lock_timeout": lambda s: max(30, int(3 * min(s.servicem8_poll_seconds, 60))),
+    "redbeat_lock_timeout": lambda s: max(30, int(3 * min(_sm8_poll(s), 60))),
     "beat_max_loop_interval": lambda s: min(5.0, _poll_tick(s) / 2),
     "beat_schedule": beat_schedule,
 }

@@ -17,6 +17,7 @@ from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
     MATCH_STAFF,
     POLL_CYCLE,
+    READ_HINTS,
     RECONCILE,
     RELEASE_DEFERRED,
     SWEEP,
@@ -28,6 +29,7 @@ from bridge.queues import (
     Enqueuer,
     queue_name,
 )
+from bridge.sync.hints import HINTED
 from tasks.base import BridgeTask
 
 log = get_logger(__name__)
@@ -44,7 +46,7 @@ def poll_cycle(task: BridgeTask) -> None:
     """Poll each system whose interval is due, then queue a sync for every dirty job."""
     rt = task.runtime
     intervals = {
-        "servicem8": rt.settings.servicem8_poll_seconds,
+        "servicem8": rt.settings.servicem8_poll_seconds or 0.0,  # unset: planned per object
         "coredination": rt.settings.coredination_poll_seconds,
     }
     rt.engine.poll_due(intervals, with_webhooks=rt.settings.poll_seconds_with_webhooks)
@@ -100,6 +102,22 @@ def sweep(task: BridgeTask) -> None:
         for job in dirty:
             rt.stores.work.release_enqueue(job)
     task.enqueue_syncs(dirty)
+    _requeue_hint_readers(task)
+
+
+def _requeue_hint_readers(task: BridgeTask) -> None:
+    """Gathered hints older than two windows lost their reader (its worker was killed before it
+    ran): queue one again. A reader queued twice finds the hints gone and does nothing."""
+    rt = task.runtime
+    window = rt.settings.hint_coalesce_ms
+    if window <= 0:
+        return
+    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    for obj in HINTED:
+        age = rt.stores.hints.oldest_ms(f"servicem8.{obj}")
+        if age is not None and age > 2 * window:
+            rt.stores.hints.open_window(f"servicem8.{obj}", window)
+            enqueue.send(READ_HINTS, [obj])
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ALLOCATION)
@@ -115,6 +133,25 @@ def servicem8_activity_changed(task: BridgeTask, sm8_activity_uuid: str) -> None
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_JOB)
 def servicem8_job_changed(task: BridgeTask, sm8_job_uuid: str) -> None:
     task.enqueue_syncs(task.runtime.engine.push_job(sm8_job_uuid), "interactive")
+
+
+@shared_task(base=BridgeTask, bind=True, name=READ_HINTS)
+def read_servicem8_hints(task: BridgeTask, obj: str) -> None:
+    """Read the hints gathered for one ServiceM8 object (``bridge.sync.hints``). While another
+    reader holds them this one looks again a window later; hints that arrived meanwhile get a
+    window and a reader of their own."""
+    rt = task.runtime
+    window = max(1, rt.settings.hint_coalesce_ms)
+    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    # A lease of two windows: a reader killed at work holds its object no longer than that.
+    result = rt.engine.read_hints(obj, lease_ms=2 * window)
+    if result is None:
+        enqueue.send(READ_HINTS, [obj], countdown=window / 1000)
+        return
+    dirty, waiting = result
+    task.enqueue_syncs(dirty, "interactive")
+    if waiting and rt.stores.hints.open_window(f"servicem8.{obj}", window):
+        enqueue.send(READ_HINTS, [obj], countdown=window / 1000)
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_COREDINATION_JOB)

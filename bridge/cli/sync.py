@@ -93,6 +93,14 @@ def status(
     for api, rows in data["budget"].items():
         used = ", ".join(f"{r['used']}/{r['limit']} per {r['window']}" for r in rows)
         out.print(f"budget {api}: {used}")
+    plan = data.get("poll_plan")
+    if plan:
+        every = ", ".join(
+            f"{name.split('.')[-1]} {s:.0f}s" for name, s in plan["intervals"].items()
+        )
+        out.print(f"polls ({'busy' if plan['busy'] else 'quiet'} hours): every {every}; today "
+                  f"{plan['spent']} spent, {plan['projected']} projected of "
+                  f"{plan['poll_budget']} (POLL_BUDGET_SHARE)", highlight=False)  # fmt: skip
     for name, value in data["cursors"].items():
         out.print(f"cursor {name}: {value or '-'}")
     for name, sub in data["subscriptions"].items():

@@ -15,6 +15,7 @@ from typing import Any
 
 from bridge.store.activity import ActivityStore
 from bridge.store.budget import BudgetStore, Slot, SlotWindow
+from bridge.store.hints import HintBatch, HintStore
 from bridge.store.jobs import JobStore, StoreBusy
 from bridge.store.keys import ALIVE_SECONDS, Keys, account_prefix
 from bridge.store.legacy import upgrade_layout
@@ -26,6 +27,8 @@ __all__ = [
     "ALIVE_SECONDS",
     "ActivityStore",
     "BudgetStore",
+    "HintBatch",
+    "HintStore",
     "JobStore",
     "Keys",
     "ParkedStore",
@@ -51,6 +54,7 @@ class Stores:
     budget: BudgetStore
     work: WorkStore
     activity: ActivityStore
+    hints: HintStore
 
     @classmethod
     def connect(cls, redis: Any, connection_id: str) -> Stores:
@@ -67,6 +71,7 @@ class Stores:
             budget=BudgetStore(redis),
             work=WorkStore(redis, keys),
             activity=ActivityStore(redis, keys),
+            hints=HintStore(redis, keys),
         )
 
     def upgrade_layout(self) -> int:

@@ -90,6 +90,25 @@ class ActivityStore:
     def forget_subscription(self, name: str) -> None:
         self.r.hdel(self.keys.cursor, f"subscription:{name}", f"subscription-health:{name}")
 
+    # --- the poll plan (mappings.pollplan) -------------------------------------------------------
+    def count_polls(self, day: str, calls: int) -> None:
+        """Calls ServiceM8's polls made on ``day`` (the account's date), kept two days."""
+        key = self.keys.key(f"poll-calls:{day}")
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.incrby(key, calls)
+            pipe.expire(key, 2 * 86_400)
+            pipe.execute()
+
+    def polls_on(self, day: str) -> int:
+        return int(self.r.get(self.keys.key(f"poll-calls:{day}")) or 0)
+
+    def poll_plan(self) -> dict[str, Any] | None:
+        raw = self.cursor("poll-plan")
+        return json.loads(raw) if raw else None
+
+    def set_poll_plan(self, plan: Mapping[str, Any]) -> None:
+        self.set_cursor("poll-plan", json.dumps(dict(plan), sort_keys=True))
+
     # --- what ``bridge probe`` found (bridge.probe) ---------------------------------------------
     def probe(self) -> dict[str, Any] | None:
         raw = self.cursor("probe")

@@ -1,6 +1,7 @@
 """The sync use cases, one module each, over one small context (``SyncContext``):
 
 - ``ingest``: ServiceM8 polls, webhook-triggered reads and backfill (record, mark dirty);
+- ``hints``: ServiceM8 webhook hints gathered per object and read together;
 - ``pull``: the Coredination poll and webhook-triggered reads;
 - ``jobsync``: one job's sync, planned then applied (``mappings.plan``);
 - ``staff``: the staff ⇄ user map;
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import datetime
 
-from bridge.sync import cycle, drift, ingest, jobsync, pull, staff
+from bridge.sync import cycle, drift, hints, ingest, jobsync, pull, staff
 from bridge.sync.context import Report, SyncContext, SyncOptions
 from bridge.sync.drift import Drift
 from bridge.sync.pull import CdEvent
@@ -40,6 +41,9 @@ class Engine:
 
     def push_job(self, uuid: str) -> set[str]:
         return ingest.push_job(self.ctx, uuid)
+
+    def read_hints(self, obj: str, lease_ms: int) -> tuple[set[str], int] | None:
+        return hints.read_hints(self.ctx, obj, lease_ms)
 
     def backfill(
         self, since: datetime | None, progress: Callable[[int], None] = lambda n: None

@@ -21,6 +21,7 @@ from bridge.store import Stores
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
 from mappings.decision import TieRule
 from mappings.planners import BookingKind
+from mappings.pollplan import PollBudget
 
 # Cursor names in the ``cursor`` hash (bridge.store.keys): one per polled object and system.
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
@@ -54,6 +55,9 @@ class SyncOptions:
     # The job lock is a lease, renewed before every write. It outlives one slow request (two read
     # timeouts) but not much more, so a killed holder blocks the job only briefly.
     lock_seconds: float = 65.0
+    # ServiceM8's polls planned from the day's budget (docs/operations.md#poll-plan); None: each
+    # object at the fixed SERVICEM8_POLL_SECONDS.
+    poll_budget: PollBudget | None = None
 
 
 @dataclass
@@ -105,6 +109,8 @@ class SyncContext:
     options: SyncOptions = field(default_factory=SyncOptions)
     clock: Callable[[], float] = time.time
     windows: Windows = field(default_factory=Windows)
+    # ServiceM8 calls of the account in the last day, by the shared budget (0: not known).
+    calls_last_day: Callable[[], int] = lambda: 0
 
     def now_ms(self) -> int:
         return int(self.clock() * 1000)

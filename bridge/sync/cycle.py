@@ -4,6 +4,8 @@ without Celery (``bridge sync --once``)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
+from dataclasses import asdict
+from datetime import datetime
 
 from bridge.errors import ApiError, BudgetExhausted
 from bridge.log import get_logger
@@ -12,6 +14,7 @@ from bridge.sync.ingest import SM8_POLLED, poll_servicem8
 from bridge.sync.jobsync import sync_job
 from bridge.sync.pull import poll_coredination
 from bridge.sync.staff import match_staff
+from mappings.pollplan import plan_polls
 
 log = get_logger(__name__)
 
@@ -48,14 +51,18 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
     now = ctx.clock()
     activity = ctx.stores.activity
     dirty = ctx.stores.jobs.due_expiries(ctx.now_ms())
+    planned = _planned_waits(ctx, now)
     for system in SYSTEMS:
         interval = intervals.get(system, 0)
         due = []
         for obj in POLLED[system]:
             name = f"{system}.{obj}"
-            wait = (
-                max(interval, with_webhooks) if _hooked(ctx, name, now, with_webhooks) else interval
-            )
+            if name in planned:
+                wait = planned[name]
+            elif _hooked(ctx, name, now, with_webhooks):
+                wait = max(interval, with_webhooks)
+            else:
+                wait = interval
             last = activity.cursor(polled(name))
             if last is None or now - float(last) >= wait * 0.9:
                 due.append(obj)
@@ -74,7 +81,39 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
             for obj in due:
                 activity.set_cursor(polled(f"{system}.{obj}"), repr(now))
             activity.set_cursor(polled(system), repr(now))
+            if system == "servicem8":  # one list call per object (a page holds 5,000 records)
+                activity.count_polls(_account_day(ctx, now), len(due))
     return dirty
+
+
+def _account_day(ctx: SyncContext, now: float) -> str:
+    return datetime.fromtimestamp(now, ctx.tz).date().isoformat()
+
+
+def _planned_waits(ctx: SyncContext, now: float) -> dict[str, float]:
+    """Each ServiceM8 object's interval from the day's budget (``mappings.pollplan``), recorded
+    for ``bridge status``; nothing when the intervals are fixed."""
+    budget = ctx.options.poll_budget
+    if budget is None:
+        return {}
+    # Live webhooks: the subscription is active (as the bridge made it and, once the health check
+    # has run, as ServiceM8 lists it). Its poll is then a safety net, however quiet the object.
+    activity = ctx.stores.activity
+    names = [f"servicem8.{obj}" for obj in POLLED["servicem8"]]
+    hooked = {
+        name: activity.subscription(name) == "active"
+        and (activity.subscription_health(name) or {}).get("active") is not False
+        for name in names
+    }
+    plan = plan_polls(
+        datetime.fromtimestamp(now, ctx.tz),
+        hooked,
+        budget,
+        polls_spent_today=activity.polls_on(_account_day(ctx, now)),
+        calls_last_day=ctx.calls_last_day(),
+    )
+    activity.set_poll_plan({**asdict(plan), "at": now})
+    return plan.intervals
 
 
 def run_cycle(ctx: SyncContext, *, staff: bool = True) -> Report:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,12 +27,18 @@ JOB = "8d2e4f6a-1b3c-4d5e-8f9a-0b1c2d3e4f5a"
 
 
 class Sent(list[tuple[str, list[str]]]):
-    def __call__(self, task: str, args: list[str]) -> None:
+    """The tasks the receiver queued (with ``countdowns`` beside, for the coalesced reads)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.countdowns: list[float | None] = []
+
+    def __call__(self, task: str, args: list[str], *, countdown: float | None = None) -> None:
         self.append((task, args))
+        self.countdowns.append(countdown)
 
 
-@pytest.fixture
-def web(redis_url: str) -> Any:
+def _web(redis_url: str, **overrides: Any) -> Iterator[Any]:
     settings = Settings(
         servicem8_api_key=SM8_KEY,
         coredination_api_key=CD_KEY,
@@ -40,6 +47,7 @@ def web(redis_url: str) -> Any:
         webhook_max_body_bytes=4096,
         bridge_connection_id=f"web{uuid.uuid4().hex[:8]}",
         _env_file=None,
+        **overrides,
     )
     runtime = build(settings, redis_url)
     sent = Sent()
@@ -49,6 +57,18 @@ def web(redis_url: str) -> Any:
     yield client
     runtime.stores.wipe()
     runtime.close()
+
+
+@pytest.fixture
+def web(redis_url: str) -> Iterator[Any]:
+    """The receiver with one task queued per hint (HINT_COALESCE_MS=0)."""
+    yield from _web(redis_url, hint_coalesce_ms=0)
+
+
+@pytest.fixture
+def gathering_web(redis_url: str) -> Iterator[Any]:
+    """The receiver as deployed: ServiceM8 hints gathered, one reader per object and window."""
+    yield from _web(redis_url, hint_coalesce_ms=500)
 
 
 def documented(
