@@ -24,15 +24,15 @@ from bench.scenarios import (
     _latencies,
     _live_pairs,
     _pct,
+    _running,
     _trickle,
     calls_between,
 )
 from bench.scenarios import (
     SCENARIOS as BASE,
 )
-from bridge.queues import POLL_CYCLE
 from bridge.simulators.scenario import Business, seed_business
-from mappings.ids import cd_job_uuid, connection_namespace
+from mappings.ids import connection_namespace
 
 
 def _busy_now(tz: Any) -> str:
@@ -40,17 +40,6 @@ def _busy_now(tz: Any) -> str:
     now = datetime.now(tz)
     start, end = now - timedelta(hours=1), now + timedelta(hours=3)
     return f"{start:%H}:00-{end:%H}:00"
-
-
-def _subscribed(b: Bench, st: Any) -> None:
-    """Webhooks subscribed (job activities and jobs; allocations refused), staff matched."""
-    from bridge.subscriptions import subscribe_webhooks
-
-    st.env["WEBHOOK_PUBLIC_URL"] = st.web()
-    rt = b.runtime(st)
-    rt.engine.match_staff()
-    subscribe_webhooks(rt)
-    rt.close()
 
 
 # --- freshness: poll-only allocation changes -----------------------------------------------------
@@ -62,15 +51,10 @@ def freshness(b: Bench) -> None:
         st.env["BUSY_HOURS"] = _busy_now(sm8.tz)
         biz = seed_business(sm8, cd, staff=8, jobs=40, allocations=40)
         ns = connection_namespace(st.connection)
-        _subscribed(b, st)
-        st.worker("w1", 2)
-        st.worker("w2", 2)
-        st.beat()
-        st.send(POLL_CYCLE)
-        eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=120, interval=0.25)
+        _running(b, st, sm8, cd)
         created = _allocations(sm8, biz, count, every)
         eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=120, interval=0.1)
-        latencies = _allocation_latencies(cd, ns, biz, created)
+        latencies = _latencies(cd, ns, biz, created, ("SCHEDULE", "ASSIGN"))
         plan = st.stores.activity.poll_plan() or {}
         quiet = _quiet_hours(st, sm8, 30.0 if b.quick else 300.0)
     r = b.result
@@ -140,22 +124,6 @@ def _allocations(sm8: Any, biz: Business, count: int, every: float) -> list[Crea
     return created
 
 
-def _allocation_latencies(cd: Any, ns: Any, biz: Business, created: list[Created]) -> list[float]:
-    with cd.lock:
-        seen: dict[tuple[str, int], float] = {}
-        for job in cd.jobs.values():
-            for event in job["events"]:
-                if event["type"] in ("SCHEDULE", "ASSIGN") and event.get("toUserId") is not None:
-                    key = (job["uuid"], event["toUserId"])
-                    seen[key] = max(seen.get(key, 0), event["eventTimeStamp"] / 1000)
-    out = []
-    for c in created:
-        user = biz.user_for(c.staff)
-        assert user is not None
-        out.append(seen[(cd_job_uuid(ns, c.job), user["id"])] - c.at)
-    return out
-
-
 # --- burst: webhook hints faster than one read each ---------------------------------------------
 def burst(b: Bench) -> None:
     rate = 5.0
@@ -187,12 +155,7 @@ def _burst(b: Bench, count: int, rate: float, coalesce: str) -> dict[str, Any]:
         jobs = max(60, count // 6)
         biz = seed_business(sm8, cd, staff=12, jobs=jobs, allocations=jobs)
         ns = connection_namespace(st.connection)
-        _subscribed(b, st)
-        st.worker("w1", 2)
-        st.worker("w2", 2)
-        st.beat()
-        st.send(POLL_CYCLE)
-        eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=180, interval=0.25)
+        _running(b, st, sm8, cd)
         created = _trickle(sm8, biz, count, rate)
         started = created[0].at
         eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=1800, interval=0.2)

@@ -150,6 +150,24 @@ def backfill(b: Bench) -> None:
     r.add("backfill", f"time to sync {bookings} bookings", took, "s")
 
 
+def _running(b: Bench, st: Any, sm8: Any, cd: Any) -> None:
+    """The web receiver with webhooks subscribed (job activities and jobs; ServiceM8 refuses
+    allocations), staff matched, two workers and beat, and the business in step."""
+    from bridge.subscriptions import subscribe_webhooks
+
+    st.env["WEBHOOK_PUBLIC_URL"] = st.web()
+    rt = b.runtime(st)
+    rt.engine.match_staff()
+    subscribe_webhooks(rt)
+    rt.close()
+    st.worker("w1", 2)
+    st.worker("w2", 2)
+    st.beat()
+    st.send(POLL_CYCLE)
+    ns = connection_namespace(st.connection)
+    eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=180, interval=0.25)
+
+
 # --- trickle, latency, quiet --------------------------------------------------------------------
 def trickle(b: Bench) -> None:
     # 5 a second is 300 a minute, more than ServiceM8's 180 (each webhook costs one read): from
@@ -159,19 +177,7 @@ def trickle(b: Bench) -> None:
     with b.world("trickle", **PRODUCTION_POLLS, WEBHOOK_TOKEN=WEBHOOK_TOKEN) as (sm8, cd, st):
         biz = seed_business(sm8, cd, staff=10, jobs=60, allocations=60)
         ns = connection_namespace(st.connection)
-        base = st.web()
-        st.env["WEBHOOK_PUBLIC_URL"] = base
-        rt = b.runtime(st)
-        rt.engine.match_staff()
-        from bridge.subscriptions import subscribe_webhooks
-
-        subscribe_webhooks(rt)
-        rt.close()
-        st.worker("w1", 2)
-        st.worker("w2", 2)
-        st.beat()
-        st.send(POLL_CYCLE)
-        eventually(_converged(sm8, cd, ns, _live_pairs(sm8)), timeout=120, interval=0.25)
+        _running(b, st, sm8, cd)
         time.sleep(1.0)  # let the first cycle's tail settle before counting
         created = _trickle(sm8, biz, count, rate)
         started = created[0].at
@@ -278,13 +284,16 @@ def _trickle(sm8: Any, biz: Business, count: int, rate: float) -> list[Created]:
     return created
 
 
-def _latencies(cd: Any, ns: Any, biz: Business, created: list[Created]) -> list[float]:
-    """Created in ServiceM8 (its webhook leaves at once) → the SCHEDULE event in Coredination."""
+def _latencies(
+    cd: Any, ns: Any, biz: Business, created: list[Created], events: tuple[str, ...] = ("SCHEDULE",)
+) -> list[float]:
+    """Created in ServiceM8 → the person's latest ``events`` event (SCHEDULE; ASSIGN too for an
+    undated booking) on the job in Coredination."""
     with cd.lock:
         scheduled: dict[tuple[str, int], float] = {}
         for job in cd.jobs.values():
             for event in job["events"]:
-                if event["type"] == "SCHEDULE" and event.get("toUserId") is not None:
+                if event["type"] in events and event.get("toUserId") is not None:
                     key = (job["uuid"], event["toUserId"])
                     scheduled[key] = max(scheduled.get(key, 0), event["eventTimeStamp"] / 1000)
     out = []
@@ -377,6 +386,11 @@ def budget(b: Bench, strategy: str = "shared") -> None:
 
 
 def budget_celery(b: Bench) -> None:
+    """The comparison that shows why the budget is shared: in the full run only (it has no
+    target, and the quick run must keep CI short)."""
+    if b.quick:
+        print("(Celery's per-worker rate_limit, for comparison, runs in the full benchmark)")
+        return
     budget(b, "celery-rate-limit")
 
 

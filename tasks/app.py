@@ -65,7 +65,10 @@ from bridge.store.keys import ALIVE_SECONDS, Keys
 
 HARD_TIME_LIMIT = 150
 SOFT_TIME_LIMIT = 120
-MAX_COUNTDOWN = 60
+# The longest wait a task spends as a countdown. Celery turns a countdown into an ETA message the
+# worker holds in memory outside its prefetch limit (celery/celery#3640), so anything longer goes
+# to the deferred set, which beat's release task re-enqueues when due (every 2 s).
+MAX_COUNTDOWN = 5
 
 ServiceM8Gate = Literal["shared", "open"]
 

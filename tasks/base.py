@@ -82,7 +82,10 @@ class BridgeTask(Task):  # type: ignore[misc]
                 delay=round(delay, 2),
                 **exc.describe(),
             )
-            raise self.retry(countdown=min(delay, MAX_COUNTDOWN), exc=exc) from None
+            if delay <= MAX_COUNTDOWN:
+                raise self.retry(countdown=delay, exc=exc) from None
+            self._defer(delay, exc.reason)
+            return None
         except PermanentError as exc:
             now = self.clock()
             self._dead_letter(exc, now, now, "permanent error", 1)
@@ -94,7 +97,10 @@ class BridgeTask(Task):  # type: ignore[misc]
         routing = str((self.request.delivery_info or {}).get("routing_key") or "")
         if routing.endswith(".interactive") or self.name.startswith("bridge.webhook."):
             return "interactive"
-        if routing.endswith(".bulk") or self.name.startswith("bridge.bulk."):
+        # Polls (and the staff match, the reconcile) take bulk's place in the budget: they may
+        # not fill the last share of a window, so they slow down before a write would wait
+        # (docs/operations.md#poll-plan).
+        if routing.endswith((".bulk", ".poll")) or self.name.startswith("bridge.bulk."):
             return "bulk"
         return "normal"
 
@@ -107,6 +113,12 @@ class BridgeTask(Task):  # type: ignore[misc]
         wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
         if wait <= MAX_COUNTDOWN:
             raise self.retry(countdown=wait, exc=exc) from None
+        self._defer(wait, exc.reason)
+        return None
+
+    def _defer(self, wait: float, reason: str) -> None:
+        """Come back in ``wait`` seconds by the deferred set, under the same task id (so a retry
+        keeps counting its failures), not as an ETA message a worker would hold meanwhile."""
         self.runtime.stores.work.defer(
             self.clock() + wait,
             {
@@ -117,8 +129,7 @@ class BridgeTask(Task):  # type: ignore[misc]
                 "queue": (self.request.delivery_info or {}).get("routing_key"),
             },
         )
-        log.info("task.deferred", seconds=round(wait, 1), reason=exc.reason)
-        return None
+        log.info("task.deferred", seconds=round(wait, 1), reason=reason)
 
     def _dead_letter(
         self, exc: ApiError, first: float, now: float, why: str, attempts: int

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -66,10 +68,17 @@ def _quiet_logging() -> Iterator[None]:
 
 
 class Receiver:
-    """A loopback HTTP endpoint that answers the ServiceM8 challenge and records every POST."""
+    """A loopback callback URL: answers ServiceM8's challenge (unless ``challenge_ok`` is off),
+    records every delivery, and answers each with the next of ``statuses`` queued, else
+    ``status``, after ``delay`` seconds. It closes every connection, so once it is shut down a
+    delivery finds nothing listening."""
 
     def __init__(self) -> None:
         self.posts: list[dict[str, Any]] = []
+        self.statuses: deque[int] = deque()
+        self.status = 200
+        self.delay = 0.0
+        self.challenge_ok = True
         self.event = threading.Event()
         receiver = self
 
@@ -82,35 +91,60 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
                 form = parse_qs(body)
-                reply = form["challenge"][0] if form.get("mode") == ["subscribe"] else "ok"
-                if reply == "ok":
+                status = 200
+                if form.get("mode") == ["subscribe"]:
+                    reply = form["challenge"][0] if receiver.challenge_ok else "no"
+                else:
                     receiver.posts.append({"path": self.path, "body": body})
                     receiver.event.set()
+                    status = receiver.statuses.popleft() if receiver.statuses else receiver.status
+                    reply = "ok"
+                    time.sleep(receiver.delay)
                 data = reply.encode()
-                self.send_response(200)
+                self.send_response(status)
                 self.send_header("Content-Length", str(len(data)))
+                self.send_header("Connection", "close")
                 self.end_headers()
                 self.wfile.write(data)
+                self.close_connection = True
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                return None  # a caller that gave up waiting: nothing to tell
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.url = f"{self.base}/hook"
+        self.closed = False
+
+    def down(self) -> None:
+        """Like a receiver whose upstream is gone: 503 to deliveries, no challenge answered."""
+        self.status, self.challenge_ok = 503, False
+
+    def up(self) -> None:
+        self.status, self.challenge_ok = 200, True
 
     def wait(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
-        deadline = threading.Event()
-        for _ in range(int(timeout / 0.02)):
-            if len(self.posts) >= count:
-                break
-            deadline.wait(0.02)
+        deadline = time.monotonic() + timeout
+        while len(self.posts) < count and time.monotonic() < deadline:
+            time.sleep(0.02)
         return self.posts
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.server.shutdown()
+            self.server.server_close()
 
 
 @pytest.fixture
 def receiver() -> Iterator[Receiver]:
     r = Receiver()
     yield r
-    r.server.shutdown()
-    r.server.server_close()
+    r.close()
 
 
 @pytest.fixture(scope="session")

@@ -75,7 +75,9 @@ class Stores:
         )
 
     def upgrade_layout(self) -> int:
-        return upgrade_layout(self.jobs)
+        moved = upgrade_layout(self.jobs)
+        self.jobs.recount()
+        return moved
 
     def wipe(self) -> int:
         """Delete every key of this connection and of the API accounts it resolved (tests and

@@ -119,13 +119,18 @@ class ActivityStore:
 
     # --- liveness --------------------------------------------------------------------------------
     def heartbeat(self, worker: str, now: float, ttl: int) -> None:
-        self.r.set(self.keys.alive(worker), repr(now), ex=ttl)
+        """One sorted set of workers by their last heartbeat, so reading who is alive is one
+        command whatever else the keyspace holds; entries older than ``ttl`` are dropped here."""
+        key = self.keys.key("alive")
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zadd(key, {worker: now})
+            pipe.zremrangebyscore(key, "-inf", now - 10 * ttl)
+            pipe.execute()
 
     def live_workers(self) -> dict[str, float]:
-        keys = list(self.r.scan_iter(match=self.keys.alive("*"), count=1000))
-        values = self.r.mget(keys) if keys else []
-        start = len(self.keys.alive())
-        return {k.decode()[start:]: float(v) for k, v in zip(keys, values, strict=True) if v}
+        """Every worker with a recent heartbeat, and when it last sent one."""
+        rows = self.r.zrange(self.keys.key("alive"), 0, -1, withscores=True)
+        return {member.decode(): float(score) for member, score in rows}
 
     def beat_alive(self) -> bool:
         """celery-redbeat holds this lock (with an expiry it renews) while a beat runs."""

@@ -31,16 +31,30 @@ log = get_logger(__name__)
 BATCH = 500  # job records read and written per round trip
 UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given up on (retried)
 
-# Compare-and-set one job record. KEYS: its bucket, ``dirty``, ``expiring``. ARGV: field, the
-# bytes read ('' = absent), the new bytes ('' = leave as is), the job uuid, '1' to bump its dirty
-# mark, an expiry reminder in epoch ms ('' = none). Returns 1 if done, 0 if the record changed.
+# Compare-and-set one job record. KEYS: its bucket, ``dirty``, ``expiring``, the links count.
+# ARGV: field, the bytes read ('' = absent), the new bytes ('' = leave as is), the job uuid, '1'
+# to bump its dirty mark, an expiry reminder in epoch ms ('' = none). Returns 1 if done, 0 if the
+# record changed. A record written where there was none counts one link more.
 _PUT_JOB = """
 local held = redis.call('HGET', KEYS[1], ARGV[1]) or ''
 if held ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) end
+if ARGV[3] ~= '' and redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) == 1
+    and redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('INCR', KEYS[4])
+end
 if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
 if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
 return 1
+"""
+# The links count, made from the buckets where none is kept yet. KEYS: the count, every bucket.
+# One script, so no record is written between the counting and the count being kept.
+_RECOUNT = """
+local held = redis.call('GET', KEYS[1])
+if held then return tonumber(held) end
+local n = 0
+for i = 2, #KEYS do n = n + redis.call('HLEN', KEYS[i]) end
+redis.call('SET', KEYS[1], n)
+return n
 """
 # "Delete this dirty mark only if nobody bumped it since I read it" must be one atomic step:
 # WATCH/MULTI on a hash that every ingest writes would abort under load.
@@ -62,6 +76,7 @@ class JobStore:
         self.ns = connection_namespace(keys.connection)
         self._put_job = redis.register_script(_PUT_JOB)
         self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
+        self._recount = redis.register_script(_RECOUNT)
 
     # --- where a record lives ------------------------------------------------------------------
     def _slot(self, job_uuid: str) -> tuple[str, bytes]:
@@ -109,10 +124,14 @@ class JobStore:
         return [unpack_id(bytes(f)) for fields in buckets for f in fields]
 
     def count(self) -> int:
-        with self.r.pipeline(transaction=False) as pipe:
-            for key in self.keys.job_buckets():
-                pipe.hlen(key)
-            return sum(pipe.execute())
+        """Linked jobs: one GET of the count every record write keeps (``_PUT_JOB``)."""
+        value = self.r.get(self.keys.links_count)
+        return int(value) if value is not None else self.recount()
+
+    def recount(self) -> int:
+        """The count, made from the buckets if none is kept yet (a store written before the
+        count existed). Every process's start-up runs it; after the first it is one GET."""
+        return int(self._recount(keys=[self.keys.links_count, *self.keys.job_buckets()]))
 
     def job_for_cd(self, ref: str | int) -> str | None:
         slot = self._ref_slot(str(ref).strip().lower())
@@ -177,7 +196,7 @@ class JobStore:
                         if not outcome.dirty and outcome.expires_ms is None:
                             continue
                     self._put_job(
-                        keys=[key, self.keys.dirty, self.keys.expiring],
+                        keys=[key, self.keys.dirty, self.keys.expiring, self.keys.links_count],
                         args=[field_, raw or b"", new, job_uuid, "1" if outcome.dirty else "0",
                               "" if outcome.expires_ms is None else str(outcome.expires_ms)],
                         client=pipe,

@@ -131,6 +131,10 @@ class Keys:
     def stats(self) -> str:
         return self.key("stats")
 
+    @property
+    def links_count(self) -> str:
+        return self.key("links")
+
     def queued(self, job_uuid: str) -> str:
         return self.key(f"queued:{job_uuid}")
 
@@ -153,9 +157,6 @@ class Keys:
 
     def seen(self, delivery: str) -> str:
         return self.key(f"seen:{delivery}")
-
-    def alive(self, worker: str = "") -> str:
-        return self.key(f"alive:{worker}")
 
     # --- layout, and other programs' keys ------------------------------------------------------
     @property

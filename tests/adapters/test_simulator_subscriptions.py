@@ -6,15 +6,11 @@ for a date (``null_clears``) and when the day limit restarts (``day_reset``)."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid as uuidlib
-from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 import requests
@@ -25,69 +21,13 @@ from bridge.simulators.servicem8 import (
     ServiceM8Dialect,
     ServiceM8Simulator,
 )
-from tests.conftest import SM8_KEY
+from tests.conftest import SM8_KEY, Receiver
 
 ROW_KEYS = {"uuid", "object", "fields", "callback_url", "unique_id", "active",
             "last_failure_reason", "last_failure_at"}  # fmt: skip
 # 12:00 UTC on a June day: 22:00 in Sydney (UTC+10, no daylight saving in June), 08:00 in New York.
 NOON_UTC = datetime(2025, 6, 10, 12, 0, tzinfo=UTC).timestamp()
 HOUR = 3600.0
-
-
-class Hook:
-    """A loopback callback that answers the challenge (unless told not to) and answers each
-    delivery with the next status queued, else ``status``, after ``delay`` seconds. It closes every
-    connection, so once it is shut down a delivery finds nothing listening."""
-
-    def __init__(self) -> None:
-        self.posts: list[str] = []
-        self.statuses: deque[int] = deque()
-        self.status = 200
-        self.delay = 0.0
-        self.challenge_ok = True
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                form = parse_qs(body)
-                status = 200
-                if form.get("mode") == ["subscribe"]:
-                    reply = form["challenge"][0] if hook.challenge_ok else "no"
-                else:
-                    hook.posts.append(body)
-                    status = hook.statuses.popleft() if hook.statuses else hook.status
-                    reply = "ok"
-                    time.sleep(hook.delay)
-                data = reply.encode()
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.send_header("Connection", "close")
-                self.end_headers()
-                self.wfile.write(data)
-                self.close_connection = True
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-
-            def handle_error(self, request: Any, client_address: Any) -> None:
-                return None  # the timeout test's caller has hung up: nothing to tell
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/hook"
-        self.closed = False
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.server.shutdown()
-            self.server.server_close()
 
 
 class Clock:
@@ -99,10 +39,9 @@ class Clock:
 
 
 @pytest.fixture
-def hook() -> Iterator[Hook]:
-    h = Hook()
-    yield h
-    h.close()
+def hook(receiver: Receiver) -> Receiver:
+    """The shared loopback callback (tests/conftest.py), by the name these tests give it."""
+    return receiver
 
 
 @pytest.fixture

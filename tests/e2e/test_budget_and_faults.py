@@ -155,3 +155,36 @@ def test_an_hour_of_5xx_dead_letters_then_replay_succeeds(stack, sm8_sim, cd_sim
     everything = status + json.dumps(entries) + stack.logs() + replay.output
     for secret in (SM8_KEY, CD_KEY):
         assert secret not in everything
+
+
+def test_a_budget_backlog_leaves_no_eta_message_in_the_workers(
+    tmp_path, redis_url, sm8_sim, cd_sim
+):
+    """500 webhook reads against a budget of 10 a minute: every wait beyond a few seconds goes to
+    the deferred set, so the workers hold no ETA messages (Celery's ``inspect scheduled``)."""
+    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
+                  SERVICEM8_RATE_PER_MINUTE="10", SERVICEM8_POLL_SECONDS="3600",
+                  COREDINATION_POLL_SECONDS="3600")  # fmt: skip
+    try:
+        biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=50, allocations=100)
+        stack.worker("w1", concurrency=2)
+        stack.worker("w2", concurrency=2)
+        eventually(lambda: len(stack.stores.activity.live_workers()) == 2, timeout=60)
+        app = sender(stack.env["REDIS_URL"], stack.connection)
+        for i in range(500):
+            app.send_task("bridge.webhook.servicem8_allocation",
+                          args=[biz.allocations[i % 100]["uuid"]],
+                          queue=f"bridge.{stack.connection}.interactive")  # fmt: skip
+        work = stack.stores.work
+        eventually(lambda: work.deferred_count() >= 480, timeout=120, interval=0.5)
+        held = []
+        for _ in range(3):
+            scheduled = app.control.inspect(timeout=2).scheduled() or {}
+            held.append(sum(len(tasks) for tasks in scheduled.values()))
+            time.sleep(1)
+        print(f"\nbudget backlog: {work.deferred_count()} of 500 deferred, ETA messages held by "
+              f"the workers at three looks: {held}")  # fmt: skip
+        assert held == [0, 0, 0]
+    finally:
+        stack.stop()
+        stack.wipe()

@@ -10,6 +10,7 @@ from fastapi.testclient import TestClient
 
 from bridge.config import Settings
 from bridge.runtime import build
+from bridge.store import Stores
 from bridge.sync import Engine, SyncContext
 from bridge.web import create_app
 from tests.conftest import CD_KEY, SM8_KEY
@@ -86,3 +87,24 @@ def post(web: TestClient, body: Any, *, token: str | None = TOKEN, source: str =
     url = f"/webhooks/{source}/{token}" if token is not None else f"/webhooks/{source}"
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return web.post(url, content=data, headers={"content-type": content_type})
+
+
+@pytest.fixture
+def cli_env(redis_url, sm8_sim, cd_sim, redis_client, monkeypatch, tmp_path):
+    """The environment a ``bridge`` command reads, for a connection of its own against both
+    simulators, in a scratch folder; the connection's keys are wiped afterwards."""
+    connection = f"cli{uuid.uuid4().hex[:8]}"
+    monkeypatch.chdir(tmp_path)
+    env = {
+        "REDIS_URL": redis_url,
+        "BRIDGE_CONNECTION_ID": connection,
+        "SERVICEM8_API_KEY": SM8_KEY,
+        "SERVICEM8_BASE_URL": sm8_sim.api_url(),
+        "COREDINATION_API_KEY": CD_KEY,
+        "COREDINATION_BASE_URL": cd_sim.api_url(),
+        "LOG_LEVEL": "WARNING",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    yield env
+    Stores.connect(redis_client, connection).wipe()

@@ -3,34 +3,12 @@
 from __future__ import annotations
 
 import json
-import uuid
 
-import pytest
 from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.simulators.scenario import seed_business
 from bridge.store import Stores
-from tests.conftest import CD_KEY, SM8_KEY
-
-
-@pytest.fixture
-def cli_env(redis_url, sm8_sim, cd_sim, redis_client, monkeypatch, tmp_path):
-    connection = f"cli{uuid.uuid4().hex[:8]}"
-    monkeypatch.chdir(tmp_path)
-    env = {
-        "REDIS_URL": redis_url,
-        "BRIDGE_CONNECTION_ID": connection,
-        "SERVICEM8_API_KEY": SM8_KEY,
-        "SERVICEM8_BASE_URL": sm8_sim.api_url(),
-        "COREDINATION_API_KEY": CD_KEY,
-        "COREDINATION_BASE_URL": cd_sim.api_url(),
-        "LOG_LEVEL": "WARNING",
-    }
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    yield env
-    Stores.connect(redis_client, connection).wipe()
 
 
 def run(*args: str):

@@ -303,3 +303,37 @@ def test_an_objects_poll_stretches_only_while_its_own_webhooks_arrive(engine, sm
     engine.ctx.clock = lambda: now + 301  # the stretched interval too
     engine.poll_due(intervals, with_webhooks=300.0)
     assert sm8_sim.count("GET", "job.list") == 1 and sm8_sim.count("GET", "jobactivity.list") == 1
+
+
+def test_planned_polls_give_the_poll_only_object_the_budget_and_record_the_plan(
+    engine, sm8_sim, cd_sim
+):
+    """With the plan on, job allocations (no webhooks) poll within seconds in busy hours while
+    jobs and job activities, whose subscriptions are active, poll as a safety net; every poll's
+    calls count against the day's share (docs/operations.md#poll-plan)."""
+    from dataclasses import replace
+    from datetime import time as clock_time
+
+    from mappings.pollplan import PollBudget
+
+    seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+    engine.run_cycle()
+    all_day = PollBudget(20_000, 0.5, clock_time(0), clock_time(23, 59), 5.0, 300.0)
+    engine.ctx.options = replace(engine.ctx.options, poll_budget=all_day)
+    activity, now = engine.ctx.stores.activity, time.time()
+    activity.set_subscription("servicem8.joballocation", "poll-only: refused (HTTP 400)")
+    activity.set_subscription("servicem8.job", "active")
+    activity.set_subscription("servicem8.jobactivity", "active")
+    engine.ctx.clock = lambda: now
+    engine.poll_due({"coredination": 60.0})  # every object polled once
+    plan = activity.poll_plan()
+    assert plan is not None and plan["busy"] is True and plan["spent"] == 0
+    assert plan["intervals"]["servicem8.job"] == plan["intervals"]["servicem8.jobactivity"] == 300
+    allocation_every = plan["intervals"]["servicem8.joballocation"]
+    assert 5.0 <= allocation_every <= 10.0
+    sm8_sim.reset_counts()
+    engine.ctx.clock = lambda: now + allocation_every  # one planned interval later
+    engine.poll_due({"coredination": 60.0})
+    assert sm8_sim.count("GET", "joballocation.list") == 1
+    assert sm8_sim.count("GET", "job.list") == sm8_sim.count("GET", "jobactivity.list") == 0
+    assert activity.poll_plan()["spent"] == 3  # the first cycle's three lists

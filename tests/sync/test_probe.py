@@ -17,8 +17,6 @@ from bridge.probe import probe
 from bridge.simulators.coredination import CoredinationDialect
 from bridge.simulators.scenario import seed_business
 from bridge.simulators.servicem8 import ServiceM8Dialect
-from bridge.store import Stores
-from tests.conftest import CD_KEY, SM8_KEY
 
 TOKEN = "whk-probe-3f9a1c7e20"
 
@@ -51,28 +49,15 @@ READ_ONLY = {"stamps", "resource_shape", "users_endpoint"}
 
 
 @pytest.fixture
-def env(redis_url, redis_client, sm8_sim, cd_sim, receiver, monkeypatch, tmp_path):
-    connection = f"prb{uuid.uuid4().hex[:8]}"
-    monkeypatch.chdir(tmp_path)
-    for key, value in {
-        "REDIS_URL": redis_url,
-        "BRIDGE_CONNECTION_ID": connection,
-        "SERVICEM8_API_KEY": SM8_KEY,
-        "SERVICEM8_BASE_URL": sm8_sim.api_url(),
-        "COREDINATION_API_KEY": CD_KEY,
-        "COREDINATION_BASE_URL": cd_sim.api_url(),
-        "WEBHOOK_TOKEN": TOKEN,
-        "WEBHOOK_PUBLIC_URL": receiver.url.rsplit("/", 1)[0],
-        "LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
+def env(cli_env, sm8_sim, cd_sim, receiver, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setenv("WEBHOOK_PUBLIC_URL", receiver.base)
     business = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
     with command_runtime() as rt:  # a job with a person on it, for the read-only probe
         job = str(uuid.uuid4())
         rt.cd.upsert_job(job, {"title": "Existing job"})
         rt.cd.resource_op("schedule", job, business.users[0]["id"])
-    yield connection
-    Stores.connect(redis_client, connection).wipe()
+    return cli_env["BRIDGE_CONNECTION_ID"]
 
 
 def dialect_for(system: str, switch: str, value: Any) -> dict[str, Any]:

@@ -5,13 +5,9 @@ deactivation after failed deliveries seen by the health check and undone by it, 
 from __future__ import annotations
 
 import json
-import threading
 import time
 import uuid
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs
 
 import pytest
 from typer.testing import CliRunner
@@ -19,76 +15,16 @@ from typer.testing import CliRunner
 from bridge.cli import app as cli
 from bridge.cli.base import command_runtime
 from bridge.simulators.scenario import seed_business
-from bridge.store import Stores
 from bridge.subscriptions import check_subscriptions, subscribe_webhooks, unsubscribe_webhooks
-from tests.conftest import CD_KEY, SM8_KEY
 
 TOKEN = "whk-health-5be1c0d2a9"
 
 
-class Receiver:
-    """Answers the challenge and 200 while up; 503 to everything (the challenge too) while down,
-    like a receiver behind a proxy whose upstream is gone."""
-
-    def __init__(self) -> None:
-        self.down = False
-        self.deliveries = 0
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                return None
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)).decode()
-                form = parse_qs(body)
-                if receiver.down:
-                    self._answer(503, b"upstream gone")
-                elif form.get("mode") == ["subscribe"]:
-                    self._answer(200, form["challenge"][0].encode())
-                else:
-                    receiver.deliveries += 1
-                    self._answer(200, b"ok")
-
-            def _answer(self, status: int, data: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    yield r
-    r.server.shutdown()
-    r.server.server_close()
-
-
-@pytest.fixture
-def env(redis_url, redis_client, sm8_sim, cd_sim, receiver, monkeypatch, tmp_path):
-    connection = f"sub{uuid.uuid4().hex[:8]}"
-    monkeypatch.chdir(tmp_path)
-    for key, value in {
-        "REDIS_URL": redis_url,
-        "BRIDGE_CONNECTION_ID": connection,
-        "SERVICEM8_API_KEY": SM8_KEY,
-        "SERVICEM8_BASE_URL": sm8_sim.api_url(),
-        "COREDINATION_API_KEY": CD_KEY,
-        "COREDINATION_BASE_URL": cd_sim.api_url(),
-        "WEBHOOK_TOKEN": TOKEN,
-        "WEBHOOK_PUBLIC_URL": receiver.url,
-        "LOG_LEVEL": "WARNING",
-    }.items():
-        monkeypatch.setenv(key, value)
-    yield connection
-    Stores.connect(redis_client, connection).wipe()
+def env(cli_env, receiver, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKEN", TOKEN)
+    monkeypatch.setenv("WEBHOOK_PUBLIC_URL", receiver.base)
+    return cli_env["BRIDGE_CONNECTION_ID"]
 
 
 def status() -> dict[str, Any]:
@@ -123,7 +59,7 @@ def test_a_deactivated_subscription_is_shown_and_posted_again_by_the_health_chec
     assert job_sub["unique_id"] == f"bridge-{env}-job"
     assert status()["servicem8.job"]["state"] == "active"
 
-    receiver.down = True  # deliveries fail until ServiceM8 turns the subscription off
+    receiver.down()  # deliveries fail until ServiceM8 turns the subscription off
     job_edits(sm8_sim, sm8_sim.dialect.deactivate_after_failures)
     wait_for(lambda: job_sub["active"] == 0)
     with command_runtime() as rt:  # a beat tick while the receiver is still down
@@ -135,16 +71,16 @@ def test_a_deactivated_subscription_is_shown_and_posted_again_by_the_health_chec
     assert shown["state"].startswith("inactive: HTTP 503")
     assert shown["last_failure_at"]
 
-    receiver.down = False
+    receiver.up()
     with command_runtime() as rt:  # the next beat tick
         again = check_subscriptions(rt)["servicem8.job"]
         assert rt.stores.activity.stats()["webhook.servicem8.reactivated"] == 1
     assert again["active"] is True
     assert [s["active"] for s in sm8_sim.subscriptions if s["object"] == "job"] == [1]
     assert status()["servicem8.job"]["state"] == "active"
-    before = receiver.deliveries
+    before = len(receiver.posts)
     job_edits(sm8_sim, 1)
-    wait_for(lambda: receiver.deliveries > before)  # delivering again
+    wait_for(lambda: len(receiver.posts) > before)  # delivering again
 
 
 def test_an_active_subscription_costs_one_call_per_check_and_is_left_alone(env, sm8_sim, receiver):
