@@ -113,9 +113,11 @@ def set_details(record: JobRecord, fact: JobFacts) -> Change:
 
 
 def forget_cd(record: JobRecord) -> Change:
-    """The Coredination job is gone: drop our view and mark the job to sync, which creates it
-    again."""
-    record.cd, record.fields_fp = None, None
+    """The Coredination job is gone: drop our view and the pairs' snapshots, and mark the job to
+    sync, which creates it again with the people the ServiceM8 bookings name. The snapshots go
+    too: against a snapshot, a job created empty would read as everyone taken off in
+    Coredination, and the sync would delete their ServiceM8 bookings."""
+    record.cd, record.fields_fp, record.pairs = None, None, {}
     return Change(record.uuid, dirty=True)
 
 

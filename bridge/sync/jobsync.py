@@ -46,7 +46,18 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
         return Report(Counter({"skipped.bad_job_id": 1}))
     with ctx.locked(sm8_job) as lease:
         generation = jobs.dirty_generation(sm8_job)
-        report = _sync_locked(ctx, sm8_job, lease)
+        try:
+            report = _sync_locked(ctx, sm8_job, lease)
+        except NotFound as exc:
+            if exc.api != "coredination":
+                raise
+            # The Coredination job was deleted there (a dispatcher): the bridge's view of it is
+            # dropped and the sync runs again, which creates the job afresh with the people the
+            # ServiceM8 bookings name. No ServiceM8 booking is touched by the deletion.
+            log.warning("sync.coredination_job_gone", sm8_job_uuid=sm8_job, reason=exc.reason)
+            jobs.forget_cd(sm8_job)
+            report = _sync_locked(ctx, sm8_job, lease)
+            report.add("coredination.job_recreated")
         jobs.clear_dirty(sm8_job, generation)
     ctx.stores.activity.count(report.counts)
     return report
