@@ -9,6 +9,7 @@ allocation subscription (its default dialect) and subscribing jobs and job activ
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -114,9 +115,13 @@ def _allocations(sm8: Any, biz: Business, count: int, every: float) -> list[Crea
     free = [(j, s["uuid"]) for j in biz.jobs for s in biz.staff if (j, s["uuid"]) not in taken]
     day = (datetime.now() + timedelta(days=3)).strftime("%Y-%m-%d 00:00:00")
     created = []
+    # Each change at a random point of its period: at exact multiples of a period that the poll
+    # interval divides, every change would meet the poll at the same phase, and the figures would
+    # measure that one phase instead of the spread an office sees.
+    rng = random.Random(11)
     start = time.monotonic()
     for i, (job, staff) in enumerate(free[:count]):
-        time.sleep(max(0.0, start + i * every - time.monotonic()))
+        time.sleep(max(0.0, start + (i + rng.random()) * every - time.monotonic()))
         at = time.time()
         uuid = sm8.create("joballocation", {"job_uuid": job, "staff_uuid": staff,
                                             "allocation_date": day})  # fmt: skip
