@@ -51,7 +51,12 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
     now = ctx.clock()
     activity = ctx.stores.activity
     dirty = ctx.stores.jobs.due_expiries(ctx.now_ms())
-    planned = _planned_waits(ctx, now)
+    try:
+        planned = _planned_waits(ctx, now)
+    except BudgetExhausted:
+        # The account's timezone is not known yet and ServiceM8 is paused: its poll below waits
+        # for the budget as before, and Coredination's is not held up.
+        planned = {}
     for system in SYSTEMS:
         interval = intervals.get(system, 0)
         due = []

@@ -337,3 +337,29 @@ def test_planned_polls_give_the_poll_only_object_the_budget_and_record_the_plan(
     assert sm8_sim.count("GET", "joballocation.list") == 1
     assert sm8_sim.count("GET", "job.list") == sm8_sim.count("GET", "jobactivity.list") == 0
     assert activity.poll_plan()["spent"] == 3  # the first cycle's three lists
+
+
+def test_with_servicem8_paused_before_its_timezone_is_known_coredination_is_still_polled(
+    engine, sm8_sim, cd_sim, monkeypatch
+):
+    """The plan needs the account's timezone; while ServiceM8 is paused and it is not known yet,
+    the plan waits and Coredination's poll goes ahead."""
+    from dataclasses import replace
+    from datetime import time as clock_time
+
+    from bridge.errors import BudgetExhausted
+    from bridge.servicem8 import ServiceM8Client
+    from mappings.pollplan import PollBudget
+
+    seed_business(sm8_sim, cd_sim, staff=1, jobs=1, allocations=1)
+    plan = PollBudget(20_000, 0.5, clock_time(6), clock_time(19), 5.0, 300.0)
+    engine.ctx.options = replace(engine.ctx.options, poll_budget=plan)
+
+    def paused(self):
+        raise BudgetExhausted("paused", api="servicem8", retry_in=3600)
+
+    monkeypatch.setattr(ServiceM8Client, "tz", property(paused))
+    cd_sim.reset_counts()
+    engine.poll_due({"coredination": 60.0})
+    assert cd_sim.count("GET", "job.list") == 1
+    assert engine.ctx.stores.activity.cursor("polled:coredination") is not None
