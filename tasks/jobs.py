@@ -114,9 +114,11 @@ def _requeue_hint_readers(task: BridgeTask) -> None:
         return
     enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
     for obj in HINTED:
-        age = rt.stores.hints.oldest_ms(f"servicem8.{obj}")
-        if age is not None and age > 2 * window:
-            rt.stores.hints.open_window(f"servicem8.{obj}", window)
+        kind, hints = f"servicem8.{obj}", rt.stores.hints
+        age = hints.oldest_ms(kind)
+        if age is None or age <= 2 * window or hints.lease_held(kind):
+            continue  # nothing waits long, or a reader is at work on it
+        if hints.open_window(kind, window):
             enqueue.send(READ_HINTS, [obj])
 
 

@@ -66,6 +66,10 @@ local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 if #first == 0 then return false end
 return now - tonumber(first[2])
 """
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+"""
 MAX_BATCH = 1000  # hints one reader takes at once (the rest wait for the next window)
 
 
@@ -96,6 +100,7 @@ class HintStore:
         self._take = redis.register_script(_TAKE)
         self._done = redis.register_script(_DONE)
         self._oldest = redis.register_script(_OLDEST)
+        self._renew = redis.register_script(_RENEW)
 
     def _keys(self, kind: str) -> list[str]:
         k = self.keys.key
@@ -130,6 +135,13 @@ class HintStore:
             keys=[hints, times, lease], args=[batch.token, batch.upto_ms, *batch.uuids]
         )
         return int(left)
+
+    def renew(self, kind: str, token: str, lease_ms: int) -> bool:
+        """Extend this reader's lease while it still holds it (False: it lapsed)."""
+        return bool(self._renew(keys=[self.keys.key(f"hint-lease:{kind}")], args=[token, lease_ms]))
+
+    def lease_held(self, kind: str) -> bool:
+        return bool(self.r.exists(self.keys.key(f"hint-lease:{kind}")))
 
     def release(self, kind: str, token: str) -> None:
         """Give up the lease without clearing anything (the read failed: the hints wait)."""

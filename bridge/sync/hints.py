@@ -10,15 +10,16 @@ filter. The poll cursor is left alone: the read covers the hints, not everything
 
 from __future__ import annotations
 
+import threading
 import uuid as uuidlib
 from datetime import datetime, timedelta
 
-from bridge.errors import NotFound
+from bridge.errors import InvalidRecord, NotFound
 from bridge.log import get_logger
 from bridge.servicem8 import where
 from bridge.servicem8.models import JobActivity, JobAllocation
 from bridge.servicem8.translate import job_facts
-from bridge.store import HintBatch
+from bridge.store import HintBatch, HintStore
 from bridge.sync.context import SyncContext
 from bridge.sync.ingest import facts_of, parker, push_activity, push_allocation, push_job
 from mappings.stamps import StampError, parse_sm8_stamp
@@ -38,12 +39,30 @@ def read_hints(ctx: SyncContext, obj: str, lease_ms: int) -> tuple[set[str], int
     batch = hints.take(kind, uuidlib.uuid4().hex, lease_ms)
     if batch is None:
         return None
+    # The lease is short, so a reader killed at work frees its object within two windows; a
+    # thread renews it while this reader lives, however long its reads take (it dies with it).
+    stop = threading.Event()
+    keeper = threading.Thread(target=_keep, args=(hints, kind, batch.token, lease_ms, stop),
+                              name="hint-lease", daemon=True)  # fmt: skip
+    keeper.start()
     try:
         dirty = _read(ctx, obj, batch)
     except BaseException:
         hints.release(kind, batch.token)
         raise
+    finally:
+        stop.set()
+        keeper.join()
     return dirty, hints.done(kind, batch)
+
+
+def _keep(hints: HintStore, kind: str, token: str, lease_ms: int, stop: threading.Event) -> None:
+    while not stop.wait(lease_ms / 3000):
+        try:
+            if not hints.renew(kind, token, lease_ms):
+                return
+        except Exception:  # Redis away a moment: the next renewal tries again
+            log.debug("hints.lease_renew_failed", object=kind)
 
 
 def _read(ctx: SyncContext, obj: str, batch: HintBatch) -> set[str]:
@@ -89,14 +108,17 @@ def _stamp(ctx: SyncContext, text: str) -> datetime | None:
 
 def _by_id(ctx: SyncContext, obj: str, uuids: list[str]) -> set[str]:
     dirty: set[str] = set()
+    park = parker(ctx)
     for uuid in uuids:
-        if obj == "job":
-            try:
+        try:
+            if obj == "job":
                 dirty |= push_job(ctx, uuid)
-            except NotFound:
-                log.warning("push.job_missing", sm8_job_uuid=uuid)
-        elif obj == "jobactivity":
-            dirty |= push_activity(ctx, uuid)
-        else:
-            dirty |= push_allocation(ctx, uuid)
+            elif obj == "jobactivity":
+                dirty |= push_activity(ctx, uuid)
+            else:
+                dirty |= push_allocation(ctx, uuid)
+        except NotFound:
+            log.warning("push.record_missing", object=obj, sm8_record_uuid=uuid)
+        except InvalidRecord as exc:  # parked with its reason, as a poll parks it; the rest go on
+            park(exc)
     return dirty

@@ -49,8 +49,8 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
         try:
             report = _sync_locked(ctx, sm8_job, lease)
         except NotFound as exc:
-            if exc.api != "coredination":
-                raise
+            if exc.api != "coredination" or not _cd_job_gone(ctx, sm8_job):
+                raise  # a missing user answers 404 too: that is no deleted job
             # The Coredination job was deleted there (a dispatcher): the bridge's view of it is
             # dropped and the sync runs again, which creates the job afresh with the people the
             # ServiceM8 bookings name. No ServiceM8 booking is touched by the deletion.
@@ -61,6 +61,19 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
         jobs.clear_dirty(sm8_job, generation)
     ctx.stores.activity.count(report.counts)
     return report
+
+
+def _cd_job_gone(ctx: SyncContext, sm8_job: str) -> bool:
+    """Whether the linked Coredination job is gone (read to be sure: an operation's 404 may be
+    about its user)."""
+    record = ctx.stores.jobs.load(sm8_job)
+    if record.cd is None:
+        return False
+    try:
+        ctx.cd.get_job(record.cd.uuid)
+    except NotFound:
+        return True
+    return False
 
 
 def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:

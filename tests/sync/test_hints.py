@@ -143,3 +143,42 @@ def test_coredination_hints_are_queued_one_by_one_still(gathering_web):
              source="coredination")  # fmt: skip
     assert r.status_code == 200
     assert [task for task, _ in gathering_web.sent] == ["bridge.webhook.coredination_job"]
+
+
+def test_a_slow_reader_keeps_its_lease_so_no_second_reader_reads_the_same_hints(
+    engine, store, sm8_sim, cd_sim, monkeypatch
+):
+    import threading
+
+    biz = seed_business(sm8_sim, cd_sim, staff=1, jobs=1, allocations=0)
+    engine.run_cycle()
+    [made] = _activities(sm8_sim, biz, 1)
+    _hint(store, sm8_sim, made)
+    slow = engine.ctx.sm8.get_activity
+
+    def get_activity(uuid):
+        time.sleep(1.0)  # three lease spans of 300 ms
+        return slow(uuid)
+
+    monkeypatch.setattr(engine.ctx.sm8, "get_activity", get_activity)
+    reader = threading.Thread(target=engine.read_hints, args=("jobactivity", 300))
+    reader.start()
+    time.sleep(0.7)
+    assert store.hints.take("servicem8.jobactivity", "second", 300) is None  # renewed
+    reader.join()
+    assert store.hints.oldest_ms("servicem8.jobactivity") is None
+
+
+def test_an_unreadable_hinted_record_is_parked_and_does_not_hold_up_the_others(
+    engine, store, sm8_sim, cd_sim
+):
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=0)
+    engine.run_cycle()
+    bad, good = _activities(sm8_sim, biz, 2)
+    with sm8_sim.lock:
+        sm8_sim.records["jobactivity"][bad]["start_date"] = "2026-13-45 09:00:00"
+    for uuid in (bad, good):  # times the list read cannot match: both read by id
+        store.hints.add("servicem8.jobactivity", uuid, "2099-01-01 00:00:00", 500)
+    dirty, waiting = engine.read_hints("jobactivity", lease_ms=1000)
+    assert waiting == 0 and biz.jobs[1] in dirty
+    assert f"servicem8.jobactivity:{bad}" in store.parked.invalid()
