@@ -27,10 +27,11 @@ demo: $(RUNTIME_STAMP) ## both simulators, the whole bridge, live changes and a 
 run: $(RUNTIME_STAMP) ## the bridge for real: settings from the environment or .env
 	$(BIN)/bridge run
 
-# promtool (from Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml.
-# Installed here when missing; without apt-get (or root) it says how, and the tests that need it
-# skip locally and fail in CI.
-tools: ## promtool for the alert-rule tests (apt-get install prometheus when missing)
+# promtool (from Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml;
+# redis-sentinel (Debian's redis-sentinel package) runs the three sentinels of the failover tests
+# (tests/sentinel.py). Each is installed here when missing; without apt-get (or root) it says how,
+# and the tests that need it skip locally and fail in CI.
+tools: ## promtool and redis-sentinel for the alert and failover tests (apt-get when missing)
 	@if command -v promtool >/dev/null 2>&1; then \
 		echo "promtool: $$(command -v promtool)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
@@ -45,6 +46,23 @@ tools: ## promtool for the alert-rule tests (apt-get install prometheus when mis
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			prometheus >/dev/null && \
 		echo "promtool: $$(command -v promtool)"; \
+	fi
+	@if command -v redis-sentinel >/dev/null 2>&1; then \
+		echo "redis-sentinel: $$(command -v redis-sentinel)"; \
+	elif ! command -v apt-get >/dev/null 2>&1; then \
+		echo "redis-sentinel not found and apt-get is not available: install Redis's" \
+			"redis-sentinel (Debian/Ubuntu package 'redis-sentinel', or a Redis release)" \
+			"to run the failover tests"; \
+	elif [ "$$(id -u)" != 0 ]; then \
+		echo "redis-sentinel not found: run 'sudo apt-get update &&" \
+			"sudo apt-get install -y --no-install-recommends redis-sentinel' to run the" \
+			"failover tests"; \
+	else \
+		echo "redis-sentinel not found: installing Debian's redis-sentinel package"; \
+		apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			redis-sentinel >/dev/null && \
+		echo "redis-sentinel: $$(command -v redis-sentinel)"; \
 	fi
 
 lint: $(TEST_STAMP) ## ruff

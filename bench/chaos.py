@@ -4,7 +4,7 @@ Separate worker, beat and web processes on a private Redis (append-only, so its 
 nothing and nothing else is disturbed), both simulators, and a mixed stream of operations on both
 sides (flexible bookings: create, reschedule, reassign, delete; fixed bookings on the board:
 create, move, delete, open on the phone; in Coredination: schedule, on timed jobs and untimed,
-unschedule, finish) while:
+unschedule, finish, and now and then a dispatcher deleting a linked job) while:
 
 - Coredination plays its most hostile dialect throughout (no stamps, nested resources, no
   unassign, a 405 for what is missing, schedule on a finished resource ignored);
@@ -65,6 +65,7 @@ CD_KEY = "cdk-CHAOS-5ec7e7-f6e5d4c3b2a1"
 TOKEN = "whk-CHAOS-5ec7e7-0a9b8c7d6e5f"  # noqa: S105 - a fake, searched for in every output
 SECRETS = (SM8_KEY, CD_KEY, TOKEN)
 RATE = 10.0  # operations per second
+CD_DELETE_SHARE = 0.02  # of operations, a dispatcher deleting a linked job in Coredination
 
 
 @dataclass
@@ -77,6 +78,9 @@ class ChaosReport:
     resurrected: int = 0  # records a DELETE sent twice brought back (the office never restores)
     dead_letters: int = 0
     reconciled: int = 0  # drifted pairs the final reconcile found (what webhooks and polls missed)
+    held: int = 0  # pairs held by the return-visit rule (Coredination kept a resource at work)
+    deleted_in_cd: int = 0  # jobs a dispatcher deleted that wait for the office (deletion rule)
+    unreported: list[str] = field(default_factory=list)  # of those, the ones status lacks
     converge_seconds: float = 0.0
     secrets_found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -89,7 +93,7 @@ class ChaosReport:
     @property
     def clean(self) -> bool:
         return not (self.lost or self.duplicated or self.diverged or self.resurrected
-                    or self.secrets_found)  # fmt: skip
+                    or self.secrets_found or self.unreported)  # fmt: skip
 
 
 class Chaos:
@@ -116,6 +120,9 @@ class Chaos:
         stack = Stack(self.workdir / "stack", url, self.sm8, self.cd, sm8_key=SM8_KEY,
                       cd_key=CD_KEY, WEBHOOK_TOKEN=TOKEN, SERVICEM8_POLL_SECONDS="3",
                       COREDINATION_POLL_SECONDS="3", POLL_SECONDS_WITH_WEBHOOKS="3",
+                      # a census at every poll: a deletion whose webhook was dropped is seen
+                      # within a poll, as the deletion rule's done-when asks
+                      COREDINATION_CENSUS_SECONDS="3",
                       STAFF_MATCH_SECONDS="10", HTTP_READ_TIMEOUT="1.5",
                       SERVICEM8_RATE_PER_MINUTE="1200", COREDINATION_RATE_PER_MINUTE="100000",
                       LOG_LEVEL="INFO")  # fmt: skip
@@ -242,6 +249,8 @@ class Chaos:
             op = self.rng.choice(["create", "reschedule", "reassign", "delete", "fixed_create",
                                   "fixed_move", "fixed_delete", "open", "schedule",
                                   "unschedule", "finish"])  # fmt: skip
+            if self.rng.random() < CD_DELETE_SHARE:
+                op = "cd_delete"
             try:
                 done = getattr(self, f"_op_{op}")(biz, ns, users)
             except Exception as exc:  # the simulators refuse an impossible operation
@@ -382,6 +391,16 @@ class Chaos:
         self.cd.user_action(cd_job, str(self.rng.choice(present)), "FINISHED")
         return True
 
+    def _op_cd_delete(self, biz: Business, ns: Any, users: dict[str, Any]) -> bool:
+        """A dispatcher deletes a linked job in Coredination (its webhook, a DELETE event, may
+        be dropped like any other)."""
+        picked = self._cd_pick(biz, ns)
+        if picked is None:
+            return False
+        with self.cd.lock:
+            self.cd.delete_job(picked[1])
+        return True
+
     # --- the verdict ---------------------------------------------------------------------------
     def _wait_quiet(self, stack: Stack) -> None:
         """Until nothing is queued, dirty or waiting in the webhook deliverers (or 120 s)."""
@@ -419,6 +438,19 @@ class Chaos:
                     f"  {a['uuid']} date {when} done {a.get('completion_timestamp')} "
                     f"edited {a['edit_date']}"
                 )
+        # Pairs the rules leave as they are must each be in ``bridge status`` with the reason.
+        pending = stack.stores.parked.pending()
+        self.report.held = len(result.held)
+        self.report.deleted_in_cd = len(result.deleted_in_cd)
+        for job, staff in result.held:
+            if "Coredination keeps the user" not in pending.get(f"{job}|{staff}", {}).get(
+                "reason", ""
+            ):
+                self.report.unreported.append(f"held job {job[:8]} staff {staff[:8]}")
+        for job in result.deleted_in_cd:
+            if f"{job}|cd-deleted" not in pending:
+                self.report.unreported.append(f"deleted in Coredination: job {job[:8]}")
+        self.report.problems += self.report.unreported[:20]
         self.report.dead_letters = stack.stores.work.dead_letter_count()
         self.report.resurrected = sum(self.sm8.restored.values())
         if self.report.resurrected:
@@ -467,6 +499,9 @@ def main(
                   f"diverged: {report.diverged}   resurrected: {report.resurrected}   "
                   f"dead letters: {report.dead_letters}")  # fmt: skip
     console.print(f"drift left for the final reconcile: {report.reconciled} pair(s)")
+    console.print(f"held by the rules, each listed in status: {report.held} pair(s) kept at work"
+                  f" in Coredination, {report.deleted_in_cd} job(s) deleted there waiting for the"
+                  f" office; not listed: {len(report.unreported)}")  # fmt: skip
     console.print(f"time to converge after the faults stopped: {report.converge_seconds:.1f} s")
     console.print(f"secrets found in output: {len(report.secrets_found)} {report.secrets_found}")
     for problem in report.problems[:40]:

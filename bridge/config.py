@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import time
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,6 +48,18 @@ class Settings(BaseSettings):
     # --- the bridge ------------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(
         None, description="Redis for broker, links and budgets; unset: an embedded Redis."
+    )
+    redis_sentinel_master: str = Field(
+        "mymaster",
+        min_length=1,
+        description="The Sentinel master name, for a REDIS_URL naming a Sentinel group "
+        "(sentinel://[:password@]host1:26379,host2:26379/db, bridge/redis_conn.py) without "
+        "?master=NAME.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="Password of the sentinels themselves (their requirepass), for a "
+        "sentinel:// REDIS_URL; the password in the URL is the Redis data nodes'.",
     )
     webhook_token: SecretStr | None = Field(
         None, description="Secret carried in webhook callback URLs; required by the web receiver."
@@ -118,6 +130,13 @@ class Settings(BaseSettings):
     poll_min_seconds: float = Field(5.0, gt=0, description="Shortest planned poll interval.")
     poll_max_seconds: float = Field(300.0, gt=0, description="Longest planned poll interval.")
     coredination_poll_seconds: float = Field(60.0, gt=0, description="Coredination poll interval.")
+    coredination_census_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="How often a Coredination poll lists every job instead of the changed ones: "
+        "a job deleted there shows by its absence (set it to COREDINATION_POLL_SECONDS to notice "
+        "at every poll, at one whole list per poll). 0: never.",
+    )
     poll_seconds_with_webhooks: float = Field(
         300.0,
         ge=0,
@@ -198,12 +217,19 @@ class Settings(BaseSettings):
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log redactor."""
-        values = [self.servicem8_api_key, self.coredination_api_key, self.webhook_token]
+        values = [
+            self.servicem8_api_key,
+            self.coredination_api_key,
+            self.webhook_token,
+            self.redis_sentinel_password,
+        ]
         secrets = [v.get_secret_value() for v in values if v is not None]
         if self.redis_url is not None:
-            password = urlsplit(self.redis_url.get_secret_value()).password
-            if password:
-                secrets.append(password)
+            parts = urlsplit(self.redis_url.get_secret_value())
+            if parts.password:
+                secrets.append(parts.password)
+            # A sentinel:// URL may carry the sentinels' password too (bridge/redis_conn.py).
+            secrets += parse_qs(parts.query).get("sentinel_password", [])
         return [s for s in secrets if s]
 
 

@@ -10,6 +10,7 @@ from zoneinfo import ZoneInfo
 
 import redis
 
+from bridge import redis_conn
 from bridge.accounts import AccountIds, key_digest
 from bridge.config import Settings
 from bridge.coredination import CoredinationClient
@@ -49,11 +50,24 @@ class Runtime:
 
 
 def resolve_redis(settings: Settings) -> tuple[str, EmbeddedRedis | None]:
-    """``REDIS_URL``, or an embedded server in the state folder when it is unset."""
+    """``REDIS_URL``, or an embedded server in the state folder when it is unset. A Sentinel
+    URL comes back with the master's name (and the sentinels' password) written in, so the
+    processes and senders handed only the URL reach the same group."""
     if settings.redis_url is not None:
-        return settings.redis_url.get_secret_value(), None
+        return with_sentinel_settings(settings, settings.redis_url.get_secret_value()), None
     server = EmbeddedRedis(settings.bridge_state_dir / "redis").start()
     return server.url, server
+
+
+def with_sentinel_settings(settings: Settings, redis_url: str) -> str:
+    """``redis_url`` with ``REDIS_SENTINEL_MASTER``/``REDIS_SENTINEL_PASSWORD`` written into it
+    when it names a Sentinel group that does not say them itself; other URLs unchanged."""
+    password = settings.redis_sentinel_password
+    return redis_conn.with_settings(
+        redis_url,
+        settings.redis_sentinel_master,
+        password.get_secret_value() if password is not None else None,
+    )
 
 
 def build(
@@ -70,10 +84,12 @@ def build(
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
+    redis_url = with_sentinel_settings(settings, redis_url)
+    client = redis_conn.client(redis_url, health_check_interval=30)  # ConfigError: malformed
     try:
-        client = redis.Redis.from_url(redis_url, health_check_interval=30)
         client.ping()
     except redis.RedisError as exc:
+        client.close()
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
     stores = Stores.connect(client, settings.bridge_connection_id)
     stores.upgrade_layout()  # links kept by an earlier build, moved once (no-op afterwards)
@@ -132,6 +148,7 @@ def build(
         pull_booking=settings.servicem8_pull_booking,
         lock_seconds=2 * settings.http_read_timeout + 5,
         poll_budget=None if settings.servicem8_poll_seconds else _poll_budget(settings),
+        cd_census_seconds=settings.coredination_census_seconds,
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget)
     _apply_probe(stores.activity.probe(), cd_client)

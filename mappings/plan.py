@@ -48,11 +48,60 @@ class UpsertJob:
     creates: bool  # the bridge holds no Coredination view of this job yet
 
 
+# Resource states at work: what ``schedule`` or ``assign`` does to them is not documented
+# (docs/coredination-api.md#resources), so the bridge reads the job back after sending one.
+AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
+
+
 @dataclass(frozen=True)
 class ResourceOp:
     user: int
     op: CdOp
     state_after: str | None  # the user's resource state once done (None: removed)
+    before: str | None = None  # the state it was planned against (None: no resource)
+
+    @property
+    def uncertain(self) -> bool:
+        """Whether the op may not take: ``schedule`` or ``assign`` on a resource at work."""
+        return self.op in ("schedule", "assign") and (self.before or "").upper() in AT_WORK
+
+
+ReadBack = Literal["took", "ignored", "moved"]
+
+
+def read_back(op: ResourceOp, seen: str | None) -> ReadBack:
+    """What the job read back after ``op`` says of it: the user is where the op puts them
+    (``took``), exactly as before (``ignored``: Coredination kept them), or elsewhere
+    (``moved``: someone acted meanwhile; the bridge decides again with the fresh view)."""
+    if cd_presence(seen) == (cd_presence(op.state_after) or Presence.ABSENT):
+        return "took"
+    if (seen or "").upper() == (op.before or "").upper():
+        return "ignored"
+    return "moved"
+
+
+def held_reason(state: str | None, sm8: Presence) -> str:
+    """Why a held pair stays as it is (``bridge status``): the return-visit rule."""
+    state = (state or "").upper()
+    if state == "FINISHED":
+        return (
+            "return visit: booked again in ServiceM8, but Coredination keeps the user FINISHED"
+            " on this job; dispatch the visit in Coredination (held until either side changes)"
+        )
+    return (
+        f"Coredination keeps the user {state[:20]} (at work) and did not take the change to"
+        f" {sm8.value}; held until either side changes"
+    )
+
+
+def hold(plan: PairPlan, seen: str | None) -> None:
+    """Coredination ignored the pair's op on a resource at work: the pair is held as both
+    sides now are, with the reason parked, and is left alone until one of them changes."""
+    assert plan.snapshot is not None
+    sm8 = plan.snapshot.sm8
+    plan.snapshot = PairSnapshot(sm8, cd_presence(seen) or Presence.ABSENT, held=True)
+    plan.park = Park(plan.staff, held_reason(seen, sm8))
+    plan.skipped = "held.at_work"
 
 
 @dataclass(frozen=True)
@@ -94,6 +143,22 @@ def job_deleted(record: JobRecord) -> bool:
     """The ServiceM8 job is deleted (``active = 0``): nobody is booked on it, whatever its
     bookings say, until it is restored."""
     return record.details is not None and not record.details.active
+
+
+def deleted_since(view: CdView, now_ms: int) -> int:
+    """The earliest a Coredination job found gone can have been deleted: its last change the
+    bridge knows of (else now). A ServiceM8 change after it re-creates the job."""
+    known = [t for t in (view.modified_ms, *view.changed_ms.values()) if t is not None]
+    return max(known) if known else now_ms
+
+
+def booked_since(record: JobRecord, since_ms: int) -> bool:
+    """A booking on the job changed in ServiceM8 after ``since_ms`` (a change of the fields the
+    rules read: opening a booking on the phone is none). ServiceM8 stamps whole seconds, so a
+    change within the second before counts too: better a job created once more than an office
+    change left out."""
+    return any(a.edited_ms is not None and a.edited_ms + 1000 > since_ms
+               for a in record.allocations.values())  # fmt: skip
 
 
 def needs_link(record: JobRecord, now_ms: int) -> bool:
@@ -188,6 +253,15 @@ def plan_pair(
         return plan
     plan.park = Park(staff, None)
     cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
+    snapshot = record.pairs.get(staff)
+    if (not deleted and snapshot is not None and snapshot.held
+            and (snapshot.sm8, snapshot.cd) == (sm8.presence, cd.presence)):  # fmt: skip
+        # Held (Coredination ignored our write to a resource at work): neither side has moved
+        # since, so nothing is sent again and the reason stays parked.
+        plan.direction, plan.snapshot, plan.skipped = "in_step", snapshot, "held.at_work"
+        plan.park = Park(staff, held_reason(state, sm8.presence))
+        plan.writes += _follow(view, facts, tz, now_ms)
+        return plan
     if deleted:  # nobody goes to work that no longer exists, and nobody is booked onto it
         # (work finished before the job was deleted is history: it stays as it is)
         left = cd.presence in (Presence.ABSENT, Presence.FINISHED)
@@ -213,7 +287,7 @@ def plan_pair(
         after = state
         if op is not None:
             after = cd_state_after(op)
-            plan.writes.append(ResourceOp(user, op, after))
+            plan.writes.append(ResourceOp(user, op, after, before=state))
         plan.snapshot = PairSnapshot(sm8.presence, cd_presence(after) or Presence.ABSENT)
         return plan
     plan.direction = "pull"

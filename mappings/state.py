@@ -15,10 +15,14 @@ from mappings.presence import Presence
 
 @dataclass(frozen=True)
 class PairSnapshot:
-    """Both sides' presence when the pair was last in step."""
+    """Both sides' presence when the pair was last in step. ``held``: not in step, and kept so
+    on purpose: Coredination ignored the bridge's write to a resource at work (read back), and
+    the pair stays as both sides hold it until one of them changes (``mappings.plan``, the
+    return-visit rule in docs/coredination-api.md#resources)."""
 
     sm8: Presence
     cd: Presence
+    held: bool = False
 
 
 @dataclass

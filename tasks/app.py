@@ -44,6 +44,7 @@ from celery import Celery, current_app
 from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun
 from kombu.entity import Queue
 
+from bridge import redis_conn
 from bridge.config import Settings, load_settings
 from bridge.errors import ConfigError
 from bridge.log import configure_logging
@@ -59,7 +60,7 @@ from bridge.queues import (
     task_routes,
     transport_options,
 )
-from bridge.runtime import Runtime, build
+from bridge.runtime import Runtime, build, with_sentinel_settings
 from bridge.store.activity import ActivityStore
 from bridge.store.keys import ALIVE_SECONDS, Keys
 
@@ -92,7 +93,26 @@ FIXED: dict[str, Any] = {
 
 
 def _redis_url(settings: Settings) -> str:
-    return settings.redis_url.get_secret_value() if settings.redis_url else ""
+    """``REDIS_URL``; a Sentinel one with the master's name written in (bridge/redis_conn.py)."""
+    if settings.redis_url is None:
+        return ""
+    return with_sentinel_settings(settings, settings.redis_url.get_secret_value())
+
+
+def _broker(settings: Settings) -> dict[str, Any]:
+    """``broker_url`` and ``broker_transport_options``: for one Redis, ``REDIS_URL`` and the
+    bridge's transport options as they are; for a Sentinel group, kombu's form of it with the
+    same transport options and the master's name."""
+    return redis_conn.broker_settings(
+        _redis_url(settings), transport_options(settings.bridge_connection_id)
+    )
+
+
+def _redbeat(settings: Settings) -> dict[str, Any]:
+    """``redbeat_redis_url`` and ``redbeat_redis_options``. The options are set, empty for one
+    Redis, so redbeat stops falling back to (and warning about) the broker's transport options;
+    for a Sentinel group they hold the sentinels and the master's name."""
+    return redis_conn.redbeat_settings(_redis_url(settings))
 
 
 def _poll_tick(settings: Settings) -> float:
@@ -129,12 +149,13 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 # Values that come from the settings, each computed on its first read.
 FROM_SETTINGS: dict[str, Callable[[Settings], Any]] = {
-    "broker_url": _redis_url,
-    "broker_transport_options": lambda s: transport_options(s.bridge_connection_id),
+    "broker_url": lambda s: _broker(s)["broker_url"],
+    "broker_transport_options": lambda s: _broker(s)["broker_transport_options"],
     "task_queues": _queues,
     "task_default_queue": lambda s: queue_name(s.bridge_connection_id, "sync"),
     "task_routes": lambda s: task_routes(s.bridge_connection_id),
-    "redbeat_redis_url": _redis_url,
+    "redbeat_redis_url": lambda s: _redbeat(s)["redbeat_redis_url"],
+    "redbeat_redis_options": lambda s: _redbeat(s)["redbeat_redis_options"],
     "redbeat_key_prefix": lambda s: Keys(s.bridge_connection_id).redbeat_prefix,
     "redbeat_lock_timeout": lambda s: max(30, int(3 * min(_sm8_poll(s), 60))),
     "beat_max_loop_interval": lambda s: min(5.0, _poll_tick(s) / 2),
@@ -156,6 +177,11 @@ def checked(settings: Settings | None) -> Settings:
             "('bridge run' starts an embedded Redis and sets it for them)\n"
         )
         raise SystemExit(2)
+    try:
+        redis_conn.check(settings.redis_url.get_secret_value())
+    except ConfigError as exc:  # the message names the hosts, never a password
+        sys.stderr.write(f"error: {exc}\n")
+        raise SystemExit(2) from None
     return settings
 
 
@@ -213,6 +239,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
         self.servicem8_gate: ServiceM8Gate = servicem8_gate
         self._runtime: tuple[int, Runtime] | None = None
         self._alive: ActivityStore | None = None
+        self._redbeat_redis: Any = None
         super().__init__(main, config_source=self.bridge_config, **kwargs)
 
     def __reduce_keys__(self) -> dict[str, Any]:
@@ -220,6 +247,23 @@ class BridgeApp(Celery):  # type: ignore[misc]
 
     def bridge_settings(self) -> Settings:
         return self.bridge_config.settings()
+
+    @property
+    def redbeat_redis(self) -> Any:
+        """Beat's Redis client: ``redbeat.schedulers.get_redis`` takes it from this attribute
+        when it is set, else builds one and sets it. For a Sentinel group it is the bridge's
+        own master client (bridge/redis_conn.py), which retries across a failover: redbeat's
+        retries nothing on its Sentinel connections, so renewing beat's lock during a failover
+        ended beat. For one Redis it stays redbeat's own."""
+        if self._redbeat_redis is None:
+            url = _redis_url(self.bridge_settings())
+            if redis_conn.is_sentinel(url):
+                self._redbeat_redis = redis_conn.client(url, decode_responses=True)
+        return self._redbeat_redis
+
+    @redbeat_redis.setter
+    def redbeat_redis(self, client: Any) -> None:
+        self._redbeat_redis = client
 
     def bridge_runtime(self) -> Runtime:
         """This process's runtime, built on first use (after the prefork fork, never before)."""
@@ -236,7 +280,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
             if self._alive is None:
                 settings = self.bridge_settings()
                 self._alive = ActivityStore(
-                    redis.Redis.from_url(_redis_url(settings)), Keys(settings.bridge_connection_id)
+                    redis_conn.client(_redis_url(settings)), Keys(settings.bridge_connection_id)
                 )
             self._alive.heartbeat(worker, time.time(), ALIVE_SECONDS)
 

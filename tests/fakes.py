@@ -131,8 +131,16 @@ class FakeServiceM8:
         return self._put("jobactivity", None, fields)
 
     def move_fixed(self, uuid: str, start: datetime, end: datetime) -> None:
+        """The office moves a fixed booking; one the bridge made is the office's from then on
+        (README: a fixed booking the office moves is never moved from Coredination again), so
+        it is no longer the bridge's copy next to the office's own."""
+        before = dict(self.records["jobactivity"].get(uuid, {}))
         self._put("jobactivity", uuid, {"start_date": start, "end_date": end,
                                         "has_been_opened": 0})  # fmt: skip
+        after = self.records["jobactivity"][uuid]
+        if (before.get("start_date"), before.get("end_date")) != (after["start_date"],
+                                                                  after["end_date"]):  # fmt: skip
+            self.by_bridge.discard(uuid)
 
     def open_booking(self, uuid: str) -> None:
         """The booked person opens it on the phone: edit_date moves, nothing the rules read."""
@@ -254,6 +262,8 @@ class FakeCoredination:
         self.at_work = at_work
         self.users: dict[int, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}  # by uuid
+        # (job uuid, user) → the op last kept out of a resource at work, until it next changes
+        self.ignored: dict[tuple[str, int], str] = {}
         self._next = 100_000
 
     def writes(self) -> int:
@@ -296,6 +306,7 @@ class FakeCoredination:
         current = next((r for r in job["resources"] if r["userId"] == user), None)
         if (current["state"] if current else None) == state:
             return False
+        self.ignored.pop((job["uuid"], user), None)
         if state is None:
             job["resources"].remove(current)
         elif current is None:
@@ -313,6 +324,7 @@ class FakeCoredination:
             raise NotFound(f"User {user} not found", api="coredination", status=404)
         at_work = self.resources(job["uuid"]).get(user) in self.AT_WORK
         if op in ("schedule", "assign") and at_work and self.at_work == "kept":
+            self.ignored[(job["uuid"], user)] = op
             return  # a resource already at work stays as it is (the simulator's reading)
         self._set(job, user, {"schedule": "SCHEDULED", "assign": "ASSIGNED"}.get(op), op.upper())
 

@@ -44,20 +44,52 @@ def sync(
     once: Annotated[
         bool, typer.Option("--once", help="Run one full cycle both ways, then exit.")
     ] = False,
+    job: Annotated[
+        str | None,
+        typer.Option(
+            "--job",
+            metavar="SM8_JOB_UUID",
+            help="Sync this one ServiceM8 job now. A job whose Coredination job a dispatcher "
+            "deleted is created there again.",
+        ),
+    ] = None,
 ) -> None:
-    """One complete cycle both ways without Celery: staff map, both polls, every changed job.
+    """One complete cycle both ways without Celery: staff map, both polls, every changed job;
+    or, with --job, one job.
 
     For cron, debugging and tests. Exit 0 when every job went through, 1 when any failed (it
     stays marked and is tried again next time).
     """
-    if not once:
-        fail("say --once (continuous syncing is 'bridge run')", 2)
+    if not once and job is None:
+        fail("say --once or --job SM8_JOB_UUID (continuous syncing is 'bridge run')", 2)
+    if job is not None:
+        _sync_one(job.strip().lower())
+        return
     with command_runtime() as rt:
         report = rt.engine.run_cycle()
     print_report(dict(report.counts))
     failed = sum(n for k, n in report.counts.items() if k.startswith("failed."))
     if failed:
         fail(f"{failed} job(s) failed; they stay queued for the next cycle", 1)
+
+
+def _sync_one(job: str) -> None:
+    from bridge.store.codec import id_bytes
+    from bridge.sync.context import CD_DELETED
+
+    if id_bytes(job) is None:
+        fail(f"--job: {job[:60]!r} is not a ServiceM8 job uuid", 2)
+    with command_runtime() as rt:
+        parked = rt.stores.parked
+        if parked.pending_entry(job, CD_DELETED) is not None:
+            parked.clear_pending(job, CD_DELETED)  # the operator's choice: create it again
+            out.print("deleted in Coredination: creating it again")
+        try:
+            report = rt.engine.sync_job(job)
+        except ApiError as exc:
+            rt.stores.jobs.mark_dirty([job])  # tried again by the next cycle
+            fail(f"job {job} failed: {exc}", 1)
+    print_report(dict(report.counts))
 
 
 @app.command()

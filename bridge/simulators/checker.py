@@ -36,6 +36,13 @@ class Convergence:
     missing_in_sm8: list[str] = field(default_factory=list)
     disagree: list[str] = field(default_factory=list)
     duplicates: list[str] = field(default_factory=list)
+    # Pairs not in step because Coredination kept a resource at work out of the last schedule
+    # or assign on it (the simulator says so): the bridge holds them, and must report them
+    # (the return-visit rule, docs/coredination-api.md#resources). No disagreement.
+    held: list[tuple[str, str]] = field(default_factory=list)  # (ServiceM8 job, staff)
+    # Jobs whose Coredination job a dispatcher deleted, with no ServiceM8 change to a booking on
+    # them since: they stay deleted there (the deletion rule), and the bridge must report them.
+    deleted_in_cd: list[str] = field(default_factory=list)  # ServiceM8 jobs
 
     @property
     def problems(self) -> list[str]:
@@ -80,6 +87,21 @@ def _facts(row: dict[str, Any], tz: tzinfo, obj: str = "joballocation") -> Alloc
     )
 
 
+def _waits_for_the_office(
+    bookings: list[AllocationFacts],
+    sm8: ServiceM8Simulator,
+    cd: CoredinationSimulator,
+    cd_uuid: str,
+) -> bool:
+    """A dispatcher deleted the job in Coredination and no booking on it has changed in
+    ServiceM8 since (opening one on the phone is no change; stamps are whole seconds, so one in
+    the deletion's second is taken as after it)."""
+    deleted = cd.deleted_jobs.get(cd_uuid)
+    if deleted is None:
+        return False
+    return all(sm8.changed_ms.get(a.uuid, 0) < deleted // 1000 * 1000 for a in bookings)
+
+
 def check(
     sm8: ServiceM8Simulator, cd: CoredinationSimulator, ns: UUID, now_ms: int | None = None
 ) -> Convergence:
@@ -114,6 +136,9 @@ def check(
                 if staff is not None:
                     pairs.setdefault((sm8_job, staff), [])
         linked_jobs: set[str] = set()
+        job_bookings: dict[str, list[AllocationFacts]] = defaultdict(list)
+        for (job, _), rows in pairs.items():
+            job_bookings[job] += rows
         for (job, staff), allocations in sorted(pairs.items()):
             user = staff_user.get(staff)
             s_presence = sm8_presence(allocations, now_ms)
@@ -143,6 +168,11 @@ def check(
             if pair_in_step(allocations, c_presence, now_ms):
                 key = s_presence.value
                 result.by_presence[key] = result.by_presence.get(key, 0) + 1
+            elif cd_job is not None and (cd_uuid, user) in cd.kept_at_work:
+                result.held.append((job, staff))
+            elif cd_job is None and _waits_for_the_office(job_bookings[job], sm8, cd, cd_uuid):
+                if job not in result.deleted_in_cd:
+                    result.deleted_in_cd.append(job)
             elif c_presence == Presence.ABSENT:
                 result.missing_in_cd.append(f"{name}: {s_presence} in ServiceM8, none in CD")
             elif s_presence == Presence.ABSENT:

@@ -77,6 +77,7 @@ LIST_OMITS = {"events", "signature", "documents", "items", "customFields"}
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 RESOURCE_EVENT = {"ACCEPTED": "ACCEPT", "DECLINED": "DECLINE"}
 # States a schedule / an assign replaces; any other state is a person already at work.
+AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
 SCHEDULE_REPLACES = ("UNASSIGNED", "DECLINED", "ASSIGNED", "CANCELED", "INACTIVE")
 ASSIGN_REPLACES = ("UNASSIGNED", "DECLINED", "SCHEDULED", "CANCELED", "INACTIVE")
 # The wire names of a job's (change, creation) stamps under each ``stamps`` reading.
@@ -207,6 +208,8 @@ class CoredinationSimulator(SimServer):
         self.users: dict[int, dict[str, Any]] = {}
         self.jobs: dict[int, dict[str, Any]] = {}
         self.by_uuid: dict[str, int] = {}
+        self.kept_at_work: dict[tuple[str, int], str] = {}  # (job uuid, user id) → op kept out
+        self.deleted_jobs: dict[str, int] = {}  # job uuid → when it was deleted (until created)
         self.webhooks: dict[int, dict[str, Any]] = {}
         self._next = {
             "user": 2_000_000,
@@ -397,12 +400,23 @@ class CoredinationSimulator(SimServer):
         self._event(job, "DELETE")
         del self.jobs[job["id"]]
         del self.by_uuid[job["uuid"]]
+        for key in [k for k in self.kept_at_work if k[0] == job["uuid"]]:
+            del self.kept_at_work[key]
+        self.deleted_jobs[job["uuid"]] = self.now_ms()
+
+    def _kept(self, job: dict[str, Any], user: dict[str, Any], op: str, state: str) -> None:
+        """An op that left a resource at work as it was: remembered (for the checker, which
+        accepts such a pair as held) until the resource next changes."""
+        if state in AT_WORK:
+            self.kept_at_work[(job["uuid"], user["id"])] = op
 
     def set_resource(
         self, job: dict[str, Any], user: dict[str, Any], state: str | None, event_type: str
     ) -> bool:
         """Put ``user`` in ``state`` on ``job`` (None removes it). False if nothing changed."""
         current = next((r for r in job["resources"] if r["userId"] == user["id"]), None)
+        if (current["state"] if current else None) != state:
+            self.kept_at_work.pop((job["uuid"], user["id"]), None)
         if state is None:
             if current is None:
                 return False
@@ -443,10 +457,12 @@ class CoredinationSimulator(SimServer):
             # a finished one as the dialect says.
             again = state == "FINISHED" and self.dialect.schedule_finished == "applied"
             if state is not None and state not in SCHEDULE_REPLACES and not again:
+                self._kept(job, user, op, state)
                 return
             self.set_resource(job, user, "SCHEDULED", "SCHEDULE")
         elif op == "assign":
             if state is not None and state not in ASSIGN_REPLACES:
+                self._kept(job, user, op, state)
                 return
             self.set_resource(job, user, "ASSIGNED", "ASSIGN")
         elif op == "unschedule":
@@ -580,6 +596,7 @@ class CoredinationSimulator(SimServer):
                 if not UUID.match(ref):
                     raise
                 job = self.create_job(req.json() or {}, uuid=ref)
+                self.deleted_jobs.pop(job["uuid"], None)
                 return SimReply(200, self.wire_job(job))
             return SimReply(200, self.wire_job(self.update_job(job, req.json() or {})))
 
@@ -742,6 +759,8 @@ class CoredinationSimulator(SimServer):
             self.users.clear()
             self.jobs.clear()
             self.by_uuid.clear()
+            self.kept_at_work.clear()
+            self.deleted_jobs.clear()
             self.webhooks.clear()
             self.reset_counts()
             self.limiter.clear()

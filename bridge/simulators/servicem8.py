@@ -15,10 +15,12 @@ plays (docs/servicem8-api.md#open-questions). Its defaults are the readings the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
 import uuid as uuidlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -335,6 +337,11 @@ class ServiceM8Simulator(SimServer):
         self.failures: dict[str, int] = {}
         self.deactivated = 0  # subscriptions deactivated for failed deliveries
         self.restored: dict[str, int] = {}  # object → records a DELETE restored (delete_restores)
+        # record uuid → when a person (not an API client) last changed a field other than the
+        # opened flag and stamps (epoch ms): for the checker, which must tell an office change
+        # from the bridge's own write or a booking opened on the phone
+        self.changed_ms: dict[str, int] = {}
+        self._api = threading.local()  # set while a request from an API client writes
         self.event_subscriptions: list[dict[str, Any]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
         self.vendor_uuid = str(uuidlib.uuid4())
@@ -502,6 +509,14 @@ class ServiceM8Simulator(SimServer):
             self.restored[obj] = self.restored.get(obj, 0) + 1
         self._write(obj, {**existing, "active": 1 if restore else 0}, existing)
 
+    @contextlib.contextmanager
+    def _api_write(self) -> Iterator[None]:
+        self._api.writing = True
+        try:
+            yield
+        finally:
+            self._api.writing = False
+
     def open_booking(self, obj: str, uuid: str) -> None:
         """The booked person opens the booking on their phone: ServiceM8 records that it was
         opened, which edits the record and moves its ``edit_date`` (docs/servicem8-api.md#bookings),
@@ -527,6 +542,10 @@ class ServiceM8Simulator(SimServer):
         record["edit_date"] = self.stamp()
         self._put(obj, record)
         changed = sorted(k for k, v in record.items() if before.get(k) != v and k != "edit_date")
+        by_person = not getattr(self._api, "writing", False)
+        if by_person and set(changed) - {"has_been_opened", "has_been_opened_timestamp",
+                                         "read_timestamp"}:  # fmt: skip
+            self.changed_ms[record["uuid"]] = int(self.now() * 1000)
         self._notify(obj, record, changed)
 
     def _refusal(self, exc: SimError) -> SimReply:
@@ -650,7 +669,8 @@ class ServiceM8Simulator(SimServer):
             if self.dialect.record_uuid_header == "server":  # a uuid of its own, whatever is sent
                 data = {k: v for k, v in data.items() if k != "uuid"}
             try:
-                uuid = self.create(p["obj"], data)
+                with self._api_write():
+                    uuid = self.create(p["obj"], data)
             except SimError as exc:
                 return self._refusal(exc)
             return SimReply(200, {"errorCode": 0, "message": "OK"}, {"x-record-uuid": uuid})
@@ -660,7 +680,8 @@ class ServiceM8Simulator(SimServer):
                 raise SimError(405, "Method not allowed")
             data = req.fields()
             try:
-                self.update(p["obj"], p["uuid"], data)
+                with self._api_write():
+                    self.update(p["obj"], p["uuid"], data)
             except SimError as exc:
                 return self._refusal(exc)
             return SimReply(200, {"errorCode": 0, "message": "OK"})
@@ -668,7 +689,8 @@ class ServiceM8Simulator(SimServer):
         def delete(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["obj"] in READ_ONLY_OBJECTS:
                 raise SimError(405, "Method not allowed")
-            self.delete(p["obj"], p["uuid"])
+            with self._api_write():
+                self.delete(p["obj"], p["uuid"])
             self._maybe_lose_answer()
             return SimReply(200, {"errorCode": 0, "message": "OK"})
 
@@ -856,6 +878,7 @@ class ServiceM8Simulator(SimServer):
             self.order = {obj: {} for obj in OBJECTS}
             self.subscriptions.clear()
             self.event_subscriptions.clear()
+            self.changed_ms.clear()
             self.failures.clear()
             self.deactivated = 0
             self._put("vendor", vendor)

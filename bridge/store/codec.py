@@ -26,7 +26,7 @@ written before a field was appended reads that field as the dataclass's default.
                          modified, start, end, all day] (the last two appended
                          with fixed bookings, left off while they hold their defaults)
     fields_fp    None | the fingerprint of the job body last written, as bytes when it is hex
-    pairs        {staff: sm8 presence * 4 + cd presence}
+    pairs        {staff: sm8 presence * 4 + cd presence, + 16 when held}
 
 Times are epoch milliseconds counted from ``EPOCH_MS`` and folded so that whole seconds (every
 ServiceM8 stamp) fit in four bytes: ``2 * seconds`` when the time is a whole second, else
@@ -64,6 +64,7 @@ CD_STATES = (
 PRESENCES = (Presence.ABSENT, Presence.ASSIGNED, Presence.SCHEDULED, Presence.FINISHED)
 _STATE_CODE = {s: i for i, s in enumerate(CD_STATES)}
 _PRESENCE_CODE = {p: i for i, p in enumerate(PRESENCES)}
+HELD = 16  # added to a pair's code when its snapshot is held (an older record has none)
 
 # The stored order of each class's fields. Append only: a record names fields by position.
 LAYOUT: dict[type, tuple[str, ...]] = {
@@ -196,7 +197,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
         if record.fields_fp is None
         else _hex_bytes(record.fields_fp) or record.fields_fp,
         "pairs": {
-            enc.staff[name]: _PRESENCE_CODE[p.sm8] * 4 + _PRESENCE_CODE[p.cd]
+            enc.staff[name]: _PRESENCE_CODE[p.sm8] * 4 + _PRESENCE_CODE[p.cd] + HELD * p.held
             for name, p in record.pairs.items()
         },
     }
@@ -270,7 +271,9 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
     fp = parts["fields_fp"]
     record.fields_fp = fp.hex() if isinstance(fp, bytes) else fp
     record.pairs = {
-        staff[who]: PairSnapshot(PRESENCES[code // 4], PRESENCES[code % 4])
+        staff[who]: PairSnapshot(
+            PRESENCES[code % HELD // 4], PRESENCES[code % 4], held=code >= HELD
+        )
         for who, code in parts["pairs"].items()
     }
     return record

@@ -56,6 +56,34 @@ for i = 2, #KEYS do n = n + redis.call('HLEN', KEYS[i]) end
 redis.call('SET', KEYS[1], n)
 return n
 """
+# A reverse link by Coredination job uuid, written or removed with the count of them kept in the
+# same step (a count not made yet is left to ``_RECOUNT_LINKS``). KEYS: the bucket, the count.
+# ARGV: the field, and the target ('' removes the link).
+_LINK = """
+if ARGV[2] == '' then
+  if redis.call('HDEL', KEYS[1], ARGV[1]) == 1 and redis.call('EXISTS', KEYS[2]) == 1 then
+    redis.call('DECR', KEYS[2])
+  end
+elseif redis.call('HSET', KEYS[1], ARGV[1], ARGV[2]) == 1 and redis.call('EXISTS', KEYS[2]) == 1
+then
+  redis.call('INCR', KEYS[2])
+end
+return 1
+"""
+# The count of uuid links, made from the buckets where none is kept yet. KEYS: the count, every
+# reverse-link bucket.
+_RECOUNT_LINKS = """
+local held = redis.call('GET', KEYS[1])
+if held then return tonumber(held) end
+local n = 0
+for i = 2, #KEYS do
+  for _, f in ipairs(redis.call('HKEYS', KEYS[i])) do
+    if #f == 16 then n = n + 1 end
+  end
+end
+redis.call('SET', KEYS[1], n)
+return n
+"""
 # "Delete this dirty mark only if nobody bumped it since I read it" must be one atomic step:
 # WATCH/MULTI on a hash that every ingest writes would abort under load.
 _CLEAR_DIRTY = (
@@ -77,6 +105,8 @@ class JobStore:
         self._put_job = redis.register_script(_PUT_JOB)
         self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
         self._recount = redis.register_script(_RECOUNT)
+        self._link = redis.register_script(_LINK)
+        self._recount_links = redis.register_script(_RECOUNT_LINKS)
 
     # --- where a record lives ------------------------------------------------------------------
     def _slot(self, job_uuid: str) -> tuple[str, bytes]:
@@ -137,6 +167,28 @@ class JobStore:
         slot = self._ref_slot(str(ref).strip().lower())
         found = self.r.hget(*slot) if slot is not None else None
         return unpack_id(bytes(found)) if found else None
+
+    def linked_cd_count(self) -> int:
+        """How many Coredination jobs are linked: one GET (made from the buckets once)."""
+        value = self.r.get(self.keys.cd_links_count)
+        if value is not None:
+            return int(value)
+        keys = [self.keys.cd_links_count, *self.keys.ref_buckets()]
+        return int(self._recount_links(keys=keys))
+
+    def linked_cd(self) -> dict[str, str]:
+        """Every reverse link by Coredination job uuid: ``{C: J}`` (the numeric ids left out).
+        O(links): the census's, every few minutes, not a hot path."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for key in self.keys.ref_buckets():
+                pipe.hgetall(key)
+            buckets = pipe.execute()
+        return {
+            unpack_id(bytes(ref)): unpack_id(bytes(job))
+            for fields in buckets
+            for ref, job in fields.items()
+            if len(ref) == 16
+        }
 
     def cd_views(self, job_uuids: Iterable[str]) -> dict[str, CdView | None]:
         """The stored Coredination views of several linked jobs."""
@@ -239,9 +291,20 @@ class JobStore:
     def save_details(self, fact: JobFacts) -> None:
         self.update([fact.uuid], lambda r: transitions.set_details(r, fact))
 
-    def forget_cd(self, job_uuid: str) -> None:
-        """The Coredination job is gone: drop our view and mark the job dirty, in one step."""
+    def forget_cd(self, job_uuid: str, view: CdView | None = None) -> None:
+        """The Coredination job is gone: drop our view and mark the job dirty, in one step; and
+        the reverse links of ``view``, the job that is gone."""
         self.update([job_uuid], transitions.forget_cd)
+        if view is not None:
+            with self.r.pipeline(transaction=False) as pipe:
+                slot = self._ref_slot(view.uuid)
+                if slot is not None:
+                    self._link(keys=[slot[0], self.keys.cd_links_count],
+                               args=[slot[1], b""], client=pipe)  # fmt: skip
+                slot = self._ref_slot(str(view.id)) if view.id is not None else None
+                if slot is not None:
+                    pipe.hdel(slot[0], slot[1])
+                pipe.execute()
 
     def save_syncs(self, writes: Sequence[SyncWrite]) -> None:
         """What syncs did, in one compare-and-set write per job (``transitions.apply_sync``),
@@ -259,10 +322,13 @@ class JobStore:
         with self.r.pipeline(transaction=False) as pipe:
             for job_uuid, view in views.items():
                 target = id_bytes(job_uuid)
-                for ref in (view.uuid, None if view.id is None else str(view.id)):
-                    slot = self._ref_slot(ref) if ref is not None else None
-                    if slot is not None:
-                        pipe.hset(slot[0], slot[1], target)
+                slot = self._ref_slot(view.uuid)
+                if slot is not None:  # by uuid: counted
+                    self._link(keys=[slot[0], self.keys.cd_links_count],
+                               args=[slot[1], target], client=pipe)  # fmt: skip
+                slot = self._ref_slot(str(view.id)) if view.id is not None else None
+                if slot is not None:
+                    pipe.hset(slot[0], slot[1], target)
             pipe.execute()
 
     # --- dirty marks and expiry reminders ------------------------------------------------------

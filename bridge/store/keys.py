@@ -17,6 +17,8 @@ key                        type    what it holds
                                    the pair snapshots. ``n`` = CRC32(J) mod buckets
 ``cdref:{n}``              hash    one of ``REF_BUCKETS`` buckets: ``C`` (16 bytes) or the
                                    Coredination job id (text) → ``J`` (16 bytes), the reverse link
+``cdlinks``                string  how many ``cdref`` fields are uuids: linked Coredination jobs
+                                   (the census compares it with the linked jobs a list shows)
 ``dirty``                  hash    ``J`` → generation; a job to sync. Ingest bumps it, a finished
                                    sync removes it only if unchanged, so no change is lost to a race
 ``expiring``               zset    ``J`` by the earliest future ``expiry_timestamp`` of its live
@@ -86,6 +88,9 @@ class Keys:
     def ref_bucket(self, field: bytes) -> str:
         return self.key(f"cdref:{zlib.crc32(field) % REF_BUCKETS}")
 
+    def ref_buckets(self) -> list[str]:
+        return [self.key(f"cdref:{n}") for n in range(REF_BUCKETS)]
+
     @property
     def dirty(self) -> str:
         return self.key("dirty")
@@ -134,6 +139,10 @@ class Keys:
     @property
     def links_count(self) -> str:
         return self.key("links")
+
+    @property
+    def cd_links_count(self) -> str:
+        return self.key("cdlinks")
 
     def queued(self, job_uuid: str) -> str:
         return self.key(f"queued:{job_uuid}")

@@ -116,6 +116,7 @@ def upgrade_layout(jobs: JobStore) -> int:
                         pipe.hset(slot[0], slot[1], target)
                 pipe.execute()
             r.delete(keys.legacy_reverse)
+            r.delete(keys.cd_links_count)  # written around the count: made again when read
         r.set(keys.layout, LAYOUT)
     finally:
         with contextlib.suppress(LockError):  # expired during a long move: nothing to free

@@ -39,13 +39,19 @@ class ParkedStore:
             self.r.hdel(self.keys.invalid, *records)
 
     # --- pending pairs ---------------------------------------------------------------------------
-    def set_pending(self, job_uuid: str, who: str, reason: str) -> None:
+    def set_pending(self, job_uuid: str, who: str, reason: str, since: float | None = None) -> None:
         """Park the pair of job and staff member (``who``: S, or ``u:U`` for a user). Parked
-        again for the same reason, it keeps the time it was first parked."""
+        again for the same reason, it keeps the time it was first parked (``since``: that time
+        when it is known to be earlier than now)."""
         field_ = f"{job_uuid}|{who}"
         held = self.r.hget(self.keys.pending, field_)
         if held is None or json.loads(held).get("reason") != reason:
-            self.r.hset(self.keys.pending, field_, dump({"reason": reason, "since": time.time()}))
+            when = time.time() if since is None else since
+            self.r.hset(self.keys.pending, field_, dump({"reason": reason, "since": when}))
+
+    def pending_entry(self, job_uuid: str, who: str) -> dict[str, Any] | None:
+        held = self.r.hget(self.keys.pending, f"{job_uuid}|{who}")
+        return None if held is None else dict(json.loads(held))
 
     def clear_pending(self, job_uuid: str, who: str) -> None:
         self.r.hdel(self.keys.pending, f"{job_uuid}|{who}")

@@ -34,7 +34,14 @@ CURSORS = {
     "servicem8.job": CURSOR_SM8_JOBS,
     "coredination.job": CURSOR_CD_JOBS,
 }
+CURSOR_CD_CENSUS = "census:coredination"  # when the last census began
 SYSTEMS: tuple[Api, ...] = ("servicem8", "coredination")
+# The parked entry (``job|cd-deleted``) of a job whose Coredination job a dispatcher deleted.
+CD_DELETED = "cd-deleted"
+CD_DELETED_REASON = (
+    "deleted in Coredination: created again at the next ServiceM8 change to a booking on the"
+    " job, or now with 'bridge sync --job J'; no ServiceM8 booking was touched"
+)
 WINDOWS_MAX_AGE = 3600.0
 
 
@@ -58,6 +65,9 @@ class SyncOptions:
     # ServiceM8's polls planned from the day's budget (docs/operations.md#poll-plan); None: each
     # object at the fixed SERVICEM8_POLL_SECONDS.
     poll_budget: PollBudget | None = None
+    # The Coredination census: this often a poll lists every job instead of the changed ones,
+    # which shows deleted jobs by their absence (docs/coredination-api.md); 0: never.
+    cd_census_seconds: float = 300.0
 
 
 @dataclass

@@ -4,17 +4,21 @@ net behind the polls and webhooks (``bridge reconcile``, and beat's daily run)."
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
 from bridge.log import get_logger
 from bridge.store import StaffMap
-from bridge.sync.context import SyncContext
+from bridge.sync.context import CD_DELETED, SyncContext
 from bridge.sync.ingest import active, facts_of, parker
 from bridge.sync.pull import pull_job
+from mappings import transitions
 from mappings.facts import AllocationFacts
 from mappings.ids import cd_job_uuid
-from mappings.plan import job_deleted
+from mappings.plan import booked_since, job_deleted
 from mappings.presence import cd_presence, pair_in_step, sm8_presence
+from mappings.state import PairSnapshot
 
 log = get_logger(__name__)
 
@@ -37,9 +41,11 @@ def _drift(
     staff_map: StaffMap,
     now_ms: int,
     deleted: bool = False,
+    snapshots: Mapping[str, PairSnapshot] | None = None,
 ) -> list[Drift]:
     """The pairs of one job whose sides disagree. On a job deleted in ServiceM8 nobody is
-    booked, whatever its bookings say."""
+    booked, whatever its bookings say. A pair held by the return-visit rule, as both sides still
+    are, is no drift (docs/coredination-api.md#resources)."""
     by_staff: dict[str, list[AllocationFacts]] = {}
     for fact in facts:
         if fact.staff_uuid:
@@ -53,6 +59,9 @@ def _drift(
             continue
         bookings = [] if deleted else by_staff.get(staff, [])
         sm8 = sm8_presence(bookings, now_ms)
+        held = (snapshots or {}).get(staff)
+        if held is not None and held.held and (held.sm8, held.cd) == (sm8, cd):
+            continue
         if not pair_in_step(bookings, cd, now_ms):
             reason = "job not linked yet" if not linked else "the two sides disagree"
             out.append(Drift(job, staff, user, sm8.value, cd.value, reason))
@@ -79,6 +88,14 @@ def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]
     cd_jobs = {
         job.uuid.lower(): job for job in ctx.cd.iter_changed_jobs(0, on_invalid=park) if job.uuid
     }
+    # Jobs a dispatcher deleted in Coredination wait for the office (the deletion rule,
+    # docs/coredination-api.md#jobs-deleted-by-a-dispatcher): parked, not drift.
+    suffix = f"|{CD_DELETED}"
+    deleted_there = {
+        k.removesuffix(suffix): int(float(v.get("since", 0)) * 1000)
+        for k, v in ctx.stores.parked.pending().items()
+        if k.endswith(suffix)
+    }
     drifts: list[Drift] = []
     dirty: set[str] = set()
     for job in sorted(set(fresh) | set(ctx.stores.jobs.known())):
@@ -88,9 +105,17 @@ def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]
                 if a.active and a.uuid not in listed]  # fmt: skip
         facts = fresh.get(job, []) + gone
         cd_job = cd_jobs.get(cd_job_uuid(ctx.ns, job))
+        if cd_job is None and job in deleted_there:
+            # Judged on the record as the listing would leave it, as the sync judges it: an
+            # echo of the bridge's own write keeps its change time (it is no office change).
+            seen = copy.deepcopy(record)
+            transitions.ingest_allocations(seen, facts, read_started=started)
+            if not booked_since(seen, deleted_there[job]):
+                continue
         resources = {r.user_id: r.state for r in cd_job.resources} if cd_job else {}
         deleted = job_deleted(record)
-        found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms, deleted)
+        found = _drift(job, facts, resources, cd_job is not None, staff_map, now_ms, deleted,
+                       record.pairs)  # fmt: skip
         if not found:
             continue
         drifts += found

@@ -12,20 +12,25 @@ from __future__ import annotations
 from collections import Counter
 
 from bridge.coredination.translate import view_of
-from bridge.errors import NotFound, Rejected
+from bridge.errors import NotFound, Rejected, Unavailable
 from bridge.log import get_logger
 from bridge.servicem8.translate import job_facts
 from bridge.store.codec import id_bytes
-from bridge.sync.context import Lease, Report, SyncContext
+from bridge.sync.context import CD_DELETED, Lease, Report, SyncContext
+from bridge.sync.pull import job_deleted_in_coredination
 from mappings.facts import AllocationFacts
 from mappings.plan import (
     PairPlan,
+    ReadBack,
     ResourceOp,
+    booked_since,
+    hold,
     job_deleted,
     later_expiry,
     needs_link,
     plan_job_fields,
     plan_pairs,
+    read_back,
 )
 from mappings.planners import Sm8Write, after_write
 from mappings.presence import in_step
@@ -49,30 +54,41 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
         try:
             report = _sync_locked(ctx, sm8_job, lease)
         except NotFound as exc:
-            if exc.api != "coredination" or not _cd_job_gone(ctx, sm8_job):
+            view = jobs.load(sm8_job).cd
+            if exc.api != "coredination" or view is None or not _cd_job_gone(ctx, view):
                 raise  # a missing user answers 404 too: that is no deleted job
-            # The Coredination job was deleted there (a dispatcher): the bridge's view of it is
-            # dropped and the sync runs again, which creates the job afresh with the people the
-            # ServiceM8 bookings name. No ServiceM8 booking is touched by the deletion.
-            log.warning("sync.coredination_job_gone", sm8_job_uuid=sm8_job, reason=exc.reason)
-            jobs.forget_cd(sm8_job)
+            # The Coredination job was deleted there (a dispatcher). The sync runs again without
+            # it: a ServiceM8 change since the deletion creates it afresh, else it stays parked.
+            job_deleted_in_coredination(ctx, sm8_job, view)
             report = _sync_locked(ctx, sm8_job, lease)
-            report.add("coredination.job_recreated")
         jobs.clear_dirty(sm8_job, generation)
     ctx.stores.activity.count(report.counts)
     return report
 
 
-def _cd_job_gone(ctx: SyncContext, sm8_job: str) -> bool:
+def _cd_job_gone(ctx: SyncContext, view: CdView) -> bool:
     """Whether the linked Coredination job is gone (read to be sure: an operation's 404 may be
     about its user)."""
-    record = ctx.stores.jobs.load(sm8_job)
-    if record.cd is None:
-        return False
     try:
-        ctx.cd.get_job(record.cd.uuid)
+        ctx.cd.get_job(view.uuid)
     except NotFound:
         return True
+    return False
+
+
+def _may_link(ctx: SyncContext, record: JobRecord, report: Report) -> bool:
+    """Whether a job with no Coredination job may get one: unless a dispatcher deleted it there
+    and no booking on it has changed in ServiceM8 since (``CD_DELETED``)."""
+    parked = ctx.stores.parked
+    entry = parked.pending_entry(record.uuid, CD_DELETED)
+    if entry is None:
+        return True
+    if booked_since(record, int(float(entry.get("since", 0)) * 1000)):
+        parked.clear_pending(record.uuid, CD_DELETED)
+        report.add("coredination.job_recreated")
+        log.info("sync.coredination_job_recreated", sm8_job_uuid=record.uuid)
+        return True
+    report.add("skipped.deleted_in_coredination")
     return False
 
 
@@ -97,6 +113,8 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
     if not needs_link(record, now_ms):
         report.add("skipped.nothing_to_link")
         return report
+    if record.cd is None and not _may_link(ctx, record, report):
+        return report
     if job_deleted(record) and record.cd is not None:
         # Everyone off the job first, then the state override: a resource change after it would
         # derive the job's state again (docs/coredination-api.md#states).
@@ -107,10 +125,19 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
     written = _sync_pairs(ctx, record, lease, now_ms, report)
     if written and lease.owned():
         # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
-        # or dated by a pull): its fields follow in the same sync, not at some later change.
+        # or dated by a pull): its fields follow in the same sync, not at some later change;
+        # and so do the bridge's own fixed bookings, which follow the job's time (once: what
+        # they write moves no job time, as they follow it).
         record.allocations.update({fact.uuid: fact for fact in written})
+        before = _job_time(record.cd)
         _upsert_fields(ctx, record, lease, now_ms, report)
+        if lease.owned() and _job_time(record.cd) != before:
+            _sync_pairs(ctx, record, lease, now_ms, report)
     return report
+
+
+def _job_time(view: CdView | None) -> tuple[int | None, int | None, bool] | None:
+    return None if view is None else (view.start_ms, view.end_ms, view.all_day)
 
 
 def _upsert_fields(
@@ -158,9 +185,10 @@ def _sync_pairs(
     view = record.cd
     snapshots: dict[str, PairSnapshot] = {}
     written: list[AllocationFacts] = []
+    again = False
     try:
         for pair in plan.pairs:
-            _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
+            again |= _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
             if pair.snapshot is not None:
                 snapshots[pair.staff] = pair.snapshot
     finally:
@@ -170,7 +198,7 @@ def _sync_pairs(
         owned = lease.owned()
         ctx.stores.jobs.save_sync(SyncWrite(
             record.uuid, written=written, at=ctx.clock(),
-            view=view if owned else None, pairs=snapshots if owned else {},
+            view=view if owned else None, pairs=snapshots if owned else {}, dirty=again,
         ))  # fmt: skip
         if not owned:
             log.warning("sync.lease_lost", sm8_job_uuid=record.uuid)
@@ -192,22 +220,22 @@ def _apply_pair(
     now_ms: int,
     report: Report,
     written: list[AllocationFacts],
-) -> None:
+) -> bool:
+    """Apply one pair's writes in order; True when a read-back met a change made meanwhile
+    and the job must be synced again."""
     facts = {a.uuid: a for a in record.allocations.values() if a.staff_uuid == pair.staff}
+    again = False
     for done, write in enumerate(pair.writes):
         if done == pair.park_after:
             _park(ctx, record, view, pair, report)
         lease.renew()
         if isinstance(write, ResourceOp):
-            ctx.cd.resource_op(write.op, view.uuid, write.user,
-                               send_message=ctx.options.send_message)  # fmt: skip
-            if write.state_after is None:
-                view.resources.pop(write.user, None)
-            else:
-                view.resources[write.user] = write.state_after
-            view.changed_ms[write.user] = now_ms
-            report.add(f"coredination.{write.op}d" if write.op.endswith("e")
-                       else f"coredination.{write.op}ed")  # fmt: skip
+            outcome, others = _resource_op(ctx, view, pair, write, now_ms, report)
+            if outcome == "ignored":
+                _park(ctx, record, view, pair, report)  # held: the reason replaces the plan's
+            if outcome != "took":
+                return outcome == "moved" or others
+            again |= others
         else:
             _apply_sm8(ctx, write, report)
             facts[write.uuid] = after_write(facts.get(write.uuid), write, record.uuid, pair.staff)
@@ -217,6 +245,60 @@ def _apply_pair(
     if pair.direction in ("push", "pull"):
         log.info(f"sync.{pair.direction}ed", sm8_job_uuid=record.uuid, cd_user_id=pair.user,
                  target=pair.target.value if pair.target else None, reason=pair.reason)  # fmt: skip
+    return again
+
+
+def _resource_op(
+    ctx: SyncContext, view: CdView, pair: PairPlan, write: ResourceOp, now_ms: int, report: Report
+) -> tuple[ReadBack, bool]:
+    """Send one resource operation. Where it may not take (``schedule`` or ``assign`` on a
+    resource at work) or its answer was lost, the job is read back (one GET) before anything is
+    recorded: the view becomes what was read, and the pair is decided again with it. An op
+    Coredination ignored holds the pair (``mappings.plan.hold``); one that met a change made
+    meanwhile leaves the pair's snapshot as it was and marks the job to sync again.
+
+    Also returns whether the read showed other users changed since the plan was made: their
+    pairs were planned on the older view, and the view now stored holds the newer one (so no
+    poll would see the difference again): the job is synced again to decide them."""
+    lost: Unavailable | None = None
+    try:
+        ctx.cd.resource_op(write.op, view.uuid, write.user, send_message=ctx.options.send_message)
+    except Unavailable as exc:  # sent, maybe done: the answer is what was lost
+        lost = exc
+    outcome: ReadBack = "took"
+    others = False
+    read = lost is not None or write.uncertain
+    if read:
+        planned = {u: st for u, st in view.resources.items() if u != write.user}
+        try:
+            seen = view_of(ctx.cd.get_job(view.uuid), view.uuid)
+        except Unavailable:
+            if lost is not None:
+                raise lost from None
+            raise
+        view.resources, view.changed_ms = seen.resources, seen.changed_ms
+        view.modified_ms = seen.modified_ms
+        others = planned != {u: st for u, st in seen.resources.items() if u != write.user}
+        outcome = read_back(write, seen.resources.get(write.user))
+        report.add(f"coredination.read_back.{outcome}")
+        if lost is not None and outcome != "took":
+            raise lost  # not done: the retry plans again from the view just read
+    if outcome == "took":
+        if not read:  # once read back, the view already holds what Coredination says
+            if write.state_after is None:
+                view.resources.pop(write.user, None)
+            else:
+                view.resources[write.user] = write.state_after
+            view.changed_ms[write.user] = now_ms
+        report.add(f"coredination.{write.op}d" if write.op.endswith("e")
+                   else f"coredination.{write.op}ed")  # fmt: skip
+    elif outcome == "ignored":
+        hold(pair, view.resources.get(write.user))
+        log.info("sync.held", cd_user_id=write.user, op=write.op,
+                 state=view.resources.get(write.user))  # fmt: skip
+    else:
+        pair.snapshot = None  # the last agreed one stays: the next sync decides afresh
+    return outcome, others
 
 
 def _park(

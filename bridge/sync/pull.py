@@ -5,10 +5,17 @@ from __future__ import annotations
 
 from bridge.coredination.models import CdJob
 from bridge.coredination.translate import view_of
-from bridge.errors import NotFound
+from bridge.errors import InvalidRecord, NotFound
 from bridge.log import get_logger
-from bridge.sync.context import CURSOR_CD_JOBS, SyncContext
+from bridge.sync.context import (
+    CD_DELETED,
+    CD_DELETED_REASON,
+    CURSOR_CD_CENSUS,
+    CURSOR_CD_JOBS,
+    SyncContext,
+)
 from bridge.sync.ingest import parker
+from mappings.plan import deleted_since
 from mappings.stamps import to_epoch_ms
 from mappings.state import CdView, JobRecord
 from mappings.transitions import SyncWrite
@@ -17,19 +24,34 @@ from mappings.webhooks import JOB_FIELD_EVENTS, cd_event_known
 log = get_logger(__name__)
 
 CdEvent = tuple[str, int | None, str | None]  # Coredination event type, user id, resource state
+CENSUS_MAX_MISSING = 20  # linked jobs a census may find gone at once (or a tenth of the links)
 
 
 def poll_coredination(ctx: SyncContext) -> set[str]:
     """List jobs modified since the cursor in every state, timed or not; for each linked job
-    whose resources differ from what we hold, re-read it (with its events) under its lock."""
+    whose resources differ from what we hold, re-read it (with its events) under its lock.
+
+    When the census is due the list is the whole one instead (``_census_due``): besides the
+    changes it shows, by their absence, the linked jobs deleted in Coredination."""
     stores = ctx.stores
     cursor = stores.activity.cursor(CURSOR_CD_JOBS)
-    since = max(0, int(cursor) - ctx.options.cd_overlap_ms) if cursor else 0
+    census = _census_due(ctx)
+    since = max(0, int(cursor) - ctx.options.cd_overlap_ms) if cursor and not census else 0
     newest = int(cursor) if cursor else None
     parked = {r for r in stores.parked.invalid() if r.startswith("coredination.")}
     linked: list[tuple[str, CdJob]] = []
-    jobs = ctx.cd.iter_changed_jobs(since, on_invalid=parker(ctx))
+    listed: set[str] = set()
+    park = parker(ctx)
+
+    def unreadable(exc: InvalidRecord) -> None:
+        park(exc)
+        listed.add((exc.record or "").lower())  # listed, so not gone, though not readable
+
+    jobs = ctx.cd.iter_changed_jobs(since, on_invalid=unreadable)
+    started = ctx.clock()
     for job in jobs:
+        if job.uuid:
+            listed.add(job.uuid.lower())
         if parked:  # read cleanly now: no longer parked
             refs = {f"coredination.job:{r}" for r in (job.uuid and job.uuid.lower(), job.id)}
             stores.parked.clear_invalid(parked & refs)
@@ -48,12 +70,57 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     dirty: set[str] = set()
     for sm8_job, job in linked:
         view = views.get(sm8_job)
-        listed = {r.user_id: r.state for r in job.resources}
-        if view is None or view.resources != listed or _moved(view, job):
+        resources = {r.user_id: r.state for r in job.resources}
+        if view is None or view.resources != resources or _moved(view, job):
             dirty |= pull_job(ctx, sm8_job)
+    if census:
+        dirty |= _census(ctx, listed, len({sm8_job for sm8_job, _ in linked}), started)
     if newest is not None:
         stores.activity.set_cursor(CURSOR_CD_JOBS, str(newest))
     return dirty
+
+
+def _census_due(ctx: SyncContext) -> bool:
+    """Once ``cd_census_seconds`` have passed since the last census (never when that is 0)."""
+    every = ctx.options.cd_census_seconds
+    if not every:
+        return False
+    last = ctx.stores.activity.cursor(CURSOR_CD_CENSUS)
+    return last is None or ctx.clock() - float(last) >= every * 0.9
+
+
+def _census(ctx: SyncContext, listed: set[str], shown: int, started: float) -> set[str]:
+    """Linked jobs the whole list lacks are read by id: a 404 is a job deleted in Coredination
+    (``job_deleted_in_coredination``). ``shown``: how many linked jobs the list showed; while
+    that is every linked job (the count the links keep), nothing is missing and no link is read.
+    A list that lacks many at once is taken for a bad answer, not a mass deletion: logged, and
+    nothing is done about it."""
+    stores = ctx.stores
+    stores.activity.set_cursor(CURSOR_CD_CENSUS, repr(started))
+    if shown >= stores.jobs.linked_cd_count():
+        return set()
+    links = stores.jobs.linked_cd()
+    missing = [job for cd_uuid, job in links.items() if cd_uuid not in listed]
+    views = stores.jobs.cd_views(missing)
+    gone = sorted(job for job in missing if views.get(job) is not None)
+    if len(gone) > max(CENSUS_MAX_MISSING, len(links) // 10):
+        log.warning("coredination.census_suspicious", missing=len(gone), linked=len(links))
+        return set()
+    dirty: set[str] = set()
+    for sm8_job in gone:
+        dirty |= pull_job(ctx, sm8_job)
+    return dirty
+
+
+def job_deleted_in_coredination(ctx: SyncContext, sm8_job: str, view: CdView) -> None:
+    """The linked Coredination job is gone (a dispatcher deleted it): the bridge drops its view
+    and snapshots and parks the job, where ``bridge status`` shows it. It is created again at
+    the next ServiceM8 change to a booking on it (``jobsync``), not at once: the dispatcher's
+    deletion stands until the office acts. No ServiceM8 booking is touched."""
+    since_ms = deleted_since(view, ctx.now_ms())
+    ctx.stores.parked.set_pending(sm8_job, CD_DELETED, CD_DELETED_REASON, since=since_ms / 1000)
+    ctx.stores.jobs.forget_cd(sm8_job, view)
+    log.warning("coredination.job_deleted", sm8_job_uuid=sm8_job, cd_job_uuid=view.uuid)
 
 
 def _times(view: CdView) -> tuple[int | None, int | None, bool]:
@@ -87,7 +154,7 @@ def pull_job(ctx: SyncContext, sm8_job: str, event: CdEvent | None = None) -> se
         try:
             job = ctx.cd.get_job(record.cd.uuid)
         except NotFound:
-            ctx.stores.jobs.forget_cd(sm8_job)
+            job_deleted_in_coredination(ctx, sm8_job, record.cd)
             return {sm8_job}
         view = view_of(job, record.cd.uuid)
         if view.resources == record.cd.resources and _times(view) == _times(record.cd):

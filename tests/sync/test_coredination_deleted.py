@@ -1,10 +1,105 @@
-"""A Coredination job a dispatcher deleted, met by the next sync of its ServiceM8 job: created
-again with the people the bookings name; no ServiceM8 booking touched."""
+"""A Coredination job a dispatcher deleted (docs/coredination-api.md#jobs-deleted-by-a-dispatcher):
+noticed by the next poll (the census), by its webhook or by a 404, and parked with no ServiceM8
+booking touched; created again, with the people the bookings name, at the next ServiceM8 change
+to a booking on it or by ``bridge sync --job``."""
 
 from __future__ import annotations
 
+import json
+import time
+
+from typer.testing import CliRunner
+
+from bridge.cli import app
 from bridge.simulators.scenario import seed_business
+from bridge.sync.context import CD_DELETED
 from mappings.ids import cd_job_uuid
+
+
+def _linked_then_deleted(engine, sm8_sim, cd_sim, **seed):
+    """A business synced once, then a dispatcher deletes the first job's Coredination job. The
+    bookings were made a second before the bridge saw them, so nothing is taken for a ServiceM8
+    change after the deletion (ServiceM8 stamps whole seconds)."""
+    engine.ctx.options.cd_census_seconds = 0.001  # the census at every poll
+    biz = seed_business(sm8_sim, cd_sim, **seed)
+    time.sleep(1.1)
+    engine.run_cycle()
+    job = biz.jobs[0]
+    cd_uuid = cd_job_uuid(engine.ctx.ns, job)
+    people = {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]}
+    with cd_sim.lock:
+        cd_sim.delete_job(cd_sim.jobs[cd_sim.by_uuid[cd_uuid]])  # its webhook goes nowhere here
+    return biz, job, cd_uuid, people
+
+
+def test_a_deletion_nothing_else_touches_is_noticed_by_the_next_census_and_parked(
+    engine, sm8_sim, cd_sim
+):
+    _biz, job, cd_uuid, _ = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=3, jobs=2,
+                                                allocations=3)  # fmt: skip
+    before = {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()}
+    sm8_sim.reset_counts()
+    report = engine.run_cycle(match_staff=False)  # one poll of each system
+    assert report.counts["skipped.deleted_in_coredination"] == 1
+    assert cd_sim.count("GET", "job.get") == 1  # only the job the list lacked was read
+    assert cd_uuid not in cd_sim.by_uuid  # the dispatcher's deletion stands
+    entry = engine.ctx.stores.parked.pending()[f"{job}|{CD_DELETED}"]
+    assert entry["reason"].startswith("deleted in Coredination")
+    assert sm8_sim.write_count() == 0
+    assert {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()} == before
+    assert engine.ctx.stores.jobs.load(job).cd is None
+    # Quiet afterwards: the job is not read again at every poll, nor created again.
+    cd_sim.reset_counts()
+    again = engine.run_cycle(match_staff=False)
+    assert cd_sim.count("GET", "job.get") == 0 and cd_sim.write_count() == 0
+    assert "coredination.job_created" not in again.counts
+    # The reconcile counts it as no drift, and creates nothing either.
+    drifts, dirty = engine.reconcile(repair=True)
+    assert [d for d in drifts if d.sm8_job_uuid == job] == [] and job not in dirty
+
+
+def test_the_next_servicem8_change_creates_the_job_again(engine, sm8_sim, cd_sim):
+    _biz, job, cd_uuid, people = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
+                                                     allocations=2)  # fmt: skip
+    engine.run_cycle(match_staff=False)
+    assert cd_uuid not in cd_sim.by_uuid
+    booking = next(a for a in sm8_sim.records["joballocation"].values() if a["job_uuid"] == job)
+    time.sleep(1.1)
+    sm8_sim.update("joballocation", booking["uuid"], {"allocation_date": "2026-12-23 00:00:00"})
+    report = engine.run_cycle(match_staff=False)
+    assert report.counts["coredination.job_recreated"] == 1
+    assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people
+    assert f"{job}|{CD_DELETED}" not in engine.ctx.stores.parked.pending()
+
+
+def test_bridge_sync_job_creates_it_again_when_the_operator_says_so(
+    cli_env, sm8_sim, cd_sim, redis_client, monkeypatch
+):
+    from bridge.store import Stores
+
+    monkeypatch.setenv("COREDINATION_CENSUS_SECONDS", "0.001")  # the census at every poll
+    stores = Stores.connect(redis_client, cli_env["BRIDGE_CONNECTION_ID"])
+    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=2)
+    time.sleep(1.1)  # the bookings are older than the deletion by more than a stamp's second
+    runner = CliRunner()
+    assert runner.invoke(app, ["sync", "--once"]).exit_code == 0
+    job = biz.jobs[0]
+    cd_uuid = next(iter(cd_sim.by_uuid))
+    people = {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]}
+    with cd_sim.lock:
+        cd_sim.delete_job(cd_sim.jobs[cd_sim.by_uuid[cd_uuid]])
+    assert runner.invoke(app, ["sync", "--once"]).exit_code == 0
+    assert cd_uuid not in cd_sim.by_uuid
+    status = json.loads(runner.invoke(app, ["status", "--json"]).stdout)
+    assert any(row["pair"] == f"{job}|{CD_DELETED}" and "deleted in Coredination" in row["reason"]
+               for row in status["pending_examples"])  # fmt: skip
+    result = runner.invoke(app, ["sync", "--job", job])
+    assert result.exit_code == 0, result.output
+    assert "creating it again" in result.stdout
+    assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people
+    assert f"{job}|{CD_DELETED}" not in stores.parked.pending()
+    bad = runner.invoke(app, ["sync", "--job", "JOB-1"])
+    assert bad.exit_code == 2 and "not a ServiceM8 job uuid" in bad.output
 
 
 def test_a_job_deleted_in_coredination_is_created_again_at_the_next_servicem8_change(
@@ -33,21 +128,17 @@ def test_a_job_deleted_in_coredination_is_created_again_at_the_next_servicem8_ch
 
 
 def test_a_deletion_seen_by_a_read_keeps_every_servicem8_booking(engine, sm8_sim, cd_sim):
-    """The job's webhook (its DELETE event) makes the bridge read it: a 404. The view goes, and
-    the next sync creates the job again with its people; before the snapshots went with the view,
-    that sync read everyone as taken off in Coredination and deleted their bookings."""
-    biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=2)
-    engine.run_cycle()
-    job, ns = biz.jobs[0], engine.ctx.ns
-    cd_uuid = cd_job_uuid(ns, job)
-    people = {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]}
-    with cd_sim.lock:
-        cd_sim.delete_job(cd_sim.jobs[cd_sim.by_uuid[cd_uuid]])
+    """The job's webhook (its DELETE event) makes the bridge read it: a 404. The view and the
+    snapshots go (with the snapshots kept, a later sync read everyone as taken off in
+    Coredination and deleted their bookings), the job is parked, and no booking is touched."""
+    _biz, job, _cd_uuid, _people = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
+                                                     allocations=2)  # fmt: skip
     sm8_sim.reset_counts()
     assert engine.pull_job(job) == {job}
-    engine.sync_job(job)
+    report = engine.sync_job(job)
+    assert report.counts["skipped.deleted_in_coredination"] == 1
     assert sm8_sim.write_count() == 0
-    assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people
+    assert engine.ctx.stores.jobs.load(job).pairs == {}
 
 
 def test_a_404_about_a_user_is_no_deleted_job(engine, sm8_sim, cd_sim):

@@ -42,6 +42,7 @@ def test_reconcile_reports_missed_drift_then_repairs_it(engine, sm8_sim, cd_sim)
     engine.run_cycle()
     assert check(sm8_sim, cd_sim, engine.ctx.ns).converged
     _miss_everything_from_now(engine.ctx.stores)
+    engine.ctx.options.cd_census_seconds = 0  # the census would see Coredination's side
     deleted, kept, new_job = _drift_three_ways(engine.ctx.ns, sm8_sim, cd_sim, biz)
     engine.run_cycle(match_staff=False)
     before = check(sm8_sim, cd_sim, engine.ctx.ns)
@@ -77,6 +78,7 @@ def test_reconcile_finds_fixed_bookings_the_polls_missed(engine, sm8_sim, cd_sim
     engine.run_cycle()
     assert check(sm8_sim, cd_sim, engine.ctx.ns).converged
     _miss_everything_from_now(engine.ctx.stores)
+    engine.ctx.options.cd_census_seconds = 0  # the census would see Coredination's side
     gone = biz.activities[0]
     sm8_sim.delete("jobactivity", gone["uuid"])
     new = sm8_sim.create("jobactivity", {

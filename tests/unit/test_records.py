@@ -59,7 +59,7 @@ def records(draw: st.DrawFn) -> JobRecord:
             start_ms=draw(stamps),
         )
     record.fields_fp = draw(st.none() | st.binary(min_size=8, max_size=8).map(bytes.hex) | texts)
-    record.pairs = {draw(ids): PairSnapshot(draw(presences), draw(presences))
+    record.pairs = {draw(ids): PairSnapshot(draw(presences), draw(presences), draw(st.booleans()))
                     for _ in range(draw(st.integers(0, 3)))}  # fmt: skip
     return record
 
