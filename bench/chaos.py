@@ -40,13 +40,15 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import redis
 import requests
 import typer
 from rich.console import Console
 
 from bench.harness import Stack, eventually, free_port
+from bench.sentinel import SentinelCluster
 from bridge.queues import POLL_CYCLE
 from bridge.redis_server import EmbeddedRedis
 from bridge.simulators import (
@@ -66,6 +68,7 @@ TOKEN = "whk-CHAOS-5ec7e7-0a9b8c7d6e5f"  # noqa: S105 - a fake, searched for in 
 SECRETS = (SM8_KEY, CD_KEY, TOKEN)
 RATE = 10.0  # operations per second
 CD_DELETE_SHARE = 0.02  # of operations, a dispatcher deleting a linked job in Coredination
+LOST_SECONDS = 3.0  # the store's last writes lost, in the Sentinel run
 
 
 @dataclass
@@ -96,22 +99,70 @@ class ChaosReport:
                     or self.secrets_found or self.unreported)  # fmt: skip
 
 
+RedisMode = Literal["single", "sentinel"]
+
+
 class Chaos:
-    def __init__(self, size: int, workdir: Path, seed: int) -> None:
+    """``redis_mode="single"``: one append-only Redis, restarted once; ``"sentinel"``: a
+    Sentinel group (a primary, a replica, three sentinels) that loses its last seconds of
+    writes once (a snapshot taken a few seconds earlier put back) and fails over once, both
+    under load."""
+
+    def __init__(
+        self, size: int, workdir: Path, seed: int, redis_mode: RedisMode = "single"
+    ) -> None:
         self.size = size
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.report = ChaosReport()
+        self.mode = redis_mode
         self.redis_port = free_port()
         self.redis: EmbeddedRedis | None = None
+        self.cluster: SentinelCluster | None = None
         self.sm8 = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=seed)
         self.cd = CoredinationSimulator(api_keys=(CD_KEY,), seed=seed, dialect=HOSTILE_COREDINATION)
         self.stop = threading.Event()
 
     # --- the world -----------------------------------------------------------------------------
     def start_redis(self) -> str:
+        if self.mode == "sentinel":
+            self.cluster = SentinelCluster(self.workdir / "sentinel").start()
+            return self.cluster.url()
         self.redis = EmbeddedRedis(self.workdir / "redis", port=self.redis_port).start()
         return self.redis.url
+
+    def _primary(self) -> redis.Redis:
+        """A plain client of the store's current primary (bytes, no retries)."""
+        if self.cluster is not None:
+            host, port = self.cluster.master_addr()
+            return redis.Redis(host=host, port=port, password=self.cluster.password)
+        assert self.redis is not None
+        return redis.Redis.from_url(self.redis.url)
+
+    def _lose_last_writes(self, seconds: float) -> None:
+        """The store loses its last ``seconds`` of writes: every key is copied (DUMP), the run
+        goes on, then the copy is put back in one transaction, as a primary that failed before
+        replicating them, or a restore from a backup, would leave it. Everything written
+        meanwhile is gone: links, dirty marks, cursors, queued tasks, budgets, leases."""
+        client = self._primary()
+        try:
+            snapshot: list[tuple[bytes, int, bytes]] = []
+            for key in client.scan_iter(count=1000):
+                with client.pipeline(transaction=False) as pipe:
+                    pipe.pttl(key)
+                    pipe.dump(key)
+                    ttl, dumped = pipe.execute()
+                if dumped is not None:
+                    snapshot.append((key, max(0, int(ttl)), dumped))
+            time.sleep(seconds)
+            with client.pipeline(transaction=True) as pipe:
+                pipe.flushdb()
+                for key, ttl, dumped in snapshot:
+                    pipe.restore(key, ttl, dumped, replace=True)
+                pipe.execute()
+        finally:
+            client.close()
+        self.report.faults[f"store lost its last {seconds:.0f} s of writes"] += 1
 
     def run(self) -> ChaosReport:
         self.sm8.start()
@@ -135,6 +186,8 @@ class Chaos:
             self.cd.stop()
             if self.redis is not None:
                 self.redis.stop()
+            if self.cluster is not None:
+                self.cluster.stop()
         return self.report
 
     def _run(self, stack: Stack) -> None:
@@ -169,6 +222,7 @@ class Chaos:
 
         started = time.monotonic()
         self._wait_quiet(stack)
+        self._explain_drift(stack)
         reconciled = self._bridge(stack, "reconcile", "--json")
         with contextlib.suppress(ValueError, KeyError):
             self.report.reconciled = len(json.loads(reconciled)["drift"])
@@ -178,6 +232,24 @@ class Chaos:
         result = check(self.sm8, self.cd, ns)
         self._judge(result, stack)
         self._scan(stack)
+
+    def _explain_drift(self, stack: Stack) -> None:
+        """What the bridge held of each pair the reconcile is about to repair (a dry run first):
+        the snapshot, the Coredination state in its view, the person's bookings. For reading."""
+        with contextlib.suppress(ValueError, KeyError):
+            drift = json.loads(self._bridge(stack, "reconcile", "--dry-run", "--json"))["drift"]
+            for row in drift[:10]:
+                record = stack.stores.jobs.load(row["sm8_job_uuid"])
+                staff, user = row["sm8_staff_uuid"], row["cd_user_id"]
+                mine = [a for a in record.allocations.values() if a.staff_uuid == staff]
+                bookings = [(a.uuid[:8], a.active, a.fixed, a.date_ms, a.completed_ms,
+                             a.edited_ms, a.by_bridge) for a in mine]  # fmt: skip
+                view = None if record.cd is None else record.cd.resources.get(user)
+                self.report.problems.append(
+                    f"drift job {row['sm8_job_uuid'][:8]} staff {staff[:8]}: read "
+                    f"{row['servicem8']}/{row['coredination']}; held snapshot "
+                    f"{record.pairs.get(staff)}, view {view}, bookings {bookings}"
+                )
 
     def _bridge(self, stack: Stack, *args: str) -> str:
         """A ``bridge`` command as an operator runs it; its output is kept for the secret scan."""
@@ -217,6 +289,7 @@ class Chaos:
         duration = self.size / RATE
         gap = min(3.0, duration / 6)
         beat_done = redis_done = False
+        lost_done = self.mode != "sentinel"  # the single Redis's own fault is its restart
         started = time.monotonic()
         while not self.stop.wait(self.rng.uniform(gap * 0.7, gap * 1.3)):
             name = self.rng.choice(["w1", "w2"])
@@ -230,12 +303,19 @@ class Chaos:
                 self.report.faults["beat killed"] += 1
                 stack.beat()
                 beat_done = True
-            if not redis_done and elapsed > duration * 2 / 3:
-                assert self.redis is not None
-                self.redis.stop()
-                time.sleep(1.0)
-                self.start_redis()
-                self.report.faults["redis restart"] += 1
+            if not lost_done and elapsed > duration / 4:
+                self._lose_last_writes(LOST_SECONDS)
+                lost_done = True
+            if not redis_done and elapsed > duration * (0.6 if self.cluster else 2 / 3):
+                if self.cluster is not None:
+                    self.cluster.failover()  # the primary handed over, under load
+                    self.report.faults["sentinel failover"] += 1
+                else:
+                    assert self.redis is not None
+                    self.redis.stop()
+                    time.sleep(1.0)
+                    self.start_redis()
+                    self.report.faults["redis restart"] += 1
                 redis_done = True
             if self.rng.random() < 0.3:
                 self.sm8.set_faults(burst_429=self.rng.randint(3, 10))
@@ -423,7 +503,7 @@ class Chaos:
     def _judge(self, result: Convergence, stack: Stack) -> None:
         self.report.lost = len(result.missing_in_cd) + len(result.missing_in_sm8)
         self.report.duplicated = len(result.duplicates)
-        self.report.diverged = len(result.disagree)
+        self.report.diverged = len(result.disagree) + len(result.recreated_early)
         self.report.problems += result.problems[:20]
         for problem in result.duplicates[:5]:  # the records behind each duplicate, to read
             job, staff = problem.split(":")[0].split()[1::2]
@@ -483,6 +563,14 @@ def main(
     ops: Annotated[int, typer.Option(help="How many operations to play.")] = 2000,
     seed: Annotated[int, typer.Option(help="Random seed for operations and faults.")] = 7,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the report here.")] = None,
+    redis_mode: Annotated[
+        str,
+        typer.Option(
+            "--redis",
+            help="single: one Redis, restarted once; sentinel: a Sentinel group that loses its "
+            "last seconds of writes once and fails over once (needs `make tools`).",
+        ),
+    ] = "single",
 ) -> None:
     """Play operations on both sides under faults; exit 0 only if nothing was lost, duplicated,
     diverged or leaked."""
@@ -490,7 +578,9 @@ def main(
 
     configure_logging("WARNING", "console")
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
-    report = Chaos(ops, workdir, seed).run()
+    if redis_mode not in ("single", "sentinel"):
+        raise typer.BadParameter("--redis: single or sentinel")
+    report = Chaos(ops, workdir, seed, "sentinel" if redis_mode == "sentinel" else "single").run()
     console.print(f"dialects: coredination {asdict(HOSTILE_COREDINATION)}; servicem8 while "
                   f"faulted {asdict(HOSTILE_SERVICEM8)}")  # fmt: skip
     console.print(f"operations: {sum(report.operations.values())} {dict(report.operations)}")

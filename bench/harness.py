@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import redis
 import requests
 
+from bridge import redis_conn
 from bridge.redis_server import free_port
 from bridge.store import Stores
 from mappings.ids import sm8_activity_uuid, sm8_allocation_uuid
@@ -87,7 +87,7 @@ class Stack:
         )
         self.env.update(env)
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
-        self.client = redis.Redis.from_url(redis_url)
+        self.client = redis_conn.client(redis_url)
         self.stores = Stores.connect(self.client, self.connection)
         self.web_port: int | None = None
 

@@ -49,8 +49,10 @@ class UpsertJob:
 
 
 # Resource states at work: what ``schedule`` or ``assign`` does to them is not documented
-# (docs/coredination-api.md#resources), so the bridge reads the job back after sending one.
+# (docs/coredination-api.md#resources), so the bridge reads the job back after sending one to a
+# resource the job already holds (the view may not know it is at work yet).
 AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
+ABSENT_STATES = frozenset({"UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE"})  # no one there
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,12 @@ class ResourceOp:
 
     @property
     def uncertain(self) -> bool:
-        """Whether the op may not take: ``schedule`` or ``assign`` on a resource at work."""
-        return self.op in ("schedule", "assign") and (self.before or "").upper() in AT_WORK
+        """Whether the op may not take: ``schedule`` or ``assign`` on a resource the job already
+        holds. The view may say SCHEDULED of a resource the worker has meanwhile accepted or
+        finished, so any resource there may be at work; a new one cannot be (nor costs a read)."""
+        return self.op in ("schedule", "assign") and self.before is not None and (
+            self.before.upper() not in ABSENT_STATES
+        )
 
 
 ReadBack = Literal["took", "ignored", "moved"]
@@ -145,11 +151,17 @@ def job_deleted(record: JobRecord) -> bool:
     return record.details is not None and not record.details.active
 
 
-def deleted_since(view: CdView, now_ms: int) -> int:
+def deleted_since(view: CdView, record: JobRecord) -> int:
     """The earliest a Coredination job found gone can have been deleted: its last change the
-    bridge knows of (else now). A ServiceM8 change after it re-creates the job."""
+    bridge knows of. A ServiceM8 change after it re-creates the job. The bridge's own bookings
+    count among those changes: what it wrote followed Coredination (a pull), and its echo
+    carries ServiceM8's stamp of that write, which must not pass for the office's change. With
+    nothing known, 0: every later change counts (better a job created again than a change
+    left out)."""
     known = [t for t in (view.modified_ms, *view.changed_ms.values()) if t is not None]
-    return max(known) if known else now_ms
+    known += [a.edited_ms for a in record.allocations.values()
+              if a.by_bridge and a.edited_ms is not None]  # fmt: skip
+    return max(known) if known else 0
 
 
 def booked_since(record: JobRecord, since_ms: int) -> bool:

@@ -43,10 +43,14 @@ class Convergence:
     # Jobs whose Coredination job a dispatcher deleted, with no ServiceM8 change to a booking on
     # them since: they stay deleted there (the deletion rule), and the bridge must report them.
     deleted_in_cd: list[str] = field(default_factory=list)  # ServiceM8 jobs
+    # Jobs created again in Coredination after a dispatcher deleted them with no ServiceM8
+    # change to the job or its bookings in between: the deletion rule broken.
+    recreated_early: list[str] = field(default_factory=list)
 
     @property
     def problems(self) -> list[str]:
-        return [*self.missing_in_cd, *self.missing_in_sm8, *self.disagree, *self.duplicates]
+        return [*self.missing_in_cd, *self.missing_in_sm8, *self.disagree, *self.duplicates,
+                *self.recreated_early]  # fmt: skip
 
     @property
     def converged(self) -> bool:
@@ -179,6 +183,18 @@ def check(
                 result.missing_in_sm8.append(f"{name}: {c_presence} in CD, none in ServiceM8")
             else:
                 result.disagree.append(f"{name}: {s_presence} in ServiceM8, {c_presence} in CD")
+        for cd_uuid, (deleted_ms, created) in cd.recreated.items():
+            sm8_job = sm8_job_for.get(cd_uuid)
+            if sm8_job is None:
+                continue
+            records = [sm8_job, *(a.uuid for a in job_bookings.get(sm8_job, []))]
+            # (the bridge counts a change within the second before the deletion too)
+            if not any(deleted_ms // 1000 * 1000 - 1000 <= sm8.changed_ms.get(r, 0) <= created
+                       for r in records):  # fmt: skip
+                result.recreated_early.append(
+                    f"job {sm8_job[:8]}: created again in Coredination with no ServiceM8 change "
+                    "since a dispatcher deleted it"
+                )
         result.sm8_jobs = len(linked_jobs)
         result.cd_jobs = sum(1 for job in linked_jobs if cd_job_uuid(ns, job) in cd_jobs)
     return result

@@ -210,6 +210,7 @@ class CoredinationSimulator(SimServer):
         self.by_uuid: dict[str, int] = {}
         self.kept_at_work: dict[tuple[str, int], str] = {}  # (job uuid, user id) → op kept out
         self.deleted_jobs: dict[str, int] = {}  # job uuid → when it was deleted (until created)
+        self.recreated: dict[str, tuple[int, int]] = {}  # job uuid → (deleted, created again)
         self.webhooks: dict[int, dict[str, Any]] = {}
         self._next = {
             "user": 2_000_000,
@@ -596,7 +597,9 @@ class CoredinationSimulator(SimServer):
                 if not UUID.match(ref):
                     raise
                 job = self.create_job(req.json() or {}, uuid=ref)
-                self.deleted_jobs.pop(job["uuid"], None)
+                deleted = self.deleted_jobs.pop(job["uuid"], None)
+                if deleted is not None:
+                    self.recreated[job["uuid"]] = (deleted, self.now_ms())
                 return SimReply(200, self.wire_job(job))
             return SimReply(200, self.wire_job(self.update_job(job, req.json() or {})))
 
@@ -761,6 +764,7 @@ class CoredinationSimulator(SimServer):
             self.by_uuid.clear()
             self.kept_at_work.clear()
             self.deleted_jobs.clear()
+            self.recreated.clear()
             self.webhooks.clear()
             self.reset_counts()
             self.limiter.clear()

@@ -7,8 +7,9 @@ as small numbers, and the Coredination job uuid left out because it is derived f
 job (``mappings.ids``).
 
 A record is a MessagePack array whose position 0 is its format; ``decode`` dispatches on it, so a
-later format can read every earlier one (format 2, below ``FORMAT``, is format 1 with appended
-fields in use). The layout is driven by the state model's dataclasses:
+later format can read every earlier one (format 2 is format 1 with appended fields in use,
+format 3 is format 2 with a held pair snapshot). The layout is driven by the state model's
+dataclasses:
 ``LAYOUT`` lists, per class, the fields in stored order (append only), ``IMPLIED`` the ones taken
 from the record's key instead, and a test fails when a dataclass field is in neither. A record
 written before a field was appended reads that field as the dataclass's default. Format 1::
@@ -48,12 +49,16 @@ from mappings.facts import AllocationFacts, JobFacts
 from mappings.presence import Presence
 from mappings.state import CdView, JobRecord, PairSnapshot
 
-FORMAT = 2  # the newest format this version writes and reads
+FORMAT = 3  # the newest format this version writes and reads
 # Format 2 is format 1's layout with rows longer than a class's first layout (the fields appended
 # for fixed bookings in use). A record that needs none of them is still written as format 1, byte
 # for byte as before; one that does is written as 2, so a worker of an older version meets
 # ``NewerRecord`` (and leaves the record alone) instead of a row it cannot read.
 BASE_FORMAT = 1
+EXTENDED_FORMAT = 2
+# Format 3 is format 2 with a pair snapshot marked held (its code + ``HELD``): written only for a
+# record that holds one, so an older worker meets ``NewerRecord`` rather than a code it cannot read.
+HELD_FORMAT = 3
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 
 # Append only: stored records refer to these by position.
@@ -202,7 +207,9 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
         },
     }
     parts["staff"] = [pack_id(name) for name in enc.staff]
-    packed = [FORMAT if enc.extended else BASE_FORMAT, *(parts[name] for name in LAYOUT[JobRecord])]
+    held = any(p.held for p in record.pairs.values())
+    version = HELD_FORMAT if held else EXTENDED_FORMAT if enc.extended else BASE_FORMAT
+    packed = [version, *(parts[name] for name in LAYOUT[JobRecord])]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
 
@@ -279,7 +286,11 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
     return record
 
 
-DECODERS: dict[int, Callable[[str, list[Any], str], JobRecord]] = {1: _decode_v1, 2: _decode_v1}
+DECODERS: dict[int, Callable[[str, list[Any], str], JobRecord]] = {
+    1: _decode_v1,
+    2: _decode_v1,
+    3: _decode_v1,
+}
 
 
 def unencoded_fields() -> dict[str, set[str]]:

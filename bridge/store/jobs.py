@@ -176,6 +176,16 @@ class JobStore:
         keys = [self.keys.cd_links_count, *self.keys.ref_buckets()]
         return int(self._recount_links(keys=keys))
 
+    def unlink(self, cd_uuids: Iterable[str]) -> None:
+        """Drop reverse links by Coredination uuid, the count with them."""
+        with self.r.pipeline(transaction=False) as pipe:
+            for cd_uuid in cd_uuids:
+                slot = self._ref_slot(cd_uuid)
+                if slot is not None:
+                    self._link(keys=[slot[0], self.keys.cd_links_count],
+                               args=[slot[1], b""], client=pipe)  # fmt: skip
+            pipe.execute()
+
     def linked_cd(self) -> dict[str, str]:
         """Every reverse link by Coredination job uuid: ``{C: J}`` (the numeric ids left out).
         O(links): the census's, every few minutes, not a hot path."""

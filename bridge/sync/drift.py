@@ -101,13 +101,14 @@ def reconcile(ctx: SyncContext, *, repair: bool) -> tuple[list[Drift], set[str]]
     for job in sorted(set(fresh) | set(ctx.stores.jobs.known())):
         record = ctx.stores.jobs.load(job)
         listed = {f.uuid for f in fresh.get(job, [])}
-        gone = [replace(a, active=False) for a in record.allocations.values()
+        gone = [replace(a, active=False, edited_ms=int(started * 1000))
+                for a in record.allocations.values()
                 if a.active and a.uuid not in listed]  # fmt: skip
         facts = fresh.get(job, []) + gone
         cd_job = cd_jobs.get(cd_job_uuid(ctx.ns, job))
         if cd_job is None and job in deleted_there:
-            # Judged on the record as the listing would leave it, as the sync judges it: an
-            # echo of the bridge's own write keeps its change time (it is no office change).
+            # Judged on the record as the listing would leave it, as the sync judges it (a
+            # booking the list lacks was removed: a change, dated by this read).
             seen = copy.deepcopy(record)
             transitions.ingest_allocations(seen, facts, read_started=started)
             if not booked_since(seen, deleted_there[job]):

@@ -163,8 +163,21 @@ def _upsert_fields(
                f" (HTTP {exc.status}): the job keeps no people")  # fmt: skip
         parked.set_pending(record.uuid, JOB_STATE, why)
         report.add("skipped.state_refused")
+    view = view_of(job, upsert.uuid)
+    if upsert.creates:
+        parked.clear_pending(record.uuid, CD_DELETED)  # linked again, whichever way
+    elif record.cd is not None and None not in (record.cd.id, view.id) and view.id != record.cd.id:
+        # The update created the job afresh (``PUT`` creates a job that is missing): a dispatcher
+        # deleted it and nothing had noticed. The old snapshots go, or the empty job would read
+        # as everyone taken off in Coredination and their bookings would be deleted; the pairs
+        # are then decided as new, which books the people the ServiceM8 bookings name.
+        log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid)
+        ctx.stores.jobs.forget_cd(record.uuid)
+        record.pairs = {}
+        parked.clear_pending(record.uuid, CD_DELETED)
+        report.add("coredination.job_recreated")
     report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
-    record.cd, record.fields_fp = view_of(job, upsert.uuid), upsert.digest
+    record.cd, record.fields_fp = view, upsert.digest
     ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
 
 
@@ -188,9 +201,13 @@ def _sync_pairs(
     again = False
     try:
         for pair in plan.pairs:
-            again |= _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
+            again = _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
             if pair.snapshot is not None:
                 snapshots[pair.staff] = pair.snapshot
+            if again:
+                # A read-back showed Coredination moved on since this plan was made: the pairs
+                # left are decided at the next sync, on the view just read, not on the old one.
+                break
     finally:
         # Keep what was done even when a write failed half-way. If our lease ran out meanwhile,
         # another worker may have stored a newer view (a pull): keep only our write markers, and
@@ -200,7 +217,9 @@ def _sync_pairs(
             record.uuid, written=written, at=ctx.clock(),
             view=view if owned else None, pairs=snapshots if owned else {}, dirty=again,
         ))  # fmt: skip
-        if not owned:
+        if owned:
+            record.pairs.update(snapshots)  # a second pass of this sync plans from them
+        else:
             log.warning("sync.lease_lost", sm8_job_uuid=record.uuid)
     # Pairs the plan left out of step (a write that cannot bring them there), not those in step
     # by the rules' finer reading (a fixed booking next to a person finished in Coredination).

@@ -100,9 +100,14 @@ def _census(ctx: SyncContext, listed: set[str], shown: int, started: float) -> s
     if shown >= stores.jobs.linked_cd_count():
         return set()
     links = stores.jobs.linked_cd()
-    missing = [job for cd_uuid, job in links.items() if cd_uuid not in listed]
-    views = stores.jobs.cd_views(missing)
-    gone = sorted(job for job in missing if views.get(job) is not None)
+    missing = {cd_uuid: job for cd_uuid, job in links.items() if cd_uuid not in listed}
+    views = stores.jobs.cd_views(set(missing.values()))
+    # A link whose job holds no view of that Coredination job (a write half done) is dropped,
+    # which mends the count: else every census would read every link again.
+    stale = [c for c, job in missing.items() if (v := views.get(job)) is None or v.uuid != c]
+    if stale:
+        stores.jobs.unlink(stale)
+    gone = sorted(job for c, job in missing.items() if c not in stale)
     if len(gone) > max(CENSUS_MAX_MISSING, len(links) // 10):
         log.warning("coredination.census_suspicious", missing=len(gone), linked=len(links))
         return set()
@@ -117,8 +122,10 @@ def job_deleted_in_coredination(ctx: SyncContext, sm8_job: str, view: CdView) ->
     and snapshots and parks the job, where ``bridge status`` shows it. It is created again at
     the next ServiceM8 change to a booking on it (``jobsync``), not at once: the dispatcher's
     deletion stands until the office acts. No ServiceM8 booking is touched."""
-    since_ms = deleted_since(view, ctx.now_ms())
-    ctx.stores.parked.set_pending(sm8_job, CD_DELETED, CD_DELETED_REASON, since=since_ms / 1000)
+    since_ms = deleted_since(view, ctx.stores.jobs.load(sm8_job))
+    parked = ctx.stores.parked
+    parked.clear_pending(sm8_job, CD_DELETED)  # a deletion noticed again is dated afresh
+    parked.set_pending(sm8_job, CD_DELETED, CD_DELETED_REASON, since=since_ms / 1000)
     ctx.stores.jobs.forget_cd(sm8_job, view)
     log.warning("coredination.job_deleted", sm8_job_uuid=sm8_job, cd_job_uuid=view.uuid)
 

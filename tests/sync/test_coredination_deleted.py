@@ -169,3 +169,22 @@ def test_a_404_about_a_user_is_no_deleted_job(engine, sm8_sim, cd_sim):
     assert after.cd is not None and after.cd.uuid == kept.cd.uuid
     assert after.pairs.get(booked) == kept.pairs[booked]
     assert len(cd_sim.jobs) == 1
+
+
+def test_an_update_that_creates_the_deleted_job_afresh_deletes_no_booking(engine, sm8_sim, cd_sim):
+    """Nothing has noticed the deletion yet (no webhook, no census) when the office edits the job:
+    the bridge's ``PUT`` creates the job afresh, empty. Its old snapshots would read as everyone
+    taken off in Coredination and delete their bookings; the new job's id says it is new, the
+    snapshots go, and the people are booked onto it again. A change to the job made after the
+    deletion, so the rule's "created again at the next ServiceM8 change"."""
+    _biz, job, cd_uuid, people = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
+                                                     allocations=2)  # fmt: skip
+    engine.ctx.options.cd_census_seconds = 0
+    before = {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()}
+    sm8_sim.update("job", job, {"job_description": "Fix tap, and the hot water too"})
+    sm8_sim.reset_counts()
+    report = engine.run_cycle(match_staff=False)
+    assert report.counts["coredination.job_recreated"] == 1
+    assert sm8_sim.write_count() == 0
+    assert {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()} == before
+    assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people

@@ -3,6 +3,8 @@ table-driven."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from mappings.facts import AllocationFacts
@@ -29,9 +31,10 @@ STAFF = "9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"
         ("assign", "ACCEPTED", True),
         ("assign", "STARTED", True),
         ("schedule", "PAUSED", True),
-        ("schedule", None, False),
-        ("schedule", "ASSIGNED", False),
-        ("assign", "SCHEDULED", False),
+        ("schedule", None, False),  # a new resource: nobody can be at work there yet
+        ("schedule", "DECLINED", False),
+        ("schedule", "ASSIGNED", True),  # the view may not know the worker accepted since
+        ("assign", "SCHEDULED", True),
         ("unschedule", "FINISHED", False),  # taking someone off is documented
         ("unassign", "ACCEPTED", False),
     ],
@@ -97,5 +100,11 @@ def test_a_servicem8_change_after_the_deletion(edited_ms, since_ms, booked):
 
 def test_the_deletion_is_dated_by_the_last_change_the_bridge_knew_of():
     view = CdView(id=1, uuid="x", changed_ms={7: 2_000, 8: 6_000}, modified_ms=4_000)
-    assert deleted_since(view, now_ms=10_000) == 6_000
-    assert deleted_since(CdView(id=1, uuid="x"), now_ms=10_000) == 10_000
+    assert deleted_since(view, JobRecord(JOB)) == 6_000
+    assert deleted_since(CdView(id=1, uuid="x"), JobRecord(JOB)) == 0  # nothing known: all count
+    # The bridge's own booking (a pull) carries ServiceM8's stamp of the bridge's write: it is
+    # among the changes before the deletion, not the office's change after it.
+    ours = replace(_booking(9_000), by_bridge=True)
+    record = JobRecord(JOB, allocations={ours.uuid: ours, "b": replace(_booking(8_000), uuid="b")})
+    assert deleted_since(view, record) == 9_000
+    assert not booked_since(record, deleted_since(view, record) + 1000)

@@ -1,4 +1,5 @@
-"""A Redis Sentinel group on loopback, for the failover tests: one primary, one replica and three
+"""A Redis Sentinel group on loopback, for the failover tests and the chaos run's failover: one
+primary, one replica and three
 sentinels, each its own process (never daemonized) on a free 127.0.0.1 port, with its config,
 data and log in a temporary folder. Sentinels judge a primary down after one second, so a failover
 completes in a few seconds.
@@ -8,13 +9,13 @@ when starting failed half-way. The data nodes and the sentinels have passwords o
 production, so the tests also prove that each client carries the right one.
 
 The binaries come from Debian's ``redis-sentinel`` package (``make tools`` installs it):
-``redis-sentinel`` runs the sentinels, else ``redis-server --sentinel``. Without either the tests
-skip, except in CI (``CI=true``) where they fail, as the promtool tests do.
+``redis-sentinel`` runs the sentinels, else ``redis-server --sentinel``. Without either,
+``MissingBinaries`` is raised: the tests then skip, except in CI (``CI=true``) where they fail, as
+the promtool tests do.
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 import signal
 import subprocess
@@ -23,16 +24,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from bridge.redis_server import free_port
 
 MASTER = "bridge-test"  # not the default "mymaster": a client that ignores the name fails
-PASSWORD = "data-pw-5e1c9a"
-SENTINEL_PASSWORD = "sentinel-pw-77b2d0"
+PASSWORD = "data-pw-5e1c9a"  # noqa: S105 - a fake, for the loopback group only
+SENTINEL_PASSWORD = "sentinel-pw-77b2d0"  # noqa: S105 - a fake
 DOWN_AFTER_MS = 1000
 FAILOVER_TIMEOUT_MS = 4000
 T = TypeVar("T")
@@ -52,18 +54,19 @@ class Program:
         return [self.name, str(conf), *self.flags]
 
 
+class MissingBinaries(RuntimeError):
+    """Neither ``redis-server`` nor ``redis-sentinel`` is installed."""
+
+
 def binaries() -> tuple[Program, Program]:
-    """A data node's program and a sentinel's. Skips (fails in CI) when neither binary is
+    """A data node's program and a sentinel's; ``MissingBinaries`` when neither binary is
     installed."""
     server, sentinel = shutil.which("redis-server"), shutil.which("redis-sentinel")
     if server is None and sentinel is None:
-        why = (
+        raise MissingBinaries(
             "redis-server/redis-sentinel are not installed: `make tools` installs Debian's "
             "redis-sentinel package"
         )
-        if os.environ.get("CI") == "true":
-            pytest.fail(why, pytrace=False)
-        pytest.skip(why)
     node = Program(server or str(sentinel), "redis-server")
     if sentinel is not None:
         return node, Program(sentinel, "redis-sentinel")
@@ -126,7 +129,8 @@ class SentinelCluster:
     def _reported_master(self) -> tuple[str, int] | None:
         for port in self.sentinel_ports:
             try:
-                host, found = self.sentinel(port).sentinel_get_master_addr_by_name(self.master)
+                reply: Any = self.sentinel(port).sentinel_get_master_addr_by_name(self.master)
+                host, found = reply
                 return str(host), int(found)
             except (redis.RedisError, TypeError):  # not up yet; None: it knows no such master
                 continue
@@ -199,7 +203,7 @@ class SentinelCluster:
         def asked() -> bool:
             # NOGOODSLAVE while the sentinels have yet to see the replica healthy: ask again.
             sentinel = self.sentinel(self.sentinel_ports[0])
-            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", self.master))
+            return bool(sentinel.execute_command("SENTINEL", "FAILOVER", self.master))  # type: ignore[no-untyped-call]
 
         wait_for("a failover to start", asked, timeout, self.root)
         new = self._switched_from(old, timeout)
@@ -218,10 +222,11 @@ class SentinelCluster:
     # --- waiting ----------------------------------------------------------------------------
     def _switched_from(self, old: tuple[str, int], timeout: float) -> tuple[str, int]:
         def agreed() -> tuple[str, int] | None:
-            seen = {
-                tuple(self.sentinel(p).sentinel_get_master_addr_by_name(self.master))
+            replies: list[Any] = [
+                self.sentinel(p).sentinel_get_master_addr_by_name(self.master)
                 for p in self.sentinel_ports
-            }
+            ]
+            seen = {tuple(reply) for reply in replies}
             if len(seen) != 1:
                 return None
             host, port = next(iter(seen))
@@ -229,7 +234,8 @@ class SentinelCluster:
             if addr == old:
                 return None
             primary = self.node(addr[1])
-            if primary.execute_command("ROLE")[0] not in (b"master", "master"):
+            role: Any = primary.execute_command("ROLE")  # type: ignore[no-untyped-call]
+            if role[0] not in (b"master", "master"):
                 return None
             primary.set("sentinel-harness:probe", "1")  # READONLY until it is promoted
             return addr
@@ -246,7 +252,7 @@ class SentinelCluster:
                 return False
             self.node(addr[1]).set("sentinel-harness:probe", "1")
             for port in self.sentinel_ports:
-                state = self.sentinel(port).sentinel_master(self.master)
+                state: Any = self.sentinel(port).sentinel_master(self.master)
                 if (state["ip"], int(state["port"])) != addr:
                     return False
                 if int(state["num-other-sentinels"]) != len(self.sentinel_ports) - 1:
@@ -269,7 +275,7 @@ class SentinelCluster:
         folder.mkdir(parents=True, exist_ok=True)
         conf_path = folder / "redis.conf"  # a sentinel rewrites its own: one folder each
         conf_path.write_text(conf)
-        self.processes[port] = subprocess.Popen(
+        self.processes[port] = subprocess.Popen(  # noqa: S603 - our own redis binaries
             program.argv(conf_path),
             executable=program.executable,
             cwd=folder,
@@ -327,6 +333,6 @@ class SentinelCluster:
                 socket_timeout=2,
                 socket_connect_timeout=2,
                 decode_responses=True,
-                retry=None,
+                retry=Retry(NoBackoff(), 0),
             )
         return self._clients[port]
