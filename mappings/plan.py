@@ -67,8 +67,10 @@ class ResourceOp:
         """Whether the op may not take: ``schedule`` or ``assign`` on a resource the job already
         holds. The view may say SCHEDULED of a resource the worker has meanwhile accepted or
         finished, so any resource there may be at work; a new one cannot be (nor costs a read)."""
-        return self.op in ("schedule", "assign") and self.before is not None and (
-            self.before.upper() not in ABSENT_STATES
+        return (
+            self.op in ("schedule", "assign")
+            and self.before is not None
+            and (self.before.upper() not in ABSENT_STATES)
         )
 
 
