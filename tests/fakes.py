@@ -253,7 +253,7 @@ class _Listed(Iterator[CdJob]):
 
 
 class FakeCoredination:
-    WRITES = ("upsert_job", "resource_op")
+    WRITES = ("upsert_job", "resource_op", "delete_job")
     AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
     JOB_FIELDS = ("title", "description", "allDay", "startTime", "endTime", "destinations")
 
@@ -363,6 +363,10 @@ class FakeCoredination:
         job.update({k: copy.deepcopy(body[k]) for k in self.JOB_FIELDS if k in body})
         self._event(job, "CREATE" if creating else "UPDATE")
         return CdJob.model_validate(copy.deepcopy(job))
+
+    def delete_job(self, ref: str | int) -> None:
+        self.calls["delete_job"] += 1
+        del self.jobs[self._job(ref)["uuid"]]
 
     def iter_changed_jobs(
         self, since: datetime | int, *, page_size: int = 500, on_invalid: OnInvalid | None = None

@@ -136,6 +136,11 @@ class CoredinationClient:
         response = self.transport.request("PUT", f"job/{uuid}", operation="job.put", json_body=body)
         return CdJob.model_validate(response.json())
 
+    def delete_job(self, ref: str | int) -> None:
+        """``DELETE /job/{id}`` (answers with a status code only). Used only to take back a job
+        the bridge's own update created afresh after a dispatcher deleted it."""
+        self.transport.request("DELETE", f"job/{ref}", operation="job.delete")
+
     def _job_rows(
         self,
         kind: str = "all",

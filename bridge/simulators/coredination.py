@@ -403,7 +403,11 @@ class CoredinationSimulator(SimServer):
         del self.by_uuid[job["uuid"]]
         for key in [k for k in self.kept_at_work if k[0] == job["uuid"]]:
             del self.kept_at_work[key]
-        self.deleted_jobs[job["uuid"]] = self.now_ms()
+        # A job created again and deleted at once (the bridge taking back its own update's
+        # creation) keeps the first deletion's time: for the checker, nothing happened.
+        prior = self.recreated.pop(job["uuid"], None)
+        again = prior is not None and self.now_ms() - prior[1] < 10_000
+        self.deleted_jobs[job["uuid"]] = prior[0] if again and prior else self.now_ms()
 
     def _kept(self, job: dict[str, Any], user: dict[str, Any], op: str, state: str) -> None:
         """An op that left a resource at work as it was: remembered (for the checker, which

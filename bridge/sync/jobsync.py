@@ -24,6 +24,7 @@ from mappings.plan import (
     ReadBack,
     ResourceOp,
     booked_since,
+    deleted_since,
     hold,
     job_deleted,
     later_expiry,
@@ -121,7 +122,8 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
         _sync_pairs(ctx, record, lease, now_ms, report)
         _upsert_fields(ctx, record, lease, now_ms, report)
         return report
-    _upsert_fields(ctx, record, lease, now_ms, report)
+    if not _upsert_fields(ctx, record, lease, now_ms, report):
+        return report
     written = _sync_pairs(ctx, record, lease, now_ms, report)
     if written and lease.owned():
         # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
@@ -130,7 +132,8 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
         # they write moves no job time, as they follow it).
         record.allocations.update({fact.uuid: fact for fact in written})
         before = _job_time(record.cd)
-        _upsert_fields(ctx, record, lease, now_ms, report)
+        if not _upsert_fields(ctx, record, lease, now_ms, report):
+            return report
         if lease.owned() and _job_time(record.cd) != before:
             _sync_pairs(ctx, record, lease, now_ms, report)
     return report
@@ -142,13 +145,14 @@ def _job_time(view: CdView | None) -> tuple[int | None, int | None, bool] | None
 
 def _upsert_fields(
     ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
-) -> None:
+) -> bool:
     """Write the Coredination job's fields unless it already holds them (the fingerprint). A
     state override Coredination refuses (the canceled state of a deleted job) is left out, and
-    the job is parked with the reason, where ``bridge status`` shows it."""
+    the job is parked with the reason, where ``bridge status`` shows it. False: the job turned
+    out deleted in Coredination and stays so (nothing more to sync)."""
     upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
     if upsert is None:
-        return
+        return True
     lease.renew()
     parked = ctx.stores.parked
     try:
@@ -168,10 +172,18 @@ def _upsert_fields(
         parked.clear_pending(record.uuid, CD_DELETED)  # linked again, whichever way
     elif record.cd is not None and None not in (record.cd.id, view.id) and view.id != record.cd.id:
         # The update created the job afresh (``PUT`` creates a job that is missing): a dispatcher
-        # deleted it and nothing had noticed. The old snapshots go, or the empty job would read
-        # as everyone taken off in Coredination and their bookings would be deleted; the pairs
-        # are then decided as new, which books the people the ServiceM8 bookings name.
+        # deleted it and nothing had noticed. With no ServiceM8 booking change since, the
+        # deletion stands (the deletion rule): the job just made is deleted again and parked.
+        # Otherwise it stays, and the old snapshots go, or the empty job would read as everyone
+        # taken off in Coredination and their bookings would be deleted: the pairs are decided
+        # as new, which books the people the ServiceM8 bookings name.
         log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid)
+        if not booked_since(record, deleted_since(record.cd, record)):
+            ctx.cd.delete_job(view.uuid)
+            job_deleted_in_coredination(ctx, record.uuid, record.cd)
+            record.cd, record.pairs = None, {}
+            report.add("skipped.deleted_in_coredination")
+            return False
         ctx.stores.jobs.forget_cd(record.uuid)
         record.pairs = {}
         parked.clear_pending(record.uuid, CD_DELETED)
@@ -179,6 +191,7 @@ def _upsert_fields(
     report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
     record.cd, record.fields_fp = view, upsert.digest
     ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
+    return True
 
 
 def _sync_pairs(

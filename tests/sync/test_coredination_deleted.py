@@ -171,20 +171,39 @@ def test_a_404_about_a_user_is_no_deleted_job(engine, sm8_sim, cd_sim):
     assert len(cd_sim.jobs) == 1
 
 
-def test_an_update_that_creates_the_deleted_job_afresh_deletes_no_booking(engine, sm8_sim, cd_sim):
-    """Nothing has noticed the deletion yet (no webhook, no census) when the office edits the job:
-    the bridge's ``PUT`` creates the job afresh, empty. Its old snapshots would read as everyone
-    taken off in Coredination and delete their bookings; the new job's id says it is new, the
-    snapshots go, and the people are booked onto it again. A change to the job made after the
-    deletion, so the rule's "created again at the next ServiceM8 change"."""
-    _biz, job, cd_uuid, people = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
-                                                     allocations=2)  # fmt: skip
+def test_an_update_that_creates_the_deleted_job_afresh_takes_it_back(engine, sm8_sim, cd_sim):
+    """Nothing has noticed the deletion yet (no webhook, no census) when the office edits the
+    job's description: the bridge's ``PUT`` creates the job afresh, empty (its new id says so).
+    No booking changed since the deletion, so the deletion stands: the new job is deleted again
+    and the job parked. Before, the old snapshots read the empty job as everyone taken off in
+    Coredination and deleted their ServiceM8 bookings."""
+    _, job, cd_uuid, _ = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
+                                              allocations=2)  # fmt: skip
     engine.ctx.options.cd_census_seconds = 0
     before = {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()}
     sm8_sim.update("job", job, {"job_description": "Fix tap, and the hot water too"})
     sm8_sim.reset_counts()
     report = engine.run_cycle(match_staff=False)
-    assert report.counts["coredination.job_recreated"] == 1
+    assert report.counts["skipped.deleted_in_coredination"] >= 1
+    assert cd_uuid not in cd_sim.by_uuid
+    assert f"{job}|{CD_DELETED}" in engine.ctx.stores.parked.pending()
     assert sm8_sim.write_count() == 0
     assert {u: dict(r) for u, r in sm8_sim.records["joballocation"].items()} == before
+
+
+def test_a_booking_change_nothing_noticed_the_deletion_before_creates_it_again(
+    engine, sm8_sim, cd_sim
+):
+    """The same, but the office moves a booking: that is the change that creates the job again,
+    with everyone the bookings name, and no booking is deleted."""
+    _, job, cd_uuid, people = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=2, jobs=1,
+                                                   allocations=2)  # fmt: skip
+    engine.ctx.options.cd_census_seconds = 0
+    booking = next(a for a in sm8_sim.records["joballocation"].values() if a["job_uuid"] == job)
+    sm8_sim.update("joballocation", booking["uuid"], {"allocation_date": "2026-12-23 00:00:00"})
+    sm8_sim.reset_counts()
+    report = engine.run_cycle(match_staff=False)
+    assert report.counts["coredination.job_recreated"] == 1
+    assert sm8_sim.count("DELETE", "joballocation.delete") == 0
+    assert all(a["active"] == 1 for a in sm8_sim.records["joballocation"].values())
     assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people
