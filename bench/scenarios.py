@@ -326,7 +326,7 @@ def budget(b: Bench, strategy: str = "shared") -> None:
     ``strategy``: ``shared``, the bridge's workers (``celery -A tasks``) on the shared budget;
     ``celery-rate-limit``, workers from ``bench.rate_limited_app`` (Celery's per-worker
     ``rate_limit`` instead)."""
-    limit, window = (20, 15) if b.quick else (60, 60)
+    limit, window = (20, 10) if b.quick else (60, 60)
     # The margin keeps production's proportion to the window (1 s of 60 s): it stands for network
     # jitter, which a shorter test window does not shorten in the real world but loopback does.
     margin = window / 60

@@ -28,13 +28,22 @@ class AllocationFacts:
     by_bridge: bool = False  # created by the bridge from a Coredination resource
     fixed: bool = False  # a job activity (fixed booking) rather than a job allocation
     end_ms: int | None = None  # a fixed booking's end
+    # ``edited_ms`` of the bridge's own last write, once read back: a change time that is the
+    # bridge's, not a person's (the deletion rule counts only people's changes)
+    own_ms: int | None = None
 
     def live(self, now_ms: int) -> bool:
         return self.active and not (self.expires_ms is not None and self.expires_ms <= now_ms)
 
     def same_state(self, other: AllocationFacts) -> bool:
-        """Equal apart from ``edited_ms``: a re-read of our own write is not a change."""
-        return asdict(self) | {"edited_ms": None} == asdict(other) | {"edited_ms": None}
+        """Equal apart from the change times: a re-read of our own write is not a change."""
+        times = {"edited_ms": None, "own_ms": None}
+        return asdict(self) | times == asdict(other) | times
+
+    @property
+    def changed_by_person(self) -> bool:
+        """Its last change is someone's, not the bridge's own write read back."""
+        return self.edited_ms is not None and self.edited_ms != self.own_ms
 
 
 @dataclass(frozen=True)

@@ -155,23 +155,21 @@ def job_deleted(record: JobRecord) -> bool:
 
 def deleted_since(view: CdView, record: JobRecord) -> int:
     """The earliest a Coredination job found gone can have been deleted: its last change the
-    bridge knows of. A ServiceM8 change after it re-creates the job. The bridge's own bookings
-    count among those changes: what it wrote followed Coredination (a pull), and its echo
-    carries ServiceM8's stamp of that write, which must not pass for the office's change. With
+    bridge knows of, in Coredination or its own last write to a booking on the job (which
+    followed Coredination). A person's ServiceM8 change after it re-creates the job. With
     nothing known, 0: every later change counts (better a job created again than a change
     left out)."""
     known = [t for t in (view.modified_ms, *view.changed_ms.values()) if t is not None]
-    known += [a.edited_ms for a in record.allocations.values()
-              if a.by_bridge and a.edited_ms is not None]  # fmt: skip
+    known += [a.own_ms for a in record.allocations.values() if a.own_ms is not None]
     return max(known) if known else 0
 
 
 def booked_since(record: JobRecord, since_ms: int) -> bool:
-    """A booking on the job changed in ServiceM8 after ``since_ms`` (a change of the fields the
-    rules read: opening a booking on the phone is none). ServiceM8 stamps whole seconds, so a
-    change within the second before counts too: better a job created once more than an office
-    change left out."""
-    return any(a.edited_ms is not None and a.edited_ms + 1000 > since_ms
+    """A person changed a booking on the job in ServiceM8 after ``since_ms`` (a change of the
+    fields the rules read: opening a booking on the phone is none, nor the bridge's own write).
+    ServiceM8 stamps whole seconds, so a change within the second before counts too: better a
+    job created once more than an office change left out."""
+    return any(a.changed_by_person and (a.edited_ms or 0) + 1000 > since_ms
                for a in record.allocations.values())  # fmt: skip
 
 

@@ -64,11 +64,12 @@ def ingest_allocations(
     wrote, dirty = False, False
     for fact in facts:
         written = record.written.get(fact.uuid)
+        settled = False
         if written is not None:
             if read_started is None or written >= read_started:
                 continue
             del record.written[fact.uuid]  # a read begun after our write settles it
-            wrote = True
+            wrote = settled = True
         previous = record.allocations.get(fact.uuid)
         if previous is None and not fact.active:
             continue  # deleted before the bridge ever saw it (a poll's overlap): nothing to keep
@@ -84,7 +85,11 @@ def ingest_allocations(
         if previous is not None and previous.edited_ms is not None and previous.same_state(fact):
             # Only edit_date moved (a booking opened on the phone): the change time stays when
             # the fields the rules read last changed, so it wins no conflict.
-            fact = replace(fact, edited_ms=previous.edited_ms)
+            fact = replace(fact, edited_ms=previous.edited_ms, own_ms=previous.own_ms)
+        elif previous is not None and previous.same_state(fact):
+            # Our own write read back as we wrote it: its change time is the bridge's, and
+            # stays marked so until someone changes the booking.
+            fact = replace(fact, own_ms=fact.edited_ms if settled else previous.own_ms)
         if previous == fact:
             continue
         record.allocations[fact.uuid] = fact

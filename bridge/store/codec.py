@@ -8,8 +8,8 @@ job (``mappings.ids``).
 
 A record is a MessagePack array whose position 0 is its format; ``decode`` dispatches on it, so a
 later format can read every earlier one (format 2 is format 1 with appended fields in use,
-format 3 is format 2 with a held pair snapshot). The layout is driven by the state model's
-dataclasses:
+format 3 is format 2 with a held pair snapshot or ``own_ms``). The layout is driven by the
+state model's dataclasses:
 ``LAYOUT`` lists, per class, the fields in stored order (append only), ``IMPLIED`` the ones taken
 from the record's key instead, and a test fails when a dataclass field is in neither. A record
 written before a field was appended reads that field as the dataclass's default. Format 1::
@@ -19,8 +19,8 @@ written before a field was appended reads that field as the dataclass's default.
     details      None | [active, number, description, address, lat, lng]
     staff        [staff uuid, ...]: every staff member named below, once; referred to by position
     allocations  [[uuid, staff, active, date, window, completed, expires, edited, by_bridge,
-                   fixed, end], ...] (the last two appended with fixed bookings: an older row
-                 reads them as False and None)
+                   fixed, end, own], ...] (fixed and end appended with fixed bookings, own with
+                 the deletion rule: an older row reads them as False and None)
                  window: None | [start minute, end minute]
     written      {allocation uuid: when the bridge wrote it (epoch seconds)}
     cd           None | [id, uuid or None (= derived), {user: state}, {user: event time},
@@ -56,8 +56,9 @@ FORMAT = 3  # the newest format this version writes and reads
 # ``NewerRecord`` (and leaves the record alone) instead of a row it cannot read.
 BASE_FORMAT = 1
 EXTENDED_FORMAT = 2
-# Format 3 is format 2 with a pair snapshot marked held (its code + ``HELD``): written only for a
-# record that holds one, so an older worker meets ``NewerRecord`` rather than a code it cannot read.
+# Format 3 is format 2 with a pair snapshot marked held (its code + ``HELD``) or a booking's
+# ``own_ms``: written only for a record that holds one, so an older worker meets ``NewerRecord``
+# rather than a code or a row it cannot read.
 HELD_FORMAT = 3
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 
@@ -77,12 +78,14 @@ LAYOUT: dict[type, tuple[str, ...]] = {
     JobRecord: ("details", "staff", "allocations", "written", "cd", "fields_fp", "pairs"),
     JobFacts: ("active", "number", "description", "address", "lat", "lng"),
     AllocationFacts: ("uuid", "staff_uuid", "active", "date_ms", "window", "completed_ms",
-                      "expires_ms", "edited_ms", "by_bridge", "fixed", "end_ms"),
+                      "expires_ms", "edited_ms", "by_bridge", "fixed", "end_ms", "own_ms"),
     CdView: ("id", "uuid", "resources", "changed_ms", "modified_ms", "start_ms", "end_ms",
              "all_day"),
 }  # fmt: skip
 # How many fields each class had in its first layout: later ones may be left off (``row``).
 FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9, CdView: 6}
+# How many fields format 2 holds: a longer row (``own_ms`` in use) is written as format 3.
+FORMAT2_LENGTH: dict[type, int] = {AllocationFacts: 11, CdView: 8}
 # Fields not stored because the record's key gives them (the job uuid).
 IMPLIED: dict[type, frozenset[str]] = {
     JobRecord: frozenset({"uuid"}),
@@ -151,6 +154,7 @@ class _Encoder:
         self.derived_cd_uuid = derived_cd_uuid
         self.staff: dict[str, int] = {}
         self.extended = False  # a row holds a field appended after its class's first layout
+        self.newer = False  # a row holds a field appended after format 2
 
     def who(self, staff_uuid: str | None) -> int | None:
         if staff_uuid is None:
@@ -169,6 +173,8 @@ class _Encoder:
             names.pop()
         if len(names) > FIRST_LENGTH.get(cls, len(names)):
             self.extended = True
+        if len(names) > FORMAT2_LENGTH.get(cls, len(names)):
+            self.newer = True
         return [packers.get(name, _same)(getattr(value, name)) for name in names]
 
 
@@ -183,7 +189,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
     allocation: Packers = {
         "uuid": pack_id, "staff_uuid": enc.who, "window": lambda w: None if w is None else list(w),
         "date_ms": fold, "completed_ms": fold, "expires_ms": fold, "edited_ms": fold,
-        "end_ms": fold,
+        "end_ms": fold, "own_ms": fold,
     }  # fmt: skip
     cd: Packers = {
         "uuid": lambda u: None if u == derived_cd_uuid else pack_id(u),
@@ -208,7 +214,8 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
     }
     parts["staff"] = [pack_id(name) for name in enc.staff]
     held = any(p.held for p in record.pairs.values())
-    version = HELD_FORMAT if held else EXTENDED_FORMAT if enc.extended else BASE_FORMAT
+    version = (HELD_FORMAT if held or enc.newer
+               else EXTENDED_FORMAT if enc.extended else BASE_FORMAT)  # fmt: skip
     packed = [version, *(parts[name] for name in LAYOUT[JobRecord])]
     return bytes(msgpack.packb(packed, use_bin_type=True))
 
@@ -257,7 +264,7 @@ def _decode_v1(job_uuid: str, data: list[Any], derived_cd_uuid: str) -> JobRecor
         "staff_uuid": lambda who: None if who is None else staff[who],
         "window": lambda w: None if w is None else (w[0], w[1]),
         "date_ms": unfold, "completed_ms": unfold, "expires_ms": unfold, "edited_ms": unfold,
-        "end_ms": unfold,
+        "end_ms": unfold, "own_ms": unfold,
     }  # fmt: skip
     for row in parts["allocations"]:
         fact = _build(AllocationFacts, row, {"job_uuid": job_uuid}, allocation)

@@ -102,9 +102,12 @@ def test_the_deletion_is_dated_by_the_last_change_the_bridge_knew_of():
     view = CdView(id=1, uuid="x", changed_ms={7: 2_000, 8: 6_000}, modified_ms=4_000)
     assert deleted_since(view, JobRecord(JOB)) == 6_000
     assert deleted_since(CdView(id=1, uuid="x"), JobRecord(JOB)) == 0  # nothing known: all count
-    # The bridge's own booking (a pull) carries ServiceM8's stamp of the bridge's write: it is
-    # among the changes before the deletion, not the office's change after it.
-    ours = replace(_booking(9_000), by_bridge=True)
-    record = JobRecord(JOB, allocations={ours.uuid: ours, "b": replace(_booking(8_000), uuid="b")})
+    # The bridge's own write read back (a pull) carries ServiceM8's stamp of that write: among
+    # the changes before the deletion, never a person's change after it.
+    ours = replace(_booking(9_000), by_bridge=True, own_ms=9_000)
+    record = JobRecord(JOB, allocations={ours.uuid: ours, "b": replace(_booking(5_000), uuid="b")})
     assert deleted_since(view, record) == 9_000
-    assert not booked_since(record, deleted_since(view, record) + 1000)
+    assert booked_since(record, 3_000)  # the office's booking, at 5 s, counts
+    assert not booked_since(JobRecord(JOB, allocations={ours.uuid: ours}), 0)
+    edited = replace(ours, edited_ms=12_000)  # the office moved the bridge's booking since
+    assert booked_since(JobRecord(JOB, allocations={ours.uuid: edited}), 9_000)

@@ -3,6 +3,8 @@ trip."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import msgpack
 import pytest
 from hypothesis import given
@@ -44,7 +46,7 @@ def records(draw: st.DrawFn) -> JobRecord:
         fact = AllocationFacts(draw(ids), JOB, draw(st.none() | ids), draw(st.booleans()),
                                draw(stamps), window, draw(stamps), draw(stamps), draw(stamps),
                                draw(st.booleans()), draw(st.booleans()),
-                               draw(stamps))  # fmt: skip
+                               draw(stamps), draw(stamps))  # fmt: skip
         record.allocations[fact.uuid] = fact
         if draw(st.booleans()):
             record.written[fact.uuid] = draw(st.floats(0, 2e9))
@@ -166,7 +168,8 @@ def test_records_written_by_format_1_before_the_store_was_split_read_back_unchan
         record = decode(row["job"], raw, derived)
         # Fields appended since read as their defaults (fixed bookings: ``fixed``, ``end_ms`` of
         # a booking; ``end_ms``, ``all_day`` of the Coredination view).
-        expected = re.sub(r"(by_bridge=(?:True|False))\)", r"\1, fixed=False, end_ms=None)",
+        expected = re.sub(r"(by_bridge=(?:True|False))\)",
+                          r"\1, fixed=False, end_ms=None, own_ms=None)",
                           row["repr"])  # fmt: skip
         expected = re.sub(r"(CdView\(.*?start_ms=[^,)]*)\)", r"\1, end_ms=None, all_day=False)",
                           expected)  # fmt: skip
@@ -204,3 +207,32 @@ def test_a_record_using_appended_fields_is_format_2_which_an_older_reader_refuse
         patch.setattr(codec, "DECODERS", older)
         with pytest.raises(codec.NewerRecord):
             decode(JOB, raw, DERIVED)
+
+
+def test_a_held_pair_or_a_read_back_write_is_format_3_which_a_format_2_reader_refuses():
+    """Format 2 readers know neither a held snapshot's code nor a booking's ``own_ms``: such a
+    record says format 3, so a worker of the previous version (during a rolling upgrade) meets
+    ``NewerRecord`` instead of reading it as damaged and writing an empty record over it."""
+    from bridge.store import codec
+
+    staff = "35bf992d-c9e9-4616-a12e-7696a6cecc1b"
+    plain = AllocationFacts("c96fa758-02b0-47f8-86fa-adb10a248cff", JOB, staff, True,
+                            1796043600000, None, None, None, 1795423605000)  # fmt: skip
+    ours = replace(plain, by_bridge=True, own_ms=1795423605000)
+    held = PairSnapshot(Presence.SCHEDULED, Presence.FINISHED, held=True)
+    for record, version in [
+        (JobRecord(JOB, allocations={plain.uuid: plain},
+                   pairs={staff: PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)}), 1),
+        (JobRecord(JOB, allocations={plain.uuid: plain}, pairs={staff: held}), 3),
+        (JobRecord(JOB, allocations={ours.uuid: ours}), 3),
+    ]:  # fmt: skip
+        raw = encode(record, DERIVED)
+        assert msgpack.unpackb(raw, strict_map_key=False)[0] == version
+        assert decode(JOB, raw, DERIVED) == record
+        if version == 3:
+            older = {k: v for k, v in codec.DECODERS.items() if k < 3}
+            with pytest.MonkeyPatch.context() as patch:  # a reader of formats 1 and 2
+                patch.setattr(codec, "FORMAT", 2)
+                patch.setattr(codec, "DECODERS", older)
+                with pytest.raises(codec.NewerRecord):
+                    decode(JOB, raw, DERIVED)
