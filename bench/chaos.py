@@ -59,6 +59,7 @@ from bridge.simulators import (
 )
 from bridge.simulators.checker import Convergence, check
 from bridge.simulators.scenario import Business, seed_business
+from bridge.sync.context import polled
 from mappings.ids import cd_job_uuid, connection_namespace
 
 # Distinctive fakes, so the secret scan cannot miss one.
@@ -221,6 +222,11 @@ class Chaos:
                     stack.worker(name, concurrency=2)
 
         started = time.monotonic()
+        self._wait_quiet(stack)
+        # The normal paths include the polls: a change whose webhook was dropped in the last
+        # seconds is theirs to find, so both systems are polled (and Coredination's census
+        # run) once more after all is quiet, before the reconcile counts what is left.
+        self._wait_polls(stack)
         self._wait_quiet(stack)
         self._explain_drift(stack)
         reconciled = self._bridge(stack, "reconcile", "--json")
@@ -499,6 +505,20 @@ class Chaos:
             eventually(quiet, timeout=300, interval=0.5)
         except AssertionError:
             self.report.problems.append("queues did not drain within 300 s")
+
+    def _wait_polls(self, stack: Stack) -> None:
+        """Until each system has been polled whole after now (or 60 s)."""
+        since = time.time()
+
+        def polled_after() -> bool:
+            activity = stack.stores.activity
+            return all(float(activity.cursor(polled(system)) or 0) > since
+                       for system in ("servicem8", "coredination"))  # fmt: skip
+
+        try:
+            eventually(polled_after, timeout=60, interval=0.5)
+        except AssertionError:
+            self.report.problems.append("the polls did not run within 60 s of the quiet")
 
     def _judge(self, result: Convergence, stack: Stack) -> None:
         self.report.lost = len(result.missing_in_cd) + len(result.missing_in_sm8)

@@ -180,9 +180,10 @@ def client(url: str, **options: Any) -> redis.Redis:
         db=group.db,
         # A Sentinel pool retries nothing by default. This one rides over a failover: a
         # connection to a master that died or was demoted fails, and each attempt asks the
-        # sentinels again, sleeping 0.1, 0.2, 0.4, 0.8 s, then 1 s: about 7.5 s in all per
-        # connection attempt (redis-py nests the command's retry around the connect's).
-        retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 10),
+        # sentinels again, sleeping 0.1, 0.2, 0.4, 0.8, 1.6 s, then 2 s: about 33 s in all per
+        # connection attempt (redis-py nests the command's retry around the connect's), as
+        # long as Sentinel's own default takes to judge a primary down (30 s) and promote.
+        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 20),
         **{k: v for k, v in credentials.items() if v is not None},
         **options,
     )

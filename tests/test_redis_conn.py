@@ -202,7 +202,7 @@ def test_the_store_client_asks_the_sentinels_for_the_master():
         assert (kwargs["db"], kwargs["password"], kwargs["health_check_interval"]) == (
             3, PASSWORD, 30
         )  # fmt: skip
-        assert kwargs["retry"].get_retries() == 10
+        assert kwargs["retry"].get_retries() == 20
         sentinels = pool.sentinel_manager.sentinels
         assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [
             26379, 26380, 26379
