@@ -153,14 +153,12 @@ def job_deleted(record: JobRecord) -> bool:
     return record.details is not None and not record.details.active
 
 
-def deleted_since(view: CdView, record: JobRecord) -> int:
+def deleted_since(view: CdView) -> int:
     """The earliest a Coredination job found gone can have been deleted: its last change the
-    bridge knows of, in Coredination or its own last write to a booking on the job (which
-    followed Coredination). A person's ServiceM8 change after it re-creates the job. With
-    nothing known, 0: every later change counts (better a job created again than a change
-    left out)."""
+    bridge knows of. A person's ServiceM8 change after it re-creates the job (the bridge's own
+    writes never count: ``AllocationFacts.changed_by_person``). With nothing known, 0: every
+    later change counts (better a job created again than a change left out)."""
     known = [t for t in (view.modified_ms, *view.changed_ms.values()) if t is not None]
-    known += [a.own_ms for a in record.allocations.values() if a.own_ms is not None]
     return max(known) if known else 0
 
 

@@ -97,13 +97,18 @@ def _waits_for_the_office(
     cd: CoredinationSimulator,
     cd_uuid: str,
 ) -> bool:
-    """A dispatcher deleted the job in Coredination and no booking on it has changed in
-    ServiceM8 since (opening one on the phone is no change; stamps are whole seconds, so one in
-    the deletion's second is taken as after it)."""
-    deleted = cd.deleted_jobs.get(cd_uuid)
-    if deleted is None:
+    """A dispatcher deleted the job in Coredination and no person has changed a booking on it
+    in ServiceM8 since the deletion as the rule dates it: the job's last resource event before
+    (the latest the bridge can know), with the second before (opening a booking on the phone is
+    no change)."""
+    if cd_uuid not in cd.deleted_jobs:
         return False
-    return all(sm8.changed_ms.get(a.uuid, 0) < deleted // 1000 * 1000 for a in bookings)
+    since = _deletion_bound(cd, cd_uuid)
+    return all(sm8.changed_ms.get(a.uuid, 0) < since for a in bookings)
+
+
+def _deletion_bound(cd: CoredinationSimulator, cd_uuid: str) -> int:
+    return cd.last_resource_event.get(cd_uuid, 0) // 1000 * 1000 - 1000
 
 
 def check(
@@ -183,14 +188,13 @@ def check(
                 result.missing_in_sm8.append(f"{name}: {c_presence} in CD, none in ServiceM8")
             else:
                 result.disagree.append(f"{name}: {s_presence} in ServiceM8, {c_presence} in CD")
-        for cd_uuid, (deleted_ms, created) in cd.recreated.items():
+        for cd_uuid, (_, created) in cd.recreated.items():
             sm8_job = sm8_job_for.get(cd_uuid)
             if sm8_job is None:
                 continue
+            since = _deletion_bound(cd, cd_uuid)
             records = [sm8_job, *(a.uuid for a in job_bookings.get(sm8_job, []))]
-            # (the bridge counts a change within the second before the deletion too)
-            if not any(deleted_ms // 1000 * 1000 - 1000 <= sm8.changed_ms.get(r, 0) <= created
-                       for r in records):  # fmt: skip
+            if not any(since <= sm8.changed_ms.get(r, 0) <= created for r in records):
                 result.recreated_early.append(
                     f"job {sm8_job[:8]}: created again in Coredination with no ServiceM8 change "
                     "since a dispatcher deleted it"

@@ -211,6 +211,7 @@ class CoredinationSimulator(SimServer):
         self.kept_at_work: dict[tuple[str, int], str] = {}  # (job uuid, user id) → op kept out
         self.deleted_jobs: dict[str, int] = {}  # job uuid → when it was deleted (until created)
         self.recreated: dict[str, tuple[int, int]] = {}  # job uuid → (deleted, created again)
+        self.last_resource_event: dict[str, int] = {}  # job uuid → before its last deletion
         self.webhooks: dict[int, dict[str, Any]] = {}
         self._next = {
             "user": 2_000_000,
@@ -398,15 +399,21 @@ class CoredinationSimulator(SimServer):
         return job
 
     def delete_job(self, job: dict[str, Any]) -> None:
+        # A job created again and deleted at once (the bridge taking back its own update's
+        # creation) keeps the first deletion's record: for the checker, nothing happened.
+        prior = self.recreated.pop(job["uuid"], None)
+        again = prior is not None and self.now_ms() - prior[1] < 10_000
+        if not again:
+            # The last resource event before the deletion: the latest the bridge can know of.
+            self.last_resource_event[job["uuid"]] = max(
+                (e["eventTimeStamp"] for e in job["events"] if e.get("toUserId") is not None),
+                default=0,
+            )
         self._event(job, "DELETE")
         del self.jobs[job["id"]]
         del self.by_uuid[job["uuid"]]
         for key in [k for k in self.kept_at_work if k[0] == job["uuid"]]:
             del self.kept_at_work[key]
-        # A job created again and deleted at once (the bridge taking back its own update's
-        # creation) keeps the first deletion's time: for the checker, nothing happened.
-        prior = self.recreated.pop(job["uuid"], None)
-        again = prior is not None and self.now_ms() - prior[1] < 10_000
         self.deleted_jobs[job["uuid"]] = prior[0] if again and prior else self.now_ms()
 
     def _kept(self, job: dict[str, Any], user: dict[str, Any], op: str, state: str) -> None:
@@ -769,6 +776,7 @@ class CoredinationSimulator(SimServer):
             self.kept_at_work.clear()
             self.deleted_jobs.clear()
             self.recreated.clear()
+            self.last_resource_event.clear()
             self.webhooks.clear()
             self.reset_counts()
             self.limiter.clear()

@@ -178,7 +178,7 @@ def _upsert_fields(
         # taken off in Coredination and their bookings would be deleted: the pairs are decided
         # as new, which books the people the ServiceM8 bookings name.
         log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid)
-        if not booked_since(record, deleted_since(record.cd, record)):
+        if not booked_since(record, deleted_since(record.cd)):
             ctx.cd.delete_job(view.uuid)
             job_deleted_in_coredination(ctx, record.uuid, record.cd)
             record.cd, record.pairs = None, {}

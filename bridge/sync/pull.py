@@ -122,7 +122,7 @@ def job_deleted_in_coredination(ctx: SyncContext, sm8_job: str, view: CdView) ->
     and snapshots and parks the job, where ``bridge status`` shows it. It is created again at
     the next ServiceM8 change to a booking on it (``jobsync``), not at once: the dispatcher's
     deletion stands until the office acts. No ServiceM8 booking is touched."""
-    since_ms = deleted_since(view, ctx.stores.jobs.load(sm8_job))
+    since_ms = deleted_since(view)
     parked = ctx.stores.parked
     parked.clear_pending(sm8_job, CD_DELETED)  # a deletion noticed again is dated afresh
     parked.set_pending(sm8_job, CD_DELETED, CD_DELETED_REASON, since=since_ms / 1000)

@@ -92,72 +92,64 @@ def test_a_read_back_that_fails_too_leaves_the_answer_lost_for_the_retry(machine
     machine.quiet_sync()
 
 
-def test_a_read_back_that_meets_a_change_made_meanwhile_syncs_the_job_again():
+@pytest.fixture
+def kept():
+    """Coredination keeping resources at work; the first person finished on the first job, and
+    the office books them again (not yet synced)."""
+    from tests.sync.test_state_machine import KeptAtWork
+
+    machine = KeptAtWork()
+    machine.office_books(job=0, person=0, when="all day")
+    machine.sync(cycles=1)
+    machine.worker_acts(pick=0, state="FINISHED")
+    machine.sync(cycles=1)
+    machine.office_books(job=0, person=0, when="10:30")
+    yield machine
+    machine.teardown()
+
+
+def _sync_while(machine, meanwhile):
+    """Sync the first job while ``meanwhile()`` runs right after each resource operation."""
+    real = machine.cd.resource_op
+
+    def resource_op(op, job_ref, user_id, **kw):
+        real(op, job_ref, user_id, **kw)
+        meanwhile()
+
+    machine.cd.resource_op = resource_op
+    try:
+        machine.engine.poll_servicem8()
+        return machine.engine.sync_job(machine.jobs[0])
+    finally:
+        machine.cd.resource_op = real
+
+
+def test_a_read_back_that_meets_a_change_made_meanwhile_syncs_the_job_again(kept):
     """``schedule`` on a resource at work, and a dispatcher takes the user off the job at that
     moment: the read-back shows neither the op nor the old state. The bridge keeps the view it
     read, records no snapshot for the pair, and marks the job to sync again, which decides the
     pair with both changes in view."""
-    from tests.sync.test_state_machine import KeptAtWork
-
-    machine = KeptAtWork()
-    try:
-        machine.office_books(job=0, person=0, when="all day")
-        machine.sync(cycles=1)
-        machine.worker_acts(pick=0, state="FINISHED")
-        machine.sync(cycles=1)
-        job, staff, user = machine.jobs[0], machine.staff[0], machine.users[0]
-        snapshot = machine.stores.jobs.load(job).pairs[staff]
-        machine.office_books(job=0, person=0, when="10:30")
-        real = machine.cd.resource_op
-
-        def resource_op(op, job_ref, user_id, **kw):
-            real(op, job_ref, user_id, **kw)  # kept: the user stays FINISHED
-            machine.cd.dispatcher_unschedule(machine.cd_job(job), user)
-
-        machine.cd.resource_op = resource_op
-        machine.engine.poll_servicem8()
-        report = machine.engine.sync_job(job)
-        machine.cd.resource_op = real
-        assert report.counts["coredination.read_back.moved"] == 1
-        record = machine.stores.jobs.load(job)
-        assert record.cd is not None and user not in record.cd.resources  # the view as read
-        assert record.pairs[staff] == snapshot  # the last agreed snapshot stays
-        assert job in machine.stores.jobs.dirty()
-        machine.sync(cycles=1)
-        machine.quiet_sync()  # in step, or held, by the rules, with nothing sent again
-    finally:
-        machine.teardown()
+    job, staff, user = kept.jobs[0], kept.staff[0], kept.users[0]
+    snapshot = kept.stores.jobs.load(job).pairs[staff]
+    report = _sync_while(kept, lambda: kept.cd.dispatcher_unschedule(kept.cd_job(job), user))
+    assert report.counts["coredination.read_back.moved"] == 1
+    record = kept.stores.jobs.load(job)
+    assert record.cd is not None and user not in record.cd.resources  # the view as read
+    assert record.pairs[staff] == snapshot  # the last agreed snapshot stays
+    assert job in kept.stores.jobs.dirty()
+    kept.sync(cycles=1)
+    kept.quiet_sync()  # in step, or held, by the rules, with nothing sent again
 
 
-def test_a_read_back_that_shows_another_user_changed_syncs_the_job_again():
+def test_a_read_back_that_shows_another_user_changed_syncs_the_job_again(kept):
     """Found by the chaos run: the read-back stored a view in which a dispatcher had meanwhile
     scheduled someone else; that pair had been planned on the older view, and with the newer one
     stored no poll saw the difference again, so only the reconcile found the pair."""
-    from tests.sync.test_state_machine import KeptAtWork
-
-    machine = KeptAtWork()
-    try:
-        machine.office_books(job=0, person=0, when="all day")
-        machine.sync(cycles=1)
-        machine.worker_acts(pick=0, state="FINISHED")
-        machine.sync(cycles=1)
-        job, other = machine.jobs[0], machine.users[1]
-        machine.office_books(job=0, person=0, when="10:30")
-        real = machine.cd.resource_op
-
-        def resource_op(op, job_ref, user_id, **kw):
-            real(op, job_ref, user_id, **kw)
-            machine.cd.dispatcher_schedule(machine.cd_job(job), other)
-
-        machine.cd.resource_op = resource_op
-        machine.engine.poll_servicem8()
-        report = machine.engine.sync_job(job)
-        machine.cd.resource_op = real
-        assert report.counts["coredination.read_back.ignored"] == 1
-        assert job in machine.stores.jobs.dirty()  # to decide the other user's pair
-        machine.engine.sync_job(job)
-        assert machine.judge(job, machine.staff[1])[0] == "scheduled"  # pulled into ServiceM8
-        machine.synced = True
-        machine.quiet_sync()
-    finally:
-        machine.teardown()
+    job, other = kept.jobs[0], kept.users[1]
+    report = _sync_while(kept, lambda: kept.cd.dispatcher_schedule(kept.cd_job(job), other))
+    assert report.counts["coredination.read_back.ignored"] == 1
+    assert job in kept.stores.jobs.dirty()  # to decide the other user's pair
+    kept.engine.sync_job(job)
+    assert kept.judge(job, kept.staff[1])[0] == "scheduled"  # pulled into ServiceM8
+    kept.synced = True
+    kept.quiet_sync()

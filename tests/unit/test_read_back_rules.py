@@ -100,14 +100,13 @@ def test_a_servicem8_change_after_the_deletion(edited_ms, since_ms, booked):
 
 def test_the_deletion_is_dated_by_the_last_change_the_bridge_knew_of():
     view = CdView(id=1, uuid="x", changed_ms={7: 2_000, 8: 6_000}, modified_ms=4_000)
-    assert deleted_since(view, JobRecord(JOB)) == 6_000
-    assert deleted_since(CdView(id=1, uuid="x"), JobRecord(JOB)) == 0  # nothing known: all count
-    # The bridge's own write read back (a pull) carries ServiceM8's stamp of that write: among
-    # the changes before the deletion, never a person's change after it.
+    assert deleted_since(view) == 6_000
+    assert deleted_since(CdView(id=1, uuid="x")) == 0  # nothing known: every change counts
+    # The bridge's own write read back (a pull) carries ServiceM8's stamp of that write: never
+    # a person's change after the deletion.
     ours = replace(_booking(9_000), by_bridge=True, own_ms=9_000)
     record = JobRecord(JOB, allocations={ours.uuid: ours, "b": replace(_booking(5_000), uuid="b")})
-    assert deleted_since(view, record) == 9_000
     assert booked_since(record, 3_000)  # the office's booking, at 5 s, counts
-    assert not booked_since(JobRecord(JOB, allocations={ours.uuid: ours}), 0)
+    assert not booked_since(record, 6_000)
     edited = replace(ours, edited_ms=12_000)  # the office moved the bridge's booking since
     assert booked_since(JobRecord(JOB, allocations={ours.uuid: edited}), 9_000)
