@@ -103,12 +103,15 @@ def _waits_for_the_office(
     no change)."""
     if cd_uuid not in cd.deleted_jobs:
         return False
-    since = _deletion_bound(cd, cd_uuid)
-    return all(sm8.changed_ms.get(a.uuid, 0) < since for a in bookings)
+    return not any(_after(sm8.changed_ms.get(a.uuid), cd, cd_uuid) for a in bookings)
 
 
-def _deletion_bound(cd: CoredinationSimulator, cd_uuid: str) -> int:
-    return cd.last_resource_event.get(cd_uuid, 0) // 1000 * 1000 - 1000
+def _after(changed_ms: int | None, cd: CoredinationSimulator, cd_uuid: str) -> bool:
+    """A person's change counts as after the deletion as the bridge judges it: its ServiceM8
+    stamp (whole seconds) plus one second later than the job's last resource event."""
+    if changed_ms is None:
+        return False
+    return changed_ms // 1000 * 1000 + 1000 > cd.last_resource_event.get(cd_uuid, 0)
 
 
 def check(
@@ -192,9 +195,9 @@ def check(
             sm8_job = sm8_job_for.get(cd_uuid)
             if sm8_job is None:
                 continue
-            since = _deletion_bound(cd, cd_uuid)
             records = [sm8_job, *(a.uuid for a in job_bookings.get(sm8_job, []))]
-            if not any(since <= sm8.changed_ms.get(r, 0) <= created for r in records):
+            changes = [c for c in (sm8.changed_ms.get(r) for r in records) if c is not None]
+            if not any(_after(c, cd, cd_uuid) and c <= created for c in changes):
                 result.recreated_early.append(
                     f"job {sm8_job[:8]}: created again in Coredination with no ServiceM8 change "
                     "since a dispatcher deleted it"
