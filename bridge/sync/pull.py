@@ -102,12 +102,15 @@ def _census(ctx: SyncContext, listed: set[str], shown: int, started: float) -> s
     links = stores.jobs.linked_cd()
     missing = {cd_uuid: job for cd_uuid, job in links.items() if cd_uuid not in listed}
     views = stores.jobs.cd_views(set(missing.values()))
-    # A link whose job holds no view of that Coredination job (a write half done) is dropped,
-    # which mends the count: else every census would read every link again.
-    stale = [c for c, job in missing.items() if (v := views.get(job)) is None or v.uuid != c]
+    # A link to a Coredination job other than the one its job's view names is dropped, which
+    # mends the count. A link whose job has no view yet is left: a sync writes the link before
+    # the record, so it may be a job linked after this list began.
+    stale = [c for c, job in missing.items() if (v := views.get(job)) is not None and v.uuid != c]
     if stale:
         stores.jobs.unlink(stale)
-    gone = sorted(job for c, job in missing.items() if c not in stale)
+    gone = sorted(
+        job for c, job in missing.items() if views.get(job) is not None and c not in stale
+    )
     if len(gone) > max(CENSUS_MAX_MISSING, len(links) // 10):
         log.warning("coredination.census_suspicious", missing=len(gone), linked=len(links))
         return set()
