@@ -172,9 +172,6 @@ class Chaos:
         stack = Stack(self.workdir / "stack", url, self.sm8, self.cd, sm8_key=SM8_KEY,
                       cd_key=CD_KEY, WEBHOOK_TOKEN=TOKEN, SERVICEM8_POLL_SECONDS="3",
                       COREDINATION_POLL_SECONDS="3", POLL_SECONDS_WITH_WEBHOOKS="3",
-                      # a census at every poll: a deletion whose webhook was dropped is seen
-                      # within a poll, as the deletion rule's done-when asks
-                      COREDINATION_CENSUS_SECONDS="3",
                       STAFF_MATCH_SECONDS="10", HTTP_READ_TIMEOUT="1.5",
                       SERVICEM8_RATE_PER_MINUTE="1200", COREDINATION_RATE_PER_MINUTE="100000",
                       LOG_LEVEL="INFO")  # fmt: skip

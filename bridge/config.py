@@ -133,9 +133,10 @@ class Settings(BaseSettings):
     coredination_census_seconds: float = Field(
         300.0,
         ge=0,
-        description="How often a Coredination poll lists every job instead of the changed ones: "
-        "a job deleted there shows by its absence (set it to COREDINATION_POLL_SECONDS to notice "
-        "at every poll, at one whole list per poll). 0: never.",
+        description="How often a Coredination poll lists every job instead of the changed ones "
+        "once the account has 500 jobs or more (below that every poll does, at no extra call): "
+        "a job deleted there shows by its absence. Set it to COREDINATION_POLL_SECONDS to notice "
+        "at every poll in a large account, at one whole list per poll. 0: never.",
     )
     poll_seconds_with_webhooks: float = Field(
         300.0,

@@ -168,6 +168,19 @@ class JobStore:
         found = self.r.hget(*slot) if slot is not None else None
         return unpack_id(bytes(found)) if found else None
 
+    def jobs_for_cd(self, refs: Iterable[str]) -> dict[str, str]:
+        """The ServiceM8 jobs linked to several Coredination job uuids, in one round trip;
+        a uuid linked to none is left out."""
+        slots = [(ref, self._ref_slot(ref.strip().lower())) for ref in refs]
+        slots = [(ref, slot) for ref, slot in slots if slot is not None]
+        if not slots:
+            return {}
+        with self.r.pipeline(transaction=False) as pipe:
+            for _, slot in slots:
+                pipe.hget(*slot)  # type: ignore[misc]
+            found = pipe.execute()
+        return {ref: unpack_id(bytes(f)) for (ref, _), f in zip(slots, found, strict=True) if f}
+
     def linked_cd_count(self) -> int:
         """How many Coredination jobs are linked: one GET (made from the buckets once)."""
         value = self.r.get(self.keys.cd_links_count)

@@ -35,6 +35,7 @@ CURSORS = {
     "coredination.job": CURSOR_CD_JOBS,
 }
 CURSOR_CD_CENSUS = "census:coredination"  # when the last census began
+CURSOR_CD_CENSUS_SIZE = "census:coredination:jobs"  # how many jobs the last census listed
 SYSTEMS: tuple[Api, ...] = ("servicem8", "coredination")
 # The parked entry (``job|cd-deleted``) of a job whose Coredination job a dispatcher deleted.
 CD_DELETED = "cd-deleted"

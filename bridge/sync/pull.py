@@ -3,6 +3,7 @@ resources and time, and mark the job dirty when they differ from what the bridge
 
 from __future__ import annotations
 
+from bridge.coredination.client import DEFAULT_PAGE
 from bridge.coredination.models import CdJob
 from bridge.coredination.translate import view_of
 from bridge.errors import InvalidRecord, NotFound
@@ -11,6 +12,7 @@ from bridge.sync.context import (
     CD_DELETED,
     CD_DELETED_REASON,
     CURSOR_CD_CENSUS,
+    CURSOR_CD_CENSUS_SIZE,
     CURSOR_CD_JOBS,
     SyncContext,
 )
@@ -25,6 +27,8 @@ log = get_logger(__name__)
 
 CdEvent = tuple[str, int | None, str | None]  # Coredination event type, user id, resource state
 CENSUS_MAX_MISSING = 20  # linked jobs a census may find gone at once (or a tenth of the links)
+ONE_PAGE = DEFAULT_PAGE  # a census that listed fewer jobs than this took one call
+LINK_BATCH = 500  # listed jobs whose links are read in one round trip
 
 
 def poll_coredination(ctx: SyncContext) -> set[str]:
@@ -47,8 +51,14 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
         park(exc)
         listed.add((exc.record or "").lower())  # listed, so not gone, though not readable
 
+    def link(page: list[CdJob]) -> None:
+        found = stores.jobs.jobs_for_cd(j.uuid for j in page if j.uuid)
+        linked.extend((found[j.uuid], j) for j in page if j.uuid and j.uuid in found)
+        page.clear()
+
     jobs = ctx.cd.iter_changed_jobs(since, on_invalid=unreadable)
     started = ctx.clock()
+    page: list[CdJob] = []
     for job in jobs:
         if job.uuid:
             listed.add(job.uuid.lower())
@@ -58,9 +68,10 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
         modified = to_epoch_ms(job.modified)
         if modified is not None:
             newest = max(newest or 0, modified)
-        sm8_job = stores.jobs.job_for_cd(job.uuid or "") if job.uuid else None
-        if sm8_job is not None:
-            linked.append((sm8_job, job))
+        page.append(job)
+        if len(page) >= LINK_BATCH:
+            link(page)
+    link(page)
     # Every change after the listing began is in the next poll's window, stamped or not
     # (docs/coredination-api.md#change-stamps): the cursor moves on while nothing changes, and
     # the overlap absorbs a small difference between the two clocks.
@@ -75,18 +86,24 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
             dirty |= pull_job(ctx, sm8_job)
     if census:
         dirty |= _census(ctx, listed, len({sm8_job for sm8_job, _ in linked}), started)
+        stores.activity.set_cursor(CURSOR_CD_CENSUS_SIZE, str(len(listed)))
     if newest is not None:
         stores.activity.set_cursor(CURSOR_CD_JOBS, str(newest))
     return dirty
 
 
 def _census_due(ctx: SyncContext) -> bool:
-    """Once ``cd_census_seconds`` have passed since the last census (never when that is 0)."""
+    """At every poll while the whole list fits one page, where a census costs no more calls
+    than a list of changes; otherwise once ``cd_census_seconds`` have passed since the last one.
+    Never when ``cd_census_seconds`` is 0."""
     every = ctx.options.cd_census_seconds
     if not every:
         return False
-    last = ctx.stores.activity.cursor(CURSOR_CD_CENSUS)
-    return last is None or ctx.clock() - float(last) >= every * 0.9
+    activity = ctx.stores.activity
+    last, size = activity.cursor(CURSOR_CD_CENSUS), activity.cursor(CURSOR_CD_CENSUS_SIZE)
+    if last is None or (size is not None and int(size) < ONE_PAGE):
+        return True
+    return ctx.clock() - float(last) >= every * 0.9
 
 
 def _census(ctx: SyncContext, listed: set[str], shown: int, started: float) -> set[str]:

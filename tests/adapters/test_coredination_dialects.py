@@ -314,6 +314,7 @@ def test_the_poll_cursor_reaches_the_newest_change_under_either_stamp_name(
 def test_a_quiet_poll_lists_no_job_once_the_overlap_has_passed(engine, sm8_sim, cd_sim, cd, stamps):
     cd_sim.set_dialect(stamps=stamps)
     cd.clock = cd_sim.now  # the bridge's clock in step with Coredination's
+    engine.ctx.options.cd_census_seconds = 0  # the cursor alone (a census lists every job)
     seed_business(sm8_sim, cd_sim, staff=3, jobs=5, allocations=5)
     _settle(engine)
     cd_sim.clock_offset += 300  # five quiet minutes, well past the cursor's overlap

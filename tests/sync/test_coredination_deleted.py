@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.simulators.scenario import seed_business
+from bridge.sync import pull
 from bridge.sync.context import CD_DELETED
 from mappings.ids import cd_job_uuid
 
@@ -19,8 +20,9 @@ from mappings.ids import cd_job_uuid
 def _linked_then_deleted(engine, sm8_sim, cd_sim, **seed):
     """A business synced once, then a dispatcher deletes the first job's Coredination job. The
     bookings were made a second before the bridge saw them, so nothing is taken for a ServiceM8
-    change after the deletion (ServiceM8 stamps whole seconds)."""
-    engine.ctx.options.cd_census_seconds = 0.001  # the census at every poll
+    change after the deletion (ServiceM8 stamps whole seconds). The census is left at its
+    default (300 s): an account whose jobs fit one page gets one at every poll."""
+    assert engine.ctx.options.cd_census_seconds == 300
     biz = seed_business(sm8_sim, cd_sim, **seed)
     time.sleep(1.1)
     engine.run_cycle()
@@ -56,6 +58,28 @@ def test_a_deletion_nothing_else_touches_is_noticed_by_the_next_census_and_parke
     # The reconcile counts it as no drift, and creates nothing either.
     drifts, dirty = engine.reconcile(repair=True)
     assert [d for d in drifts if d.sm8_job_uuid == job] == [] and job not in dirty
+
+
+def test_an_account_beyond_one_page_gets_its_census_every_census_seconds(
+    engine, sm8_sim, cd_sim, monkeypatch
+):
+    """Where the whole list takes more than one call, a poll lists only the changes until
+    ``cd_census_seconds`` have passed; then the census finds the deletion."""
+    monkeypatch.setattr(pull, "ONE_PAGE", 2)  # five jobs: more than one page
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=5, allocations=5)
+    time.sleep(1.1)
+    engine.run_cycle()  # links the jobs (its census listed none yet)
+    engine.run_cycle(match_staff=False)  # the census lists five jobs: more than a page
+    job = biz.jobs[0]
+    cd_uuid = cd_job_uuid(engine.ctx.ns, job)
+    with cd_sim.lock:
+        cd_sim.delete_job(cd_sim.jobs[cd_sim.by_uuid[cd_uuid]])
+    engine.run_cycle(match_staff=False)  # a list of changes, which cannot show a deletion
+    assert f"{job}|{CD_DELETED}" not in engine.ctx.stores.parked.pending()
+    engine.ctx.clock = lambda: time.time() + 300  # the census is due
+    engine.run_cycle(match_staff=False)
+    assert f"{job}|{CD_DELETED}" in engine.ctx.stores.parked.pending()
+    assert cd_uuid not in cd_sim.by_uuid
 
 
 def test_the_next_servicem8_change_creates_the_job_again(engine, sm8_sim, cd_sim):
