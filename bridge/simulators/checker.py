@@ -98,12 +98,19 @@ def _waits_for_the_office(
     cd_uuid: str,
 ) -> bool:
     """A dispatcher deleted the job in Coredination and no person has changed a booking on it
-    in ServiceM8 since the deletion as the rule dates it: the job's last resource event before
-    (the latest the bridge can know), with the second before (opening a booking on the phone is
-    no change)."""
-    if cd_uuid not in cd.deleted_jobs:
+    in ServiceM8 after the deletion: the deletion stands, and the bridge must report it.
+
+    A change between the job's last resource event and the deletion may go either way: no API
+    gives a deletion's time, so the bridge bounds it by the last change it saw. A change it had
+    already synced before the deletion (one that wrote nothing to Coredination, such as a new
+    date) rightly leaves the deletion standing; one it had not yet synced creates the job again.
+    Only a change after the deletion must create it again (``recreated_early`` checks the other
+    bound)."""
+    deleted = cd.deleted_jobs.get(cd_uuid)
+    if deleted is None:
         return False
-    return not any(_after(sm8.changed_ms.get(a.uuid), cd, cd_uuid) for a in bookings)
+    changes = (sm8.changed_ms.get(a.uuid) for a in bookings)
+    return not any(c is not None and c > deleted for c in changes)
 
 
 def _after(changed_ms: int | None, cd: CoredinationSimulator, cd_uuid: str) -> bool:
