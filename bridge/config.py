@@ -16,6 +16,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
+from bridge.store.keys import RESERVED_CONNECTION_IDS
 
 SERVICEM8_DEFAULT_URL = "https://api.servicem8.com/api_1.0"
 COREDINATION_DEFAULT_URL = "https://app.coredination.net/api/1"
@@ -82,6 +83,13 @@ class Settings(BaseSettings):
     )
     bridge_state_dir: Path = Field(
         Path(".bridge"), description="Local folder for the embedded Redis and other state."
+    )
+    bridge_secret_keys: SecretStr | None = Field(
+        None,
+        description="Fernet keys that encrypt the connection registry's secrets at rest, "
+        "comma-separated: the first encrypts, every one decrypts (rotation: put a new key first, "
+        "run 'bridge secrets rotate', then drop the old one). Make one with 'bridge secrets "
+        "new-key'. Unset: connections with keys cannot be stored (docs/connections.md).",
     )
 
     # --- budgets (docs/operations.md#budget; ServiceM8's limits: docs/servicem8-api.md#limits) ---
@@ -198,6 +206,13 @@ class Settings(BaseSettings):
             raise ValueError("must be an http(s) URL")
         return value.rstrip("/")
 
+    @field_validator("bridge_connection_id")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value in RESERVED_CONNECTION_IDS:
+            raise ValueError(f"{value!r} is taken by keys of no connection (b:{value}:...)")
+        return value
+
     @field_validator("busy_hours")
     @classmethod
     def _hours(cls, value: str) -> str:
@@ -225,6 +240,10 @@ class Settings(BaseSettings):
             self.redis_sentinel_password,
         ]
         secrets = [v.get_secret_value() for v in values if v is not None]
+        if self.bridge_secret_keys is not None:
+            # Each key alone as well: a message may hold one key, not the whole list.
+            keys = self.bridge_secret_keys.get_secret_value()
+            secrets += [keys, *(k.strip() for k in keys.split(","))]
         if self.redis_url is not None:
             parts = urlsplit(self.redis_url.get_secret_value())
             if parts.password:

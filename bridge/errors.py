@@ -2,6 +2,8 @@
 
     BridgeError
     ├── ConfigError                 fix the settings; nothing will work until then
+    │   └── UnknownConnection       no connection of that id in the registry: check the id
+    │                               ('bridge connections list') or add it
     └── ApiError                    a call to ServiceM8 or Coredination did not succeed
         ├── RetryableError          try again later, the same request can succeed
         │   ├── RateLimited         429: wait for the window (``window`` = minute | day | None)
@@ -9,6 +11,8 @@
         │   └── BudgetExhausted     our own budget has no token now: defer, do not send
         └── PermanentError          do not retry the same request
             ├── AuthError           401 / 402 / 403: pause the connection, tell the operator
+            │   └── GrantRevoked    invalid_grant on a token refresh: the account removed the
+            │                       add-on; pause the connection as removed until re-activated
             ├── NotFound            404
             ├── Rejected            400 / 406 / other 4xx: the request itself is wrong
             └── InvalidRecord       the API answered a record we cannot read (impossible date,
@@ -31,6 +35,17 @@ class BridgeError(Exception):
 
 class ConfigError(BridgeError):
     """A setting is missing or malformed. The message is one line naming the variable."""
+
+
+class UnknownConnection(ConfigError):
+    """The connection registry holds no connection of this id."""
+
+    def __init__(self, connection_id: str) -> None:
+        super().__init__(
+            f"no connection {connection_id!r} in the registry "
+            "(see 'bridge connections list', or add it with 'bridge connections add')"
+        )
+        self.connection_id = connection_id
 
 
 class ApiError(BridgeError):
@@ -111,6 +126,12 @@ class InvalidRecord(PermanentError):
     def __init__(self, message: str, *, record: str | None = None, **kw: object) -> None:
         super().__init__(message, **kw)  # type: ignore[arg-type]
         self.record = record
+
+
+class GrantRevoked(AuthError):
+    """A token refresh answered ``invalid_grant``: the account removed the add-on, which revokes
+    its tokens (there is no removal event, docs/servicem8-oauth.md#revocation). Every retry gets
+    the same answer; only a new activation brings the connection back."""
 
 
 def invalid_record(api: Api, operation: str, row: object, exc: Exception) -> InvalidRecord:

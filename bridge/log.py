@@ -14,12 +14,14 @@ import logging
 import re
 import sys
 import threading
+from collections import deque
 from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
 
 REDACTED = "[REDACTED]"
+SLOT_GENERATIONS = 8  # additions remembered per slot (Redactor.add)
 _CREDENTIAL_KEYS = frozenset({"x-api-key", "api-key", "authorization", "api_key", "api_token"})
 _CREDENTIAL_TEXT = re.compile(
     r"(?i)((?:x-api-key|api-key|api-token|authorization|api_key|api_token)"
@@ -32,17 +34,28 @@ class Redactor:
 
     def __init__(self) -> None:
         self._secrets: tuple[str, ...] = ()
+        self._fixed: set[str] = set()
+        # Secrets that change (a connection's OAuth tokens rotate every hour) are kept by slot,
+        # the last SLOT_GENERATIONS additions each, so a long-lived worker's list stays bounded.
+        self._slots: dict[str, deque[frozenset[str]]] = {}
         self._lock = threading.Lock()
 
-    def add(self, secrets: Iterable[str]) -> None:
+    def add(self, secrets: Iterable[str], slot: str | None = None) -> None:
+        new = frozenset(s for s in secrets if s and len(s) >= 4)
         with self._lock:
-            merged = set(self._secrets) | {s for s in secrets if s and len(s) >= 4}
+            if slot is None:
+                self._fixed |= new
+            else:
+                self._slots.setdefault(slot, deque(maxlen=SLOT_GENERATIONS)).append(new)
+            merged = self._fixed.union(*(g for gens in self._slots.values() for g in gens))
             # Longest first, so a secret containing another is blanked whole.
             self._secrets = tuple(sorted(merged, key=len, reverse=True))
 
     def clear(self) -> None:
         with self._lock:
             self._secrets = ()
+            self._fixed.clear()
+            self._slots.clear()
 
     def text(self, value: str) -> str:
         for secret in self._secrets:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from bridge.cli import sync, staff, dlq, serve, webhooks, probe
+from bridge.cli import sync, staff, dlq, serve, webhooks, probe, connections
 from bridge.cli.base import app
 
-__all__ = ["app", "dlq", "main", "probe", "serve", "staff", "sync", "webhooks"]
+__all__ = ["app", "connections", "dlq", "main", "probe", "serve", "staff", "sync", "webhooks"]
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import json
 import re
 import threading
 import uuid as uuidlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -321,9 +321,13 @@ class ServiceM8Simulator(SimServer):
         seed: int | None = None,
         clock: Any = None,
         dialect: ServiceM8Dialect | None = None,
+        bearer_account: Callable[[str], str | None] | None = None,
     ) -> None:
         super().__init__(seed=seed, clock=clock)
         self.api_keys = set(api_keys)
+        # OAuth access token → the account it is for (``OAuthSimulator.account_of``): a bearer
+        # token is good here when it is for this simulator's account (docs/servicem8-oauth.md).
+        self.bearer_account = bearer_account
         self.dialect = dialect or ServiceM8Dialect()
         self._answer = threading.local()  # per request: whether its answer is to be lost
         self.page_size = page_size
@@ -378,7 +382,12 @@ class ServiceM8Simulator(SimServer):
         if key is not None:
             return key in self.api_keys
         auth = request.header("authorization") or ""
-        return auth.startswith("Bearer ") and auth[7:] in self.api_keys
+        if not auth.startswith("Bearer "):
+            return False
+        token = auth[7:]
+        if token in self.api_keys:
+            return True
+        return self.bearer_account is not None and self.bearer_account(token) == self.vendor_uuid
 
     def error_reply(self, status: int, message: str) -> SimReply:
         return SimReply(status, {"errorCode": status, "message": message})

@@ -47,7 +47,19 @@ key                        type    what it holds
 ``redbeat:…`` / ``celery:…``       celery-redbeat's schedule and lock; the broker's queues
 ``b:acct:{api}:{acct}:budget:{w}`` list: the moving-window budget of window ``w``, newest first
 ``b:acct:{api}:{acct}:pause``      string ``{"until","reason","kind"}`` while that API is paused
+``b:fleet:connections``            hash: connection id → JSON of its public part (status, reason,
+                                   base URLs, account, settings overrides; bridge/connections)
+``b:fleet:secrets``                hash: connection id → Fernet token of its keys' JSON (never
+                                   plain text; docs/connections.md#secrets-at-rest)
+``b:fleet:oauth:state:{s}``        string ``{"label","issued_at"}``: an OAuth ``state`` the bridge
+                                   issued; expires (600 s), deleted when used
+                                   (docs/servicem8-oauth.md#state)
+``lock:oauth``             string  the connection's single-flight token refresh lock (redis-py)
 =========================  ======  ===============================================================
+
+The connection registry's keys belong to no connection (``b:fleet:``), so the ids ``fleet`` and
+``acct`` are refused by the registry: that connection's keys would share a prefix with them, and
+wiping it would wipe the registry or the accounts' budgets.
 """
 
 from __future__ import annotations
@@ -208,3 +220,23 @@ def budget_key(api: str, account: str, window: str) -> str:
 
 def pause_key(api: str, account: str) -> str:
     return account_prefix(api, account) + "pause"
+
+
+# --- the fleet: keys of no single connection (docs/connections.md#the-registrys-keys) ----------
+FLEET_PREFIX = "b:fleet:"
+RESERVED_CONNECTION_IDS = frozenset({"fleet", "acct"})  # b:fleet:…, b:acct:… are taken
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """The connection registry's keys. ``prefix`` is ``FLEET_PREFIX`` but in tests."""
+
+    prefix: str = FLEET_PREFIX
+
+    @property
+    def connections(self) -> str:
+        return self.prefix + "connections"
+
+    @property
+    def secrets(self) -> str:
+        return self.prefix + "secrets"

@@ -47,6 +47,16 @@ def test_malformed_setting_names_the_variable_without_echoing_values(monkeypatch
     assert SECRET not in str(caught.value)
 
 
+@pytest.mark.parametrize("name", ["fleet", "acct"])
+def test_a_connection_id_taken_by_fleet_keys_is_refused(monkeypatch, tmp_path, name):
+    _clean_env(monkeypatch, tmp_path)
+    monkeypatch.setenv("SERVICEM8_API_KEY", SECRET)
+    monkeypatch.setenv("COREDINATION_API_KEY", "x")
+    monkeypatch.setenv("BRIDGE_CONNECTION_ID", name)
+    with pytest.raises(ConfigError, match="BRIDGE_CONNECTION_ID"):
+        load_settings()
+
+
 def test_dotenv_file_is_read(monkeypatch, tmp_path):
     _clean_env(monkeypatch, tmp_path)
     (tmp_path / ".env").write_text(f"SERVICEM8_API_KEY={SECRET}\nCOREDINATION_API_KEY=c-key-1\n")
@@ -142,3 +152,16 @@ def test_secret_never_logged_when_requests_fail(sm8_sim, settings):
     key = settings.servicem8_api_key.get_secret_value()
     assert key not in out
     assert key not in repr(caught.value.describe()) + repr(caught2.value)
+
+
+def test_rotating_secrets_keep_the_redactor_bounded_and_recent_ones_blanked():
+    from bridge.log import SLOT_GENERATIONS, Redactor
+
+    redactor = Redactor()
+    redactor.add(["fixed-secret-value"])
+    for hour in range(100):  # a connection's OAuth tokens, rotated every hour
+        redactor.add([f"access-token-{hour:04d}"], slot="acme")
+    assert len(redactor._secrets) == 1 + SLOT_GENERATIONS
+    latest = redactor.text("sent access-token-0099 with fixed-secret-value")
+    assert "access-token-0099" not in latest and "fixed-secret-value" not in latest
+    assert "access-token-0000" in redactor.text("access-token-0000")  # long gone, not kept

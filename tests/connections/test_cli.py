@@ -1,0 +1,193 @@
+"""``bridge connections …`` and ``bridge secrets …`` through Typer's runner, on real Redis: what
+they do, their exit codes, and that no secret ever reaches their output or logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from cryptography.fernet import Fernet
+from typer.testing import CliRunner
+
+from bridge.cli import app
+from bridge.connections import ConnectionRegistry, new_key
+from bridge.log import REDACTED, redactor
+from tests.connections.conftest import ACCESS, CD_KEY, ENV_CD_KEY, ENV_SM8_KEY, REFRESH, SM8_KEY
+
+SECRETS = (SM8_KEY, CD_KEY, ENV_SM8_KEY, ENV_CD_KEY, ACCESS, REFRESH)
+
+
+class Runs:
+    """Runs commands and keeps every output, to look for secrets in all of them at the end."""
+
+    def __init__(self) -> None:
+        self.outputs: list[str] = []
+
+    def __call__(self, *args: str, input: str | None = None, code: int = 0):
+        result = CliRunner().invoke(app, list(args), input=input)
+        self.outputs.append(result.output)
+        assert result.exit_code == code, result.output
+        return result
+
+    def json(self, *args: str):
+        return json.loads(self(*args, "--json").stdout)
+
+
+@pytest.fixture
+def run(fleet_env, fleet_keys):
+    runs = Runs()
+    yield runs
+    for secret in (*SECRETS, fleet_env["BRIDGE_SECRET_KEYS"]):
+        assert not any(secret in output for output in runs.outputs), secret
+
+
+def test_an_empty_registry_lists_the_environments_connection(run):
+    (row,) = run.json("connections", "list")
+    assert (row["id"], row["status"], row["stored"]) == ("default", "active", False)
+    assert "registry is empty" in run("connections", "list").output
+    shown = run.json("connections", "show", "default")
+    assert shown["secrets"] == "from the environment"
+
+
+def test_add_reads_keys_from_a_variable_and_stdin_and_show_says_only_that_they_are_set(
+    run, monkeypatch, redis_client, fleet_keys
+):
+    monkeypatch.setenv("ACME_SM8", SM8_KEY)
+    added = run(
+        "connections",
+        "add",
+        "acme",
+        "--servicem8-api-key-env",
+        "ACME_SM8",
+        "--coredination-api-key",
+        "-",
+        "--set",
+        "CONFLICT_TIE_WINNER=coredination",
+        "--set",
+        "servicem8_pull_booking=fixed",
+        input=CD_KEY + "\n",
+    )
+    assert "api key set" in added.output
+    shown = run.json("connections", "show", "acme")
+    assert shown["status"] == "active"
+    assert shown["overrides"] == {
+        "conflict_tie_winner": "coredination",
+        "servicem8_pull_booking": "fixed",
+    }
+    assert shown["secrets"] == {"servicem8": "api key set", "coredination": "api key set"}
+    # Whatever a command read or decrypted, its log lines would carry blanked.
+    assert redactor.text(f"{SM8_KEY} {CD_KEY} {ENV_SM8_KEY}") == f"{REDACTED} {REDACTED} {REDACTED}"
+    assert [r["id"] for r in run.json("connections", "list")] == ["acme"]
+    stored = redis_client.hget(fleet_keys.secrets, "acme")
+    assert SM8_KEY.encode() not in stored and CD_KEY.encode() not in stored
+
+    again = run(
+        "connections",
+        "add",
+        "acme",
+        "--servicem8-api-key",
+        "x1234",
+        "--coredination-api-key",
+        "y5678",
+        code=2,
+    )
+    assert "ids never change" in again.output
+
+
+def test_a_bad_setting_or_id_is_one_line_and_exit_two(run):
+    bad = run(
+        "connections",
+        "add",
+        "acme",
+        "--servicem8-api-key",
+        SM8_KEY,
+        "--coredination-api-key",
+        CD_KEY,
+        "--set",
+        "SERVICEM8_POLL_SECONDS=-5",
+        code=2,
+    )
+    assert "SERVICEM8_POLL_SECONDS Input should be greater than 0" in bad.output
+    assert "no connection 'ghost'" in run("connections", "show", "ghost", code=2).output
+
+
+def test_pause_resume_and_pair_follow_the_state_rules(
+    run, redis_client, box, fleet_keys, monkeypatch
+):
+    registry = ConnectionRegistry(redis_client, box, keys=fleet_keys)
+    run("connections", "add", "oauth-1", "--status", "authorised")
+    registry.update_grant("oauth-1", ACCESS, REFRESH, 1_800_000_000)
+    assert (
+        "only 'bridge connections pair'" in run("connections", "resume", "oauth-1", code=2).output
+    )
+    monkeypatch.setenv("OAUTH1_CD", CD_KEY)
+    paired = run.json("connections", "pair", "oauth-1", "--coredination-api-key-env", "OAUTH1_CD")
+    assert paired["status"] == "active"
+    shown = run.json("connections", "show", "oauth-1")
+    assert shown["secrets"]["servicem8"].startswith("oauth grant")
+
+    paused = run.json("connections", "pause", "oauth-1", "--reason", "customer asked [ticket 4]")
+    assert (paused["status"], paused["reason"]) == ("paused", "customer asked [ticket 4]")
+    assert "customer asked [ticket 4]" in run("connections", "show", "oauth-1").output
+    assert run.json("connections", "resume", "oauth-1")["status"] == "active"
+
+
+def test_remove_asks_first_unless_told_yes(run):
+    run(
+        "connections",
+        "add",
+        "acme",
+        "--servicem8-api-key",
+        SM8_KEY,
+        "--coredination-api-key",
+        CD_KEY,
+    )
+    run("connections", "remove", "acme", input="n\n", code=1)
+    assert [r["id"] for r in run.json("connections", "list")] == ["acme"]
+    assert "removed acme" in run("connections", "remove", "acme", "--yes").output
+    assert run.json("connections", "list")[0]["stored"] is False
+
+
+def test_without_secret_keys_adding_keys_is_refused_with_how_to_make_one(run, monkeypatch):
+    monkeypatch.delenv("BRIDGE_SECRET_KEYS")
+    refused = run(
+        "connections",
+        "add",
+        "acme",
+        "--servicem8-api-key",
+        SM8_KEY,
+        "--coredination-api-key",
+        CD_KEY,
+        code=2,
+    )
+    assert "BRIDGE_SECRET_KEYS is not set" in refused.output
+    assert "bridge secrets new-key" in refused.output
+
+
+def test_new_key_prints_a_fernet_key(run):
+    printed = run("secrets", "new-key").stdout.strip()
+    assert Fernet(printed.encode()).decrypt(Fernet(printed.encode()).encrypt(b"x")) == b"x"
+
+
+def test_rotate_counts_and_moves_every_secret_to_the_first_key(run, monkeypatch, fleet_env):
+    old = fleet_env["BRIDGE_SECRET_KEYS"]
+    for name in ("acme", "beta"):
+        run(
+            "connections",
+            "add",
+            name,
+            "--servicem8-api-key",
+            SM8_KEY,
+            "--coredination-api-key",
+            CD_KEY,
+        )
+    new = new_key()
+    monkeypatch.setenv("BRIDGE_SECRET_KEYS", f"{new},{old}")
+    assert run.json("secrets", "rotate") == {"rotated": 2}
+    assert "re-encrypted 2" in run("secrets", "rotate").output
+    monkeypatch.setenv("BRIDGE_SECRET_KEYS", new)
+    assert run.json("connections", "show", "beta")["secrets"]["coredination"] == "api key set"
+    monkeypatch.setenv("BRIDGE_SECRET_KEYS", old)
+    shown = run.json("connections", "show", "beta")
+    assert shown["secrets"] == "stored encrypted; BRIDGE_SECRET_KEYS is unset or lacks their key"
+    assert not any(new in output for output in run.outputs)
