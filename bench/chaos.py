@@ -86,6 +86,7 @@ class ChaosReport:
     deleted_in_cd: int = 0  # jobs a dispatcher deleted that wait for the office (deletion rule)
     unreported: list[str] = field(default_factory=list)  # of those, the ones status lacks
     converge_seconds: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of each step of the end
     secrets_found: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
@@ -219,18 +220,28 @@ class Chaos:
                     stack.worker(name, concurrency=2)
 
         started = time.monotonic()
+        phases = self.report.phases
+
+        def phase(name: str) -> None:
+            phases[name] = round(time.monotonic() - started - sum(phases.values()), 1)
+
         self._wait_quiet(stack)
+        phase("quiet")
         # The normal paths include the polls: a change whose webhook was dropped in the last
         # seconds is theirs to find, so both systems are polled (and Coredination's census
         # run) once more after all is quiet, before the reconcile counts what is left.
         self._wait_polls(stack)
+        phase("polls")
         self._wait_quiet(stack)
+        phase("quiet again")
         self._explain_drift(stack)
         reconciled = self._bridge(stack, "reconcile", "--json")
+        phase("reconcile")
         with contextlib.suppress(ValueError, KeyError):
             self.report.reconciled = len(json.loads(reconciled)["drift"])
         with contextlib.suppress(AssertionError):  # judged below, whatever the outcome
             eventually(lambda: check(self.sm8, self.cd, ns).converged, timeout=300, interval=1.0)
+        phase("checker")
         self.report.converge_seconds = time.monotonic() - started
         result = check(self.sm8, self.cd, ns)
         self._judge(result, stack)
@@ -610,7 +621,10 @@ def main(
     console.print(f"held by the rules, each listed in status: {report.held} pair(s) kept at work"
                   f" in Coredination, {report.deleted_in_cd} job(s) deleted there waiting for the"
                   f" office; not listed: {len(report.unreported)}")  # fmt: skip
-    console.print(f"time to converge after the faults stopped: {report.converge_seconds:.1f} s")
+    console.print(
+        f"time to converge after the faults stopped: {report.converge_seconds:.1f} s"
+        f" {report.phases}"
+    )
     console.print(f"secrets found in output: {len(report.secrets_found)} {report.secrets_found}")
     for problem in report.problems[:40]:
         console.print(f"  {problem}", markup=False)

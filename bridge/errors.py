@@ -4,6 +4,8 @@
     ├── ConfigError                 fix the settings; nothing will work until then
     │   └── UnknownConnection       no connection of that id in the registry: check the id
     │                               ('bridge connections list') or add it
+    ├── ConnectionPaused            the connection is paused or not paired yet: its work waits
+    │                               (dirty marks stay) until it is resumed; skip, do not retry
     └── ApiError                    a call to ServiceM8 or Coredination did not succeed
         ├── RetryableError          try again later, the same request can succeed
         │   ├── RateLimited         429: wait for the window (``window`` = minute | day | None)
@@ -46,6 +48,18 @@ class UnknownConnection(ConfigError):
             "(see 'bridge connections list', or add it with 'bridge connections add')"
         )
         self.connection_id = connection_id
+
+
+class ConnectionPaused(BridgeError):
+    """Work for a connection that is not active: paused (with its reason) or authorised and not
+    paired yet. Nothing is lost by skipping it: what it would have synced stays dirty in the
+    connection's keys, and its polls find the rest once it is resumed."""
+
+    def __init__(self, connection_id: str, status: str, reason: str | None) -> None:
+        why = f": {reason}" if reason else ""
+        super().__init__(f"connection {connection_id!r} is {status}{why}")
+        self.connection_id = connection_id
+        self.status = status
 
 
 class ApiError(BridgeError):

@@ -2,8 +2,12 @@
 the Celery app (``tasks``) and by anything in ``bridge`` that sends tasks (``bridge backfill``,
 ``bridge dlq replay``, the webhook receiver), so the bridge never imports ``tasks``.
 
-Queues are per connection, checked in priority order: interactive (webhooks) before sync (polls)
-before poll before bulk (backfill).
+Queues are per deployment, checked in priority order: interactive (webhooks) before sync (polls)
+before poll before bulk (backfill). A deployment's lanes are named by its ``BRIDGE_CONNECTION_ID``
+and shared by every connection of its registry: a task for another connection than that one
+carries the connection's id as its ``connection`` argument (docs/connections.md#shared-lanes).
+One queue set per connection would not scale: kombu's ``BRPOP`` names every queue of a worker
+(times its priority lists) at each call (sidekiq/sidekiq#4855, redis/redis#7071).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ WEBHOOK_COREDINATION_JOB: Final = "bridge.webhook.coredination_job"
 READ_HINTS: Final = "bridge.webhook.servicem8_hints"  # one object's gathered hints, read together
 RELEASE_DEFERRED: Final = "bridge.deferred.release"
 CHECK_SUBSCRIPTIONS: Final = "bridge.poll.webhook_subscriptions"
+FLEET_TICK: Final = "bridge.fleet.tick"  # the registry connections' periodic work, claimed when due
 TASK_NAMES: Final = (
     SYNC_JOB,
     POLL_CYCLE,
@@ -41,6 +46,7 @@ TASK_NAMES: Final = (
     RELEASE_DEFERRED,
     CHECK_SUBSCRIPTIONS,
     READ_HINTS,
+    FLEET_TICK,
 )
 
 # --- queues --------------------------------------------------------------------------------------
@@ -56,6 +62,7 @@ ROUTES: dict[str, Lane] = {
     SWEEP: "poll",
     RECONCILE: "poll",
     "bridge.deferred.": "poll",
+    "bridge.fleet.": "poll",
     "bridge.bulk.": "bulk",
 }
 
@@ -76,6 +83,12 @@ def task_routes(connection: str) -> dict[str, dict[str, str]]:
         (prefix + "*" if prefix.endswith(".") else prefix): {"queue": queue_name(connection, kind)}
         for prefix, kind in ROUTES.items()
     }
+
+
+def waiting(redis: Any, lanes: str, kinds: Iterable[Lane]) -> int:
+    """Messages waiting in the deployment's queues of these kinds (the broker's lists)."""
+    prefix = transport_options(lanes)["global_keyprefix"]
+    return sum(int(redis.llen(f"{prefix}{queue_name(lanes, kind)}")) for kind in kinds)
 
 
 def transport_options(connection: str) -> dict[str, Any]:
@@ -108,13 +121,17 @@ class Enqueuer:
     Tasks take ids, never payloads: ``args`` are ids and short strings, JSON-encoded.
     """
 
-    def __init__(self, app: Celery, connection: str) -> None:
+    def __init__(self, app: Celery, lanes: str, connection: str | None = None) -> None:
+        """``lanes``: the deployment whose queues the tasks go to; ``connection``: the
+        connection they are for, when it is not the deployment's own (their ``connection``
+        argument)."""
         self.app = app
-        self.connection = connection
+        self.connection = lanes
+        self.for_connection = connection
 
     @classmethod
-    def for_broker(cls, redis_url: str, connection: str) -> Enqueuer:
-        return cls(sender(redis_url, connection), connection)
+    def for_broker(cls, redis_url: str, lanes: str, connection: str | None = None) -> Enqueuer:
+        return cls(sender(redis_url, lanes), lanes, connection)
 
     def send(
         self,
@@ -133,10 +150,13 @@ class Enqueuer:
         message is held by the worker that takes it)."""
         if lane is not None:
             queue = queue_name(self.connection, lane)
+        kwargs = dict(kwargs or {})
+        if self.for_connection is not None:
+            kwargs.setdefault("connection", self.for_connection)
         self.app.send_task(
             task_name,
             args=list(args),
-            kwargs=dict(kwargs or {}),
+            kwargs=kwargs,
             task_id=task_id,
             queue=queue or queue_for(self.connection, task_name),
             countdown=countdown,

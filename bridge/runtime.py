@@ -36,9 +36,31 @@ class Runtime:
     sm8: ServiceM8Client
     cd: CoredinationClient
     embedded: EmbeddedRedis | None = field(default=None)
+    # The deployment's name (the environment's ``BRIDGE_CONNECTION_ID``): it names the Celery
+    # lanes every connection of the deployment shares (bridge/queues.py). ``None``: this
+    # runtime's own connection, as in a single-account deployment.
+    deployment: str | None = None
+    owns_redis: bool = True  # False: the client is shared with the other connections' runtimes
+    version: str = ""  # which registry entry it was built from (``tasks.app.BridgeApp``)
+
+    @property
+    def connection(self) -> str:
+        return self.settings.bridge_connection_id
+
+    @property
+    def lanes(self) -> str:
+        """Whose Celery queues this runtime's work goes to."""
+        return self.deployment or self.connection
+
+    @property
+    def task_connection(self) -> str | None:
+        """The ``connection`` argument of the tasks this runtime queues: none for the
+        deployment's own connection, whose tasks stay as they always were."""
+        return None if self.lanes == self.connection else self.connection
 
     def close(self) -> None:
-        self.redis.close()
+        if self.owns_redis:
+            self.redis.close()
         if self.embedded is not None:
             self.embedded.stop()
 
@@ -76,20 +98,27 @@ def build(
     *,
     budget_wait: float | None = None,
     servicem8_gate: Literal["shared", "open"] = "shared",
+    client: redis.Redis | None = None,
+    deployment: str | None = None,
 ) -> Runtime:
     """Wire everything. ``budget_wait``: how long a call may wait in place for its budget slot
     (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail).
     ``servicem8_gate="open"``: ServiceM8 calls skip the shared budget (``bench.rate_limited_app``
-    only, the benchmark that shows why the shared budget exists)."""
+    only, the benchmark that shows why the shared budget exists). ``client``: a Redis client to
+    share (one connection of many, ``tasks.app.BridgeApp.bridge_runtime``); ``deployment``: whose
+    lanes its work goes to (``Runtime.deployment``)."""
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
     redis_url = with_sentinel_settings(settings, redis_url)
-    client = redis_conn.client(redis_url, health_check_interval=30)  # ConfigError: malformed
+    owns_redis = client is None
+    if client is None:
+        client = redis_conn.client(redis_url, health_check_interval=30)  # ConfigError: malformed
     try:
         client.ping()
     except redis.RedisError as exc:
-        client.close()
+        if owns_redis:
+            client.close()
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
     stores = Stores.connect(client, settings.bridge_connection_id)
     stores.upgrade_layout()  # links kept by an earlier build, moved once (no-op afterwards)
@@ -165,7 +194,17 @@ def build(
         calls_last_day=calls_last_day,
     )
     return Runtime(
-        settings, redis_url, client, stores, Engine(ctx), budget, sm8_client, cd_client, embedded
+        settings,
+        redis_url,
+        client,
+        stores,
+        Engine(ctx),
+        budget,
+        sm8_client,
+        cd_client,
+        embedded,
+        deployment=deployment,
+        owns_redis=owns_redis,
     )
 
 

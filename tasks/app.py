@@ -46,10 +46,13 @@ from kombu.entity import Queue
 
 from bridge import redis_conn
 from bridge.config import Settings, load_settings
-from bridge.errors import ConfigError
+from bridge.connections.fleet import FleetView
+from bridge.connections.schedule import FleetSchedule
+from bridge.errors import ConfigError, ConnectionPaused
 from bridge.log import configure_logging
 from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
+    FLEET_TICK,
     MATCH_STAFF,
     POLL_CYCLE,
     QUEUE_KINDS,
@@ -70,6 +73,7 @@ SOFT_TIME_LIMIT = 120
 # worker holds in memory outside its prefetch limit (celery/celery#3640), so anything longer goes
 # to the deferred set, which beat's release task re-enqueues when due (every 2 s).
 MAX_COUNTDOWN = 5
+FLEET_TICK_SECONDS = 1.0
 
 ServiceM8Gate = Literal["shared", "open"]
 
@@ -135,6 +139,8 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
         "poll-cycle": {"task": POLL_CYCLE, "schedule": tick},
         "match-staff": {"task": MATCH_STAFF, "schedule": settings.staff_match_seconds},
         "release-deferred": {"task": RELEASE_DEFERRED, "schedule": 2.0},
+        # The registry's other connections: their due work, from one sorted set.
+        "fleet-tick": {"task": FLEET_TICK, "schedule": FLEET_TICK_SECONDS},
     }
     if settings.reconcile_seconds:
         schedule["reconcile"] = {"task": RECONCILE, "schedule": settings.reconcile_seconds}
@@ -145,6 +151,16 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "schedule": settings.webhook_health_seconds,
         }
     return schedule
+
+
+def periodic_work(settings: Settings) -> dict[str, float]:
+    """One connection's periodic tasks and their intervals: the beat's schedule for its
+    settings, less the fleet tick itself."""
+    return {
+        entry["task"]: float(entry["schedule"])
+        for entry in beat_schedule(settings).values()
+        if entry["task"] != FLEET_TICK
+    }
 
 
 # Values that come from the settings, each computed on its first read.
@@ -237,7 +253,9 @@ class BridgeApp(Celery):  # type: ignore[misc]
     ) -> None:
         self.bridge_config = config_source if config_source is not None else CeleryConfig()
         self.servicem8_gate: ServiceM8Gate = servicem8_gate
-        self._runtime: tuple[int, Runtime] | None = None
+        self._runtimes: dict[str, tuple[int, Runtime]] = {}  # by connection: (pid, runtime)
+        self._fleet: FleetView | None = None
+        self._schedule: tuple[int, FleetSchedule] | None = None
         self._alive: ActivityStore | None = None
         self._redbeat_redis: Any = None
         super().__init__(main, config_source=self.bridge_config, **kwargs)
@@ -265,13 +283,69 @@ class BridgeApp(Celery):  # type: ignore[misc]
     def redbeat_redis(self, client: Any) -> None:
         self._redbeat_redis = client
 
-    def bridge_runtime(self) -> Runtime:
-        """This process's runtime, built on first use (after the prefork fork, never before)."""
-        if self._runtime is None or self._runtime[0] != os.getpid():
-            settings = self.bridge_settings()
-            runtime = build(settings, _redis_url(settings), servicem8_gate=self.servicem8_gate)
-            self._runtime = (os.getpid(), runtime)
-        return self._runtime[1]
+    def bridge_runtime(self, connection: str | None = None) -> Runtime:
+        """The runtime of ``connection`` in this process (None: the deployment's own), built on
+        first use (after the prefork fork, never before).
+
+        While the registry is empty the deployment's own connection is the environment's, as
+        in a single-account deployment. Otherwise a connection is the registry's: built from
+        its entry (its settings, its keys), over one Redis client for them all, and built again
+        when the entry changes. A connection that is not active (or not in the registry)
+        raises ``ConnectionPaused``: its tasks are skipped, and nothing is lost."""
+        settings = self.bridge_settings()
+        own = settings.bridge_connection_id
+        wanted = connection or own
+        fleet = self._fleet_view(settings)
+        entry = fleet.entry(wanted)
+        if entry is None and wanted == own and fleet.empty:
+            return self._runtime_for(own, None, lambda: self._build(settings))
+        if entry is None:
+            raise ConnectionPaused(wanted, "not in the registry", None)
+        if entry.status != "active":
+            raise ConnectionPaused(wanted, entry.status, entry.reason)
+
+        def built() -> Runtime:
+            loaded = fleet.registry.load(wanted, settings)
+            if loaded.secrets.servicem8_api_key is None or not loaded.secrets.has_coredination:
+                # Never the environment's keys for another account: an OAuth grant is not
+                # read by the workers yet (docs/connections.md#shared-lanes).
+                raise ConnectionPaused(wanted, "waiting", "its keys are not usable by the workers")
+            return self._build(loaded.settings, client=fleet.client, deployment=own)
+
+        return self._runtime_for(wanted, entry.changed, built)
+
+    def _build(self, settings: Settings, **kwargs: Any) -> Runtime:
+        return build(
+            settings, _redis_url(self.bridge_settings()), servicem8_gate=self.servicem8_gate,
+            **kwargs,
+        )  # fmt: skip
+
+    def _runtime_for(
+        self, connection: str, version: int | None, make: Callable[[], Runtime]
+    ) -> Runtime:
+        key = f"{connection}@{version}"
+        held = self._runtimes.get(connection)
+        if held is None or held[0] != os.getpid() or held[1].version != key:
+            if held is not None and held[0] == os.getpid():
+                held[1].close()
+            runtime = make()
+            runtime.version = key
+            self._runtimes[connection] = (os.getpid(), runtime)
+            return runtime
+        return held[1]
+
+    def fleet_due(self, now: float) -> list[tuple[str, str]]:
+        """The registry connections' periodic work due now (``FleetView.due_work``)."""
+        settings = self.bridge_settings()
+        fleet = self._fleet_view(settings)
+        if self._schedule is None or self._schedule[0] != os.getpid():
+            self._schedule = (os.getpid(), FleetSchedule(fleet.client, fleet.keys))
+        return fleet.due_work(self._schedule[1], settings, periodic_work, now)
+
+    def _fleet_view(self, settings: Settings) -> FleetView:
+        if self._fleet is None or self._fleet.pid != os.getpid():
+            self._fleet = FleetView(settings, _redis_url(settings))
+        return self._fleet
 
     def heartbeat(self, worker: str) -> None:
         """A worker's heartbeat, written to Redis for ``/healthz``. A failed write only makes the

@@ -19,7 +19,13 @@ import redis
 from celery import Task
 from redis.exceptions import LockError
 
-from bridge.errors import ApiError, BudgetExhausted, PermanentError, RetryableError
+from bridge.errors import (
+    ApiError,
+    BudgetExhausted,
+    ConnectionPaused,
+    PermanentError,
+    RetryableError,
+)
 from bridge.http.budget import Priority, priority
 from bridge.log import get_logger
 from bridge.queues import Enqueuer, Lane
@@ -45,20 +51,31 @@ class BridgeTask(Task):  # type: ignore[misc]
 
     @property
     def runtime(self) -> Runtime:
-        """This process's runtime, from the app's settings (``tasks.app.BridgeApp``)."""
-        runtime: Runtime = self.app.bridge_runtime()
+        """The runtime of the connection this task is for (its ``connection`` argument; none:
+        the deployment's own), built by the app (``tasks.app.BridgeApp.bridge_runtime``)."""
+        connection = (self.request.kwargs or {}).get("connection")
+        runtime: Runtime = self.app.bridge_runtime(connection)
         return runtime
+
+    def enqueuer(self) -> Enqueuer:
+        """Sends tasks for this task's connection, on the deployment's lanes."""
+        rt = self.runtime
+        return Enqueuer(self.app, rt.lanes, rt.task_connection)
 
     def enqueue_syncs(self, jobs: Iterable[str], lane: Lane = "sync") -> int:
         """Queue one sync per job unless one is already queued."""
-        rt = self.runtime
-        enqueue = Enqueuer(self.app, rt.settings.bridge_connection_id)
-        return enqueue.syncs(jobs, rt.stores.work.claim_enqueue, lane)
+        return self.enqueuer().syncs(jobs, self.runtime.stores.work.claim_enqueue, lane)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         token = priority.set(self._priority())
         try:
             return self.run(*args, **kwargs)
+        except ConnectionPaused as exc:
+            # Beat's own entries, for a deployment whose registry does not hold its own
+            # connection, end here at every tick: not worth a line each.
+            own = "connection" not in (self.request.kwargs or {})
+            (log.debug if own else log.info)("task.connection_not_active", reason=str(exc))
+            return None
         except BudgetExhausted as exc:
             return self._wait_for_budget(exc)
         except LockError as exc:

@@ -15,6 +15,7 @@ from bridge.errors import BudgetExhausted
 from bridge.log import get_logger
 from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
+    FLEET_TICK,
     MATCH_STAFF,
     POLL_CYCLE,
     READ_HINTS,
@@ -27,7 +28,7 @@ from bridge.queues import (
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
     Enqueuer,
-    queue_name,
+    waiting,
 )
 from bridge.sync.hints import HINTED
 from tasks.base import BridgeTask
@@ -36,13 +37,13 @@ log = get_logger(__name__)
 
 
 @shared_task(base=BridgeTask, bind=True, name=SYNC_JOB)
-def sync_job(task: BridgeTask, sm8_job_uuid: str) -> None:
+def sync_job(task: BridgeTask, sm8_job_uuid: str, connection: str | None = None) -> None:
     task.runtime.stores.work.release_enqueue(sm8_job_uuid)
     task.runtime.engine.sync_job(sm8_job_uuid)
 
 
 @shared_task(base=BridgeTask, bind=True, name=POLL_CYCLE)
-def poll_cycle(task: BridgeTask) -> None:
+def poll_cycle(task: BridgeTask, connection: str | None = None) -> None:
     """Poll each system whose interval is due, then queue a sync for every dirty job."""
     rt = task.runtime
     intervals = {
@@ -54,7 +55,7 @@ def poll_cycle(task: BridgeTask) -> None:
 
 
 @shared_task(base=BridgeTask, bind=True, name=MATCH_STAFF)
-def match_staff(task: BridgeTask) -> None:
+def match_staff(task: BridgeTask, connection: str | None = None) -> None:
     """Periodic, like the polls: with the budget spent it waits for its next turn instead of
     retrying, so matches sent by beat while the budget is short never pile up and spend it."""
     try:
@@ -66,7 +67,7 @@ def match_staff(task: BridgeTask) -> None:
 
 
 @shared_task(base=BridgeTask, bind=True, name=CHECK_SUBSCRIPTIONS)
-def check_subscriptions(task: BridgeTask) -> None:
+def check_subscriptions(task: BridgeTask, connection: str | None = None) -> None:
     """Periodic: ServiceM8's subscriptions listed, deactivated ones of ours posted again. With the
     budget spent it waits for its next turn, like the staff match."""
     try:
@@ -76,14 +77,14 @@ def check_subscriptions(task: BridgeTask) -> None:
 
 
 @shared_task(base=BridgeTask, bind=True, name=RECONCILE)
-def reconcile(task: BridgeTask) -> None:
+def reconcile(task: BridgeTask, connection: str | None = None) -> None:
     """Safety net behind the safety net: both systems read whole, drift synced."""
     _, dirty = task.runtime.engine.reconcile(repair=True)
     task.enqueue_syncs(dirty)
 
 
 @shared_task(base=BridgeTask, bind=True, name=SWEEP)
-def sweep(task: BridgeTask) -> None:
+def sweep(task: BridgeTask, connection: str | None = None) -> None:
     """Safety net for syncs that were queued but never ran: a message lost, or held by a worker
     killed before it started (Redis would give it back only after the visibility timeout).
 
@@ -93,12 +94,7 @@ def sweep(task: BridgeTask) -> None:
     """
     rt = task.runtime
     dirty = rt.stores.jobs.dirty()
-    connection = rt.settings.bridge_connection_id
-    waiting = sum(
-        rt.stores.activity.queue_length(f"celery:{queue_name(connection, lane)}")
-        for lane in ("interactive", "sync")
-    )
-    if waiting == 0:
+    if waiting(rt.redis, rt.lanes, ("interactive", "sync")) == 0:
         for job in dirty:
             rt.stores.work.release_enqueue(job)
     task.enqueue_syncs(dirty)
@@ -112,7 +108,7 @@ def _requeue_hint_readers(task: BridgeTask) -> None:
     window = rt.settings.hint_coalesce_ms
     if window <= 0:
         return
-    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    enqueue = task.enqueuer()
     for obj in HINTED:
         kind, hints = f"servicem8.{obj}", rt.stores.hints
         age = hints.oldest_ms(kind)
@@ -123,28 +119,34 @@ def _requeue_hint_readers(task: BridgeTask) -> None:
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ALLOCATION)
-def servicem8_allocation_changed(task: BridgeTask, sm8_allocation_uuid: str) -> None:
+def servicem8_allocation_changed(
+    task: BridgeTask, sm8_allocation_uuid: str, connection: str | None = None
+) -> None:
     task.enqueue_syncs(task.runtime.engine.push_allocation(sm8_allocation_uuid), "interactive")
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_ACTIVITY)
-def servicem8_activity_changed(task: BridgeTask, sm8_activity_uuid: str) -> None:
+def servicem8_activity_changed(
+    task: BridgeTask, sm8_activity_uuid: str, connection: str | None = None
+) -> None:
     task.enqueue_syncs(task.runtime.engine.push_activity(sm8_activity_uuid), "interactive")
 
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_SERVICEM8_JOB)
-def servicem8_job_changed(task: BridgeTask, sm8_job_uuid: str) -> None:
+def servicem8_job_changed(
+    task: BridgeTask, sm8_job_uuid: str, connection: str | None = None
+) -> None:
     task.enqueue_syncs(task.runtime.engine.push_job(sm8_job_uuid), "interactive")
 
 
 @shared_task(base=BridgeTask, bind=True, name=READ_HINTS)
-def read_servicem8_hints(task: BridgeTask, obj: str) -> None:
+def read_servicem8_hints(task: BridgeTask, obj: str, connection: str | None = None) -> None:
     """Read the hints gathered for one ServiceM8 object (``bridge.sync.hints``). While another
     reader holds them this one looks again a window later; hints that arrived meanwhile get a
     window and a reader of their own."""
     rt = task.runtime
     window = max(1, rt.settings.hint_coalesce_ms)
-    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    enqueue = task.enqueuer()
     # A lease of two windows: a reader killed at work holds its object no longer than that.
     result = rt.engine.read_hints(obj, lease_ms=2 * window)
     if result is None:
@@ -158,18 +160,23 @@ def read_servicem8_hints(task: BridgeTask, obj: str) -> None:
 
 @shared_task(base=BridgeTask, bind=True, name=WEBHOOK_COREDINATION_JOB)
 def coredination_job_changed(
-    task: BridgeTask, cd_job_ref: str, event_type: str = "", cd_user_id: str = "", state: str = ""
+    task: BridgeTask,
+    cd_job_ref: str,
+    event_type: str = "",
+    cd_user_id: str = "",
+    state: str = "",
+    connection: str | None = None,
 ) -> None:
     event = (event_type, int(cd_user_id) if cd_user_id.isdigit() else None, state or None)
     task.enqueue_syncs(task.runtime.engine.pull_webhook(cd_job_ref, event), "interactive")
 
 
 @shared_task(base=BridgeTask, bind=True, name=RELEASE_DEFERRED)
-def release_deferred(task: BridgeTask) -> None:
+def release_deferred(task: BridgeTask, connection: str | None = None) -> None:
     """Re-enqueue deferred work that is now due, under its original task id and on its original
     queue (routed by name if it recorded none)."""
     rt = task.runtime
-    enqueue = Enqueuer(task.app, rt.settings.bridge_connection_id)
+    enqueue = task.enqueuer()
     for message in rt.stores.work.take_due(time.time()):
         enqueue.send(
             message["task"],
@@ -178,3 +185,13 @@ def release_deferred(task: BridgeTask) -> None:
             task_id=message.get("id"),
             queue=message.get("queue"),
         )
+
+
+@shared_task(base=BridgeTask, bind=True, name=FLEET_TICK)
+def fleet_tick(task: BridgeTask) -> None:
+    """About every second: queue the periodic work now due for the registry's connections on
+    the shared lanes (``bridge.connections.schedule``). Nothing for a deployment with an empty
+    registry but one read of it."""
+    lanes = task.app.bridge_settings().bridge_connection_id
+    for connection, name in task.app.fleet_due(time.time()):
+        Enqueuer(task.app, lanes, connection).send(name)

@@ -31,6 +31,7 @@ from bridge.connections import (
 )
 from bridge.errors import ConfigError
 from bridge.log import redactor
+from bridge.store.keys import FleetKeys
 
 connections_app = typer.Typer(
     help="The connection registry: many ServiceM8 accounts, each paired with a Coredination "
@@ -71,7 +72,8 @@ def _registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
     client = redis_conn.client(url)
     try:
         client.ping()
-        yield ConnectionRegistry(client, box), settings
+        keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+        yield ConnectionRegistry(client, box, keys=keys), settings
     except redis.RedisError as exc:
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
     finally:

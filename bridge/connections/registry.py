@@ -282,9 +282,13 @@ class ConnectionRegistry:
 
 
 def _secrets_update(update: dict[str, Any]) -> Change:
-    def change(c: Connection, secrets: ConnectionSecrets | None, _now: int) -> Changed:
+    def change(c: Connection, secrets: ConnectionSecrets | None, now: int) -> Changed:
         current = secrets or ConnectionSecrets()
-        return Changed(c, ConnectionSecrets.model_validate({**dict(current), **update}))
+        # ``changed`` moves too: the workers build a connection's runtime again when it does,
+        # so new keys are used from the next task on (docs/connections.md#shared-lanes).
+        return Changed(
+            _with(c, {}, now), ConnectionSecrets.model_validate({**dict(current), **update})
+        )
 
     return change
 

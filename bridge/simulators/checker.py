@@ -198,7 +198,7 @@ def check(
                 result.missing_in_sm8.append(f"{name}: {c_presence} in CD, none in ServiceM8")
             else:
                 result.disagree.append(f"{name}: {s_presence} in ServiceM8, {c_presence} in CD")
-        for cd_uuid, (_, created) in cd.recreated.items():
+        for cd_uuid, (deleted_at, created) in cd.recreated.items():
             sm8_job = sm8_job_for.get(cd_uuid)
             if sm8_job is None:
                 continue
@@ -207,7 +207,10 @@ def check(
             if not any(_after(c, cd, cd_uuid) and c <= created for c in changes):
                 result.recreated_early.append(
                     f"job {sm8_job[:8]}: created again in Coredination with no ServiceM8 change "
-                    "since a dispatcher deleted it"
+                    f"since a dispatcher deleted it (deleted at {deleted_at}, created again at "
+                    f"{created}, "
+                    f"last resource event {cd.last_resource_event.get(cd_uuid)}, "
+                    f"people's changes {sorted(changes)})"
                 )
         result.sm8_jobs = len(linked_jobs)
         result.cd_jobs = sum(1 for job in linked_jobs if cd_job_uuid(ns, job) in cd_jobs)

@@ -47,10 +47,16 @@ key                        type    what it holds
 ``redbeat:…`` / ``celery:…``       celery-redbeat's schedule and lock; the broker's queues
 ``b:acct:{api}:{acct}:budget:{w}`` list: the moving-window budget of window ``w``, newest first
 ``b:acct:{api}:{acct}:pause``      string ``{"until","reason","kind"}`` while that API is paused
-``b:fleet:connections``            hash: connection id → JSON of its public part (status, reason,
-                                   base URLs, account, settings overrides; bridge/connections)
-``b:fleet:secrets``                hash: connection id → Fernet token of its keys' JSON (never
+``b:fleet:{d}:connections``        hash: connection id → JSON of its public part (status, reason,
+                                   base URLs, account, settings overrides; bridge/connections).
+                                   ``d``: the deployment (its ``BRIDGE_CONNECTION_ID``), whose
+                                   workers run these connections on its lanes
+``b:fleet:{d}:secrets``            hash: connection id → Fernet token of its keys' JSON (never
                                    plain text; docs/connections.md#secrets-at-rest)
+``b:fleet:{d}:due``                zset ``{connection}|{task}`` → when it is next due: the
+                                   periodic work of every registry connection, claimed by the
+                                   fleet tick (bridge/connections/schedule.py)
+``b:fleet:{d}:every``              hash ``{connection}|{task}`` → its interval in seconds
 ``b:fleet:oauth:state:{s}``        string ``{"label","issued_at"}``: an OAuth ``state`` the bridge
                                    issued; expires (600 s), deleted when used
                                    (docs/servicem8-oauth.md#state)
@@ -229,9 +235,14 @@ RESERVED_CONNECTION_IDS = frozenset({"fleet", "acct"})  # b:fleet:…, b:acct:�
 
 @dataclass(frozen=True)
 class FleetKeys:
-    """The connection registry's keys. ``prefix`` is ``FLEET_PREFIX`` but in tests."""
+    """The keys of one deployment's connection registry and schedule (``for_deployment``)."""
 
-    prefix: str = FLEET_PREFIX
+    prefix: str = FLEET_PREFIX + "default:"
+
+    @classmethod
+    def for_deployment(cls, deployment: str) -> FleetKeys:
+        """Two deployments on one Redis (say staging and production) keep two registries."""
+        return cls(f"{FLEET_PREFIX}{deployment}:")
 
     @property
     def connections(self) -> str:
@@ -240,3 +251,11 @@ class FleetKeys:
     @property
     def secrets(self) -> str:
         return self.prefix + "secrets"
+
+    @property
+    def due(self) -> str:
+        return self.prefix + "due"
+
+    @property
+    def every(self) -> str:
+        return self.prefix + "every"

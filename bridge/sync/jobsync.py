@@ -84,13 +84,25 @@ def _may_link(ctx: SyncContext, record: JobRecord, report: Report) -> bool:
     entry = parked.pending_entry(record.uuid, CD_DELETED)
     if entry is None:
         return True
-    if booked_since(record, int(float(entry.get("since", 0)) * 1000)):
+    since_ms = int(float(entry.get("since", 0)) * 1000)
+    if booked_since(record, since_ms):
         parked.clear_pending(record.uuid, CD_DELETED)
         report.add("coredination.job_recreated")
-        log.info("sync.coredination_job_recreated", sm8_job_uuid=record.uuid)
+        log.info("sync.coredination_job_recreated", sm8_job_uuid=record.uuid,
+                 **_why_recreated(record, since_ms))  # fmt: skip
         return True
     report.add("skipped.deleted_in_coredination")
     return False
+
+
+def _why_recreated(record: JobRecord, since_ms: int) -> dict[str, object]:
+    """For the log: the deletion's bound and the bookings whose change counted after it."""
+    counted = [
+        f"{a.uuid}@{a.edited_ms}(own {a.own_ms})"
+        for a in record.allocations.values()
+        if booked_since(JobRecord(record.uuid, allocations={a.uuid: a}), since_ms)
+    ]
+    return {"since_ms": since_ms, "changed": counted}
 
 
 def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
@@ -177,8 +189,10 @@ def _upsert_fields(
         # Otherwise it stays, and the old snapshots go, or the empty job would read as everyone
         # taken off in Coredination and their bookings would be deleted: the pairs are decided
         # as new, which books the people the ServiceM8 bookings name.
-        log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid)
-        if not booked_since(record, deleted_since(record.cd)):
+        since_ms = deleted_since(record.cd)
+        log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid,
+                    **_why_recreated(record, since_ms))  # fmt: skip
+        if not booked_since(record, since_ms):
             ctx.cd.delete_job(view.uuid)
             job_deleted_in_coredination(ctx, record.uuid, record.cd)
             record.cd, record.pairs = None, {}

@@ -147,7 +147,8 @@ def job_deleted_in_coredination(ctx: SyncContext, sm8_job: str, view: CdView) ->
     parked.clear_pending(sm8_job, CD_DELETED)  # a deletion noticed again is dated afresh
     parked.set_pending(sm8_job, CD_DELETED, CD_DELETED_REASON, since=since_ms / 1000)
     ctx.stores.jobs.forget_cd(sm8_job, view)
-    log.warning("coredination.job_deleted", sm8_job_uuid=sm8_job, cd_job_uuid=view.uuid)
+    log.warning("coredination.job_deleted", sm8_job_uuid=sm8_job, cd_job_uuid=view.uuid,
+                since_ms=since_ms)  # fmt: skip
 
 
 def _times(view: CdView) -> tuple[int | None, int | None, bool]:

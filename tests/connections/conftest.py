@@ -71,8 +71,8 @@ def fleet_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
-    def registry(redis: Any, box: SecretBox) -> ConnectionRegistry:
-        return ConnectionRegistry(redis, box, keys=fleet_keys)
+    def registry(redis: Any, box: SecretBox, keys: Any = None) -> ConnectionRegistry:
+        return ConnectionRegistry(redis, box, keys=fleet_keys)  # the test's own, not ``keys``
 
     monkeypatch.setattr(cli, "ConnectionRegistry", registry)
     return env

@@ -20,7 +20,8 @@ def test_chaos_run_converges_with_nothing_lost_duplicated_diverged_or_leaked(tmp
     print(f"\nchaos: {sum(report.operations.values())} operations {dict(report.operations)}; "
           f"{sum(report.faults.values())} faults {dict(report.faults)}; lost {report.lost}, "
           f"duplicated {report.duplicated}, diverged {report.diverged}, dead letters "
-          f"{report.dead_letters}; converged in {report.converge_seconds:.1f} s; drift left for"
+          f"{report.dead_letters}; converged in {report.converge_seconds:.1f} s "
+          f"{report.phases}; drift left for"
           f" the final reconcile {report.reconciled}; held {report.held}, deleted in"
           f" Coredination {report.deleted_in_cd}")  # fmt: skip
     assert report.faults["worker SIGKILL"] >= 2
@@ -45,7 +46,8 @@ def test_chaos_run_on_a_sentinel_group_survives_a_failover_and_lost_writes(tmp_p
     print(f"\nchaos (sentinel): {sum(report.operations.values())} operations; "
           f"{sum(report.faults.values())} faults {dict(report.faults)}; lost {report.lost}, "
           f"duplicated {report.duplicated}, diverged {report.diverged}, dead letters "
-          f"{report.dead_letters}; converged in {report.converge_seconds:.1f} s; drift left for"
+          f"{report.dead_letters}; converged in {report.converge_seconds:.1f} s "
+          f"{report.phases}; drift left for"
           f" the final reconcile {report.reconciled}")  # fmt: skip
     assert report.faults["sentinel failover"] == 1
     assert report.faults["store lost its last 3 s of writes"] == 1

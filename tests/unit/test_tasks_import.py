@@ -147,6 +147,7 @@ def test_the_factory_configures_the_app_from_the_given_settings():
         "release-deferred": ("bridge.deferred.release", 2.0),
         "reconcile": ("bridge.reconcile", 86_400.0),
         "sweep-dirty": ("bridge.sweep", 8),
+        "fleet-tick": ("bridge.fleet.tick", 1.0),
     }
 
 

@@ -1,0 +1,95 @@
+"""``FleetView``: what one process knows of its deployment's connections, for the workers that run
+them all on shared lanes (``tasks.app.BridgeApp.bridge_runtime``, docs/connections.md#shared-lanes).
+
+A task names its connection; the process looks the connection up here before every task, so a
+pause or a change reaches every worker within ``REFRESH_SECONDS`` without a message to each. The
+snapshot is one ``HGETALL`` of the registry's public part (no secret: keys are read, and
+decrypted, only when a connection's runtime is built).
+
+Imports the registry and the settings; never ``tasks``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from bridge import redis_conn
+from bridge.config import Settings
+from bridge.connections.models import Connection
+from bridge.connections.registry import ConnectionRegistry
+from bridge.connections.schedule import FleetSchedule, member
+from bridge.connections.secrets import SecretBox
+from bridge.store.keys import FleetKeys
+
+REFRESH_SECONDS = 5.0  # how stale a process's view of the registry may be
+
+
+class FleetView:
+    def __init__(
+        self,
+        settings: Settings,
+        redis_url: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        client: Any = None,
+    ) -> None:
+        self.pid = os.getpid()
+        self.clock = clock
+        self.client = (
+            client if client is not None else redis_conn.client(redis_url, health_check_interval=30)
+        )
+        self.keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+        self.registry = ConnectionRegistry(
+            self.client, SecretBox.from_settings(settings), keys=self.keys
+        )
+        self._entries: dict[str, Connection] = {}
+        self._read_at: float | None = None
+        self.generation = 0  # moves on whenever a read finds the registry changed
+        self._planned = -1
+
+    def _fresh(self) -> dict[str, Connection]:
+        now = self.clock()
+        if self._read_at is None or now - self._read_at >= REFRESH_SECONDS:
+            entries = {c.id: c for c in self.registry.list()}
+            if entries != self._entries or self._read_at is None:
+                self.generation += 1
+            self._entries, self._read_at = entries, now
+        return self._entries
+
+    @property
+    def empty(self) -> bool:
+        """No connection in the registry: the environment's keys make the one connection."""
+        return not self._fresh()
+
+    def entry(self, connection_id: str) -> Connection | None:
+        return self._fresh().get(connection_id)
+
+    def active(self) -> list[Connection]:
+        return [c for c in self._fresh().values() if c.status == "active"]
+
+    def due_work(
+        self,
+        schedule: FleetSchedule,
+        settings: Settings,
+        periodic: Callable[[Settings], Mapping[str, float]],
+        now: float,
+    ) -> list[tuple[str, str]]:
+        """The (connection, task) items due now for every active registry connection, each
+        booked for its next time (``FleetSchedule``). ``periodic``: a connection's periodic
+        tasks and their intervals, from its settings (the beat's own schedule, per connection).
+        The deployment's own connection is left out: beat's entries run it."""
+        entries = self._fresh()
+        if self._planned != self.generation:
+            own = settings.bridge_connection_id
+            work = {
+                member(c.id, task): every
+                for c in entries.values()
+                if c.status == "active" and c.id != own
+                for task, every in periodic(c.settings(settings)).items()
+            }
+            schedule.plan(work, now)
+            self._planned = self.generation
+        return schedule.claim(now)

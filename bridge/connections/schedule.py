@@ -1,0 +1,92 @@
+"""``FleetSchedule``: the periodic work of every registry connection (polls, sweeps, the staff
+match, deferred work, reconciles) in one sorted set, claimed by one ticking task about every
+second (docs/connections.md#one-scheduler-tick).
+
+One beat entry per connection would not do: celery-redbeat's dynamic entries misfire
+(sibson/redbeat#290), and beat's loop grows with the entries. Here the tick's cost grows with
+the work that is due, not with the connections: a Lua script takes what is due and books its
+next time in the same step, so two ticks (a standby beat, a redelivered message) never claim
+one item twice. A connection's first times are spread over its intervals by a hash of its id,
+so a thousand connections do not all poll in the same second.
+
+Imports only the key schema; never ``tasks``.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Mapping
+from typing import Any
+
+from bridge.store.keys import FleetKeys
+
+# KEYS: due (zset), every (hash). ARGV: now, limit. Due members move to now + their interval;
+# a member with no interval left (its connection is gone) is dropped instead.
+_CLAIM = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local now = tonumber(ARGV[1])
+for _, member in ipairs(due) do
+  local every = tonumber(redis.call('HGET', KEYS[2], member))
+  if every then
+    redis.call('ZADD', KEYS[1], now + every, member)
+  else
+    redis.call('ZREM', KEYS[1], member)
+  end
+end
+return due
+"""
+
+CLAIM_LIMIT = 1000  # items one tick takes at most; the rest are taken by the next
+
+
+def member(connection: str, task: str) -> str:
+    return f"{connection}|{task}"
+
+
+def split(item: str) -> tuple[str, str]:
+    connection, _, task = item.partition("|")
+    return connection, task
+
+
+def offset(connection: str, every: float) -> float:
+    """Where in its interval a connection's work falls: the same for the same id, spread
+    evenly over many ids."""
+    return (zlib.crc32(connection.encode()) % 1000) / 1000 * every
+
+
+class FleetSchedule:
+    def __init__(self, redis: Any, keys: FleetKeys | None = None) -> None:
+        self.r = redis
+        self.keys = keys or FleetKeys()
+        self._claim = redis.register_script(_CLAIM)
+
+    def plan(self, work: Mapping[str, float], now: float) -> None:
+        """Make the schedule hold exactly ``work`` (member → interval in seconds): new members
+        get their first time (spread by ``offset``), changed intervals take effect at the next
+        claim, members of connections no longer active are dropped."""
+        held: dict[Any, Any] = self.r.hgetall(self.keys.every)
+        current = {(k.decode() if isinstance(k, bytes) else k): float(v) for k, v in held.items()}
+        gone = [m for m in current if m not in work]
+        changed = {m: every for m, every in work.items() if current.get(m) != every}
+        if not gone and not changed:
+            return
+        with self.r.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.hdel(self.keys.every, *gone)
+                pipe.zrem(self.keys.due, *gone)
+            if changed:
+                pipe.hset(self.keys.every, mapping={m: repr(e) for m, e in changed.items()})
+                new = {
+                    m: now + offset(split(m)[0], e) for m, e in changed.items() if m not in current
+                }
+                if new:
+                    pipe.zadd(self.keys.due, new, nx=True)
+            pipe.execute()
+
+    def claim(self, now: float, limit: int = CLAIM_LIMIT) -> list[tuple[str, str]]:
+        """The (connection, task) items due by ``now``, each booked for its next time."""
+        due = self._claim(keys=[self.keys.due, self.keys.every], args=[repr(now), limit])
+        return [split(m.decode() if isinstance(m, bytes) else m) for m in due]
+
+    def size(self) -> int:
+        return int(self.r.zcard(self.keys.due))
