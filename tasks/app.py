@@ -49,7 +49,7 @@ from bridge.config import Settings, load_settings
 from bridge.connections.fleet import FleetView
 from bridge.connections.schedule import FleetSchedule
 from bridge.errors import ConfigError, ConnectionPaused
-from bridge.log import configure_logging
+from bridge.log import configure_logging, get_logger
 from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
     FLEET_TICK,
@@ -66,6 +66,8 @@ from bridge.queues import (
 from bridge.runtime import Runtime, build, with_sentinel_settings
 from bridge.store.activity import ActivityStore
 from bridge.store.keys import ALIVE_SECONDS, Keys
+
+log = get_logger(__name__)
 
 HARD_TIME_LIMIT = 150
 SOFT_TIME_LIMIT = 120
@@ -154,12 +156,14 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def periodic_work(settings: Settings) -> dict[str, float]:
-    """One connection's periodic tasks and their intervals: the beat's schedule for its
-    settings, less the fleet tick itself."""
+    """A registry connection's periodic tasks and their intervals: the beat's schedule for its
+    settings, less the fleet tick itself and the webhook subscription check."""
     return {
         entry["task"]: float(entry["schedule"])
         for entry in beat_schedule(settings).values()
-        if entry["task"] != FLEET_TICK
+        # Not the subscription check: webhooks are the deployment's own connection's so far,
+        # and another connection on its account would post them again under its own name.
+        if entry["task"] not in (FLEET_TICK, CHECK_SUBSCRIPTIONS)
     }
 
 
@@ -256,6 +260,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
         self._runtimes: dict[str, tuple[int, Runtime]] = {}  # by connection: (pid, runtime)
         self._fleet: FleetView | None = None
         self._schedule: tuple[int, FleetSchedule] | None = None
+        self._own_missing_told = False
         self._alive: ActivityStore | None = None
         self._redbeat_redis: Any = None
         super().__init__(main, config_source=self.bridge_config, **kwargs)
@@ -299,8 +304,15 @@ class BridgeApp(Celery):  # type: ignore[misc]
         entry = fleet.entry(wanted)
         if entry is None and wanted == own and fleet.empty:
             return self._runtime_for(own, None, lambda: self._build(settings))
+        if entry is None or entry.status != "active":
+            self._drop_runtime(wanted)  # removed or paused: its clients go
         if entry is None:
-            raise ConnectionPaused(wanted, "not in the registry", None)
+            status = "unreadable in the registry" if fleet.unreadable(wanted) else (
+                "not in the registry")  # fmt: skip
+            if wanted == own and not self._own_missing_told:
+                self._own_missing_told = True
+                log.warning("fleet.own_connection_not_in_registry", connection=own)
+            raise ConnectionPaused(wanted, status, None)
         if entry.status != "active":
             raise ConnectionPaused(wanted, entry.status, entry.reason)
 
@@ -312,7 +324,12 @@ class BridgeApp(Celery):  # type: ignore[misc]
                 raise ConnectionPaused(wanted, "waiting", "its keys are not usable by the workers")
             return self._build(loaded.settings, client=fleet.client, deployment=own)
 
-        return self._runtime_for(wanted, entry.changed, built)
+        return self._runtime_for(wanted, entry.revision, built)
+
+    def _drop_runtime(self, connection: str) -> None:
+        held = self._runtimes.pop(connection, None)
+        if held is not None and held[0] == os.getpid():
+            held[1].close()
 
     def _build(self, settings: Settings, **kwargs: Any) -> Runtime:
         return build(
@@ -337,10 +354,15 @@ class BridgeApp(Celery):  # type: ignore[misc]
     def fleet_due(self, now: float) -> list[tuple[str, str]]:
         """The registry connections' periodic work due now (``FleetView.due_work``)."""
         settings = self.bridge_settings()
-        fleet = self._fleet_view(settings)
+        return self._fleet_view(settings).due_work(
+            self.fleet_schedule(), settings, periodic_work, now
+        )
+
+    def fleet_schedule(self) -> FleetSchedule:
+        fleet = self._fleet_view(self.bridge_settings())
         if self._schedule is None or self._schedule[0] != os.getpid():
             self._schedule = (os.getpid(), FleetSchedule(fleet.client, fleet.keys))
-        return fleet.due_work(self._schedule[1], settings, periodic_work, now)
+        return self._schedule[1]
 
     def _fleet_view(self, settings: Settings) -> FleetView:
         if self._fleet is None or self._fleet.pid != os.getpid():

@@ -53,8 +53,14 @@ class BridgeTask(Task):  # type: ignore[misc]
     def runtime(self) -> Runtime:
         """The runtime of the connection this task is for (its ``connection`` argument; none:
         the deployment's own), built by the app (``tasks.app.BridgeApp.bridge_runtime``)."""
-        connection = (self.request.kwargs or {}).get("connection")
-        runtime: Runtime = self.app.bridge_runtime(connection)
+        if self.request_stack.top is None:  # outside a task (tests, a shell)
+            own: Runtime = self.app.bridge_runtime()
+            return own
+        request = self.request
+        runtime: Runtime | None = getattr(request, "bridge_runtime", None)
+        if runtime is None:  # once per task: one runtime from its start to its end
+            runtime = self.app.bridge_runtime((request.kwargs or {}).get("connection"))
+            request.bridge_runtime = runtime
         return runtime
 
     def enqueuer(self) -> Enqueuer:

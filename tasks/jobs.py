@@ -190,8 +190,15 @@ def release_deferred(task: BridgeTask, connection: str | None = None) -> None:
 @shared_task(base=BridgeTask, bind=True, name=FLEET_TICK)
 def fleet_tick(task: BridgeTask) -> None:
     """About every second: queue the periodic work now due for the registry's connections on
-    the shared lanes (``bridge.connections.schedule``). Nothing for a deployment with an empty
-    registry but one read of it."""
+    the shared lanes (``bridge.connections.schedule``). For a deployment with no other active
+    connection, one read of its registry. What was claimed and could not be queued is due again
+    at once."""
     lanes = task.app.bridge_settings().bridge_connection_id
-    for connection, name in task.app.fleet_due(time.time()):
-        Enqueuer(task.app, lanes, connection).send(name)
+    now = time.time()
+    due = task.app.fleet_due(now)
+    for n, (connection, name) in enumerate(due):
+        try:
+            Enqueuer(task.app, lanes, connection).send(name)
+        except Exception:
+            task.app.fleet_schedule().due_again(due[n:], now)  # claimed, not queued: due now
+            raise

@@ -22,7 +22,10 @@ from bridge.connections.models import Connection
 from bridge.connections.registry import ConnectionRegistry
 from bridge.connections.schedule import FleetSchedule, member
 from bridge.connections.secrets import SecretBox
+from bridge.log import get_logger
 from bridge.store.keys import FleetKeys
+
+log = get_logger(__name__)
 
 REFRESH_SECONDS = 5.0  # how stale a process's view of the registry may be
 
@@ -48,16 +51,25 @@ class FleetView:
         self._entries: dict[str, Connection] = {}
         self._read_at: float | None = None
         self.generation = 0  # moves on whenever a read finds the registry changed
+        self._bad: set[str] = set()
         self._planned = -1
 
-    def _fresh(self) -> dict[str, Connection]:
+    def _fresh(self, force: bool = False) -> dict[str, Connection]:
         now = self.clock()
-        if self._read_at is None or now - self._read_at >= REFRESH_SECONDS:
-            entries = {c.id: c for c in self.registry.list()}
+        if force or self._read_at is None or now - self._read_at >= REFRESH_SECONDS:
+            found, bad = self.registry.readable()
+            for connection_id in set(bad) - self._bad:  # once per process and entry
+                log.error("fleet.connection_unreadable", connection=connection_id)
+            self._bad = set(bad)
+            entries = {c.id: c for c in found}
             if entries != self._entries or self._read_at is None:
                 self.generation += 1
             self._entries, self._read_at = entries, now
         return self._entries
+
+    def unreadable(self, connection_id: str) -> bool:
+        """Its registry entry cannot be read (damaged, or a newer version's)."""
+        return connection_id in self._bad
 
     @property
     def empty(self) -> bool:
@@ -81,15 +93,17 @@ class FleetView:
         booked for its next time (``FleetSchedule``). ``periodic``: a connection's periodic
         tasks and their intervals, from its settings (the beat's own schedule, per connection).
         The deployment's own connection is left out: beat's entries run it."""
-        entries = self._fresh()
+        entries = self._fresh(force=True)  # planned from what the registry holds now
+        own = settings.bridge_connection_id
+        others = [c for c in entries.values() if c.status == "active" and c.id != own]
         if self._planned != self.generation:
-            own = settings.bridge_connection_id
             work = {
                 member(c.id, task): every
-                for c in entries.values()
-                if c.status == "active" and c.id != own
+                for c in others
                 for task, every in periodic(c.settings(settings)).items()
             }
             schedule.plan(work, now)
             self._planned = self.generation
+        if not others:  # a single-account deployment: one read of the registry, no more
+            return []
         return schedule.claim(now)

@@ -94,6 +94,10 @@ class Connection(BaseModel):
     reason: str | None = Field(None, max_length=500, description="Why it is paused.")
     created: int = Field(0, ge=0, description="Epoch seconds.")
     changed: int = Field(0, ge=0, description="Epoch seconds of the last change.")
+    revision: int = Field(
+        0, ge=0, description="Counts every change, keys included: the workers build the "
+        "connection's runtime again when it moves (docs/connections.md#shared-lanes).",
+    )  # fmt: skip
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Settings of its own (OVERRIDABLE names)."
     )

@@ -81,6 +81,18 @@ class ConnectionRegistry:
         found = [stored.decode(stored.text(k), v) for k, v in raw.items()]
         return sorted(found, key=lambda c: c.id)
 
+    def readable(self) -> tuple[builtins.list[Connection], builtins.list[str]]:
+        """Every connection that can be read, and the ids of those that cannot (damaged, or
+        written by a newer version): one bad entry must not stop the others."""
+        raw: dict[Any, Any] = self.r.hgetall(self.keys.connections)
+        found, bad = [], []
+        for key, value in raw.items():
+            try:
+                found.append(stored.decode(stored.text(key), value))
+            except ConfigError:
+                bad.append(stored.text(key))
+        return sorted(found, key=lambda c: c.id), sorted(bad)
+
     def secrets(self, connection_id: str) -> ConnectionSecrets:
         """The connection's keys, decrypted (and known to the log redactor from now on)."""
         pipe = self.r.pipeline(transaction=False)
@@ -294,4 +306,7 @@ def _secrets_update(update: dict[str, Any]) -> Change:
 
 
 def _with(connection: Connection, change: dict[str, Any], now: int) -> Connection:
-    return make_connection(**{**connection.model_dump(), **change, "changed": now})
+    revision = connection.revision + 1
+    return make_connection(
+        **{**connection.model_dump(), **change, "changed": now, "revision": revision}
+    )

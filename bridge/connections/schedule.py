@@ -76,17 +76,26 @@ class FleetSchedule:
                 pipe.zrem(self.keys.due, *gone)
             if changed:
                 pipe.hset(self.keys.every, mapping={m: repr(e) for m, e in changed.items()})
-                new = {
-                    m: now + offset(split(m)[0], e) for m, e in changed.items() if m not in current
-                }
-                if new:
-                    pipe.zadd(self.keys.due, new, nx=True)
+                first = {m: now + offset(split(m)[0], e) for m, e in changed.items()}
+                # New members get their first time; a shortened interval takes effect now
+                # rather than after the old one ran out (``lt``: never later than booked).
+                added = {m: t for m, t in first.items() if m not in current}
+                shortened = {m: t for m, t in first.items() if m in current}
+                if added:
+                    pipe.zadd(self.keys.due, added, nx=True)
+                if shortened:
+                    pipe.zadd(self.keys.due, shortened, lt=True)
             pipe.execute()
 
     def claim(self, now: float, limit: int = CLAIM_LIMIT) -> list[tuple[str, str]]:
         """The (connection, task) items due by ``now``, each booked for its next time."""
         due = self._claim(keys=[self.keys.due, self.keys.every], args=[repr(now), limit])
         return [split(m.decode() if isinstance(m, bytes) else m) for m in due]
+
+    def due_again(self, items: list[tuple[str, str]], now: float) -> None:
+        """Claimed items that were not queued after all (the tick failed part-way): due now."""
+        if items:
+            self.r.zadd(self.keys.due, {member(c, t): now for c, t in items})
 
     def size(self) -> int:
         return int(self.r.zcard(self.keys.due))

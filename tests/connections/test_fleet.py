@@ -195,9 +195,37 @@ def test_new_keys_reach_the_workers_runtime_at_the_next_task(deployment, other_s
 
     other = _add_other(deployment, other_sm8, other_cd)
     before = deployment.bridge_runtime(other)
-    later = _registry(deployment)
-    later.clock = lambda: time.time() + 10  # a change made a little later
-    later.set_secrets(other, servicem8_api_key="smk-rotated-7e3a1c9d54")
+    same_second = _registry(deployment)
+    same_second.clock = lambda: float(int(time.time()))  # within the second it was built
+    same_second.set_secrets(other, servicem8_api_key="smk-rotated-7e3a1c9d54")
     after = deployment.bridge_runtime(other)
     assert after is not before
     assert after.settings.servicem8_api_key.get_secret_value() == "smk-rotated-7e3a1c9d54"
+
+
+def test_one_unreadable_registry_entry_stops_no_other_connection(
+    deployment, redis_client, other_sm8, other_cd
+):
+    other = _add_other(deployment, other_sm8, other_cd)
+    keys = FleetKeys.for_deployment(deployment.bridge_settings().bridge_connection_id)
+    redis_client.hset(keys.connections, "broken", json.dumps({"v": 99, "id": "broken"}))
+    assert deployment.bridge_runtime(other).connection == other
+    with pytest.raises(ConnectionPaused, match="unreadable"):
+        deployment.bridge_runtime("broken")
+    assert deployment.tasks[POLL_CYCLE].apply(kwargs={"connection": other}).successful()
+
+
+def test_a_shortened_interval_takes_effect_at_once(schedule):
+    schedule.plan({f"a|{POLL_CYCLE}": 3600.0}, now=0.0)
+    schedule.plan({f"a|{POLL_CYCLE}": 60.0}, now=10.0)
+    assert schedule.claim(10.0 + 60.0) == [("a", POLL_CYCLE)]
+
+
+def test_registry_connections_get_no_webhook_subscription_check(deployment):
+    from bridge.queues import CHECK_SUBSCRIPTIONS
+    from tasks.app import periodic_work
+
+    settings = deployment.bridge_settings().model_copy(
+        update={"webhook_public_url": "https://bridge.example.com", "webhook_health_seconds": 60}
+    )
+    assert CHECK_SUBSCRIPTIONS not in periodic_work(settings)
