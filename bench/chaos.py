@@ -117,6 +117,7 @@ class Chaos:
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.report = ChaosReport()
+        self.ns: Any = None  # the connection's id namespace, once its stack runs
         self.mode = redis_mode
         self.redis_port = free_port()
         self.redis: EmbeddedRedis | None = None
@@ -193,7 +194,7 @@ class Chaos:
         jobs = max(10, self.size // 10)
         biz = seed_business(self.sm8, self.cd, staff=6, jobs=jobs, allocations=jobs,
                             fixed=jobs // 2, seed=3)  # fmt: skip
-        ns = connection_namespace(stack.connection)
+        ns = self.ns = connection_namespace(stack.connection)
         stack.env["WEBHOOK_PUBLIC_URL"] = stack.web()
         self._bridge(stack, "staff", "match")
         self._bridge(stack, "webhooks", "subscribe")
@@ -529,6 +530,22 @@ class Chaos:
         except AssertionError:
             self.report.problems.append("the polls did not run within 150 s of the quiet")
 
+    def _trace(self, job_prefix: str) -> list[str]:
+        """What happened to a job the verdict finds wrong: its Coredination deletion, if any,
+        and the writes to its bookings (when, whose, what changed), newest last."""
+        with self.sm8.lock, self.cd.lock:
+            job = next((j for j in self.sm8.records["job"] if j.startswith(job_prefix)), "")
+            cd_uuid = cd_job_uuid(self.ns, job) if job else ""
+            lines = [f"  trace job {job_prefix}: deleted in Coredination "
+                     f"{self.cd.deleted_jobs.get(cd_uuid)}, created again "
+                     f"{self.cd.recreated.get(cd_uuid)}, last resource event "
+                     f"{self.cd.last_resource_event.get(cd_uuid)}"]  # fmt: skip
+            writes = [w for w in self.sm8.journal if w[2] == job][-12:]
+        for at, uuid, _, staff, person, fields in writes:
+            who = "person" if person else "api"
+            lines.append(f"    {at} {uuid[:8]} staff {staff[:8]} {who} {','.join(fields)}")
+        return lines
+
     def _judge(self, result: Convergence, stack: Stack) -> None:
         self.report.lost = len(result.missing_in_cd) + len(result.missing_in_sm8)
         self.report.duplicated = len(result.duplicates)
@@ -547,6 +564,8 @@ class Chaos:
                     f"  {a['uuid']} date {when} done {a.get('completion_timestamp')} "
                     f"edited {a['edit_date']}"
                 )
+        for problem in [*result.missing_in_cd, *result.recreated_early][:5]:
+            self.report.problems += self._trace(problem.split(":")[0].split()[1])
         # Pairs the rules leave as they are must each be in ``bridge status`` with the reason.
         pending = stack.stores.parked.pending()
         self.report.held = len(result.held)

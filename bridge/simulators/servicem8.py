@@ -20,6 +20,7 @@ import json
 import re
 import threading
 import uuid as uuidlib
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -345,6 +346,11 @@ class ServiceM8Simulator(SimServer):
         # opened flag and stamps (epoch ms): for the checker, which must tell an office change
         # from the bridge's own write or a booking opened on the phone
         self.changed_ms: dict[str, int] = {}
+        # Every write to a booking, by a person or an API client (when, which, by whom, what
+        # changed): what a chaos run's verdict quotes for a record it finds wrong.
+        self.journal: deque[tuple[int, str, str, str, bool, tuple[str, ...]]] = deque(
+            maxlen=200_000
+        )
         self._api = threading.local()  # set while a request from an API client writes
         self.event_subscriptions: list[dict[str, Any]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
@@ -555,6 +561,11 @@ class ServiceM8Simulator(SimServer):
         if by_person and set(changed) - {"has_been_opened", "has_been_opened_timestamp",
                                          "read_timestamp"}:  # fmt: skip
             self.changed_ms[record["uuid"]] = int(self.now() * 1000)
+        if obj in ("joballocation", "jobactivity"):
+            self.journal.append((int(self.now() * 1000), record["uuid"],
+                                 str(record.get("job_uuid") or ""),
+                                 str(record.get("staff_uuid") or ""), by_person,
+                                 tuple(changed)))  # fmt: skip
         self._notify(obj, record, changed)
 
     def _refusal(self, exc: SimError) -> SimReply:
@@ -888,6 +899,7 @@ class ServiceM8Simulator(SimServer):
             self.subscriptions.clear()
             self.event_subscriptions.clear()
             self.changed_ms.clear()
+            self.journal.clear()
             self.failures.clear()
             self.deactivated = 0
             self._put("vendor", vendor)
