@@ -39,7 +39,7 @@ key                        type    what it holds
 ``fail:{task id}``         hash    when a retried task first failed, and how often (2 h expiry)
 ``deferred``               zset    tasks waiting longer than a countdown may, by due time
 ``lock:{J}``               string  the per-job lock (redis-py ``Lock``: token + expiry)
-``lock:poll:{system}``     string  one poll of a system at a time
+``lock:poll:{system}``     string  one poll of a system at a time (30 s, renewed while it runs)
 ``seen:{delivery}``        string  a webhook delivery already enqueued (de-duplication window)
 ``alive:{worker}``         string  a worker's last heartbeat (expires after ``ALIVE_SECONDS``)
 ``layout`` / ``lock:upgrade``      the store layout marker and the lock of its upgrade

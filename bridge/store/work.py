@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from redis.exceptions import LockError
+from redis.exceptions import LockError, RedisError
 from redis.lock import Lock
 
 from bridge.store.keys import Keys
 from bridge.store.parked import dump
 
 FAILURE_MEMORY_SECONDS = 7200  # longer than the retry policy's hour
+POLL_LOCK_SECONDS = 30.0  # a killed poller's lock is free again within this (``poll_lock``)
 
 
 class WorkStore:
@@ -39,13 +41,31 @@ class WorkStore:
         return lock
 
     @contextlib.contextmanager
-    def poll_lock(self, system: str, timeout: float = 300.0) -> Iterator[bool]:
-        """One poll of a system at a time across every host; yields False when another runs."""
-        lock = self.r.lock(self.keys.poll_lock(system), timeout=timeout, blocking=False)
+    def poll_lock(self, system: str, timeout: float = POLL_LOCK_SECONDS) -> Iterator[bool]:
+        """One poll of a system at a time across every host; yields False when another runs.
+
+        The lock is short and kept alive while the poll runs (renewed every third of
+        ``timeout`` by a thread of the holder's), so a poll that takes long keeps it, and one
+        whose worker was killed frees it within ``timeout``: a long lock would stop every poll
+        of the system for as long after a SIGKILL."""
+        # Not thread-local: the renewing thread must see the token the holder acquired with.
+        lock = self.r.lock(
+            self.keys.poll_lock(system), timeout=timeout, blocking=False, thread_local=False
+        )
         acquired = bool(lock.acquire(blocking=False))
+        done = threading.Event()
+        if acquired:
+
+            def keep() -> None:
+                while not done.wait(timeout / 3):
+                    with contextlib.suppress(LockError, RedisError):
+                        lock.reacquire()
+
+            threading.Thread(target=keep, name=f"poll-lock-{system}", daemon=True).start()
         try:
             yield acquired
         finally:
+            done.set()
             if acquired:
                 with contextlib.suppress(LockError):
                     lock.release()

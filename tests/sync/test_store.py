@@ -229,3 +229,23 @@ def test_links_of_the_first_layout_move_into_records_once(store: Stores) -> None
     assert not store.redis.exists(store.keys.key(f"job:{JOB}"), store.keys.key("cdjob"))
     assert store.redis.exists(store.keys.key(f"job:{other}"))
     assert store.upgrade_layout() == 0
+
+
+def test_a_long_poll_keeps_its_lock_and_a_killed_pollers_lock_frees_itself(store):
+    import time
+
+    work = store.work
+    with work.poll_lock("servicem8", timeout=0.6) as held:
+        assert held
+        time.sleep(1.0)  # longer than the lock's life: the holder's thread renews it
+        with work.poll_lock("servicem8", timeout=0.6) as second:
+            assert not second
+    with work.poll_lock("servicem8", timeout=0.6) as again:
+        assert again  # released on the way out
+    # A holder killed mid-poll renews nothing: its lock is free within its timeout.
+    store.redis.lock(store.keys.poll_lock("coredination"), timeout=0.5).acquire()
+    with work.poll_lock("coredination", timeout=0.6) as while_held:
+        assert not while_held
+    time.sleep(0.7)
+    with work.poll_lock("coredination", timeout=0.6) as after:
+        assert after
