@@ -41,6 +41,12 @@ def run(fleet_env, fleet_keys):
         assert not any(secret in output for output in runs.outputs), secret
 
 
+def _add(run, name: str, **kwargs):
+    """``bridge connections add NAME`` with both keys given as options."""
+    return run("connections", "add", name, "--servicem8-api-key", SM8_KEY,
+               "--coredination-api-key", CD_KEY, **kwargs)  # fmt: skip
+
+
 def test_an_empty_registry_lists_the_environments_connection(run):
     (row,) = run.json("connections", "list")
     assert (row["id"], row["status"], row["stored"]) == ("default", "active", False)
@@ -133,15 +139,7 @@ def test_pause_resume_and_pair_follow_the_state_rules(
 
 
 def test_remove_asks_first_unless_told_yes(run):
-    run(
-        "connections",
-        "add",
-        "acme",
-        "--servicem8-api-key",
-        SM8_KEY,
-        "--coredination-api-key",
-        CD_KEY,
-    )
+    _add(run, "acme")
     run("connections", "remove", "acme", input="n\n", code=1)
     assert [r["id"] for r in run.json("connections", "list")] == ["acme"]
     assert "removed acme" in run("connections", "remove", "acme", "--yes").output
@@ -150,16 +148,7 @@ def test_remove_asks_first_unless_told_yes(run):
 
 def test_without_secret_keys_adding_keys_is_refused_with_how_to_make_one(run, monkeypatch):
     monkeypatch.delenv("BRIDGE_SECRET_KEYS")
-    refused = run(
-        "connections",
-        "add",
-        "acme",
-        "--servicem8-api-key",
-        SM8_KEY,
-        "--coredination-api-key",
-        CD_KEY,
-        code=2,
-    )
+    refused = _add(run, "acme", code=2)
     assert "BRIDGE_SECRET_KEYS is not set" in refused.output
     assert "bridge secrets new-key" in refused.output
 
@@ -172,15 +161,7 @@ def test_new_key_prints_a_fernet_key(run):
 def test_rotate_counts_and_moves_every_secret_to_the_first_key(run, monkeypatch, fleet_env):
     old = fleet_env["BRIDGE_SECRET_KEYS"]
     for name in ("acme", "beta"):
-        run(
-            "connections",
-            "add",
-            name,
-            "--servicem8-api-key",
-            SM8_KEY,
-            "--coredination-api-key",
-            CD_KEY,
-        )
+        _add(run, name)
     new = new_key()
     monkeypatch.setenv("BRIDGE_SECRET_KEYS", f"{new},{old}")
     assert run.json("secrets", "rotate") == {"rotated": 2}
