@@ -111,9 +111,17 @@ class Chaos:
     under load."""
 
     def __init__(
-        self, size: int, workdir: Path, seed: int, redis_mode: RedisMode = "single"
+        self,
+        size: int,
+        workdir: Path,
+        seed: int,
+        redis_mode: RedisMode = "single",
+        window: float = 60.0,
     ) -> None:
+        """``window``: the bridge's ServiceM8 budget window in seconds, which a 429 pauses the
+        API for (a minute, as ServiceM8's; shorter in CI, where each pause is waited out)."""
         self.size = size
+        self.window = window
         self.workdir = workdir
         self.rng = random.Random(seed)
         self.report = ChaosReport()
@@ -175,7 +183,9 @@ class Chaos:
                       cd_key=CD_KEY, WEBHOOK_TOKEN=TOKEN, SERVICEM8_POLL_SECONDS="3",
                       COREDINATION_POLL_SECONDS="3", POLL_SECONDS_WITH_WEBHOOKS="3",
                       STAFF_MATCH_SECONDS="10", HTTP_READ_TIMEOUT="1.5",
-                      SERVICEM8_RATE_PER_MINUTE="1200", COREDINATION_RATE_PER_MINUTE="100000",
+                      SERVICEM8_RATE_PER_MINUTE=str(int(1200 * self.window / 60)),
+                      SERVICEM8_RATE_WINDOW_SECONDS=f"{self.window:g}",
+                      COREDINATION_RATE_PER_MINUTE="100000",
                       LOG_LEVEL="INFO")  # fmt: skip
         try:
             self._run(stack)

@@ -34,9 +34,9 @@ def _schedule_extra_user_everywhere(cd_sim, biz, ns):
 
 
 def test_four_workers_share_the_budget_without_a_single_429(tmp_path, redis_url, sm8_sim, cd_sim):
-    # Windows of 45 s: the budget's fixed costs per window (its one-second margin, a task's wake-up)
+    # Windows of 30 s: the budget's fixed costs per window (its one-second margin, a task's wake-up)
     # are then small next to the window, as they are next to ServiceM8's real minute.
-    limit, window = 40, 45
+    limit, window = 40, 30
     stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
                   SERVICEM8_RATE_PER_MINUTE=str(limit), SERVICEM8_RATE_WINDOW_SECONDS=str(window),
                   SERVICEM8_POLL_SECONDS="10", COREDINATION_POLL_SECONDS="1")  # fmt: skip
