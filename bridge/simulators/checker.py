@@ -91,6 +91,10 @@ def _facts(row: dict[str, Any], tz: tzinfo, obj: str = "joballocation") -> Alloc
     )
 
 
+# Fields whose change alone is no change (a booking opened on the phone).
+OPENED_ONLY = frozenset({"has_been_opened", "has_been_opened_timestamp", "read_timestamp"})
+
+
 def _waits_for_the_office(
     bookings: list[AllocationFacts],
     sm8: ServiceM8Simulator,
@@ -202,8 +206,13 @@ def check(
             sm8_job = sm8_job_for.get(cd_uuid)
             if sm8_job is None:
                 continue
-            records = [sm8_job, *(a.uuid for a in job_bookings.get(sm8_job, []))]
-            changes = [c for c in (sm8.changed_ms.get(r) for r in records) if c is not None]
+            # Every person's change to the job's bookings (the journal), not only each record's
+            # last: a booking moved once to make the bridge create the job again and once more
+            # later has its last change after the creation.
+            changes = [at for at, _, job, _, person, fields in sm8.journal
+                       if job == sm8_job and person and set(fields) - OPENED_ONLY]  # fmt: skip
+            if (own := sm8.changed_ms.get(sm8_job)) is not None:
+                changes.append(own)
             if not any(_after(c, cd, cd_uuid) and c <= created for c in changes):
                 result.recreated_early.append(
                     f"job {sm8_job[:8]}: created again in Coredination with no ServiceM8 change "
