@@ -126,7 +126,7 @@ class Enqueuer:
         connection they are for, when it is not the deployment's own (their ``connection``
         argument)."""
         self.app = app
-        self.connection = lanes
+        self.lanes = lanes
         self.for_connection = connection
 
     @classmethod
@@ -149,7 +149,7 @@ class Enqueuer:
         ``countdown``: run it no sooner than this many seconds from now (short waits only: the
         message is held by the worker that takes it)."""
         if lane is not None:
-            queue = queue_name(self.connection, lane)
+            queue = queue_name(self.lanes, lane)
         kwargs = dict(kwargs or {})
         if self.for_connection is not None:
             kwargs.setdefault("connection", self.for_connection)
@@ -158,7 +158,7 @@ class Enqueuer:
             args=list(args),
             kwargs=kwargs,
             task_id=task_id,
-            queue=queue or queue_for(self.connection, task_name),
+            queue=queue or queue_for(self.lanes, task_name),
             countdown=countdown,
         )
 

@@ -41,7 +41,6 @@ class Runtime:
     # runtime's own connection, as in a single-account deployment.
     deployment: str | None = None
     owns_redis: bool = True  # False: the client is shared with the other connections' runtimes
-    version: str = ""  # which registry entry it was built from (``tasks.app.BridgeApp``)
 
     @property
     def connection(self) -> str:

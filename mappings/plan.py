@@ -167,8 +167,12 @@ def booked_since(record: JobRecord, since_ms: int) -> bool:
     fields the rules read: opening a booking on the phone is none, nor the bridge's own write).
     ServiceM8 stamps whole seconds, so a change within the second before counts too: better a
     job created once more than an office change left out."""
-    return any(a.changed_by_person and (a.edited_ms or 0) + 1000 > since_ms
-               for a in record.allocations.values())  # fmt: skip
+    return any(changed_since(a, since_ms) for a in record.allocations.values())
+
+
+def changed_since(allocation: AllocationFacts, since_ms: int) -> bool:
+    """A person changed this booking after ``since_ms`` (``booked_since``, one booking)."""
+    return allocation.changed_by_person and (allocation.edited_ms or 0) + 1000 > since_ms
 
 
 def needs_link(record: JobRecord, now_ms: int) -> bool:

@@ -257,7 +257,8 @@ class BridgeApp(Celery):  # type: ignore[misc]
     ) -> None:
         self.bridge_config = config_source if config_source is not None else CeleryConfig()
         self.servicem8_gate: ServiceM8Gate = servicem8_gate
-        self._runtimes: dict[str, tuple[int, Runtime]] = {}  # by connection: (pid, runtime)
+        # By connection: (pid, registry revision or None for the environment's, runtime).
+        self._runtimes: dict[str, tuple[int, int | None, Runtime]] = {}
         self._fleet: FleetView | None = None
         self._schedule: tuple[int, FleetSchedule] | None = None
         self._own_missing_told = False
@@ -328,8 +329,8 @@ class BridgeApp(Celery):  # type: ignore[misc]
 
     def _drop_runtime(self, connection: str) -> None:
         held = self._runtimes.pop(connection, None)
-        if held is not None and held[0] == os.getpid():
-            held[1].close()
+        if held is not None and held[0] == os.getpid():  # a parent's is not this process's
+            held[2].close()
 
     def _build(self, settings: Settings, **kwargs: Any) -> Runtime:
         return build(
@@ -338,18 +339,17 @@ class BridgeApp(Celery):  # type: ignore[misc]
         )  # fmt: skip
 
     def _runtime_for(
-        self, connection: str, version: int | None, make: Callable[[], Runtime]
+        self, connection: str, revision: int | None, make: Callable[[], Runtime]
     ) -> Runtime:
-        key = f"{connection}@{version}"
+        """The cached runtime of ``connection``, built again after a fork or when its registry
+        entry's ``revision`` moved."""
         held = self._runtimes.get(connection)
-        if held is None or held[0] != os.getpid() or held[1].version != key:
-            if held is not None and held[0] == os.getpid():
-                held[1].close()
-            runtime = make()
-            runtime.version = key
-            self._runtimes[connection] = (os.getpid(), runtime)
-            return runtime
-        return held[1]
+        if held is not None and held[0] == os.getpid() and held[1] == revision:
+            return held[2]
+        self._drop_runtime(connection)
+        runtime = make()
+        self._runtimes[connection] = (os.getpid(), revision, runtime)
+        return runtime
 
     def fleet_due(self, now: float) -> list[tuple[str, str]]:
         """The registry connections' periodic work due now (``FleetView.due_work``)."""

@@ -62,7 +62,7 @@ class FleetView:
                 log.error("fleet.connection_unreadable", connection=connection_id)
             self._bad = set(bad)
             entries = {c.id: c for c in found}
-            if entries != self._entries or self._read_at is None:
+            if entries != self._entries:
                 self.generation += 1
             self._entries, self._read_at = entries, now
         return self._entries
@@ -78,9 +78,6 @@ class FleetView:
 
     def entry(self, connection_id: str) -> Connection | None:
         return self._fresh().get(connection_id)
-
-    def active(self) -> list[Connection]:
-        return [c for c in self._fresh().values() if c.status == "active"]
 
     def due_work(
         self,

@@ -24,6 +24,7 @@ from mappings.plan import (
     ReadBack,
     ResourceOp,
     booked_since,
+    changed_since,
     deleted_since,
     hold,
     job_deleted,
@@ -97,11 +98,8 @@ def _may_link(ctx: SyncContext, record: JobRecord, report: Report) -> bool:
 
 def _why_recreated(record: JobRecord, since_ms: int) -> dict[str, object]:
     """For the log: the deletion's bound and the bookings whose change counted after it."""
-    counted = [
-        f"{a.uuid}@{a.edited_ms}(own {a.own_ms})"
-        for a in record.allocations.values()
-        if booked_since(JobRecord(record.uuid, allocations={a.uuid: a}), since_ms)
-    ]
+    counted = [f"{a.uuid}@{a.edited_ms}(own {a.own_ms})"
+               for a in record.allocations.values() if changed_since(a, since_ms)]  # fmt: skip
     return {"since_ms": since_ms, "changed": counted}
 
 

@@ -94,9 +94,9 @@ def deployment(redis_url, redis_client, sm8_sim, cd_sim, monkeypatch) -> Iterato
     app = create_app(settings)
     yield app
     keys = FleetKeys.for_deployment(settings.bridge_connection_id)
-    for held in list(app._runtimes.values()):
-        held[1].stores.wipe()
-        held[1].close()
+    for *_, runtime in list(app._runtimes.values()):
+        runtime.stores.wipe()
+        runtime.close()
     redis_client.delete(keys.connections, keys.secrets, keys.due, keys.every)
     for key in redis_client.scan_iter(f"b:{settings.bridge_connection_id}:celery:*"):
         redis_client.delete(key)
