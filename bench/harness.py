@@ -129,9 +129,9 @@ class Stack:
     def beat(self) -> subprocess.Popen[bytes]:
         return self.celery("beat", ["beat", "--loglevel", "INFO", "--pidfile="])
 
-    def web(self) -> str:
-        """Start the webhook server; its base URL once it answers."""
-        self.web_port = free_port()
+    def web(self, port: int | None = None) -> str:
+        """Start the webhook server (on ``port``, or a free one); its base URL once it answers."""
+        self.web_port = port or free_port()
         self._spawn("web", ["-m", "bridge", "web", "--port", str(self.web_port)])
         base = f"http://127.0.0.1:{self.web_port}"
 

@@ -20,6 +20,8 @@ from bridge.store.keys import RESERVED_CONNECTION_IDS
 
 SERVICEM8_DEFAULT_URL = "https://api.servicem8.com/api_1.0"
 COREDINATION_DEFAULT_URL = "https://app.coredination.net/api/1"
+SERVICEM8_AUTHORIZE_URL = "https://go.servicem8.com/oauth/authorize"
+SERVICEM8_TOKEN_URL = "https://go.servicem8.com/oauth/access_token"  # noqa: S105 (a URL)
 
 
 class Settings(BaseSettings):
@@ -90,6 +92,40 @@ class Settings(BaseSettings):
         "comma-separated: the first encrypts, every one decrypts (rotation: put a new key first, "
         "run 'bridge secrets rotate', then drop the old one). Make one with 'bridge secrets "
         "new-key'. Unset: connections with keys cannot be stored (docs/connections.md).",
+    )
+
+    connection_max_tasks: int = Field(
+        2,
+        ge=1,
+        description="The most tasks one registry connection may have queued or running at "
+        "once on the shared lanes (the rest wait in Redis, docs/connections.md#fair-shares); "
+        "keep it below the deployment's worker processes. The deployment's own connection "
+        "has no such limit.",
+    )
+
+    # --- ServiceM8 OAuth, for accounts that add the bridge as a public add-on ----------------
+    # (docs/servicem8-oauth.md). Unset: no activation page, and a connection holding a grant waits.
+    servicem8_oauth_client_id: str | None = Field(
+        None, description="The add-on's OAuth client id (its App ID)."
+    )
+    servicem8_oauth_client_secret: SecretStr | None = Field(
+        None, description="The add-on's OAuth client secret (its App Secret)."
+    )
+    servicem8_oauth_redirect_uri: str | None = Field(
+        None,
+        description="The redirect URI registered with ServiceM8 (https://.../oauth/servicem8/"
+        "callback, served by 'bridge web'); never taken from a request.",
+    )
+    servicem8_oauth_authorize_url: str = Field(
+        SERVICEM8_AUTHORIZE_URL, description="ServiceM8's authorize page."
+    )
+    servicem8_oauth_token_url: str = Field(
+        SERVICEM8_TOKEN_URL, description="ServiceM8's token endpoint."
+    )
+    servicem8_oauth_refresh_margin_seconds: float = Field(
+        300.0,
+        ge=0,
+        description="An access token with less left than this is refreshed before a call.",
     )
 
     # --- budgets (docs/operations.md#budget; ServiceM8's limits: docs/servicem8-api.md#limits) ---
@@ -238,6 +274,7 @@ class Settings(BaseSettings):
             self.coredination_api_key,
             self.webhook_token,
             self.redis_sentinel_password,
+            self.servicem8_oauth_client_secret,
         ]
         secrets = [v.get_secret_value() for v in values if v is not None]
         if self.bridge_secret_keys is not None:

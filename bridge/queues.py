@@ -12,6 +12,7 @@ One queue set per connection would not scale: kombu's ``BRPOP`` names every queu
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final, Literal
 
@@ -114,6 +115,30 @@ def sender(redis_url: str, connection: str) -> Celery:
     return app
 
 
+Admit = Callable[[str, str, Mapping[str, Any]], bool]
+
+
+def message_of(
+    task: str,
+    args: Sequence[Any],
+    kwargs: Mapping[str, Any],
+    task_id: str | None,
+    queue: str | None,
+    headers: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A task message as Redis keeps it while it waits (deferred, or for an admission slot)."""
+    message = {"task": task, "args": list(args), "kwargs": dict(kwargs), "id": task_id,
+               "queue": queue}  # fmt: skip
+    if headers:
+        message["headers"] = dict(headers)
+    return message
+
+
+def lane_of(queue: str | None) -> str:
+    """The lane of a queue's full name (``bridge.{d}.sync`` → ``sync``)."""
+    return (queue or "").rsplit(".", 1)[-1]
+
+
 class Enqueuer:
     """Sends tasks to one connection's queues: the one way a task is queued, by the tasks (over
     the worker's own app), the CLI and the web receiver (over a ``sender``).
@@ -121,17 +146,27 @@ class Enqueuer:
     Tasks take ids, never payloads: ``args`` are ids and short strings, JSON-encoded.
     """
 
-    def __init__(self, app: Celery, lanes: str, connection: str | None = None) -> None:
+    def __init__(
+        self,
+        app: Celery,
+        lanes: str,
+        connection: str | None = None,
+        admit: Admit | None = None,
+    ) -> None:
         """``lanes``: the deployment whose queues the tasks go to; ``connection``: the
         connection they are for, when it is not the deployment's own (their ``connection``
-        argument)."""
+        argument); ``admit``: for such a connection, whether a message may go to its lane now
+        or waits its turn (``bridge.connections.admission.Admission.offer``)."""
         self.app = app
         self.lanes = lanes
         self.for_connection = connection
+        self.admit = admit
 
     @classmethod
-    def for_broker(cls, redis_url: str, lanes: str, connection: str | None = None) -> Enqueuer:
-        return cls(sender(redis_url, lanes), lanes, connection)
+    def for_broker(
+        cls, redis_url: str, lanes: str, connection: str | None = None, admit: Admit | None = None
+    ) -> Enqueuer:
+        return cls(sender(redis_url, lanes), lanes, connection, admit)
 
     def send(
         self,
@@ -143,23 +178,43 @@ class Enqueuer:
         task_id: str | None = None,
         queue: str | None = None,
         countdown: float | None = None,
+        headers: Mapping[str, Any] | None = None,
     ) -> None:
         """Queue one task: on ``lane``'s queue if given, else on ``queue`` (a queue's full name,
         as a deferred message recorded it), else where ``ROUTES`` sends ``task_name``.
         ``countdown``: run it no sooner than this many seconds from now (short waits only: the
-        message is held by the worker that takes it)."""
+        message is held by the worker that takes it). ``headers``: message headers of our own
+        (``bridge_due``: when the fleet tick's item was due), read back as request fields."""
         if lane is not None:
             queue = queue_name(self.lanes, lane)
+        queue = queue or queue_for(self.lanes, task_name)
         kwargs = dict(kwargs or {})
         if self.for_connection is not None:
             kwargs.setdefault("connection", self.for_connection)
+            if self.admit is not None:
+                task_id = task_id or str(uuid.uuid4())
+                message = message_of(task_name, args, kwargs, task_id, queue, headers)
+                if not self.admit(self.for_connection, lane_of(queue), message):
+                    return  # it waits in Redis for one of the connection's slots
         self.app.send_task(
             task_name,
             args=list(args),
             kwargs=kwargs,
             task_id=task_id,
-            queue=queue or queue_for(self.lanes, task_name),
+            queue=queue,
             countdown=countdown,
+            headers=dict(headers) if headers else None,
+        )
+
+    def send_message(self, message: Mapping[str, Any]) -> None:
+        """Send a message recorded by ``message_of`` (admitted already: no admission)."""
+        Enqueuer(self.app, self.lanes).send(
+            message["task"],
+            message.get("args") or [],
+            kwargs=message.get("kwargs") or {},
+            task_id=message.get("id"),
+            queue=message.get("queue"),
+            headers=message.get("headers") or None,
         )
 
     def syncs(self, jobs: Iterable[str], claim: Callable[[str], bool], lane: Lane = "sync") -> int:

@@ -15,7 +15,7 @@ from bridge.accounts import AccountIds, key_digest
 from bridge.config import Settings
 from bridge.coredination import CoredinationClient
 from bridge.errors import ConfigError
-from bridge.http import CallGate, OpenGate
+from bridge.http import CallGate, Credentials, OpenGate
 from bridge.http.budget import Budget, Window, servicem8_windows
 from bridge.redis_server import EmbeddedRedis
 from bridge.servicem8 import ServiceM8Client
@@ -99,13 +99,15 @@ def build(
     servicem8_gate: Literal["shared", "open"] = "shared",
     client: redis.Redis | None = None,
     deployment: str | None = None,
+    servicem8_credentials: Credentials | None = None,
 ) -> Runtime:
     """Wire everything. ``budget_wait``: how long a call may wait in place for its budget slot
     (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail).
     ``servicem8_gate="open"``: ServiceM8 calls skip the shared budget (``bench.rate_limited_app``
     only, the benchmark that shows why the shared budget exists). ``client``: a Redis client to
     share (one connection of many, ``tasks.app.BridgeApp.bridge_runtime``); ``deployment``: whose
-    lanes its work goes to (``Runtime.deployment``)."""
+    lanes its work goes to (``Runtime.deployment``); ``servicem8_credentials``: how ServiceM8
+    calls authenticate, when not by ``SERVICEM8_API_KEY`` (a connection's OAuth grant)."""
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
@@ -166,7 +168,9 @@ def build(
         max_sleep=settings.budget_max_sleep_seconds if budget_wait is None else budget_wait,
     )
     sm8_gate: CallGate = budget if servicem8_gate == "shared" else OpenGate()
-    sm8_client = ServiceM8Client.from_settings(settings, gate=sm8_gate, accounts=accounts)
+    sm8_client = ServiceM8Client.from_settings(
+        settings, gate=sm8_gate, accounts=accounts, credentials=servicem8_credentials
+    )
     legacy = [stores.keys.prefix]  # budgets were per connection before accounts
     accounts.on_learn.append(lambda api, account: budget.adopt(api, account, legacy))
     options = SyncOptions(

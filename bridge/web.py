@@ -17,6 +17,9 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
 - The token never reaches a log line: uvicorn's access log (which prints paths) is off and the
   bridge logs its own ``webhook.received`` event without the path.
 
+With ``SERVICEM8_OAUTH_*`` set it also serves the ServiceM8 add-on's activation pages
+(``bridge/web_activation.py``).
+
 Everything blocking (Redis, the broker) runs in the thread pool, so the event loop only reads
 bodies and answers well inside ServiceM8's 10-second limit.
 """
@@ -52,6 +55,7 @@ from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import handshake, servicem8_hints
 from bridge.store import ALIVE_SECONDS
 from bridge.store.hints import Arrival
+from bridge.web_activation import activation_for, add_activation_routes
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
@@ -399,6 +403,10 @@ def create_app(
             return Reply(404, {"error": "not a subscription check"}).response()
         log.info("webhook.handshake", source="servicem8", method="GET")
         return Reply(200, challenge.challenge).response()
+
+    activation = activation_for(settings, runtime)
+    if activation is not None:
+        add_activation_routes(app, activation)
 
     @app.get("/healthz")
     def healthz() -> Response:

@@ -46,8 +46,8 @@ from kombu.entity import Queue
 
 from bridge import redis_conn
 from bridge.config import Settings, load_settings
-from bridge.connections.fleet import FleetView
-from bridge.connections.schedule import FleetSchedule
+from bridge.connections.process import ProcessFleet, servicem8_credentials
+from bridge.connections.schedule import Claimed
 from bridge.errors import ConfigError, ConnectionPaused
 from bridge.log import configure_logging, get_logger
 from bridge.queues import (
@@ -259,8 +259,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
         self.servicem8_gate: ServiceM8Gate = servicem8_gate
         # By connection: (pid, registry revision or None for the environment's, runtime).
         self._runtimes: dict[str, tuple[int, int | None, Runtime]] = {}
-        self._fleet: FleetView | None = None
-        self._schedule: tuple[int, FleetSchedule] | None = None
+        self._fleet: ProcessFleet | None = None
         self._own_missing_told = False
         self._alive: ActivityStore | None = None
         self._redbeat_redis: Any = None
@@ -301,7 +300,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
         settings = self.bridge_settings()
         own = settings.bridge_connection_id
         wanted = connection or own
-        fleet = self._fleet_view(settings)
+        fleet = self.fleet().view
         entry = fleet.entry(wanted)
         if entry is None and wanted == own and fleet.empty:
             return self._runtime_for(own, None, lambda: self._build(settings))
@@ -319,11 +318,9 @@ class BridgeApp(Celery):  # type: ignore[misc]
 
         def built() -> Runtime:
             loaded = fleet.registry.load(wanted, settings)
-            if loaded.secrets.servicem8_api_key is None or not loaded.secrets.has_coredination:
-                # Never the environment's keys for another account: an OAuth grant is not
-                # read by the workers yet (docs/connections.md#shared-lanes).
-                raise ConnectionPaused(wanted, "waiting", "its keys are not usable by the workers")
-            return self._build(loaded.settings, client=fleet.client, deployment=own)
+            credentials = servicem8_credentials(loaded, self.fleet().keeper)
+            return self._build(loaded.settings, client=fleet.client, deployment=own,
+                               servicem8_credentials=credentials)  # fmt: skip
 
         return self._runtime_for(wanted, entry.revision, built)
 
@@ -351,23 +348,16 @@ class BridgeApp(Celery):  # type: ignore[misc]
         self._runtimes[connection] = (os.getpid(), revision, runtime)
         return runtime
 
-    def fleet_due(self, now: float) -> list[tuple[str, str]]:
-        """The registry connections' periodic work due now (``FleetView.due_work``)."""
-        settings = self.bridge_settings()
-        return self._fleet_view(settings).due_work(
-            self.fleet_schedule(), settings, periodic_work, now
-        )
-
-    def fleet_schedule(self) -> FleetSchedule:
-        fleet = self._fleet_view(self.bridge_settings())
-        if self._schedule is None or self._schedule[0] != os.getpid():
-            self._schedule = (os.getpid(), FleetSchedule(fleet.client, fleet.keys))
-        return self._schedule[1]
-
-    def _fleet_view(self, settings: Settings) -> FleetView:
+    def fleet(self) -> ProcessFleet:
+        """This process's parts for the registry's connections (``ProcessFleet``)."""
         if self._fleet is None or self._fleet.pid != os.getpid():
-            self._fleet = FleetView(settings, _redis_url(settings))
+            settings = self.bridge_settings()
+            self._fleet = ProcessFleet(settings, _redis_url(settings))
         return self._fleet
+
+    def fleet_due(self, now: float) -> list[Claimed]:
+        """The registry connections' periodic work due now (``FleetView.due_work``)."""
+        return self.fleet().due(now, periodic_work)
 
     def heartbeat(self, worker: str) -> None:
         """A worker's heartbeat, written to Redis for ``/healthz``. A failed write only makes the

@@ -23,17 +23,20 @@ from bridge.errors import (
     ApiError,
     BudgetExhausted,
     ConnectionPaused,
+    GrantRevoked,
     PermanentError,
     RetryableError,
 )
 from bridge.http.budget import Priority, priority
 from bridge.log import get_logger
-from bridge.queues import Enqueuer, Lane
+from bridge.queues import Enqueuer, Lane, lane_of, message_of
 from bridge.retry import RetryPolicy
 from bridge.runtime import Runtime
 from tasks.app import MAX_COUNTDOWN
 
 log = get_logger(__name__)
+
+DUE_HEADER = "bridge_due"  # a message header: when the fleet tick's item was due (epoch s)
 
 
 class BridgeTask(Task):  # type: ignore[misc]
@@ -64,16 +67,53 @@ class BridgeTask(Task):  # type: ignore[misc]
         return runtime
 
     def enqueuer(self) -> Enqueuer:
-        """Sends tasks for this task's connection, on the deployment's lanes."""
+        """Sends tasks for this task's connection, on the deployment's lanes (a registry
+        connection's within its fair share, ``bridge.connections.admission``)."""
         rt = self.runtime
-        return Enqueuer(self.app, rt.lanes, rt.task_connection)
+        admit = self.app.fleet().admission.offer if rt.task_connection is not None else None
+        return Enqueuer(self.app, rt.lanes, rt.task_connection, admit)
+
+    def _message(self) -> dict[str, Any]:
+        """This task's message as Redis keeps it while it waits (deferred, or for a slot)."""
+        request = self.request
+        headers = {DUE_HEADER: due} if (due := getattr(request, DUE_HEADER, None)) else None
+        return message_of(self.name, request.args or [], request.kwargs or {}, request.id,
+                          (request.delivery_info or {}).get("routing_key"), headers)  # fmt: skip
 
     def enqueue_syncs(self, jobs: Iterable[str], lane: Lane = "sync") -> int:
         """Queue one sync per job unless one is already queued."""
         return self.enqueuer().syncs(jobs, self.runtime.stores.work.claim_enqueue, lane)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        connection = (self.request.kwargs or {}).get("connection")
+        if connection is not None and self.request.id is not None:
+            return self._within_share(connection, args, kwargs)
+        return self._run(args, kwargs)
+
+    def _within_share(self, connection: str, args: Any, kwargs: Any) -> Any:
+        """A registry connection's task runs in one of its slots (``Admission``): without a
+        free one it waits again in Redis; when it ends, its slot admits the next."""
+        admission = self.app.fleet().admission
+        message = self._message()
+        if not admission.start(connection, lane_of(message["queue"]), message):
+            log.debug("task.waiting_for_a_slot", connection=connection)
+            return None
+        try:
+            return self._run(args, kwargs)
+        finally:
+            try:
+                admitted = admission.finish(connection, self.request.id)
+                for waiting in admitted:
+                    Enqueuer(self.app, self.app.bridge_settings().bridge_connection_id
+                             ).send_message(waiting)  # fmt: skip
+            except redis.RedisError as exc:  # the tick admits them within a second
+                log.warning("task.admission_unavailable", error=type(exc).__name__)
+
+    def _run(self, args: Any, kwargs: Any) -> Any:
         token = priority.set(self._priority())
+        due = getattr(self.request, DUE_HEADER, None)
+        if due is not None and not self.request.retries:  # claimed by the fleet tick
+            self.app.fleet().note_lateness(self.name, self.clock() - float(due))
         try:
             return self.run(*args, **kwargs)
         except ConnectionPaused as exc:
@@ -109,6 +149,11 @@ class BridgeTask(Task):  # type: ignore[misc]
                 raise self.retry(countdown=delay, exc=exc) from None
             self._defer(delay, exc.reason)
             return None
+        except GrantRevoked as exc:
+            # The account removed the add-on: the keeper has paused the connection, and its
+            # work waits with it (the dirty marks and the polls bring it back on resume).
+            log.warning("task.grant_revoked", **exc.describe())
+            return None
         except PermanentError as exc:
             now = self.clock()
             self._dead_letter(exc, now, now, "permanent error", 1)
@@ -142,16 +187,9 @@ class BridgeTask(Task):  # type: ignore[misc]
     def _defer(self, wait: float, reason: str) -> None:
         """Come back in ``wait`` seconds by the deferred set, under the same task id (so a retry
         keeps counting its failures), not as an ETA message a worker would hold meanwhile."""
-        self.runtime.stores.work.defer(
-            self.clock() + wait,
-            {
-                "task": self.name,
-                "args": list(self.request.args or []),
-                "kwargs": dict(self.request.kwargs or {}),
-                "id": self.request.id,
-                "queue": (self.request.delivery_info or {}).get("routing_key"),
-            },
-        )
+        message = self._message()
+        message.pop("headers", None)  # its due time was its first start's
+        self.runtime.stores.work.defer(self.clock() + wait, message)
         log.info("task.deferred", seconds=round(wait, 1), reason=reason)
 
     def _dead_letter(

@@ -31,7 +31,7 @@ from bridge.queues import (
     waiting,
 )
 from bridge.sync.hints import HINTED
-from tasks.base import BridgeTask
+from tasks.base import DUE_HEADER, BridgeTask
 
 log = get_logger(__name__)
 
@@ -195,10 +195,15 @@ def fleet_tick(task: BridgeTask) -> None:
     at once."""
     lanes = task.app.bridge_settings().bridge_connection_id
     now = time.time()
+    admission = task.app.fleet().admission
+    for connection, message in admission.admit_waiting():  # should a slot's end have been lost
+        Enqueuer(task.app, lanes, connection).send_message(message)
     due = task.app.fleet_due(now)
-    for n, (connection, name) in enumerate(due):
+    for n, item in enumerate(due):
         try:
-            Enqueuer(task.app, lanes, connection).send(name)
+            Enqueuer(task.app, lanes, item.connection, admission.offer).send(
+                item.task, headers={DUE_HEADER: item.due}
+            )
         except Exception:
-            task.app.fleet_schedule().due_again(due[n:], now)  # claimed, not queued: due now
+            task.app.fleet().schedule.due_again(due[n:], now)  # claimed, not queued: due now
             raise

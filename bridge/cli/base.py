@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,7 @@ from bridge.errors import BridgeError, ConfigError
 from bridge.log import configure_logging
 
 if TYPE_CHECKING:
+    from bridge.queues import Enqueuer
     from bridge.runtime import Runtime
 
 
@@ -49,6 +50,32 @@ def handles_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+class _Selected:
+    """The registry connection a command is for (``bridge -c ID …``); None: the deployment's."""
+
+    connection: str | None = None
+
+
+SELECTED = _Selected()
+
+
+@app.callback()
+def choose_connection(
+    connection: Annotated[
+        str | None,
+        typer.Option(
+            "--connection",
+            "-c",
+            help="The registry connection a command is for (bridge connections list); "
+            "default: the deployment's own (BRIDGE_CONNECTION_ID).",
+        ),
+    ] = None,
+) -> None:
+    """Keeps ServiceM8 bookings (job allocations and fixed-time job activities) and
+    Coredination job resources in step."""
+    SELECTED.connection = connection
+
+
 def settings_and_logging() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
@@ -60,10 +87,64 @@ COMMAND_BUDGET_WAIT = 300.0
 
 
 def command_runtime() -> Runtime:
-    """The bridge's wiring from the settings; use as ``with command_runtime() as rt:``."""
+    """The bridge's wiring from the settings, for the deployment's own connection or the one
+    chosen by ``-c``; use as ``with command_runtime() as rt:``."""
     from bridge.runtime import build
 
-    return build(settings_and_logging(), budget_wait=COMMAND_BUDGET_WAIT)
+    settings = settings_and_logging()
+    chosen = SELECTED.connection
+    if chosen is None:
+        return build(settings, budget_wait=COMMAND_BUDGET_WAIT)
+    return _registry_runtime(settings, chosen)
+
+
+def _registry_runtime(settings: Settings, connection: str) -> Runtime:
+    """A registry connection's wiring, as the workers build it: its settings and keys (a grant
+    through the token keeper), its store, the deployment's lanes. Its status does not matter to
+    a command: a paused connection can be looked at and repaired."""
+    from bridge import redis_conn
+    from bridge.connections import ConnectionRegistry, SecretBox
+    from bridge.connections.activation import token_keeper
+    from bridge.connections.process import servicem8_credentials
+    from bridge.errors import ConnectionPaused
+    from bridge.runtime import build, resolve_redis
+    from bridge.store.keys import FleetKeys
+
+    redis_url, embedded = resolve_redis(settings)
+    client = redis_conn.client(redis_url, health_check_interval=30)
+    try:
+        keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+        registry = ConnectionRegistry(client, SecretBox.from_settings(settings), keys=keys)
+        loaded = registry.load(connection, settings)
+        try:
+            credentials = servicem8_credentials(loaded, token_keeper(settings, client, registry))
+        except ConnectionPaused as exc:
+            raise ConfigError(str(exc)) from None
+        rt = build(loaded.settings, redis_url, budget_wait=COMMAND_BUDGET_WAIT, client=client,
+                   deployment=settings.bridge_connection_id,
+                   servicem8_credentials=credentials)  # fmt: skip
+    except BaseException:
+        client.close()
+        if embedded is not None:
+            embedded.stop()
+        raise
+    rt.owns_redis, rt.embedded = True, embedded  # the command's own: closed with it
+    return rt
+
+
+def command_enqueuer(rt: Runtime) -> Enqueuer:
+    """Sends a command's tasks to the deployment's lanes, a registry connection's within its
+    fair share (docs/connections.md#fair-shares)."""
+    from bridge.connections.admission import Admission
+    from bridge.queues import Enqueuer
+    from bridge.store.keys import FleetKeys
+
+    admit = None
+    if rt.task_connection is not None:
+        admission = Admission(rt.redis, FleetKeys.for_deployment(rt.lanes),
+                              rt.settings.connection_max_tasks)  # fmt: skip
+        admit = admission.offer
+    return Enqueuer.for_broker(rt.redis_url, rt.lanes, rt.task_connection, admit)
 
 
 def print_report(counts: dict[str, int]) -> None:

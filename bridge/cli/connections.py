@@ -136,7 +136,8 @@ def connections_list(as_json: JsonOpt = False) -> None:
         out.print_json(json.dumps(rows))
         return
     table = Table(title=f"Connections ({len(stored)} stored)")
-    columns = ("id", "status", "reason", "servicem8_account", "coredination_base_url", "overrides")
+    columns = ("id", "label", "status", "reason", "servicem8_account", "coredination_base_url",
+               "overrides")  # fmt: skip
     for column in columns:
         table.add_column(column)
     for row in rows:

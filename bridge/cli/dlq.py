@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import typer
 
-from bridge.cli.base import app, command_runtime, fail, handles_errors, out
+from bridge.cli.base import app, command_enqueuer, command_runtime, fail, handles_errors, out
 
 dlq_app = typer.Typer(help="Dead letters: operations given up on, with the reason.")
 app.add_typer(dlq_app, name="dlq")
@@ -87,9 +87,7 @@ def dlq_replay(
 
     with command_runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
-        from bridge.queues import Enqueuer
-
-        enqueue = Enqueuer.for_broker(rt.redis_url, rt.settings.bridge_connection_id)
+        enqueue = command_enqueuer(rt)
         replayed = []
         for row in rows:
             enqueue.send(row["task"], json.loads(row.get("args", "[]")),

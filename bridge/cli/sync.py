@@ -10,6 +10,7 @@ import typer
 
 from bridge.cli.base import (
     app,
+    command_enqueuer,
     command_runtime,
     err,
     fail,
@@ -213,7 +214,6 @@ def backfill(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from bridge.http.budget import priority
-    from bridge.queues import Enqueuer
 
     rt = command_runtime()
     token = priority.set("bulk")
@@ -224,7 +224,7 @@ def backfill(
             dirty = rt.engine.backfill(since, lambda n: progress.advance(reading, n))
             progress.update(reading, total=progress.tasks[reading].completed)
             queueing = progress.add_task("queueing job syncs", total=len(dirty))
-            enqueue = Enqueuer.for_broker(rt.redis_url, rt.settings.bridge_connection_id)
+            enqueue = command_enqueuer(rt)
             queued = 0
             for job in sorted(dirty):
                 queued += enqueue.syncs([job], rt.stores.work.claim_enqueue, "bulk")

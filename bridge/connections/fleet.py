@@ -20,10 +20,13 @@ from bridge import redis_conn
 from bridge.config import Settings
 from bridge.connections.models import Connection
 from bridge.connections.registry import ConnectionRegistry
-from bridge.connections.schedule import FleetSchedule, member
+from bridge.connections.schedule import Claimed, FleetSchedule, member
 from bridge.connections.secrets import SecretBox
 from bridge.log import get_logger
-from bridge.store.keys import FleetKeys
+from bridge.queues import RELEASE_DEFERRED, SWEEP
+from bridge.store.hints import waiting_key
+from bridge.store.keys import FleetKeys, Keys
+from bridge.sync.hints import HINTED
 
 log = get_logger(__name__)
 
@@ -50,6 +53,7 @@ class FleetView:
         )
         self._entries: dict[str, Connection] = {}
         self._read_at: float | None = None
+        self._raw: dict[Any, Any] | None = None
         self.generation = 0  # moves on whenever a read finds the registry changed
         self._bad: set[str] = set()
         self._planned = -1
@@ -57,7 +61,12 @@ class FleetView:
     def _fresh(self, force: bool = False) -> dict[str, Connection]:
         now = self.clock()
         if force or self._read_at is None or now - self._read_at >= REFRESH_SECONDS:
-            found, bad = self.registry.readable()
+            raw = self.registry.raw_entries()
+            if raw == self._raw:  # unchanged: nothing to decode again (the tick reads it each s)
+                self._read_at = now
+                return self._entries
+            self._raw = raw
+            found, bad = self.registry.readable(raw)
             for connection_id in set(bad) - self._bad:  # once per process and entry
                 log.error("fleet.connection_unreadable", connection=connection_id)
             self._bad = set(bad)
@@ -85,8 +94,8 @@ class FleetView:
         settings: Settings,
         periodic: Callable[[Settings], Mapping[str, float]],
         now: float,
-    ) -> list[tuple[str, str]]:
-        """The (connection, task) items due now for every active registry connection, each
+    ) -> list[Claimed]:
+        """The items due now for every active registry connection, each
         booked for its next time (``FleetSchedule``). ``periodic``: a connection's periodic
         tasks and their intervals, from its settings (the beat's own schedule, per connection).
         The deployment's own connection is left out: beat's entries run it."""
@@ -103,4 +112,34 @@ class FleetView:
             self._planned = self.generation
         if not others:  # a single-account deployment: one read of the registry, no more
             return []
-        return schedule.claim(now)
+        return self.worth_a_task(schedule.claim(now), now)
+
+    def worth_a_task(self, items: list[Claimed], now: float) -> list[Claimed]:
+        """``items`` less those that would find nothing to do: a sweep of a connection with no
+        job dirty and no hint waiting, a release with no deferred work due. One pipelined
+        command per such item, so a thousand idle connections cost Redis a few commands a
+        second rather than the workers a few hundred tasks."""
+        checked = [item for item in items if item.task in GUARDS]
+        if not checked:
+            return items
+        with self.client.pipeline(transaction=False) as pipe:
+            for item in checked:
+                GUARDS[item.task](pipe, Keys(item.connection), now)
+            found = pipe.execute()
+        idle = {item for item, n in zip(checked, found, strict=True) if not n}
+        return [item for item in items if item not in idle]
+
+
+def _sweep_guard(pipe: Any, keys: Keys, now: float) -> None:
+    pipe.exists(keys.dirty, *(waiting_key(keys, f"servicem8.{obj}") for obj in HINTED))
+
+
+def _release_guard(pipe: Any, keys: Keys, now: float) -> None:
+    pipe.zcount(keys.deferred, "-inf", repr(now))
+
+
+# The periodic tasks that often have nothing to do, and how to tell (a count: 0 is nothing).
+GUARDS: dict[str, Callable[[Any, Keys, float], None]] = {
+    SWEEP: _sweep_guard,
+    RELEASE_DEFERRED: _release_guard,
+}

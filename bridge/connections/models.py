@@ -34,6 +34,8 @@ ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # BRIDGE_CONNECTION_ID's, bridge/config.
 ConnectionId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 Status = Literal["active", "paused", "authorised"]
 STATUSES: tuple[Status, ...] = ("active", "paused", "authorised")
+# The API-key setting of a connection that holds an OAuth grant (``Connection.settings``).
+OAUTH_KEY_PREFIX = "oauth-grant-of:"
 
 # The settings a connection may set for itself; every other setting is the deployment's.
 OVERRIDABLE = (
@@ -87,6 +89,9 @@ class Connection(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     id: ConnectionId
+    label: str | None = Field(
+        None, max_length=100, description="A name for people (the activation's, or set at add)."
+    )
     servicem8_account: str | None = Field(None, description="The vendor uuid, once known.")
     servicem8_base_url: str = SERVICEM8_DEFAULT_URL
     coredination_base_url: str = COREDINATION_DEFAULT_URL
@@ -129,6 +134,10 @@ class Connection(BaseModel):
         }
         if secrets is not None and secrets.servicem8_api_key is not None:
             update["servicem8_api_key"] = secrets.servicem8_api_key
+        elif secrets is not None and secrets.servicem8_grant is not None:
+            # Never the environment's key for this account: a stand-in no API accepts, which
+            # also names the connection's budget until its account is learnt (bridge.accounts).
+            update["servicem8_api_key"] = SecretStr(f"{OAUTH_KEY_PREFIX}{self.id}")
         if secrets is not None and secrets.coredination_api_key is not None:
             update["coredination_api_key"] = secrets.coredination_api_key
         # The values were validated as these very fields (``validate_overrides``).

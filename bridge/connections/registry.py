@@ -81,10 +81,14 @@ class ConnectionRegistry:
         found = [stored.decode(stored.text(k), v) for k, v in raw.items()]
         return sorted(found, key=lambda c: c.id)
 
-    def readable(self) -> tuple[builtins.list[Connection], builtins.list[str]]:
+    def readable(
+        self, raw: Mapping[Any, Any] | None = None
+    ) -> tuple[builtins.list[Connection], builtins.list[str]]:
         """Every connection that can be read, and the ids of those that cannot (damaged, or
-        written by a newer version): one bad entry must not stop the others."""
-        raw: dict[Any, Any] = self.r.hgetall(self.keys.connections)
+        written by a newer version): one bad entry must not stop the others. ``raw``: the
+        public hash as read already (``raw_entries``)."""
+        if raw is None:
+            raw = self.raw_entries()
         found, bad = [], []
         for key, value in raw.items():
             try:
@@ -92,6 +96,11 @@ class ConnectionRegistry:
             except ConfigError:
                 bad.append(stored.text(key))
         return sorted(found, key=lambda c: c.id), sorted(bad)
+
+    def raw_entries(self) -> dict[Any, Any]:
+        """The public hash as stored (ids → JSON), undecoded."""
+        raw: dict[Any, Any] = self.r.hgetall(self.keys.connections)
+        return raw
 
     def secrets(self, connection_id: str) -> ConnectionSecrets:
         """The connection's keys, decrypted (and known to the log redactor from now on)."""

@@ -16,16 +16,19 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from bridge.store.keys import FleetKeys
 
 # KEYS: due (zset), every (hash). ARGV: now, limit. Due members move to now + their interval;
-# a member with no interval left (its connection is gone) is dropped instead.
+# a member with no interval left (its connection is gone) is dropped instead. Returns member,
+# due time, member, due time, ... (the times as strings, Lua's numbers would lose the fraction).
 _CLAIM = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[2]))
 local now = tonumber(ARGV[1])
-for _, member in ipairs(due) do
+for i = 1, #due, 2 do
+  local member = due[i]
   local every = tonumber(redis.call('HGET', KEYS[2], member))
   if every then
     redis.call('ZADD', KEYS[1], now + every, member)
@@ -37,6 +40,14 @@ return due
 """
 
 CLAIM_LIMIT = 1000  # items one tick takes at most; the rest are taken by the next
+
+
+class Claimed(NamedTuple):
+    """One claimed item: whose, which task, and when it was due (epoch seconds)."""
+
+    connection: str
+    task: str
+    due: float
 
 
 def member(connection: str, task: str) -> str:
@@ -87,15 +98,19 @@ class FleetSchedule:
                     pipe.zadd(self.keys.due, shortened, lt=True)
             pipe.execute()
 
-    def claim(self, now: float, limit: int = CLAIM_LIMIT) -> list[tuple[str, str]]:
-        """The (connection, task) items due by ``now``, each booked for its next time."""
-        due = self._claim(keys=[self.keys.due, self.keys.every], args=[repr(now), limit])
-        return [split(m.decode() if isinstance(m, bytes) else m) for m in due]
+    def claim(self, now: float, limit: int = CLAIM_LIMIT) -> list[Claimed]:
+        """The items due by ``now``, each booked for its next time."""
+        flat = self._claim(keys=[self.keys.due, self.keys.every], args=[repr(now), limit])
+        items = []
+        for raw, due in zip(flat[::2], flat[1::2], strict=True):
+            connection, task = split(raw.decode() if isinstance(raw, bytes) else raw)
+            items.append(Claimed(connection, task, float(due)))
+        return items
 
-    def due_again(self, items: list[tuple[str, str]], now: float) -> None:
+    def due_again(self, items: list[Claimed], now: float) -> None:
         """Claimed items that were not queued after all (the tick failed part-way): due now."""
         if items:
-            self.r.zadd(self.keys.due, {member(c, t): now for c, t in items})
+            self.r.zadd(self.keys.due, {member(i.connection, i.task): now for i in items})
 
     def size(self) -> int:
         return int(self.r.zcard(self.keys.due))

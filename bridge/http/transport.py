@@ -13,7 +13,7 @@ import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import requests
 from pydantic import SecretStr
@@ -128,6 +128,17 @@ class Credentials(Protocol):
     """Supplies the auth headers for one request."""
 
     def headers(self) -> dict[str, str]: ...
+
+
+@runtime_checkable
+class Renewable(Protocol):
+    """Credentials that can be renewed when the API refuses them (an OAuth access token that
+    was revoked or ended early): ``refused`` gets the headers a 401 refused and renews them,
+    answering True, and the call is tried again as if it had not reached the API; False (they
+    were renewed a moment ago and refused again) leaves the 401 as it is. It may raise instead,
+    e.g. ``GrantRevoked`` (``bridge.servicem8.oauth.BearerAuth``)."""
+
+    def refused(self, headers: Mapping[str, str]) -> bool: ...
 
 
 @dataclass(frozen=True)
@@ -267,6 +278,14 @@ class Transport:
             status = response.status_code
             body = response.text
             outcome = self.classify(status, response.headers, body, None)
+        if (
+            status == 401
+            and isinstance(self.credentials, Renewable)
+            and self.credentials.refused(headers)
+        ):
+            # Renewed: the refusal was the old token's, so no auth pause; the call is tried
+            # again by the quick retry or by its task.
+            outcome = Outcome("unavailable", f"{outcome.reason}; credentials renewed")
         self.gate.after_call(self.api, outcome)
         elapsed_ms = round((time.monotonic() - started) * 1000, 1)
         if outcome.ok and response is not None:

@@ -1,11 +1,11 @@
 """ServiceM8 OAuth for connections that hold a grant instead of an API key
 (docs/servicem8-oauth.md).
 
-Owns the activation URL and its single-use ``state``, the two token requests (code and refresh),
-and ``TokenKeeper``, which hands out a valid access token per connection and refreshes it at most
-once at a time across every process. Where grants are kept is not its business: ``GrantStore`` is
-the seam (the connection registry implements it; ``MemoryGrantStore`` is for tests). It must not
-import ``tasks`` or the link store, and it never logs or raises a token, a code or the secret.
+Owns the add-on's registration, the activation URL and its single-use ``state``, and the two
+token requests (code and refresh); ``bridge.servicem8.tokens`` hands out the access tokens and
+refreshes them. Where grants are kept is not its business: ``GrantStore`` is the seam (the
+connection registry implements it; ``MemoryGrantStore`` is for tests). It must not import
+``tasks`` or the link store, and it never logs or raises a token, a code or the secret.
 """
 
 from __future__ import annotations
@@ -22,36 +22,29 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import requests
 from pydantic import SecretStr
-from redis.exceptions import LockError
 
+from bridge.config import SERVICEM8_AUTHORIZE_URL, SERVICEM8_TOKEN_URL, Settings
 from bridge.errors import (
-    ApiError,
-    AuthError,
     BridgeError,
     ConfigError,
     GrantRevoked,
     InvalidRecord,
     Rejected,
-    Unavailable,
 )
 from bridge.http import Outcome, raise_for
-from bridge.http.transport import new_session
 from bridge.log import REDACTED, get_logger
 from bridge.servicem8.classify import classify_servicem8
-from bridge.store.keys import FLEET_PREFIX, Keys
+from bridge.store.keys import FLEET_PREFIX
 
 log = get_logger(__name__)
 
-AUTHORIZE_URL = "https://go.servicem8.com/oauth/authorize"
-TOKEN_URL = "https://go.servicem8.com/oauth/access_token"  # noqa: S105 (a URL, not a secret)
 SCOPES = "read_schedule manage_schedule read_jobs read_staff vendor"
 # Redis keys (docs/servicem8-oauth.md#redis-keys). A state belongs to no connection yet: its key
 # goes under the registry's prefix ``b:fleet:``, which no connection id may take.
 STATE_PREFIX = FLEET_PREFIX
 STATE_KEY = "oauth:state:{state}"  # string: JSON {"label", "issued_at"}, expires, read once
-REFRESH_LOCK_KEY = "lock:oauth"  # under b:{connection}: (``Keys.key``), a redis-py Lock
 STATE_SECONDS = 600
-REFRESH_MARGIN_SECONDS = 300.0
+REFRESH_MARGIN_SECONDS = 300.0  # a token with less left is refreshed before a call
 TOKEN_TIMEOUT = (5.0, 20.0)  # connect, read: seconds for one token request
 DEFAULT_EXPIRES_IN = 3600  # about an hour is what ServiceM8 grants; used if the answer is silent
 _STATE = re.compile(r"^[A-Za-z0-9_-]{16,128}$")
@@ -71,8 +64,8 @@ class OAuthConfig:
     client_id: str
     client_secret: SecretStr
     redirect_uri: str
-    authorize_url: str = AUTHORIZE_URL
-    token_url: str = TOKEN_URL
+    authorize_url: str = SERVICEM8_AUTHORIZE_URL
+    token_url: str = SERVICEM8_TOKEN_URL
     scopes: str = SCOPES
 
     def __post_init__(self) -> None:
@@ -86,6 +79,30 @@ class OAuthConfig:
     def secret_values(self) -> list[str]:
         """For the log redactor."""
         return [self.client_secret.get_secret_value()]
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> OAuthConfig | None:
+        """The add-on's registration from ``SERVICEM8_OAUTH_*``; None when no client id is set
+        (a deployment of API keys only). Half a registration is a ``ConfigError``."""
+        given = {
+            "SERVICEM8_OAUTH_CLIENT_ID": settings.servicem8_oauth_client_id,
+            "SERVICEM8_OAUTH_CLIENT_SECRET": settings.servicem8_oauth_client_secret,
+            "SERVICEM8_OAUTH_REDIRECT_URI": settings.servicem8_oauth_redirect_uri,
+        }
+        missing = [name for name, value in given.items() if not value]
+        if len(missing) == len(given):
+            return None
+        if missing:
+            raise ConfigError(f"ServiceM8 OAuth: {', '.join(missing)} must be set as well")
+        assert settings.servicem8_oauth_client_id and settings.servicem8_oauth_redirect_uri
+        assert settings.servicem8_oauth_client_secret is not None
+        return cls(
+            client_id=settings.servicem8_oauth_client_id,
+            client_secret=settings.servicem8_oauth_client_secret,
+            redirect_uri=settings.servicem8_oauth_redirect_uri,
+            authorize_url=settings.servicem8_oauth_authorize_url,
+            token_url=settings.servicem8_oauth_token_url,
+        )
 
 
 @dataclass(frozen=True)
@@ -304,101 +321,3 @@ def _scrub(body: str, sent: Mapping[str, str]) -> str:
         if len(sent.get(key, "")) >= 4:
             body = body.replace(sent[key], REDACTED)
     return body
-
-
-# --- tokens for calls (docs/servicem8-oauth.md#refresh) ------------------------------------------
-class TokenKeeper:
-    """A valid access token per connection, refreshed single-flight across processes.
-
-    A token with more than ``margin`` seconds left is handed out as stored. Otherwise the
-    connection's refresh lock is taken (waiting at most ``lock_wait`` seconds), the grant is read
-    again (another worker may have refreshed it meanwhile: then nothing is sent), the refresh is
-    sent once and the rotated grant saved before the lock is released. ``invalid_grant`` calls
-    ``on_revoked(connection_id, reason)`` and raises ``GrantRevoked``.
-    """
-
-    def __init__(
-        self,
-        redis: Any,
-        grants: GrantStore,
-        config: OAuthConfig,
-        *,
-        on_revoked: OnRevoked,
-        session: requests.Session | None = None,
-        clock: Callable[[], float] = time.time,
-        margin: float = REFRESH_MARGIN_SECONDS,
-        lock_timeout: float = 60.0,
-        lock_wait: float = 15.0,
-        lock_sleep: float = 0.05,
-    ) -> None:
-        if lock_timeout <= sum(TOKEN_TIMEOUT):
-            # A lock that lapses mid-request would let a second worker spend the same token.
-            raise ConfigError("ServiceM8 OAuth: the refresh lock must outlast a token request")
-        self.r, self.grants, self.config, self.on_revoked = redis, grants, config, on_revoked
-        self.session = session or new_session(pool_size=4)
-        self.clock, self.margin = clock, margin
-        self.lock_timeout, self.lock_wait, self.lock_sleep = lock_timeout, lock_wait, lock_sleep
-
-    def access_token(self, connection_id: str) -> str:
-        grant = self._load(connection_id)
-        if grant.fresh(self.clock(), self.margin):
-            return grant.access_token.get_secret_value()
-        lock = self.r.lock(
-            Keys(connection_id).key(REFRESH_LOCK_KEY),
-            timeout=self.lock_timeout,
-            sleep=self.lock_sleep,
-            blocking_timeout=self.lock_wait,
-        )
-        if not lock.acquire():
-            grant = self._load(connection_id)
-            if grant.fresh(self.clock(), margin=0):  # still valid, if not for long
-                return grant.access_token.get_secret_value()
-            raise _error(Unavailable, "another worker holds the refresh lock")
-        try:
-            grant = self._load(connection_id)
-            if not grant.fresh(self.clock(), self.margin):  # else refreshed by another meanwhile
-                grant = self._refresh(connection_id, grant)
-            return grant.access_token.get_secret_value()
-        finally:
-            try:
-                lock.release()
-            except LockError:
-                log.warning("servicem8.refresh_lock_lapsed", connection_id=connection_id)
-
-    def _refresh(self, connection_id: str, grant: Grant) -> Grant:
-        try:
-            new = refresh(self.session, self.config, grant.refresh_token, scope=grant.scope,
-                          clock=self.clock)  # fmt: skip
-        except GrantRevoked as exc:
-            latest = self._load(connection_id)
-            if latest.refresh_token != grant.refresh_token and latest.fresh(self.clock(), 0):
-                return latest  # rotated by a worker that took the lock after ours lapsed
-            log.warning("servicem8.grant_revoked", connection_id=connection_id, reason=exc.reason)
-            self.on_revoked(connection_id, exc.reason)
-            raise
-        # The old refresh token is spent now: keep the new one before another worker may look.
-        self.grants.save(connection_id, new)
-        log.info("servicem8.token_refreshed", connection_id=connection_id,
-                 expires_at=new.expires_at)  # fmt: skip
-        return new
-
-    def _load(self, connection_id: str) -> Grant:
-        grant = self.grants.load(connection_id)
-        if grant is None:
-            raise _error(AuthError, f"no grant for connection {connection_id!r}")
-        return grant
-
-
-def _error(kind: type[ApiError], why: str) -> ApiError:
-    return kind(f"servicem8 oauth.refresh: {why}", api="servicem8", operation="oauth.refresh")
-
-
-@dataclass(frozen=True)
-class BearerAuth:
-    """``bridge.http.Credentials`` for one connection: ``Authorization: Bearer <access token>``."""
-
-    keeper: TokenKeeper
-    connection_id: str
-
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keeper.access_token(self.connection_id)}"}

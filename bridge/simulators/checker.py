@@ -109,11 +109,13 @@ def _waits_for_the_office(
     already synced before the deletion (one that wrote nothing to Coredination, such as a new
     date) rightly leaves the deletion standing; one it had not yet synced creates the job again.
     Only a change after the deletion must create it again (``recreated_early`` checks the other
-    bound)."""
+    bound). A booking made and removed again before any client read it active is no change the
+    bridge could know of: it counts only if it is active or was once read so."""
     deleted = cd.deleted_jobs.get(cd_uuid)
     if deleted is None:
         return False
-    changes = (sm8.changed_ms.get(a.uuid) for a in bookings)
+    changes = (sm8.changed_ms.get(a.uuid) for a in bookings
+               if a.active or a.uuid in sm8.served_active)  # fmt: skip
     return not any(c is not None and c > deleted for c in changes)
 
 

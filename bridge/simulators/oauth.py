@@ -7,7 +7,8 @@ registered ``redirect_uri`` with a one-time ``code`` and the ``state``, or with
 a code once, for an access token of ``expires_in`` seconds and a refresh token; a refresh token
 once, for a new access token and a new (rotated) refresh token, the old one refused afterwards.
 ``revoke(account)`` is the add-on being removed: its refresh tokens answer 400
-``invalid_grant`` and its access tokens stop working. ``refreshes`` counts refreshes by account.
+``invalid_grant`` and its access tokens stop working. ``refreshes`` counts refreshes by account,
+``refreshed_at`` times each, ``tokens`` keeps every token handed out (to scan outputs for).
 
 A ``ServiceM8Simulator`` made with ``bearer_account=oauth.account_of`` accepts those access
 tokens for its own account. The server shares the simulators' machinery (faults, clock, counts).
@@ -72,6 +73,8 @@ class OAuthSimulator(SimServer):
         self.refresh_tokens: dict[str, tuple[str, str]] = {}  # current token → (account, scope)
         self.revoked: set[str] = set()
         self.refreshes: Counter[str] = Counter()
+        self.refreshed_at: list[tuple[str, float]] = []  # (account, when), every refresh
+        self.tokens: list[str] = []  # every token handed out, for tests that scan for leaks
         self.issued: Counter[str] = Counter()  # code exchanges by account
         self.route("GET", "/oauth/authorize", "oauth.authorize", self._authorize)
         self.route("POST", "/oauth/access_token", "oauth.access_token", self._token)
@@ -177,6 +180,7 @@ class OAuthSimulator(SimServer):
             if held is None or held[0] in self.revoked:
                 raise OAuthError(400, "invalid_grant", "The refresh token is invalid")
             self.refreshes[held[0]] += 1
+            self.refreshed_at.append((held[0], self.now()))
             return self._tokens(*held)
         raise OAuthError(400, "unsupported_grant_type", "grant_type is not supported")
 
@@ -184,6 +188,7 @@ class OAuthSimulator(SimServer):
         access, refresh = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
         self.access[access] = _Access(account, self.now() + self.expires_in)
         self.refresh_tokens[refresh] = (account, scope)
+        self.tokens += [access, refresh]
         return {
             "access_token": access,
             "token_type": "bearer",

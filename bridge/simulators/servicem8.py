@@ -21,7 +21,7 @@ import re
 import threading
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -323,9 +323,15 @@ class ServiceM8Simulator(SimServer):
         clock: Any = None,
         dialect: ServiceM8Dialect | None = None,
         bearer_account: Callable[[str], str | None] | None = None,
+        tenants: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(seed=seed, clock=clock)
         self.api_keys = set(api_keys)
+        # API key → a vendor uuid of its own: many accounts that share this simulator's records
+        # and limits, each known by its own ``/vendor.json`` (the ``fleet`` benchmark's idle
+        # accounts, which hold no records). A key here needs no place in ``api_keys``.
+        self.tenants = dict(tenants or {})
+        self._tenant = threading.local()
         # OAuth access token → the account it is for (``OAuthSimulator.account_of``): a bearer
         # token is good here when it is for this simulator's account (docs/servicem8-oauth.md).
         self.bearer_account = bearer_account
@@ -351,6 +357,9 @@ class ServiceM8Simulator(SimServer):
         self.journal: deque[tuple[int, str, str, str, bool, tuple[str, ...]]] = deque(
             maxlen=200_000
         )
+        # Bookings an API client was answered with while they were active: one made and
+        # removed again between two reads never was, and no client can know of it.
+        self.served_active: set[str] = set()
         self._api = threading.local()  # set while a request from an API client writes
         self.event_subscriptions: list[dict[str, Any]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
@@ -385,6 +394,9 @@ class ServiceM8Simulator(SimServer):
 
     def authenticate(self, request: SimRequest) -> bool:
         key = request.header("x-api-key")
+        self._tenant.vendor = self.tenants.get(key) if key is not None else None
+        if self._tenant.vendor is not None:
+            return True
         if key is not None:
             return key in self.api_keys
         auth = request.header("authorization") or ""
@@ -654,6 +666,10 @@ class ServiceM8Simulator(SimServer):
         if response.status_code != 200 or response.text.strip() != challenge:
             raise SimError(400, "Callback URL did not answer the challenge")
 
+    def _served(self, obj: str, rows: list[dict[str, Any]]) -> None:
+        if obj in ("joballocation", "jobactivity"):
+            self.served_active.update(r["uuid"] for r in rows if str(r.get("active", 1)) == "1")
+
     # --- routes ------------------------------------------------------------------------------
     def _routes_api(self) -> None:
         objects = "|".join(OBJECTS)
@@ -674,12 +690,17 @@ class ServiceM8Simulator(SimServer):
             # ASSUMPTION: without a cursor the API answers the first page and no header.
             if cursor is not None and len(rows) > self.page_size:
                 headers["x-next-cursor"] = page[-1]["uuid"]
+            self._served(obj, page)
+            tenant = getattr(self._tenant, "vendor", None)
+            if obj == "vendor" and tenant is not None:
+                page = [{**row, "uuid": tenant} for row in page]
             return SimReply(200, page, headers)
 
         def get(req: SimRequest, p: dict[str, str]) -> SimReply:
             record = self.records[p["obj"]].get(p["uuid"].lower())
             if record is None:
                 raise SimError(404, "Resource not found")
+            self._served(p["obj"], [record])
             return SimReply(200, record)
 
         def create(req: SimRequest, p: dict[str, str]) -> SimReply:
@@ -900,6 +921,7 @@ class ServiceM8Simulator(SimServer):
             self.event_subscriptions.clear()
             self.changed_ms.clear()
             self.journal.clear()
+            self.served_active.clear()
             self.failures.clear()
             self.deactivated = 0
             self._put("vendor", vendor)

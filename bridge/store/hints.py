@@ -92,6 +92,11 @@ class HintBatch:
     times: list[str]
 
 
+def waiting_key(keys: Keys, kind: str) -> str:
+    """The zset of ``kind``'s waiting hints (it exists while one waits)."""
+    return keys.key(f"hints:{kind}")
+
+
 class HintStore:
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.r = redis
@@ -104,7 +109,7 @@ class HintStore:
 
     def _keys(self, kind: str) -> list[str]:
         k = self.keys.key
-        return [k(f"hints:{kind}"), k(f"hint-times:{kind}"), k(f"hint-window:{kind}")]
+        return [waiting_key(self.keys, kind), k(f"hint-times:{kind}"), k(f"hint-window:{kind}")]
 
     def add(self, kind: str, uuid: str, changed_at: str, window_ms: int) -> Arrival:
         """Record a hint, and say whether to queue a reader: ``NOW`` for the first hint after a

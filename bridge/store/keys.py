@@ -259,3 +259,13 @@ class FleetKeys:
     @property
     def every(self) -> str:
         return self.prefix + "every"
+
+    @property
+    def waiting(self) -> str:
+        """Set: connections with messages waiting for a slot (``bridge.connections.admission``)."""
+        return self.prefix + "waiting"
+
+    @property
+    def lateness(self) -> str:
+        """List, newest first: "at task seconds" for each claimed task's start delay."""
+        return self.prefix + "lateness"

@@ -21,21 +21,19 @@ from bridge.log import configure_logging, get_logger
 from bridge.servicem8 import ServiceM8Client
 from bridge.servicem8.classify import classify_servicem8
 from bridge.servicem8.oauth import (
-    REFRESH_LOCK_KEY,
     SCOPES,
-    BearerAuth,
     Grant,
     InvalidState,
     MemoryGrantStore,
     OAuthConfig,
     Pending,
     StateStore,
-    TokenKeeper,
     activation_url,
     complete_activation,
     exchange_code,
     refresh,
 )
+from bridge.servicem8.tokens import REFRESH_LOCK_KEY, BearerAuth, TokenKeeper
 from bridge.simulators import ServiceM8Simulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.store.keys import Keys
@@ -282,17 +280,63 @@ def test_a_revoked_grant_raises_grant_revoked_and_tells_the_registry_why(
     assert _vendor_via(account_sim, keeper, cid) == account_sim.vendor_uuid
 
     oauth.revoke(account_sim.vendor_uuid)  # the add-on is removed
-    with pytest.raises(AuthError) as caught:  # the access token stops working at once
-        _vendor_via(account_sim, keeper, cid)
-    assert caught.value.status == 401
-    clock.now += 3600
+    # The access token stops working at once: the 401 makes the keeper renew it, and the
+    # refresh tells the account has gone, without waiting for the token's hour to end.
     with pytest.raises(GrantRevoked) as caught_revoked:
-        keeper.access_token(cid)
+        _vendor_via(account_sim, keeper, cid)
     assert caught_revoked.value.status == 400
     assert revoked == [(cid, caught_revoked.value.reason)]
     assert "invalid_grant" in revoked[0][1] and "add-on was removed" in revoked[0][1]
     assert grants.load(cid) == grant  # nothing overwritten
     assert not redis_client.exists(Keys(cid).key(REFRESH_LOCK_KEY))
+
+
+def test_an_access_token_refused_before_its_time_is_renewed_and_the_call_tried_again(
+    session, config, states, clock, oauth, account_sim, redis_client
+):
+    _, grant = _activate(session, config, states, clock)
+    grants, cid = MemoryGrantStore(), _connection()
+    grants.save(cid, grant)
+    keeper = _keeper(redis_client, grants, config, clock)
+    assert _vendor_via(account_sim, keeper, cid) == account_sim.vendor_uuid
+    saves_before = grants.saves
+
+    with oauth.lock:
+        oauth.access.clear()  # the server forgets its access tokens early
+    with pytest.raises(Unavailable, match="credentials renewed"):  # no quick retry here
+        _vendor_via(account_sim, keeper, cid)
+    assert oauth.refreshes[account_sim.vendor_uuid] == 1
+    assert grants.saves == saves_before + 1  # the rotated grant stored
+    assert _vendor_via(account_sim, keeper, cid) == account_sim.vendor_uuid  # the new token
+
+    # Refused again at once: renewing does not cure it, so the 401 stands (the auth pause's).
+    with oauth.lock:
+        oauth.access.clear()
+    with pytest.raises(AuthError) as caught:
+        _vendor_via(account_sim, keeper, cid)
+    assert caught.value.status == 401 and oauth.refreshes[account_sim.vendor_uuid] == 1
+    clock.now += 61  # a minute on, a refusal is worth one more renewal
+    with pytest.raises(Unavailable, match="credentials renewed"):
+        _vendor_via(account_sim, keeper, cid)
+    assert oauth.refreshes[account_sim.vendor_uuid] == 2
+
+
+def test_a_fresh_token_is_handed_out_without_reading_the_store_again(config, clock, redis_client):
+    class Counting(MemoryGrantStore):
+        loads = 0
+
+        def load(self, connection_id: str) -> Grant | None:
+            Counting.loads += 1
+            return super().load(connection_id)
+
+    grants, cid = Counting(), _connection()
+    grants.save(cid, Grant(SecretStr("acc-1"), SecretStr("ref-1"), int(T0) + 3600))
+    keeper = _keeper(redis_client, grants, config, clock)
+    assert [keeper.access_token(cid) for _ in range(50)] == ["acc-1"] * 50
+    assert Counting.loads == 1
+    clock.now += 3600 - 200  # within the margin: read again (another worker may have renewed)
+    grants.save(cid, Grant(SecretStr("acc-2"), SecretStr("ref-2"), int(T0) + 7200))
+    assert keeper.access_token(cid) == "acc-2" and Counting.loads == 2
 
 
 def test_token_endpoint_failures_land_on_the_error_tree(session, config, oauth):
@@ -359,3 +403,22 @@ def test_no_secret_or_token_reaches_logs_or_error_messages(
         rotated.refresh_token.get_secret_value(),
     ):
         assert secret not in told
+
+
+def test_the_registration_comes_from_the_settings_whole_or_not_at_all():
+    from bridge.config import Settings
+    from bridge.errors import ConfigError
+
+    base = {"servicem8_api_key": "k-1234", "coredination_api_key": "c-1234", "_env_file": None}
+    assert OAuthConfig.from_settings(Settings(**base)) is None  # API keys only
+    with pytest.raises(
+        ConfigError, match="SERVICEM8_OAUTH_CLIENT_SECRET, SERVICEM8_OAUTH_REDIRECT"
+    ):
+        OAuthConfig.from_settings(Settings(**base, servicem8_oauth_client_id=CLIENT_ID))
+    whole = Settings(**base, servicem8_oauth_client_id=CLIENT_ID,
+                     servicem8_oauth_client_secret=CLIENT_SECRET,
+                     servicem8_oauth_redirect_uri=REDIRECT)  # fmt: skip
+    config = OAuthConfig.from_settings(whole)
+    assert config is not None and config.redirect_uri == REDIRECT
+    assert config.client_secret.get_secret_value() == CLIENT_SECRET
+    assert config.token_url.startswith("https://") and config.scopes == SCOPES

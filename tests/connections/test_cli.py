@@ -172,3 +172,45 @@ def test_rotate_counts_and_moves_every_secret_to_the_first_key(run, monkeypatch,
     shown = run.json("connections", "show", "beta")
     assert shown["secrets"] == "stored encrypted; BRIDGE_SECRET_KEYS is unset or lacks their key"
     assert not any(new in output for output in run.outputs)
+
+
+def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, redis_client,
+                                                  sm8_sim, cd_sim):  # fmt: skip
+    """``bridge -c ID …`` runs a command on that connection's own keys, store and settings, and
+    what it queues takes the connection's fair share of the lanes."""
+    import uuid
+
+    from bridge.connections import ConnectionSecrets, SecretBox
+    from bridge.connections.models import Connection
+    from bridge.simulators.scenario import seed_business
+    from bridge.store import Stores
+    from bridge.store.keys import FleetKeys
+    from tests.conftest import CD_KEY as SIM_CD_KEY
+    from tests.conftest import SM8_KEY as SIM_SM8_KEY
+
+    deployment = f"dep{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("BRIDGE_CONNECTION_ID", deployment)
+    keys = FleetKeys.for_deployment(deployment)
+    registry = ConnectionRegistry(redis_client, SecretBox([fleet_env["BRIDGE_SECRET_KEYS"]]),
+                                  keys=keys)  # fmt: skip
+    registry.add(Connection(id="acme", servicem8_base_url=sm8_sim.api_url(),
+                            coredination_base_url=cd_sim.api_url()),
+                 ConnectionSecrets(servicem8_api_key=SIM_SM8_KEY,
+                                   coredination_api_key=SIM_CD_KEY))  # fmt: skip
+    try:
+        biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=4, allocations=6)
+        # A backfill queues its syncs within the connection's share; the rest wait in Redis.
+        run("-c", "acme", "backfill")
+        lane = f"b:{deployment}:celery:bridge.{deployment}.bulk"
+        assert redis_client.llen(lane) == 2  # CONNECTION_MAX_TASKS
+        assert redis_client.llen("b:acme:admission:waiting:bulk") == len(biz.jobs) - 2
+        # One cycle on the connection's own keys (these simulators refuse the environment's).
+        run("-c", "acme", "sync", "--once")
+        assert len(cd_sim.jobs) == len(biz.jobs)
+        assert "links" in run("-c", "acme", "status").output
+        assert "no connection 'ghost'" in run("-c", "ghost", "status", code=2).output
+    finally:
+        Stores.connect(redis_client, "acme").wipe()
+        redis_client.delete(keys.connections, keys.secrets, keys.waiting)
+        for key in redis_client.scan_iter(f"b:{deployment}:*"):
+            redis_client.delete(key)

@@ -16,10 +16,11 @@ from bridge.connections import ConnectionRegistry, ConnectionSecrets, SecretBox,
 from bridge.connections.models import Connection
 from bridge.connections.schedule import FleetSchedule, offset
 from bridge.errors import ConnectionPaused
-from bridge.queues import POLL_CYCLE, SWEEP, queue_name
+from bridge.queues import MATCH_STAFF, POLL_CYCLE, RELEASE_DEFERRED, SWEEP, queue_name
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.scenario import seed_business
 from bridge.simulators.servicem8 import ServiceM8Simulator
+from bridge.store import Stores
 from bridge.store.keys import FleetKeys
 from mappings.ids import cd_job_uuid
 
@@ -55,7 +56,7 @@ def test_a_connection_no_longer_planned_loses_its_items(schedule):
     schedule.plan({f"a|{POLL_CYCLE}": 5.0, f"b|{POLL_CYCLE}": 5.0, f"b|{SWEEP}": 5.0}, now=0.0)
     schedule.plan({f"a|{POLL_CYCLE}": 5.0}, now=1.0)
     assert schedule.size() == 1
-    assert schedule.claim(100.0) == [("a", POLL_CYCLE)]
+    assert [(c.connection, c.task) for c in schedule.claim(100.0)] == [("a", POLL_CYCLE)]
 
 
 # --- the workers' side: one app, two connections -------------------------------------------------
@@ -90,6 +91,9 @@ def deployment(redis_url, redis_client, sm8_sim, cd_sim, monkeypatch) -> Iterato
         coredination_api_key=CD_KEY,
         coredination_base_url=cd_sim.api_url(),
         bridge_secret_keys=new_key(),
+        # Tasks run in place here (``apply``) while those they queue stay queued: no share
+        # limit gets in the way (tests/connections/test_admission.py has it).
+        connection_max_tasks=100,
     )
     app = create_app(settings)
     yield app
@@ -105,7 +109,7 @@ def deployment(redis_url, redis_client, sm8_sim, cd_sim, monkeypatch) -> Iterato
 def _registry(app: Any) -> ConnectionRegistry:
     settings = app.bridge_settings()
     return ConnectionRegistry(
-        app._fleet_view(settings).client,
+        app.fleet().view.client,
         SecretBox.from_settings(settings),
         keys=FleetKeys.for_deployment(settings.bridge_connection_id),
     )
@@ -178,16 +182,29 @@ def test_a_paused_connection_is_skipped_and_its_work_waits(deployment, other_sm8
     assert other_sm8.count("GET", "joballocation.list") >= 1
 
 
-def test_the_fleet_tick_claims_the_other_connections_periodic_work(deployment, other_sm8, other_cd):
+def test_the_fleet_tick_claims_the_other_connections_periodic_work(
+    deployment, other_sm8, other_cd, redis_client
+):
     import time
 
     other = _add_other(deployment, other_sm8, other_cd)
     now = time.time()
     deployment.fleet_due(now)  # plans: first times spread within each interval
     due = deployment.fleet_due(now + 3600)
-    assert {c for c, _ in due} == {other}  # never the deployment's own (beat runs it)
-    assert {POLL_CYCLE, SWEEP} <= {task for _, task in due}
+    assert {c for c, _, _ in due} == {other}  # never the deployment's own (beat runs it)
+    # Idle: the sweep and the release of deferred work would find nothing, and are not queued.
+    tasks = {task for _, task, _ in due}
+    assert {POLL_CYCLE, MATCH_STAFF} <= tasks and not {SWEEP, RELEASE_DEFERRED} & tasks
     assert deployment.fleet_due(now + 3600) == []
+    # With a job dirty and deferred work due, they are.
+    stores = Stores.connect(redis_client, other)
+    redis_client.hset(stores.keys.dirty, "job-1", 1)
+    stores.work.defer(now, {"task": POLL_CYCLE})
+    try:
+        due = deployment.fleet_due(now + 7200)
+        assert {SWEEP, RELEASE_DEFERRED} <= {task for _, task, _ in due}
+    finally:
+        stores.wipe()
 
 
 def test_new_keys_reach_the_workers_runtime_at_the_next_task(deployment, other_sm8, other_cd):
@@ -218,7 +235,7 @@ def test_one_unreadable_registry_entry_stops_no_other_connection(
 def test_a_shortened_interval_takes_effect_at_once(schedule):
     schedule.plan({f"a|{POLL_CYCLE}": 3600.0}, now=0.0)
     schedule.plan({f"a|{POLL_CYCLE}": 60.0}, now=10.0)
-    assert schedule.claim(10.0 + 60.0) == [("a", POLL_CYCLE)]
+    assert [(c.connection, c.task) for c in schedule.claim(10.0 + 60.0)] == [("a", POLL_CYCLE)]
 
 
 def test_registry_connections_get_no_webhook_subscription_check(deployment):

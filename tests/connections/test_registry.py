@@ -16,8 +16,9 @@ from bridge.connections import (
     make_connection,
     validate_overrides,
 )
+from bridge.connections.models import OAUTH_KEY_PREFIX
 from bridge.errors import ConfigError, UnknownConnection
-from tests.connections.conftest import CD_KEY, ENV_CD_KEY, ENV_SM8_KEY, SM8_KEY
+from tests.connections.conftest import ACCESS, CD_KEY, ENV_CD_KEY, ENV_SM8_KEY, REFRESH, SM8_KEY
 
 CD_URL = "https://cd.example.test/api/1"
 
@@ -162,6 +163,16 @@ def test_a_connection_sees_the_deployments_settings_with_its_own_on_top(registry
     assert loaded.settings.servicem8_api_key.get_secret_value() == SM8_KEY
     assert loaded.settings.coredination_api_key.get_secret_value() == CD_KEY
     assert base.bridge_connection_id == "default" and base.servicem8_pull_booking == "auto"
+
+
+def test_a_connection_holding_a_grant_never_sees_the_environments_servicem8_key(registry):
+    registry.add(acme(status="authorised"))
+    registry.update_grant("acme", ACCESS, REFRESH, 2_000_000_000)
+    base = env_settings()
+    loaded = registry.load("acme", base)
+    key = loaded.settings.servicem8_api_key.get_secret_value()
+    assert key != base.servicem8_api_key.get_secret_value()
+    assert key == f"{OAUTH_KEY_PREFIX}acme"  # no API accepts it; it names the budget stand-in
 
 
 def test_an_empty_registry_resolves_to_the_environments_connection(registry):

@@ -231,3 +231,25 @@ def test_a_booking_change_nothing_noticed_the_deletion_before_creates_it_again(
     assert sm8_sim.count("DELETE", "joballocation.delete") == 0
     assert all(a["active"] == 1 for a in sm8_sim.records["joballocation"].values())
     assert {r["userId"] for r in cd_sim.jobs[cd_sim.by_uuid[cd_uuid]]["resources"]} == people
+
+
+def test_a_booking_made_and_removed_between_two_reads_leaves_the_deletion_standing(
+    engine, sm8_sim, cd_sim
+):
+    """The office made a booking on the job and removed it before the bridge read it: nothing
+    the bridge could know of changed, so the deletion stands; the convergence checker judges it
+    the same way (a job deleted in Coredination waiting for the office, not a booking lost)."""
+    from bridge.simulators.checker import check
+
+    biz, job, cd_uuid, _ = _linked_then_deleted(engine, sm8_sim, cd_sim, staff=3, jobs=1,
+                                               allocations=1)  # fmt: skip
+    engine.run_cycle(match_staff=False)  # the census notices the deletion
+    other = next(s for s in biz.staff if s["uuid"] != biz.allocations[0]["staff_uuid"])
+    time.sleep(1.1)  # after the deletion, in ServiceM8's whole seconds
+    made = sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": other["uuid"]})
+    sm8_sim.update("joballocation", made, {"active": 0})
+    report = engine.run_cycle(match_staff=False)
+    assert "coredination.job_recreated" not in report.counts
+    assert cd_uuid not in cd_sim.by_uuid
+    verdict = check(sm8_sim, cd_sim, engine.ctx.ns)
+    assert verdict.deleted_in_cd == [job] and verdict.converged, verdict.problems

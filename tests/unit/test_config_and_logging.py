@@ -69,12 +69,14 @@ def test_repr_shows_no_secret():
         servicem8_api_key=SECRET,
         coredination_api_key="cdk-hidden-77",
         redis_url="redis://:pw-hidden-99@127.0.0.1:6379/0",
+        servicem8_oauth_client_secret="oauth-hidden-55",
         _env_file=None,
     )
     text = repr(settings) + str(settings) + str(settings.model_dump())
-    for secret in (SECRET, "cdk-hidden-77", "pw-hidden-99"):
+    hidden = {SECRET, "cdk-hidden-77", "pw-hidden-99", "oauth-hidden-55"}
+    for secret in hidden:
         assert secret not in text
-    assert set(settings.secret_values()) == {SECRET, "cdk-hidden-77", "pw-hidden-99"}
+    assert set(settings.secret_values()) == hidden
 
 
 def test_cli_missing_key_exits_non_zero_with_one_line(tmp_path):

@@ -1,0 +1,189 @@
+"""The add-on's activation (bridge/connections/activation.py, bridge/web_activation.py) against the
+OAuth and ServiceM8 simulators: what a callback may store, and what it must not."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from bridge.connections import ConnectionRegistry
+from bridge.connections.activation import (
+    ID_PREFIX,
+    REVOKED_REASON,
+    Activation,
+    RegistryGrants,
+    pause_revoked,
+)
+from bridge.errors import Rejected
+from bridge.servicem8.oauth import Grant, InvalidState, OAuthConfig
+from bridge.simulators import ServiceM8Simulator
+from bridge.simulators.oauth import OAuthSimulator
+from bridge.web_activation import ACTIVATE_PATH, add_activation_routes
+from tests.connections.conftest import CD_KEY
+
+CLIENT_ID, CLIENT_SECRET = "addon-unit-3310", "oauth-unit-secret-6d2a8f"
+REDIRECT = "https://bridge.example/oauth/servicem8/callback"
+
+
+@pytest.fixture
+def oauth() -> Iterator[OAuthSimulator]:
+    sim = OAuthSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def account(oauth: OAuthSimulator) -> Iterator[ServiceM8Simulator]:
+    sim = ServiceM8Simulator(bearer_account=oauth.account_of).start()
+    oauth.approve_as(sim.vendor_uuid)
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def activation(
+    registry: ConnectionRegistry, oauth: OAuthSimulator, account: ServiceM8Simulator
+) -> Iterator[Activation]:
+    config = OAuthConfig(CLIENT_ID, SecretStr(CLIENT_SECRET), REDIRECT,
+                         authorize_url=oauth.authorize_url, token_url=oauth.token_url)  # fmt: skip
+    yield Activation(registry, config, servicem8_base_url=account.api_url())
+    for key in registry.r.scan_iter(f"{registry.keys.prefix}oauth:*"):
+        registry.r.delete(key)
+
+
+def _approved(activation: Activation, label: str | None = "north") -> dict[str, str]:
+    """The person approves on the authorize page; the callback's query."""
+    answer = requests.get(activation.url(label), allow_redirects=False, timeout=5)
+    assert answer.status_code == 302
+    return {k: v[0] for k, v in parse_qs(urlsplit(answer.headers["Location"]).query).items()}
+
+
+def test_an_approved_callback_stores_an_authorised_connection_with_its_grant(
+    activation, registry, account
+):
+    callback = _approved(activation)
+    done = activation.complete(callback["state"], callback["code"])
+    assert done.new
+    connection = registry.get(ID_PREFIX + account.vendor_uuid.lower())
+    assert connection == done.connection
+    assert (connection.status, connection.label, connection.servicem8_account) == (
+        "authorised", "north", account.vendor_uuid.lower())  # fmt: skip
+    secrets = registry.secrets(connection.id)
+    assert secrets.servicem8_grant is not None and secrets.coredination_api_key is None
+    assert RegistryGrants(registry).load(connection.id) is not None
+
+
+def test_a_forged_state_stores_nothing_and_spends_no_code(activation, registry, oauth):
+    callback = _approved(activation)
+    with pytest.raises(InvalidState):
+        activation.complete("f" * 43, callback["code"])
+    assert registry.list() == []
+    assert oauth.codes  # the code is still unspent: nobody exchanged it
+
+
+def test_a_reused_state_stores_nothing_more(activation, registry, oauth, account):
+    callback = _approved(activation)
+    activation.complete(callback["state"], callback["code"])
+    before = registry.secrets(registry.list()[0].id)
+    with pytest.raises(InvalidState):
+        activation.complete(callback["state"], callback["code"])
+    assert len(registry.list()) == 1 and registry.secrets(registry.list()[0].id) == before
+    assert oauth.issued[account.vendor_uuid] == 1
+
+
+def test_an_expired_state_stores_nothing(activation, registry):
+    callback = _approved(activation)
+    registry.r.delete(activation.states.key(callback["state"]))  # what Redis's expiry does
+    with pytest.raises(InvalidState):
+        activation.complete(callback["state"], callback["code"])
+    assert registry.list() == []
+    assert activation.states.ttl == 600  # and a state does expire, ten minutes on
+
+
+def test_a_spent_code_stores_nothing(activation, registry, oauth):
+    callback = _approved(activation)
+    oauth.codes.clear()  # used or expired on ServiceM8's side
+    with pytest.raises(Rejected):
+        activation.complete(callback["state"], callback["code"])
+    assert registry.list() == []
+
+
+def test_a_second_activation_of_an_account_renews_its_grant_and_keeps_its_status(
+    activation, registry, account
+):
+    first = _approved(activation)
+    connection = activation.complete(first["state"], first["code"]).connection
+    registry.pair(connection.id, "https://cd.example/api/1", CD_KEY)
+    pause_revoked(registry)(connection.id, "invalid_grant")
+    assert registry.get(connection.id).reason.startswith(REVOKED_REASON)
+    grant_before = registry.secrets(connection.id).servicem8_grant
+
+    second = _approved(activation, label="someone else")
+    again = activation.complete(second["state"], second["code"])
+    assert not again.new and again.connection.id == connection.id
+    assert len(registry.list()) == 1
+    after = registry.get(connection.id)
+    assert after.status == "paused" and after.label == "north"  # an operator resumes it
+    assert registry.secrets(connection.id).servicem8_grant != grant_before
+    assert registry.secrets(connection.id).coredination_api_key is not None  # kept
+
+
+def test_the_registry_keeps_a_refreshed_grant_whole(registry, activation):
+    callback = _approved(activation)
+    connection = activation.complete(callback["state"], callback["code"]).connection
+    grants = RegistryGrants(registry)
+    grants.save(connection.id, Grant(SecretStr("acc-new-1"), SecretStr("ref-new-1"), 2_000_000_000))
+    loaded = grants.load(connection.id)
+    assert loaded is not None
+    assert (loaded.access_token.get_secret_value(), loaded.refresh_token.get_secret_value(),
+            loaded.expires_at) == ("acc-new-1", "ref-new-1", 2_000_000_000)  # fmt: skip
+    assert grants.load("no-such-connection") is None
+
+
+# --- the pages ------------------------------------------------------------------------------------
+@pytest.fixture
+def pages(activation: Activation) -> TestClient:
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    add_activation_routes(app, activation)
+    return TestClient(app)
+
+
+def test_the_activation_page_redirects_to_the_authorize_page_with_a_state(pages, oauth):
+    answer = pages.get(ACTIVATE_PATH, params={"label": "north"}, follow_redirects=False)
+    assert answer.status_code == 302
+    target = urlsplit(answer.headers["location"])
+    query = parse_qs(target.query)
+    assert f"{target.scheme}://{target.netloc}{target.path}" == oauth.authorize_url
+    assert query["redirect_uri"] == [REDIRECT] and query["client_id"] == [CLIENT_ID]
+    assert len(query["state"][0]) >= 40
+
+
+@pytest.mark.parametrize(
+    ("query", "says"),
+    [
+        ({"error": "access_denied", "state": "s" * 43}, "did not authorise"),
+        ({"state": "s" * 43}, "not a ServiceM8 activation answer"),
+        ({"state": "s" * 43, "code": "c0de"}, "unknown, used already or expired"),
+    ],
+)
+def test_a_callback_that_is_not_an_approval_stores_nothing(pages, registry, query, says):
+    answer = pages.get("/oauth/servicem8/callback", params=query)
+    assert answer.status_code == 400 and says in answer.text
+    assert registry.list() == []
+
+
+def test_the_callback_page_says_which_connection_waits_for_pairing(pages, activation, registry):
+    callback = _approved(activation)
+    answer = pages.get("/oauth/servicem8/callback", params=callback)
+    assert answer.status_code == 200
+    (connection,) = registry.list()
+    assert connection.id in answer.text and "pairs it" in answer.text
+    assert callback["code"] not in answer.text and callback["state"] not in answer.text
