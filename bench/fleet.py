@@ -121,6 +121,7 @@ def run(
     stack = Stack(workdir, redis_url, sm8, cd, BRIDGE_SECRET_KEYS=secret_key,
                   SERVICEM8_POLL_SECONDS=str(POLL_SECONDS),
                   COREDINATION_POLL_SECONDS=str(POLL_SECONDS),
+                  STAFF_MATCH_SECONDS="900",  # the default (the harness's is for tests)
                   LOG_LEVEL="WARNING")  # fmt: skip
     keys = FleetKeys.for_deployment(stack.connection)
     registry = ConnectionRegistry(stack.client, SecretBox([secret_key]), keys=keys)

@@ -42,7 +42,9 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from starlette.concurrency import run_in_threadpool
 
 from bridge.config import Settings
+from bridge.connections import ConnectionRegistry, SecretBox
 from bridge.coredination.webhooks import coredination_hints
+from bridge.fleet_status import fleet_metrics
 from bridge.log import get_logger
 from bridge.queues import (
     READ_HINTS,
@@ -55,6 +57,7 @@ from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import handshake, servicem8_hints
 from bridge.store import ALIVE_SECONDS
 from bridge.store.hints import Arrival
+from bridge.store.keys import FleetKeys
 from bridge.web_activation import activation_for, add_activation_routes
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
@@ -246,6 +249,9 @@ class StatusCollector:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        # The registry's public part only (no key is decrypted for metrics).
+        keys = FleetKeys.for_deployment(runtime.lanes)
+        self.fleet = ConnectionRegistry(runtime.redis, SecretBox(()), keys=keys)
 
     def collect(self) -> Sequence[Metric]:
         from bridge.ops import status
@@ -327,7 +333,7 @@ class StatusCollector:
                 hooks.add_metric(parts[1:], value)
             elif len(parts) == 2:
                 syncs.add_metric(parts, value)
-        return [*gauges, syncs, hooks]
+        return [*gauges, syncs, hooks, *fleet_metrics(self.fleet)]
 
 
 def create_app(

@@ -58,7 +58,7 @@ _STATUS = f"Its first state: {', '.join(STATUSES)} (authorised: not paired, does
 
 
 @contextmanager
-def _registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
+def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
     """The registry over the bridge's Redis (``REDIS_URL``, or the embedded one), and the
     settings."""
     import redis
@@ -127,7 +127,7 @@ def connections_list(as_json: JsonOpt = False) -> None:
     (BRIDGE_CONNECTION_ID, not stored)."""
     from rich.table import Table
 
-    with _registry() as (registry, settings):
+    with open_registry() as (registry, settings):
         stored = registry.list()
     rows = [{**c.model_dump(mode="json"), "stored": True} for c in stored]
     if not rows:
@@ -154,7 +154,7 @@ def connections_list(as_json: JsonOpt = False) -> None:
 @handles_errors
 def connections_show(connection_id: IdArg, as_json: JsonOpt = False) -> None:
     """One connection in full, and whether each of its keys is set (never the keys)."""
-    with _registry() as (registry, settings):
+    with open_registry() as (registry, settings):
         if not registry.list() and connection_id == settings.bridge_connection_id:
             connection = default_connection(settings)
             secrets: dict[str, str] | str = "from the environment"
@@ -191,7 +191,7 @@ def connections_add(
     exists is refused: ids never change."""
     sm8 = _secret(servicem8_api_key, servicem8_api_key_env, "--servicem8-api-key")
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
-    with _registry() as (registry, settings):
+    with open_registry() as (registry, settings):
         fields: dict[str, Any] = {
             "id": connection_id,
             "status": status,
@@ -214,7 +214,7 @@ def connections_pause(
     as_json: JsonOpt = False,
 ) -> None:
     """Stop a connection syncing until 'resume'; pausing again replaces the reason."""
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         _print(registry.pause(connection_id, reason), as_json)
 
 
@@ -222,7 +222,7 @@ def connections_pause(
 @handles_errors
 def connections_resume(connection_id: IdArg, as_json: JsonOpt = False) -> None:
     """A paused connection syncs again. An authorised one is made active only by 'pair'."""
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         _print(registry.resume(connection_id), as_json)
 
 
@@ -239,7 +239,7 @@ def connections_pair(
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
     if cd is None:
         raise ConfigError("pair: give the Coredination API key (--coredination-api-key[-env])")
-    with _registry() as (registry, settings):
+    with open_registry() as (registry, settings):
         url = coredination_base_url or settings.coredination_base_url
         _print(registry.pair(connection_id, url, cd), as_json)
 
@@ -258,7 +258,7 @@ def connections_set_secrets(
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
     if sm8 is None and cd is None:
         raise ConfigError("set-secrets: give a key to replace")
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         registry.set_secrets(connection_id, servicem8_api_key=sm8, coredination_api_key=cd)
     out.print(f"{connection_id}: keys replaced", markup=False, highlight=False)
 
@@ -276,7 +276,7 @@ def connections_configure(
     """Change a connection's own settings; the others are the deployment's."""
     changes: dict[str, object | None] = {**_overrides(overrides)}
     changes |= {name.strip().lower(): None for name in unset or []}
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         _print(registry.configure(connection_id, changes), as_json)
 
 
@@ -290,7 +290,7 @@ def connections_remove(
     finds them)."""
     if not yes:
         typer.confirm(f"Remove connection {connection_id!r} and its keys?", abort=True)
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         registry.remove(connection_id)
     out.print(f"removed {connection_id}", markup=False, highlight=False)
 
@@ -306,7 +306,7 @@ def secrets_new_key() -> None:
 def secrets_rotate(as_json: JsonOpt = False) -> None:
     """Encrypt every stored secret again under the first of BRIDGE_SECRET_KEYS; then the other
     keys can be dropped. Safe to repeat."""
-    with _registry() as (registry, _settings):
+    with open_registry() as (registry, _settings):
         count = registry.rotate()
         keys = registry.box.key_count
     if as_json:

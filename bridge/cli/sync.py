@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from bridge.cli.base import (
+    SELECTED,
     app,
     command_enqueuer,
     command_runtime,
@@ -98,11 +99,15 @@ def _sync_one(job: str) -> None:
 def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
-    """Links, parked pairs, dead letters, pauses, budget use and cursors. Makes no API call."""
+    """Links, parked pairs, dead letters, pauses, budget use and cursors. Makes no API call.
+    With a registry and no -c: the fleet (every connection, the paused ones and why, the worst
+    poll age, dead letters by connection)."""
     import json
 
     from bridge.ops import status as read_status
 
+    if SELECTED.connection is None and _fleet(as_json):
+        return
     with command_runtime() as rt:
         data = read_status(rt)
     if as_json:
@@ -233,3 +238,45 @@ def backfill(
         priority.reset(token)
         rt.close()
     out.print(f"backfill: {len(dirty)} job(s) with changes, {queued} sync(s) queued as bulk work")
+
+
+def _fleet(as_json: bool) -> bool:
+    """Print the fleet's status; False (nothing printed) while the registry is empty."""
+    import json
+
+    from rich.table import Table
+
+    from bridge.cli.connections import open_registry
+    from bridge.fleet_status import fleet_status
+
+    with open_registry() as (registry, _settings):
+        if not registry.r.hlen(registry.keys.connections):
+            return False
+        fleet = fleet_status(registry)
+    data = fleet.to_dict()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return True
+    counts = ", ".join(f"{n} {state}" for state, n in sorted(data["by_status"].items()))
+    out.print(f"[bold]fleet[/] {len(fleet.connections)} connection(s): {counts}", highlight=False)
+    worst = data["worst_poll_age_seconds"]
+    p99 = data["poll_lateness_p99_seconds"]
+    out.print(f"worst poll age {'-' if worst is None else f'{worst:.0f}s'}   claimed polls' "
+              f"lateness p99 {'-' if p99 is None else f'{p99:.2f}s'} (last 5 min, "
+              f"{data['poll_lateness_polls']} polls)   dead letters {data['dead_letters']}   "
+              f"waiting for a slot {data['waiting']}", highlight=False)  # fmt: skip
+    for bad in fleet.unreadable:
+        out.print(f"[bold red]UNREADABLE[/] {bad}: its registry entry cannot be read")
+    for row in fleet.connections:
+        if row.status != "active":
+            out.print(f"[bold]{row.status.upper()}[/] {row.id}: {row.reason or '-'}",
+                      highlight=False)  # fmt: skip
+    table = Table(title="Connections (bridge -c ID status: one in full)")
+    for column in ("id", "label", "status", "polled", "dirty", "dlq", "deferred", "waiting"):
+        table.add_column(column, overflow="fold")
+    for row in fleet.connections:
+        age = "-" if row.poll_age_seconds is None else f"{row.poll_age_seconds:.0f}s ago"
+        table.add_row(row.id, row.label or "-", row.status, age, str(row.dirty),
+                      str(row.dead_letters), str(row.deferred), str(row.waiting))  # fmt: skip
+    out.print(table)
+    return True

@@ -1,0 +1,98 @@
+"""The fleet's status (bridge/fleet_status.py): every connection's state and the aggregates, in
+``bridge status`` without ``-c`` and in ``/metrics``, with a bounded number of labels."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+
+from bridge.connections.models import Connection
+from bridge.fleet_status import WORST, fleet_metrics, fleet_status
+from bridge.queues import POLL_CYCLE
+from bridge.store import Stores
+from bridge.store.keys import Keys
+from tests.connections.conftest import CD_KEY, SM8_KEY
+from tests.connections.test_cli import Runs
+
+
+def _fill(registry: Any, redis_client: Any, count: int) -> list[str]:
+    from bridge.connections import ConnectionSecrets
+
+    ids = [f"fs{n:02d}" for n in range(count)]
+    secrets = ConnectionSecrets(servicem8_api_key=SM8_KEY, coredination_api_key=CD_KEY)
+    for connection in ids:
+        registry.add(Connection(id=connection), secrets)
+    now = time.time()
+    for n, connection in enumerate(ids):
+        keys = Keys(connection)
+        # Connection n polled n minutes ago, has n dead letters and one dirty job.
+        redis_client.hset(keys.cursor, mapping={"polled:servicem8": now - 60 * n,
+                                                "polled:coredination": now - 30})  # fmt: skip
+        for m in range(n):
+            redis_client.xadd(keys.dlq, {"task": "t", "n": str(m)})
+        redis_client.hset(keys.dirty, "job-1", 1)
+    return ids
+
+
+def _wipe(redis_client: Any, ids: list[str]) -> None:
+    for connection in ids:
+        Stores.connect(redis_client, connection).wipe()
+
+
+def test_the_fleet_shows_each_connection_and_the_worst(registry, redis_client):
+    ids = _fill(registry, redis_client, 8)
+    try:
+        registry.pause(ids[1], "customer asked")
+        redis_client.rpush(Keys(ids[2]).key("admission:waiting:bulk"), "{}", "{}")
+        now = time.time()
+        for late in (0.1, 0.2, 3.0):
+            redis_client.lpush(registry.keys.lateness, f"{now:.3f} {POLL_CYCLE} {late}")
+        fleet = fleet_status(registry)
+        data = fleet.to_dict()
+        assert data["by_status"] == {"active": 7, "paused": 1}
+        assert [r.reason for r in fleet.connections if r.status == "paused"] == ["customer asked"]
+        assert data["dead_letters"] == sum(range(8)) and data["waiting"] == 2
+        assert 60 * 7 - 5 < data["worst_poll_age_seconds"] < 60 * 7 + 5
+        assert data["poll_lateness_p99_seconds"] == 3.0 and data["poll_lateness_polls"] == 3
+        assert [r.id for r in fleet.worst("dead_letters", 3)] == [ids[7], ids[6], ids[5]]
+    finally:
+        _wipe(redis_client, ids)
+        redis_client.delete(registry.keys.lateness)
+
+
+def test_metrics_name_at_most_the_worst_few_connections(registry, redis_client):
+    ids = _fill(registry, redis_client, 20)
+    try:
+
+        class Collector:
+            def collect(self) -> Any:
+                return fleet_metrics(registry)
+
+        scrape = CollectorRegistry(auto_describe=False)
+        scrape.register(Collector())
+        text = generate_latest(scrape).decode()
+        assert 'bridge_fleet_connections{status="active"} 20.0' in text
+        assert f"bridge_fleet_dead_letters {float(sum(range(20)))}" in text
+        named = {line.split('connection="')[1].split('"')[0] for line in text.splitlines()
+                 if 'connection="' in line}  # fmt: skip
+        assert 0 < len(named) <= 2 * WORST  # two figures, the worst few each
+        assert ids[19] in named and ids[1] not in named
+    finally:
+        _wipe(redis_client, ids)
+
+
+def test_status_without_c_shows_the_fleet(fleet_env, registry, redis_client):
+    ids = _fill(registry, redis_client, 3)
+    try:
+        registry.pause(ids[0], "billing")
+        shown = Runs()("status").output
+        assert "fleet 3 connection(s): 2 active, 1 paused" in shown
+        assert "billing" in shown and all(i in shown for i in ids)
+    finally:
+        _wipe(redis_client, ids)
+
+
+def test_an_empty_registry_has_no_fleet_metrics(registry):
+    assert fleet_metrics(registry) == []
