@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP    := $(VENV)/.test-stamp
 
-.PHONY: install demo run test tools lint typecheck unit bench bench-quick clean
+.PHONY: install demo run test tools lint typecheck unit bench bench-quick bench-fleet clean
 
 $(RUNTIME_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -81,6 +81,9 @@ bench-quick: $(TEST_STAMP) ## every benchmark at small size; fails if a figure m
 
 bench: $(TEST_STAMP) ## the full benchmark (several minutes): table, bench/out/figures.json, plots
 	$(BIN)/python -m bench
+
+bench-fleet: $(TEST_STAMP) ## 1,000 connections in one deployment, then one noisy one (about 10 min)
+	$(BIN)/python -m bench.fleet --json bench/out/fleet.json
 
 unit: $(TEST_STAMP) ## the fast, pure tests only
 	$(BIN)/pytest tests/unit

@@ -19,7 +19,7 @@ import requests
 from bridge import redis_conn
 from bridge.redis_server import free_port
 from bridge.store import Stores
-from mappings.ids import sm8_activity_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
 
 __all__ = ["Stack", "eventually", "expected_booking", "free_port"]
 
@@ -36,6 +36,23 @@ def expected_booking(cd_sim: Any, ns: uuid.UUID, cd_job: str, user: int) -> tupl
     if job.get("startTime") is not None and not job.get("allDay"):
         return "jobactivity", sm8_activity_uuid(ns, cd_job, user)
     return "joballocation", sm8_allocation_uuid(ns, cd_job, user)
+
+
+def cd_resources(cd_sim: Any) -> dict[str, dict[int, str]]:
+    """Each Coredination job's people and their states: job uuid → user id → state."""
+    return {j["uuid"]: {r["userId"]: r["state"] for r in j["resources"]}
+            for j in cd_sim.snapshot()["jobs"]}  # fmt: skip
+
+
+def expected_resources(biz: Any, ns: uuid.UUID) -> dict[str, dict[int, str]]:
+    """What ``cd_resources`` should show once a seeded business's flexible bookings synced."""
+    want: dict[str, dict[int, str]] = {cd_job_uuid(ns, j): {} for j in biz.jobs}
+    for row in biz.allocations:
+        user = biz.user_for(row["staff_uuid"])
+        if user is not None:
+            state = "SCHEDULED" if row.get("allocation_date") else "ASSIGNED"
+            want[cd_job_uuid(ns, row["job_uuid"])][user["id"]] = state
+    return want
 
 
 def eventually(check: Callable[[], Any], timeout: float = 45.0, interval: float = 0.2) -> Any:

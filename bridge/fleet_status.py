@@ -85,7 +85,7 @@ def fleet_status(registry: ConnectionRegistry, now: float | None = None) -> Flee
                 pipe.xlen(keys.dlq)
                 pipe.zcard(keys.deferred)
                 for lane in LANES:
-                    pipe.llen(keys.key(f"admission:waiting:{lane}"))
+                    pipe.llen(keys.admission_waiting(lane))
                 pipe.hmget(keys.cursor, [polled(system) for system in SYSTEMS])
             answers = pipe.execute()
         per = 4 + len(LANES)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 import redis
+import requests
 
 from bridge import redis_conn
 from bridge.accounts import AccountIds, key_digest
@@ -100,6 +101,7 @@ def build(
     client: redis.Redis | None = None,
     deployment: str | None = None,
     servicem8_credentials: Credentials | None = None,
+    session: requests.Session | None = None,
 ) -> Runtime:
     """Wire everything. ``budget_wait``: how long a call may wait in place for its budget slot
     (default ``BUDGET_MAX_SLEEP_SECONDS``; a one-off command waits longer rather than fail).
@@ -107,7 +109,8 @@ def build(
     only, the benchmark that shows why the shared budget exists). ``client``: a Redis client to
     share (one connection of many, ``tasks.app.BridgeApp.bridge_runtime``); ``deployment``: whose
     lanes its work goes to (``Runtime.deployment``); ``servicem8_credentials``: how ServiceM8
-    calls authenticate, when not by ``SERVICEM8_API_KEY`` (a connection's OAuth grant)."""
+    calls authenticate, when not by ``SERVICEM8_API_KEY`` (a connection's OAuth grant);
+    ``session``: HTTP sessions to share with other connections' runtimes (``shared_session``)."""
     embedded = None
     if redis_url is None:
         redis_url, embedded = resolve_redis(settings)
@@ -169,8 +172,9 @@ def build(
     )
     sm8_gate: CallGate = budget if servicem8_gate == "shared" else OpenGate()
     sm8_client = ServiceM8Client.from_settings(
-        settings, gate=sm8_gate, accounts=accounts, credentials=servicem8_credentials
-    )
+        settings, gate=sm8_gate, accounts=accounts, credentials=servicem8_credentials,
+        session=session, timezones=stores.activity,
+    )  # fmt: skip
     legacy = [stores.keys.prefix]  # budgets were per connection before accounts
     accounts.on_learn.append(lambda api, account: budget.adopt(api, account, legacy))
     options = SyncOptions(
@@ -182,7 +186,7 @@ def build(
         poll_budget=None if settings.servicem8_poll_seconds else _poll_budget(settings),
         cd_census_seconds=settings.coredination_census_seconds,
     )
-    cd_client = CoredinationClient.from_settings(settings, gate=budget)
+    cd_client = CoredinationClient.from_settings(settings, gate=budget, session=session)
     _apply_probe(stores.activity.probe(), cd_client)
 
     def calls_last_day() -> int:

@@ -55,10 +55,11 @@ from bridge.queues import (
 )
 from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import handshake, servicem8_hints
-from bridge.store import ALIVE_SECONDS
+from bridge.store import ALIVE_SECONDS, Stores
 from bridge.store.hints import Arrival
 from bridge.store.keys import FleetKeys
 from bridge.web_activation import activation_for, add_activation_routes
+from bridge.web_fleet import Receivers
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
@@ -112,13 +113,19 @@ def _changed_at(stamp: str) -> str:
 class Receiver:
     """The webhook logic, apart from HTTP: token, parse, de-duplicate, enqueue."""
 
-    def __init__(self, settings: Settings, runtime: Runtime, send: Send) -> None:
+    def __init__(
+        self, settings: Settings, stores: Stores, send: Send, connection: str | None = None
+    ) -> None:
+        """``settings`` hold the token (a registry connection's own, ``Connection.settings``);
+        ``connection``: the registry connection it receives for (None: the deployment's)."""
         token = settings.webhook_token
         self.token = token.get_secret_value().encode() if token is not None else None
         self.settings = settings
-        self.activity = runtime.stores.activity
-        self.hints = runtime.stores.hints
+        self.activity = stores.activity
+        self.hints = stores.hints
         self.send = send
+        self.connection = connection
+        self.active = True  # False: a paused or unpaired connection's deliveries are dropped
 
     def authentic(self, token: str | None) -> bool:
         if self.token is None or token is None:
@@ -127,6 +134,10 @@ class Receiver:
 
     def handle(self, source: str, raw: bytes, content_type: str) -> Reply:
         """Everything after the token check and the body limits (run in the thread pool)."""
+        if not self.active:  # its poll catches the change once it is active again
+            self.activity.count({f"webhook.{source}.ignored": 1})
+            return Reply(200, {"enqueued": 0, "duplicates": 0,
+                               "ignored": ["connection not active"]})  # fmt: skip
         try:
             body = decode_body(raw, content_type)
             challenge = handshake(body) if source == "servicem8" else None
@@ -355,7 +366,7 @@ def create_app(
 
         send = Enqueuer.for_broker(runtime.redis_url, settings.bridge_connection_id).send
 
-    receiver = Receiver(settings, runtime, send)
+    receivers = Receivers(Receiver(settings, runtime.stores, send), settings, runtime, Receiver)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(runtime))
     app = FastAPI(title="ServiceM8 ⇄ Coredination bridge", docs_url=None, redoc_url=None,
@@ -372,9 +383,10 @@ def create_app(
     async def _webhook(source: str, token: str | None, request: Request) -> Response:
         if source not in PARSERS:
             return Reply(404, {"error": "unknown webhook source"}).response()
-        if receiver.token is None:
+        if receivers.own.token is None:
             return Reply(404, {"error": "webhooks are not configured (WEBHOOK_TOKEN)"}).response()
-        if not receiver.authentic(token):
+        receiver = await run_in_threadpool(receivers.find, token)
+        if receiver is None:
             log.warning("webhook.unauthorised", source=source)
             return Reply(401, {"error": "wrong or missing token"}).response()
         # From here on every answer is a 2xx: the sender is ours, and ServiceM8 deactivates a
@@ -399,7 +411,7 @@ def create_app(
     @app.get("/webhooks/servicem8/{token}", include_in_schema=False)
     async def challenge_by_get(token: str, request: Request) -> Response:
         """ServiceM8's subscription check, when it comes as a GET with the same parameters."""
-        if receiver.token is None or not receiver.authentic(token):
+        if receivers.own.token is None or await run_in_threadpool(receivers.find, token) is None:
             return Reply(401, {"error": "wrong or missing token"}).response()
         try:
             challenge = handshake(dict(request.query_params))

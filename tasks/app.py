@@ -157,13 +157,12 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
 
 def periodic_work(settings: Settings) -> dict[str, float]:
     """A registry connection's periodic tasks and their intervals: the beat's schedule for its
-    settings, less the fleet tick itself and the webhook subscription check."""
+    settings (its webhook health check included: its callback URLs carry its own token), less
+    the fleet tick itself."""
     return {
         entry["task"]: float(entry["schedule"])
         for entry in beat_schedule(settings).values()
-        # Not the subscription check: webhooks are the deployment's own connection's so far,
-        # and another connection on its account would post them again under its own name.
-        if entry["task"] not in (FLEET_TICK, CHECK_SUBSCRIPTIONS)
+        if entry["task"] != FLEET_TICK
     }
 
 
@@ -320,7 +319,8 @@ class BridgeApp(Celery):  # type: ignore[misc]
             loaded = fleet.registry.load(wanted, settings)
             credentials = servicem8_credentials(loaded, self.fleet().keeper)
             return self._build(loaded.settings, client=fleet.client, deployment=own,
-                               servicem8_credentials=credentials)  # fmt: skip
+                               servicem8_credentials=credentials,
+                               session=self.fleet().session)  # fmt: skip
 
         return self._runtime_for(wanted, entry.revision, built)
 

@@ -179,6 +179,9 @@ class BridgeTask(Task):  # type: ignore[misc]
         # A small spread (at most a quarter second) so waiters do not all wake in the same
         # millisecond; more would leave freed tokens unused.
         wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
+        connection = (self.request.kwargs or {}).get("connection")
+        if connection is not None:  # its other tasks wait in Redis meanwhile, not in the lanes
+            self.app.fleet().admission.hold(connection, exc.retry_in)
         if wait <= MAX_COUNTDOWN:
             raise self.retry(countdown=wait, exc=exc) from None
         self._defer(wait, exc.reason)

@@ -205,3 +205,32 @@ def app(
     rt = celery_app.bridge_runtime()
     rt.stores.wipe()
     rt.close()
+
+
+# --- ServiceM8 OAuth: the add-on's registration, its authorization server, one account ------------
+OAUTH_CLIENT_ID = "addon-4471"
+OAUTH_CLIENT_SECRET = "oauth-client-secret-93d1e7"
+OAUTH_REDIRECT = "https://bridge.example/oauth/servicem8/callback"
+
+
+@pytest.fixture
+def oauth() -> Iterator[Any]:
+    """The simulator's OAuth server for the add-on registered as ``OAUTH_*``."""
+    from bridge.simulators.oauth import OAuthSimulator
+
+    sim = OAuthSimulator(client_id=OAUTH_CLIENT_ID, client_secret=OAUTH_CLIENT_SECRET,
+                         redirect_uri=OAUTH_REDIRECT)  # fmt: skip
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def account_sim(oauth: Any) -> Iterator[Any]:
+    """One ServiceM8 account that takes the OAuth server's tokens; its person approves."""
+    from bridge.simulators import ServiceM8Simulator
+
+    sim = ServiceM8Simulator(bearer_account=oauth.account_of).start()
+    oauth.approve_as(sim.vendor_uuid)
+    yield sim
+    sim.stop()

@@ -16,7 +16,10 @@ always find the remaining ones; within a connection, the lanes keep their order.
   the caller sends them.
 - ``admit_waiting`` (the fleet tick, every second): connections with waiting messages and a free
   slot get them admitted, should a ``finish`` never have run (a worker killed mid-task: its slot
-  lapses after ``HOLD_SECONDS``).
+  lapses after ``HOLD_SECONDS``), or once a hold has ended.
+- ``hold`` when a task finds its connection's budget spent: nothing more of the connection is
+  admitted until the budget's slot is near, so its waiting work does not go round the lanes to
+  find the budget spent again.
 
 The deployment's own connection (its tasks carry no ``connection``) is never held back: a
 single-account deployment runs exactly as before. A message popped and lost before it reached the
@@ -40,8 +43,9 @@ LANES = ("interactive", "sync", "poll", "bulk")  # the order waiting messages ar
 # limit) with room to spare: only a slot whose task was lost lapses.
 HOLD_SECONDS = 300 + 150 + 60
 
-# KEYS: slots (zset id → lapse time), waiting lists (one per lane, LANES order), the fleet's set
-# of connections with waiting messages. ARGV: now, limit, lapse, connection, then per operation.
+# KEYS: slots (zset id -> lapse time), waiting lists (one per lane, LANES order), the fleet's set
+# of connections with waiting messages, the connection's budget hold (a string that expires).
+# ARGV: now, limit, lapse, connection, then per operation.
 _PRELUDE = """
 local now, limit, lapse, connection = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3], ARGV[4]
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -52,6 +56,7 @@ local function waiting()
 end
 local function admit_next()
   local out = {}
+  if redis.call('EXISTS', KEYS[7]) == 1 then return out end  -- its budget is spent: none yet
   while redis.call('ZCARD', KEYS[1]) < limit do
     local message = nil
     for i = 2, 5 do
@@ -70,7 +75,8 @@ end
 _OFFER = (
     _PRELUDE
     + """
-if waiting() == 0 and redis.call('ZCARD', KEYS[1]) < limit then
+if waiting() == 0 and redis.call('ZCARD', KEYS[1]) < limit
+   and redis.call('EXISTS', KEYS[7]) == 0 then
   redis.call('ZADD', KEYS[1], lapse, ARGV[7])
   return 1
 end
@@ -127,9 +133,10 @@ class Admission:
     def _keys(self, connection: str) -> list[str]:
         own = Keys(connection)
         return [
-            own.key("admission:slots"),
-            *(own.key(f"admission:waiting:{lane}") for lane in LANES),
+            own.admission_slots,
+            *(own.admission_waiting(lane) for lane in LANES),
             self.keys.waiting,
+            own.admission_held,
         ]
 
     def _args(self, connection: str) -> list[Any]:
@@ -150,6 +157,13 @@ class Admission:
         """Free ``task_id``'s slot; the connection's messages admitted now (send them)."""
         args = [*self._args(connection), task_id or ""]
         return [json.loads(m) for m in self._finish(keys=self._keys(connection), args=args)]
+
+    def hold(self, connection: str, seconds: float) -> None:
+        """The connection's budget is spent for ``seconds``: admit none of its waiting tasks
+        until then (its running ones end, and its slots stay free for the others). Work whose
+        budget is spent is not sent to the lanes to find it spent again."""
+        ms = max(1, int(seconds * 1000))
+        self.r.set(Keys(connection).admission_held, "1", px=ms)
 
     def admit_waiting(self) -> list[tuple[str, Message]]:
         """For every connection with waiting messages, those a free slot admits now."""

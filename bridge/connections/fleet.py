@@ -85,6 +85,10 @@ class FleetView:
         """No connection in the registry: the environment's keys make the one connection."""
         return not self._fresh()
 
+    def entries(self) -> dict[str, Connection]:
+        """Every readable connection of the registry, by id (``generation`` moves on a change)."""
+        return dict(self._fresh())
+
     def entry(self, connection_id: str) -> Connection | None:
         return self._fresh().get(connection_id)
 

@@ -9,6 +9,8 @@ Pure values: no Redis, no key material.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
@@ -140,6 +142,10 @@ class Connection(BaseModel):
             update["servicem8_api_key"] = SecretStr(f"{OAUTH_KEY_PREFIX}{self.id}")
         if secrets is not None and secrets.coredination_api_key is not None:
             update["coredination_api_key"] = secrets.coredination_api_key
+        if base.webhook_token is not None and self.id != base.bridge_connection_id:
+            # Its webhooks come to a path of its own (docs/connections.md#webhooks).
+            secret = base.webhook_token.get_secret_value()
+            update["webhook_token"] = SecretStr(connection_webhook_token(secret, self.id))
         # The values were validated as these very fields (``validate_overrides``).
         return base.model_copy(update=update)
 
@@ -214,6 +220,14 @@ class ConnectionSecrets(BaseModel):
                 "expires_at": grant.expires_at,
             }
         return plain
+
+
+def connection_webhook_token(secret: str, connection_id: str) -> str:
+    """The token in a registry connection's webhook callback URLs: derived from the deployment's
+    ``WEBHOOK_TOKEN`` and the connection's id, so the receiver tells the connection by its token
+    and nothing needs storing; one connection's token says nothing of another's."""
+    mac = hmac.new(secret.encode(), f"connection:{connection_id}".encode(), hashlib.sha256)
+    return mac.hexdigest()[:40]
 
 
 def make_connection(**fields: Any) -> Connection:

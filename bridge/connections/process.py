@@ -23,6 +23,7 @@ from bridge.connections.registry import Loaded
 from bridge.connections.schedule import Claimed, FleetSchedule
 from bridge.errors import ConnectionPaused
 from bridge.http import Credentials
+from bridge.http.transport import shared_session
 from bridge.servicem8.tokens import BearerAuth, TokenKeeper
 
 LATENESS_KEPT = 20_000  # the newest start delays kept (``note_lateness``)
@@ -37,6 +38,7 @@ class ProcessFleet:
         self.schedule = FleetSchedule(client, keys)
         self.admission = Admission(client, keys, settings.connection_max_tasks)
         self.keeper = token_keeper(settings, client, self.view.registry)  # None: no OAuth
+        self.session = shared_session()  # every registry connection's calls in this process
 
     def due(self, now: float, periodic: Callable[[Settings], Mapping[str, float]]) -> list[Claimed]:
         """The registry connections' periodic work due now (``FleetView.due_work``)."""

@@ -142,15 +142,24 @@ class Accounts(Protocol):
     def learn(self, api: Api, account: str) -> None: ...
 
 
+class Timezones(Protocol):
+    """Where the account's timezone is kept for the connection's other processes, for a day
+    (``bridge.store.ActivityStore``): they read it there, not from ``/vendor.json``."""
+
+    def known_timezone(self) -> str | None: ...
+
+    def keep_timezone(self, name: str) -> None: ...
+
+
 class ServiceM8Client:
     def __init__(
         self,
         transport: Transport,
         timezone_name: str | None = None,
         accounts: Accounts | None = None,
+        timezones: Timezones | None = None,
     ) -> None:
-        self.transport = transport
-        self.accounts = accounts
+        self.transport, self.accounts, self.timezones = transport, accounts, timezones
         self._tz: tzinfo | None = _zone(timezone_name) if timezone_name else None
         self._reading_vendor = False
         self._learn_after = 0.0  # after a failed read of the account: when to try again
@@ -166,6 +175,7 @@ class ServiceM8Client:
         session: requests.Session | None = None,
         credentials: Credentials | None = None,
         accounts: Accounts | None = None,
+        timezones: Timezones | None = None,
     ) -> ServiceM8Client:
         transport = Transport(
             api="servicem8",
@@ -177,7 +187,7 @@ class ServiceM8Client:
             gate=gate,
             session=session,
         )
-        return cls(transport, settings.servicem8_timezone, accounts)
+        return cls(transport, settings.servicem8_timezone, accounts, timezones)
 
     # --- account -----------------------------------------------------------------------------
     def vendor(self) -> Vendor:
@@ -187,6 +197,8 @@ class ServiceM8Client:
         vendor = Vendor.from_wire(rows[0], self._tz or UTC)
         if self._tz is None:
             self._tz = _zone(vendor.timezone_name or "UTC")
+            if self.timezones is not None:
+                self.timezones.keep_timezone(vendor.timezone_name or "UTC")
         if self.accounts is not None:
             self.accounts.learn("servicem8", vendor.uuid)
         return vendor
@@ -198,6 +210,8 @@ class ServiceM8Client:
         for the timezone first, so only that read goes under the stand-in account. With the
         timezone configured, a failed read of the account does not fail the call: it goes under
         the stand-in, and the read is tried again a minute later."""
+        if self._tz is None and self.timezones is not None:
+            self._tz = _zone(kept) if (kept := self.timezones.known_timezone()) else None
         if self._tz is None:
             self.vendor()
         elif self._wants_account():

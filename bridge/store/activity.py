@@ -9,6 +9,13 @@ from typing import Any
 
 from bridge.store.keys import Keys
 
+TIMEZONE_SECONDS = 86_400  # how long a read timezone is trusted before it is read again
+
+
+def subscription_field(name: str) -> str:
+    """The cursor entry of what is known of ``name``'s webhook subscription."""
+    return f"subscription:{name}"
+
 
 class ActivityStore:
     def __init__(self, redis: Any, keys: Keys) -> None:
@@ -26,6 +33,10 @@ class ActivityStore:
 
     def set_cursor(self, name: str, value: str) -> None:
         self.r.hset(self.keys.cursor, name, value)
+
+    def set_cursors(self, values: Mapping[str, str]) -> None:
+        """Several cursor entries in one write."""
+        self.r.hset(self.keys.cursor, mapping=dict(values))
 
     def count(self, counts: Mapping[str, int]) -> None:
         if not counts:
@@ -46,6 +57,14 @@ class ActivityStore:
 
     def set_account(self, api: str, account: str) -> None:
         self.r.hset(self.keys.account, api, account)
+
+    def known_timezone(self) -> str | None:
+        """The ServiceM8 account's timezone as a process of the connection last read it."""
+        value = self.r.get(self.keys.timezone)
+        return value.decode() if value is not None else None
+
+    def keep_timezone(self, name: str) -> None:
+        self.r.set(self.keys.timezone, name, ex=TIMEZONE_SECONDS)
 
     def note_stand_ins(self, stand_ins: Iterable[tuple[str, str]]) -> None:
         named = {f"{api}~stand-in": account for api, account in stand_ins}
@@ -74,10 +93,10 @@ class ActivityStore:
     def subscription(self, name: str) -> str | None:
         """What is known of the webhook subscription for ``name`` (``servicem8.jobactivity``):
         ``active``, or ``poll-only: <why>``; None when the bridge never subscribed it."""
-        return self.cursor(f"subscription:{name}")
+        return self.cursor(subscription_field(name))
 
     def set_subscription(self, name: str, state: str) -> None:
-        self.set_cursor(f"subscription:{name}", state[:300])
+        self.set_cursor(subscription_field(name), state[:300])
 
     def subscription_health(self, name: str) -> dict[str, Any] | None:
         """What the last health check read of the subscription (``bridge.subscriptions``)."""

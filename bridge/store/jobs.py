@@ -161,6 +161,9 @@ class JobStore:
     def recount(self) -> int:
         """The count, made from the buckets if none is kept yet (a store written before the
         count existed). Every process's start-up runs it; after the first it is one GET."""
+        kept = self.r.get(self.keys.links_count)
+        if kept is not None:  # the usual case: no script, and no bucket names packed
+            return int(kept)
         return int(self._recount(keys=[self.keys.links_count, *self.keys.job_buckets()]))
 
     def job_for_cd(self, ref: str | int) -> str | None:

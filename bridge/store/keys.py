@@ -57,10 +57,19 @@ key                        type    what it holds
                                    periodic work of every registry connection, claimed by the
                                    fleet tick (bridge/connections/schedule.py)
 ``b:fleet:{d}:every``              hash ``{connection}|{task}`` → its interval in seconds
-``b:fleet:oauth:state:{s}``        string ``{"label","issued_at"}``: an OAuth ``state`` the bridge
+``b:fleet:{d}:oauth:state:{s}``    string ``{"label","issued_at"}``: an OAuth ``state`` the bridge
                                    issued; expires (600 s), deleted when used
                                    (docs/servicem8-oauth.md#state)
+``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
+``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task
+                                   the fleet tick claimed started (the newest 20,000)
 ``lock:oauth``             string  the connection's single-flight token refresh lock (redis-py)
+``admission:slots``        zset    task id → when its slot lapses: the connection's tasks in the
+                                   lanes or running (bridge/connections/admission.py)
+``admission:waiting:{l}``  list    the connection's task messages waiting for a slot, lane ``l``
+``admission:held``         string  set (expiring) while the connection's budget is spent: none
+                                   of its waiting tasks is admitted
+``servicem8-timezone``     string  the ServiceM8 account's timezone as last read (one day)
 =========================  ======  ===============================================================
 
 The connection registry's keys belong to no connection (``b:fleet:``), so the ids ``fleet`` and
@@ -112,6 +121,21 @@ class Keys:
     @property
     def dirty(self) -> str:
         return self.key("dirty")
+
+    @property
+    def admission_slots(self) -> str:
+        return self.key("admission:slots")
+
+    def admission_waiting(self, lane: str) -> str:
+        return self.key(f"admission:waiting:{lane}")
+
+    @property
+    def admission_held(self) -> str:
+        return self.key("admission:held")
+
+    @property
+    def timezone(self) -> str:
+        return self.key("servicem8-timezone")
 
     @property
     def expiring(self) -> str:

@@ -3,12 +3,13 @@ without Celery (``bridge sync --once``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
 from datetime import datetime
 
 from bridge.errors import ApiError, BudgetExhausted
 from bridge.log import get_logger
+from bridge.store.activity import subscription_field
 from bridge.sync.context import SYSTEMS, Report, SyncContext, polled
 from bridge.sync.ingest import SM8_POLLED, poll_servicem8
 from bridge.sync.jobsync import sync_job
@@ -28,15 +29,15 @@ POLLS: dict[str, Poll] = {"servicem8": poll_servicem8, "coredination": _poll_cor
 POLLED: dict[str, tuple[str, ...]] = {"servicem8": SM8_POLLED, "coredination": ("job",)}
 
 
-def _hooked(ctx: SyncContext, name: str, now: float, with_webhooks: float) -> bool:
+def _hooked(known: Mapping[str, str], name: str, now: float, with_webhooks: float) -> bool:
     """Webhooks stand in for the poll of object ``name`` (``servicem8.jobactivity``) only while
     its own subscription is not known to be refused or lost and its own webhooks arrive: a
-    webhook about jobs says nothing of allocations (which ServiceM8 may not send at all)."""
-    activity = ctx.stores.activity
-    subscription = activity.subscription(name)
+    webhook about jobs says nothing of allocations (which ServiceM8 may not send at all).
+    ``known``: the connection's cursors, read once (``ActivityStore.cursors``)."""
+    subscription = known.get(subscription_field(name))
     if subscription is not None and subscription != "active":
         return False
-    hooked = activity.cursor(f"webhook:{name}")
+    hooked = known.get(f"webhook:{name}")
     return hooked is not None and now - float(hooked) < with_webhooks
 
 
@@ -57,6 +58,7 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
         # The account's timezone is not known yet and ServiceM8 is paused: its poll below waits
         # for the budget as before, and Coredination's is not held up.
         planned = {}
+    known = activity.cursors()  # one read: last polls, webhooks, subscriptions
     for system in SYSTEMS:
         interval = intervals.get(system, 0)
         due = []
@@ -64,11 +66,11 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
             name = f"{system}.{obj}"
             if name in planned:
                 wait = planned[name]
-            elif _hooked(ctx, name, now, with_webhooks):
+            elif _hooked(known, name, now, with_webhooks):
                 wait = max(interval, with_webhooks)
             else:
                 wait = interval
-            last = activity.cursor(polled(name))
+            last = known.get(polled(name))
             if last is None or now - float(last) >= wait * 0.9:
                 due.append(obj)
         if not due:
@@ -83,9 +85,8 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
                 # stays due, so the next tick tries again.
                 log.info("poll.waiting_for_budget", system=system, retry_in=round(exc.retry_in, 1))
                 continue
-            for obj in due:
-                activity.set_cursor(polled(f"{system}.{obj}"), repr(now))
-            activity.set_cursor(polled(system), repr(now))
+            stamps = {polled(f"{system}.{obj}"): repr(now) for obj in due}
+            activity.set_cursors({**stamps, polled(system): repr(now)})
             if system == "servicem8":  # one list call per object (a page holds 5,000 records)
                 activity.count_polls(_account_day(ctx, now), len(due))
     return dirty

@@ -37,10 +37,10 @@ from bridge.servicem8.tokens import REFRESH_LOCK_KEY, BearerAuth, TokenKeeper
 from bridge.simulators import ServiceM8Simulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.store.keys import Keys
+from tests.conftest import OAUTH_CLIENT_ID as CLIENT_ID
+from tests.conftest import OAUTH_CLIENT_SECRET as CLIENT_SECRET
+from tests.conftest import OAUTH_REDIRECT as REDIRECT
 
-CLIENT_ID = "addon-4471"
-CLIENT_SECRET = "oauth-client-secret-93d1e7"
-REDIRECT = "https://bridge.example/servicem8/activated"
 T0 = 1_900_000_000.0
 
 
@@ -50,23 +50,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def oauth() -> Iterator[OAuthSimulator]:
-    sim = OAuthSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
-    sim.start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def account_sim(oauth: OAuthSimulator) -> Iterator[ServiceM8Simulator]:
-    """One ServiceM8 account that takes the OAuth simulator's tokens; its person approves."""
-    sim = ServiceM8Simulator(bearer_account=oauth.account_of).start()
-    oauth.approve_as(sim.vendor_uuid)
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture

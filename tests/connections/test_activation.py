@@ -24,35 +24,19 @@ from bridge.servicem8.oauth import Grant, InvalidState, OAuthConfig
 from bridge.simulators import ServiceM8Simulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.web_activation import ACTIVATE_PATH, add_activation_routes
+from tests.conftest import OAUTH_CLIENT_ID as CLIENT_ID
+from tests.conftest import OAUTH_CLIENT_SECRET as CLIENT_SECRET
+from tests.conftest import OAUTH_REDIRECT as REDIRECT
 from tests.connections.conftest import CD_KEY
-
-CLIENT_ID, CLIENT_SECRET = "addon-unit-3310", "oauth-unit-secret-6d2a8f"
-REDIRECT = "https://bridge.example/oauth/servicem8/callback"
-
-
-@pytest.fixture
-def oauth() -> Iterator[OAuthSimulator]:
-    sim = OAuthSimulator(client_id=CLIENT_ID, client_secret=CLIENT_SECRET, redirect_uri=REDIRECT)
-    sim.start()
-    yield sim
-    sim.stop()
-
-
-@pytest.fixture
-def account(oauth: OAuthSimulator) -> Iterator[ServiceM8Simulator]:
-    sim = ServiceM8Simulator(bearer_account=oauth.account_of).start()
-    oauth.approve_as(sim.vendor_uuid)
-    yield sim
-    sim.stop()
 
 
 @pytest.fixture
 def activation(
-    registry: ConnectionRegistry, oauth: OAuthSimulator, account: ServiceM8Simulator
+    registry: ConnectionRegistry, oauth: OAuthSimulator, account_sim: ServiceM8Simulator
 ) -> Iterator[Activation]:
     config = OAuthConfig(CLIENT_ID, SecretStr(CLIENT_SECRET), REDIRECT,
                          authorize_url=oauth.authorize_url, token_url=oauth.token_url)  # fmt: skip
-    yield Activation(registry, config, servicem8_base_url=account.api_url())
+    yield Activation(registry, config, servicem8_base_url=account_sim.api_url())
     for key in registry.r.scan_iter(f"{registry.keys.prefix}oauth:*"):
         registry.r.delete(key)
 
@@ -65,15 +49,15 @@ def _approved(activation: Activation, label: str | None = "north") -> dict[str, 
 
 
 def test_an_approved_callback_stores_an_authorised_connection_with_its_grant(
-    activation, registry, account
+    activation, registry, account_sim
 ):
     callback = _approved(activation)
     done = activation.complete(callback["state"], callback["code"])
     assert done.new
-    connection = registry.get(ID_PREFIX + account.vendor_uuid.lower())
+    connection = registry.get(ID_PREFIX + account_sim.vendor_uuid.lower())
     assert connection == done.connection
     assert (connection.status, connection.label, connection.servicem8_account) == (
-        "authorised", "north", account.vendor_uuid.lower())  # fmt: skip
+        "authorised", "north", account_sim.vendor_uuid.lower())  # fmt: skip
     secrets = registry.secrets(connection.id)
     assert secrets.servicem8_grant is not None and secrets.coredination_api_key is None
     assert RegistryGrants(registry).load(connection.id) is not None
@@ -87,14 +71,14 @@ def test_a_forged_state_stores_nothing_and_spends_no_code(activation, registry, 
     assert oauth.codes  # the code is still unspent: nobody exchanged it
 
 
-def test_a_reused_state_stores_nothing_more(activation, registry, oauth, account):
+def test_a_reused_state_stores_nothing_more(activation, registry, oauth, account_sim):
     callback = _approved(activation)
     activation.complete(callback["state"], callback["code"])
     before = registry.secrets(registry.list()[0].id)
     with pytest.raises(InvalidState):
         activation.complete(callback["state"], callback["code"])
     assert len(registry.list()) == 1 and registry.secrets(registry.list()[0].id) == before
-    assert oauth.issued[account.vendor_uuid] == 1
+    assert oauth.issued[account_sim.vendor_uuid] == 1
 
 
 def test_an_expired_state_stores_nothing(activation, registry):
@@ -115,7 +99,7 @@ def test_a_spent_code_stores_nothing(activation, registry, oauth):
 
 
 def test_a_second_activation_of_an_account_renews_its_grant_and_keeps_its_status(
-    activation, registry, account
+    activation, registry, account_sim
 ):
     first = _approved(activation)
     connection = activation.complete(first["state"], first["code"]).connection

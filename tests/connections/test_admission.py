@@ -4,6 +4,7 @@ one noisy connection never holds back another."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -98,3 +99,15 @@ def test_a_slot_whose_task_was_lost_lapses_and_the_tick_admits_the_next(admissio
     assert admission.admit_waiting() == [(connection, _message(2))]
     assert admission.admit_waiting() == []  # nothing waits now: the connection leaves the set
     assert not admission.r.sismember(admission.keys.waiting, connection)
+
+
+def test_while_its_budget_is_spent_nothing_more_of_the_connection_is_admitted(admission, names):
+    connection = _connection(names)
+    for n in range(4):
+        admission.offer(connection, "interactive", _message(n, "interactive"))
+    admission.hold(connection, 0.3)  # a task of it found the budget spent for 0.3 s
+    assert admission.finish(connection, "id-0") == []  # its slot stays free for the others
+    assert not admission.offer(connection, "interactive", _message(9, "interactive"))
+    assert admission.admit_waiting() == []
+    time.sleep(0.35)  # the budget's slot is near: the tick admits again
+    assert [m["id"] for _, m in admission.admit_waiting()] == ["id-2"]

@@ -238,11 +238,28 @@ def test_a_shortened_interval_takes_effect_at_once(schedule):
     assert [(c.connection, c.task) for c in schedule.claim(10.0 + 60.0)] == [("a", POLL_CYCLE)]
 
 
-def test_registry_connections_get_no_webhook_subscription_check(deployment):
+def test_registry_connections_check_their_own_webhook_subscriptions(deployment):
+    """Each registry connection's callback URLs carry its own token, derived from the
+    deployment's: its health check posts and finds those, never the deployment's own."""
+    from pydantic import SecretStr
+
+    from bridge.connections.models import connection_webhook_token
     from bridge.queues import CHECK_SUBSCRIPTIONS
+    from bridge.subscriptions import callback_urls
     from tasks.app import periodic_work
 
     settings = deployment.bridge_settings().model_copy(
-        update={"webhook_public_url": "https://bridge.example.com", "webhook_health_seconds": 60}
+        update={
+            "webhook_public_url": "https://bridge.example.com",
+            "webhook_health_seconds": 60,
+            "webhook_token": SecretStr("deployment-webhook-token-7d1"),
+        }
     )
-    assert CHECK_SUBSCRIPTIONS not in periodic_work(settings)
+    assert periodic_work(settings)[CHECK_SUBSCRIPTIONS] == 60
+    acme = Connection(id="acme").settings(settings)
+    urls = callback_urls(acme)
+    token = connection_webhook_token("deployment-webhook-token-7d1", "acme")
+    assert urls["servicem8"] == f"https://bridge.example.com/webhooks/servicem8/{token}"
+    assert "deployment-webhook-token-7d1" not in str(urls)
+    own = Connection(id=settings.bridge_connection_id).settings(settings)
+    assert own.webhook_token == settings.webhook_token  # the deployment's own keeps its token

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import Stack, eventually
+from bench.harness import Stack, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, ConnectionSecrets, SecretBox, new_key
 from bridge.connections.models import Connection
 from bridge.simulators.coredination import CoredinationSimulator
@@ -68,31 +68,18 @@ def fleet_stack(tmp_path, redis_url, sm8_sim, cd_sim, accounts) -> Iterator[Stac
     stack.wipe()
 
 
-def _resources(cd: CoredinationSimulator) -> dict[str, dict[int, str]]:
-    return {j["uuid"]: {r["userId"]: r["state"] for r in j["resources"]}
-            for j in cd.snapshot()["jobs"]}  # fmt: skip
-
-
-def _expected(biz: Any, ns: Any) -> dict[str, dict[int, str]]:
-    want: dict[str, dict[int, str]] = {cd_job_uuid(ns, j): {} for j in biz.jobs}
-    for row in biz.allocations:
-        user = biz.user_for(row["staff_uuid"])
-        if user is not None:
-            state = "SCHEDULED" if row.get("allocation_date") else "ASSIGNED"
-            want[cd_job_uuid(ns, row["job_uuid"])][user["id"]] = state
-    return want
-
-
 def test_two_accounts_sync_independently_in_one_deployment(fleet_stack, accounts, sm8_sim, cd_sim):
     seed_business(sm8_sim, cd_sim, staff=2, jobs=3, allocations=3)  # the environment's: left be
     wanted = {}
     for name, (sm8, cd) in accounts.items():
         biz = seed_business(sm8, cd, staff=3, jobs=6, allocations=10)
-        wanted[name] = _expected(biz, connection_namespace(f"{fleet_stack.connection}-{name}"))
+        wanted[name] = expected_resources(
+            biz, connection_namespace(f"{fleet_stack.connection}-{name}")
+        )
     fleet_stack.worker()
     fleet_stack.beat()
     for name, (_, cd) in accounts.items():
-        eventually(lambda cd=cd, name=name: _resources(cd) == wanted[name], timeout=60)
+        eventually(lambda cd=cd, name=name: cd_resources(cd) == wanted[name], timeout=60)
     # Each account's bookings, and nothing else, reached its own Coredination.
     assert not set(wanted["north"]) & set(wanted["south"])
     assert not cd_sim.jobs and sm8_sim.count("GET", "joballocation.list") == 0
@@ -107,14 +94,14 @@ def test_two_accounts_sync_independently_in_one_deployment(fleet_stack, accounts
     row = next(iter(north_sm8.records["joballocation"].values()))
     north_sm8.update("joballocation", row["uuid"], {"active": 0})
     cd_job = cd_job_uuid(connection_namespace(f"{fleet_stack.connection}-north"), row["job_uuid"])
-    south_before = _resources(accounts["south"][1])
+    south_before = cd_resources(accounts["south"][1])
 
     def taken_off() -> bool:
         job = north_cd.jobs[north_cd.by_uuid[cd_job]]
         return all(r["userId"] != _user(accounts["north"], row) for r in job["resources"])
 
     eventually(taken_off, timeout=30)
-    assert _resources(accounts["south"][1]) == south_before
+    assert cd_resources(accounts["south"][1]) == south_before
 
 
 def _user(account: tuple[ServiceM8Simulator, CoredinationSimulator], row: dict[str, Any]) -> int:

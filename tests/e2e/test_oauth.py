@@ -9,13 +9,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from bench.harness import Stack, eventually
+from bench.harness import Stack, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, SecretBox, new_key
 from bridge.connections.activation import ID_PREFIX, REVOKED_REASON
 from bridge.redis_server import free_port
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.e2e
 
 CLIENT_ID, CLIENT_SECRET = "addon-e2e-5521", "oauth-e2e-secret-7f3a91c2"
 CD_KEY = "cdk-oauth-4b9e2d7a1c"
-EXPIRES_IN, MARGIN = 6, 2.0  # a token lasts 6 s and is refreshed with 2 s left: every ~4 s
+EXPIRES_IN, MARGIN = 5, 2.0  # a token lasts 5 s and is refreshed with 2 s left: every ~3 s
 
 
 @pytest.fixture
@@ -98,21 +97,6 @@ def _approve(base: str, label: str = "north-office") -> str:
     return callback
 
 
-def _resources(cd: CoredinationSimulator) -> dict[str, dict[int, str]]:
-    return {j["uuid"]: {r["userId"]: r["state"] for r in j["resources"]}
-            for j in cd.snapshot()["jobs"]}  # fmt: skip
-
-
-def _expected(biz: Any, ns: Any) -> dict[str, dict[int, str]]:
-    want: dict[str, dict[int, str]] = {cd_job_uuid(ns, j): {} for j in biz.jobs}
-    for row in biz.allocations:
-        user = biz.user_for(row["staff_uuid"])
-        if user is not None:
-            state = "SCHEDULED" if row.get("allocation_date") else "ASSIGNED"
-            want[cd_job_uuid(ns, row["job_uuid"])][user["id"]] = state
-    return want
-
-
 def test_activation_pairing_sync_refresh_and_revocation(stack, oauth, account):
     sm8, cd = account
     registry = _registry(stack)
@@ -144,19 +128,19 @@ def test_activation_pairing_sync_refresh_and_revocation(stack, oauth, account):
     stack.worker("w1", concurrency=2)
     stack.worker("w2", concurrency=2)
     stack.beat()
-    time.sleep(4)
+    time.sleep(3)
     assert sm8.count() == calls_before and cd.count() == 0
 
     # Paired: it syncs.
     registry.pair(connection_id, cd.api_url(), CD_KEY)
-    wanted = _expected(biz, connection_namespace(connection_id))
-    eventually(lambda: _resources(cd) == wanted, timeout=60)
+    wanted = expected_resources(biz, connection_namespace(connection_id))
+    eventually(lambda: cd_resources(cd) == wanted, timeout=60)
 
-    # The token lives 6 s: over ~20 s of polling by four processes, one refresh per expiry.
+    # The token lives 5 s: over ~12 s of polling by four processes, one refresh per expiry.
     # A second refresh of one token would spend a refresh token already spent (rotation) and
     # read as a revocation, so the connection staying active says the same again.
     refreshes_before = oauth.refreshes[sm8.vendor_uuid]
-    time.sleep(20)
+    time.sleep(12)
     times = [t for a, t in oauth.refreshed_at if a == sm8.vendor_uuid]
     assert oauth.refreshes[sm8.vendor_uuid] - refreshes_before >= 3
     gaps = [b - a for a, b in itertools.pairwise(times)]

@@ -89,6 +89,12 @@ def test_the_account_comes_with_the_timezone_read_and_is_shown_without_a_call(
     again.sm8.list_staff()
     assert sm8_sim.count("GET", "vendor.list") == 1  # the account was known: no read at all
     assert again.budget.accounts("servicem8") == sm8_sim.vendor_uuid
+    # A process started later, the timezone not configured: both are known from Redis.
+    later = build(rt.settings, redis_url)
+    runtimes.append(later)
+    later.sm8.list_staff()
+    assert sm8_sim.count("GET", "vendor.list") == 1
+    assert later.sm8.known_tz == rt.sm8.known_tz
 
 
 def test_a_day_limit_answered_while_the_account_is_unknown_pauses_after_one_call(

@@ -204,3 +204,54 @@ def test_metrics_are_prometheus_text_with_every_family(web):
     )
     assert samples[("bridge_api_paused", (("api", "servicem8"),))] == 0
     assert TOKEN not in text
+
+
+def test_a_registry_connection_receives_on_its_own_token(web, redis_client):
+    """Each registry connection's callback URLs carry a token derived from WEBHOOK_TOKEN and its
+    id; a delivery there is that connection's (its own store, its tasks named by it), a paused
+    one's is dropped, and a token of no connection is 401."""
+    from pydantic import SecretStr
+
+    from bridge.connections import ConnectionRegistry, ConnectionSecrets, SecretBox, new_key
+    from bridge.connections.models import Connection, connection_webhook_token
+    from bridge.store import Stores
+    from bridge.store.keys import FleetKeys
+
+    settings = web.runtime.settings
+    keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+    registry = ConnectionRegistry(redis_client, SecretBox([new_key()]), keys=keys)
+    secrets = ConnectionSecrets(servicem8_api_key=SecretStr("k-1234"),
+                                coredination_api_key=SecretStr("c-1234"))  # fmt: skip
+    for connection in ("north", "south"):
+        registry.add(Connection(id=f"{settings.bridge_connection_id}-{connection}"), secrets)
+    north = f"{settings.bridge_connection_id}-north"
+    south = f"{settings.bridge_connection_id}-south"
+    try:
+        token = connection_webhook_token(TOKEN, north)
+        sent_before = list(web.sent)
+        lane = f"b:{settings.bridge_connection_id}:celery:bridge.{settings.bridge_connection_id}"
+        r = post(web, documented(), token=token)
+        assert r.status_code == 200 and r.json()["enqueued"] == 1
+        assert web.sent == sent_before  # not the deployment's own sender
+        queued = [json.loads(m) for m in redis_client.lrange(f"{lane}.interactive", 0, -1)]
+        assert [m["headers"]["kwargsrepr"] for m in queued] == [repr({"connection": north})]
+        assert Stores.connect(redis_client, north).activity.stats()["webhook.servicem8.enqueued"]
+        # A paused connection's deliveries are answered and dropped; a made-up token is 401.
+        registry.pause(south, "billing")
+        from bridge.connections import fleet
+
+        fleet.REFRESH_SECONDS, saved = 0.0, fleet.REFRESH_SECONDS
+        try:
+            r = post(web, documented(), token=connection_webhook_token(TOKEN, south))
+        finally:
+            fleet.REFRESH_SECONDS = saved
+        assert r.status_code == 200 and r.json()["ignored"] == ["connection not active"]
+        assert post(web, documented(), token=connection_webhook_token(TOKEN, "nobody")
+                    ).status_code == 401  # fmt: skip
+        assert post(web, documented(), token=token[:-1]).status_code == 401
+    finally:
+        for connection in (north, south):
+            Stores.connect(redis_client, connection).wipe()
+        redis_client.delete(keys.connections, keys.secrets, keys.waiting)
+        for key in redis_client.scan_iter(f"b:{settings.bridge_connection_id}:celery:*"):
+            redis_client.delete(key)
