@@ -70,10 +70,51 @@ def choose_connection(
             "default: the deployment's own (BRIDGE_CONNECTION_ID).",
         ),
     ] = None,
+    every: Annotated[
+        bool,
+        typer.Option(
+            "--all",
+            help="Run the command once for every registry connection, each as 'bridge -c ID "
+            "…' (the exit code is the worst of them).",
+        ),
+    ] = False,
 ) -> None:
     """Keeps ServiceM8 bookings (job allocations and fixed-time job activities) and
     Coredination job resources in step."""
+    if every:
+        if connection is not None:
+            fail("say -c ID or --all, not both", 2)
+        raise typer.Exit(_for_every_connection())
     SELECTED.connection = connection
+
+
+# Commands that are not one connection's: --all does not apply to them.
+FLEET_COMMANDS = frozenset({"connections", "secrets", "run", "web", "demo", "simulate"})
+
+
+def _for_every_connection() -> int:
+    """``bridge --all CMD …``: ``bridge -c ID CMD …`` for each registry connection in turn, each
+    in a process of its own (as a shell loop over ``bridge connections list --json`` would)."""
+    import subprocess
+    import sys
+
+    from bridge.cli.connections import open_registry
+
+    rest = [a for a in sys.argv[1:] if a != "--all"]
+    command = next((a for a in rest if not a.startswith("-")), None)
+    if command is None or command in FLEET_COMMANDS:
+        fail(f"--all runs a per-connection command (not {command or 'none'})", 2)
+    with open_registry() as (registry, _settings):
+        ids = [c.id for c in registry.list()]
+    if not ids:
+        fail("--all: the registry holds no connection (the environment's is the only one)", 2)
+    worst = 0
+    for connection in ids:
+        err.print(f"[bold]== {connection}[/]")
+        run = subprocess.run([sys.executable, "-m", "bridge", "-c", connection, *rest],  # noqa: S603
+                             check=False)  # fmt: skip
+        worst = max(worst, run.returncode)
+    return worst
 
 
 def settings_and_logging() -> Settings:

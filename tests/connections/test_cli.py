@@ -214,3 +214,41 @@ def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, r
         redis_client.delete(keys.connections, keys.secrets, keys.waiting)
         for key in redis_client.scan_iter(f"b:{deployment}:*"):
             redis_client.delete(key)
+
+
+def test_all_runs_a_command_for_every_registry_connection(fleet_env, monkeypatch, redis_client):
+    """``bridge --all CMD``: ``bridge -c ID CMD`` for each connection, the worst exit code."""
+    import subprocess
+    import sys
+    import uuid
+
+    from bridge.connections import ConnectionSecrets, SecretBox
+    from bridge.connections.models import Connection
+    from bridge.store import Stores
+    from bridge.store.keys import FleetKeys
+
+    deployment = f"dep{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("BRIDGE_CONNECTION_ID", deployment)
+    monkeypatch.setenv("LOG_LEVEL", "WARNING")
+    keys = FleetKeys.for_deployment(deployment)
+    registry = ConnectionRegistry(redis_client, SecretBox([fleet_env["BRIDGE_SECRET_KEYS"]]),
+                                  keys=keys)  # fmt: skip
+    secrets = ConnectionSecrets(servicem8_api_key=SM8_KEY, coredination_api_key=CD_KEY)
+    for name in ("north", "south"):
+        registry.add(Connection(id=f"{deployment}-{name}"), secrets)
+
+    def bridge(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "bridge", *args], capture_output=True,
+                              text=True, timeout=120, check=False)  # fmt: skip
+
+    try:
+        done = bridge("--all", "status", "--json")
+        assert done.returncode == 0, done.stderr
+        assert f"== {deployment}-north" in done.stderr and f"== {deployment}-south" in done.stderr
+        assert done.stdout.count(f'"connection": "{deployment}-') == 2
+        assert bridge("--all", "connections", "list").returncode == 2
+        assert bridge("--all", "-c", "x", "status").returncode == 2
+    finally:
+        for name in ("north", "south"):
+            Stores.connect(redis_client, f"{deployment}-{name}").wipe()
+        redis_client.delete(keys.connections, keys.secrets)
