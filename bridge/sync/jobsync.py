@@ -320,8 +320,13 @@ def _resource_op(
             if lost is not None:
                 raise lost from None
             raise
-        view.resources, view.changed_ms = seen.resources, seen.changed_ms
-        view.modified_ms = seen.modified_ms
+        # The later of what was known and what the job shows: a Coredination without change
+        # stamps shows none, and the bridge's own last writes must still bound a deletion.
+        view.resources = seen.resources
+        view.changed_ms = {u: max(view.changed_ms.get(u, 0), seen.changed_ms.get(u, 0))
+                           for u in {*view.changed_ms, *seen.changed_ms}}  # fmt: skip
+        view.modified_ms = max((t for t in (view.modified_ms, seen.modified_ms) if t is not None),
+                               default=None)  # fmt: skip
         others = planned != {u: st for u, st in seen.resources.items() if u != write.user}
         outcome = read_back(write, seen.resources.get(write.user))
         report.add(f"coredination.read_back.{outcome}")
@@ -333,7 +338,7 @@ def _resource_op(
                 view.resources.pop(write.user, None)
             else:
                 view.resources[write.user] = write.state_after
-            view.changed_ms[write.user] = now_ms
+        view.changed_ms[write.user] = max(view.changed_ms.get(write.user, 0), now_ms)
         report.add(f"coredination.{write.op}d" if write.op.endswith("e")
                    else f"coredination.{write.op}ed")  # fmt: skip
     elif outcome == "ignored":

@@ -153,3 +153,26 @@ def test_a_read_back_that_shows_another_user_changed_syncs_the_job_again(kept):
     assert kept.judge(job, kept.staff[1])[0] == "scheduled"  # pulled into ServiceM8
     kept.synced = True
     kept.quiet_sync()
+
+
+def test_a_read_back_of_a_job_without_change_stamps_keeps_the_bridges_own_write_time(machine):
+    """A Coredination that dates nothing (no events, no ``modified``): the read-back after a lost
+    answer must not forget when the bridge wrote, or a dispatcher's deletion after that write is
+    dated before it, and a change the bridge had synced already would create the job again."""
+    from mappings.plan import deleted_since
+
+    machine.office_books(job=0, person=0, when="all day")
+    machine.engine.run_cycle(match_staff=False)
+    real_get = machine.cd.get_job
+
+    def stampless(ref: str | int):  # type: ignore[no-untyped-def]
+        return real_get(ref).model_copy(update={"events": [], "modified": None})
+
+    machine.cd.get_job = stampless  # type: ignore[method-assign]
+    machine.office_books(job=0, person=1, when="all day")
+    before = machine.engine.ctx.now_ms()
+    machine.lose_next(applied=True)
+    report = machine.engine.run_cycle(match_staff=False)
+    assert report.counts["coredination.read_back.took"] == 1
+    view = machine.stores.jobs.load(machine.jobs[0]).cd
+    assert view is not None and deleted_since(view) >= before
