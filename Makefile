@@ -1,22 +1,42 @@
-# The README's commands. Everything is installed into .venv from pyproject.toml: the demo and `run`
-# need only the bridge and its runtime dependencies; lint, types, tests and the benchmark add the
-# test extra. Each has its own stamp, so `make demo` never waits for the test toolchain.
+# The README's commands. Everything is installed into .venv from the lock (requirements/*.txt,
+# every package pinned with its hashes; see docs/dependencies.md): the demo and `run` need only
+# the runtime lock; lint, types, tests and the benchmark add the test lock, a superset of it.
+# Each has its own stamp, so `make demo` never waits for the test toolchain.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+RUNTIME_LOCK  := requirements/runtime.txt
+TEST_LOCK     := requirements/test.txt
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 TEST_STAMP    := $(VENV)/.test-stamp
+# The lock's compiler, for maintainers only (`make lock`, `make upgrade-check`): installs never
+# need it. Kept in its own folder so that .venv holds exactly the lock.
+UV_VERSION := 0.13.8
+TOOLS      := .tools
+UV         := $(TOOLS)/bin/uv
+# One universal resolution for every supported Python (3.11 and newer), with each file's hashes.
+COMPILE    := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--no-header --annotation-style line
+UPGRADE_VENV := .venv-upgrade
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo run test tools lint typecheck unit bench bench-quick bench-fleet clean
+.PHONY: install demo run test tools lint typecheck unit bench bench-quick bench-fleet lock \
+	upgrade-check clean
 
-$(RUNTIME_STAMP): pyproject.toml
+# pip installs the lock as it is (--require-hashes: a package missing from the lock, or a file whose
+# hash differs, stops the install), then the bridge itself without resolving anything.
+$(RUNTIME_STAMP): pyproject.toml $(RUNTIME_LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else \
+		"the bridge needs Python 3.11 or newer; this is " + sys.version.split()[0])'
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	@echo "installing the runtime from the lock $(RUNTIME_LOCK) (pinned, hashes required)"
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(RUNTIME_LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
-$(TEST_STAMP): $(RUNTIME_STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+$(TEST_STAMP): $(RUNTIME_STAMP) $(TEST_LOCK)
+	@echo "installing the test tools from the lock $(TEST_LOCK) (pinned, hashes required)"
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(TEST_LOCK)
 	touch $@
 
 install: $(TEST_STAMP) ## create .venv and install the bridge with its test tools
@@ -88,5 +108,34 @@ bench-fleet: $(TEST_STAMP) ## 1,000 connections in one deployment, then one nois
 unit: $(TEST_STAMP) ## the fast, pure tests only
 	$(BIN)/pytest tests/unit
 
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Re-resolve to the newest versions pyproject.toml's ranges allow, then `make test` before
+# committing the new lock. The test lock is constrained by the runtime lock, so the two agree.
+lock: $(UV) ## re-resolve requirements/*.txt to the newest versions the ranges allow
+	$(COMPILE) --upgrade pyproject.toml requirements/build.in -o $(RUNTIME_LOCK)
+	$(COMPILE) --upgrade pyproject.toml requirements/build.in --extra test \
+		-c $(RUNTIME_LOCK) -o $(TEST_LOCK)
+	@echo "lock written: $(RUNTIME_LOCK), $(TEST_LOCK); run 'make test' before committing it"
+
+# The newest versions the ranges allow, in a scratch environment, against lint, types and the
+# suite (not the benchmark); the lock is left as it is. Prints what differs from the lock first.
+upgrade-check: $(UV) ## lint, types and the suite on the newest allowed versions (lock untouched)
+	rm -rf $(UPGRADE_VENV)
+	$(PYTHON) -m venv $(UPGRADE_VENV)
+	$(COMPILE) --upgrade pyproject.toml requirements/build.in --extra test \
+		-o $(UPGRADE_VENV)/requirements.txt
+	@$(PYTHON) requirements/diff.py $(TEST_LOCK) $(UPGRADE_VENV)/requirements.txt
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --require-hashes \
+		-r $(UPGRADE_VENV)/requirements.txt
+	$(UPGRADE_VENV)/bin/python -m pip install --quiet --no-deps --no-build-isolation -e .
+	$(UPGRADE_VENV)/bin/ruff check .
+	$(UPGRADE_VENV)/bin/ruff format --check .
+	$(UPGRADE_VENV)/bin/mypy bridge mappings tasks bench
+	$(UPGRADE_VENV)/bin/pytest
+	@echo "upgrade-check passed: 'make lock' takes these versions"
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TOOLS) $(UPGRADE_VENV) .pytest_cache .mypy_cache .ruff_cache *.egg-info

