@@ -62,7 +62,7 @@ class Runtime:
         if self.owns_redis:
             self.redis.close()
         if self.embedded is not None:
-            self.embedded.stop()
+            self.embedded.release()
 
     def __enter__(self) -> Runtime:
         return self

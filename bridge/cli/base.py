@@ -167,7 +167,7 @@ def _registry_runtime(settings: Settings, connection: str) -> Runtime:
     except BaseException:
         client.close()
         if embedded is not None:
-            embedded.stop()
+            embedded.release()
         raise
     rt.owns_redis, rt.embedded = True, embedded  # the command's own: closed with it
     return rt

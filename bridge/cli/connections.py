@@ -79,7 +79,7 @@ def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
     finally:
         client.close()
         if embedded is not None:
-            embedded.stop()
+            embedded.release()
 
 
 def _secret(value: str | None, env: str | None, what: str) -> str | None:

@@ -43,13 +43,14 @@ def run(
     concurrency: Annotated[int, typer.Option(help="Worker processes.")] = 2,
 ) -> None:
     """Worker, beat and webhook server together, on REDIS_URL or an embedded Redis in the state
-    folder. Ctrl-C or SIGTERM stops everything cleanly."""
+    folder (other commands use that same server while this runs). Ctrl-C or SIGTERM stops
+    everything cleanly, the embedded Redis last."""
     from bridge.runtime import resolve_redis
     from bridge.supervisor import Supervisor
 
     settings = settings_and_logging()
     redis_url, embedded = resolve_redis(settings)
-    where = f"embedded, data in {embedded.state_dir}" if embedded else "REDIS_URL"
+    where = embedded.describe() if embedded else "REDIS_URL"
     out.print(f"bridge: Redis {where}; webhook server on http://{host}:{port} "
               f"(/healthz, /metrics); Ctrl-C stops", highlight=False)  # fmt: skip
     supervisor = Supervisor(settings, redis_url, host=host, port=port, concurrency=concurrency,

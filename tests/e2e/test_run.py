@@ -131,3 +131,60 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
                  "completion time set", "the job set to 13:00-15:00 exactly",
                  "fixed booking"):  # fmt: skip
         assert line in result.stdout
+
+
+def test_commands_beside_bridge_run_use_its_embedded_redis_and_never_start_a_second(
+    tmp_path: Path, sm8_sim, cd_sim
+):
+    """The README's default: no REDIS_URL. `bridge run` owns the state folder's Redis; `staff
+    match`, `staff list`, `status` and `sync --once` in other processes read and change that same
+    data, and only one redis-server ever serves the folder."""
+    from tests.adapters.test_embedded_redis import servers_of
+
+    port = free_port()
+    state = tmp_path / "state"
+    env = _clean_env(
+        SERVICEM8_API_KEY=SM8_KEY, SERVICEM8_BASE_URL=sm8_sim.api_url(),
+        COREDINATION_API_KEY=CD_KEY, COREDINATION_BASE_URL=cd_sim.api_url(),
+        WEBHOOK_TOKEN=TOKEN, BRIDGE_STATE_DIR=str(state),
+        # The bridge's own polls and staff match far apart: what changes comes from the commands.
+        SERVICEM8_POLL_SECONDS="3600", COREDINATION_POLL_SECONDS="3600",
+        STAFF_MATCH_SECONDS="3600", PYTHONUNBUFFERED="1",
+    )  # fmt: skip
+    seed_business(sm8_sim, cd_sim, staff=3, jobs=2, allocations=2)
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bridge", "run", "--port", str(port)],
+        cwd=tmp_path, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+    def command(*args: str) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([sys.executable, "-m", "bridge", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert done.returncode == 0, f"{args}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
+        assert len(servers_of(state / "redis")) == 1, f"after {args}"
+        return done
+
+    try:
+        eventually(lambda: healthy(f"http://127.0.0.1:{port}/healthz"), timeout=60)
+        run_file = json.loads((state / "redis" / "redis.run").read_text())
+        import redis as redis_py
+
+        shared = redis_py.Redis.from_url(run_file["url"])
+        before = shared.dbsize()
+        command("staff", "match")
+        listed = command("staff", "list", "--json")
+        assert listed.stdout.count('"how": "e-mail"') == 3, listed.stdout
+        command("status")
+        command("sync", "--once")
+        eventually(lambda: len(cd_sim.jobs) == 2, timeout=30)
+        assert shared.dbsize() > before  # the commands wrote into the running bridge's Redis
+        shared.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=90)
+        log.close()
+    output = (tmp_path / "run.log").read_text(errors="replace")
+    assert code == 0, output[-3000:]
+    assert f"Redis embedded at {run_file['url']}" in output
+    assert servers_of(state / "redis") == []  # `run` stopped it on its way out
