@@ -46,8 +46,9 @@ def activation_for(settings: Settings, runtime: Runtime) -> Activation | None:
     except ConfigError as exc:
         raise ConfigError(f"SERVICEM8_OAUTH_CLIENT_ID is set, so grants are kept: {exc}") from None
     registry = ConnectionRegistry(
-        runtime.redis, box, keys=FleetKeys.for_deployment(settings.bridge_connection_id)
-    )
+        runtime.redis, box, keys=FleetKeys.for_deployment(settings.bridge_connection_id),
+        environment=settings,
+    )  # fmt: skip
     return Activation(registry, config, servicem8_base_url=settings.servicem8_base_url)
 
 

@@ -301,8 +301,11 @@ class BridgeApp(Celery):  # type: ignore[misc]
         wanted = connection or own
         fleet = self.fleet().view
         entry = fleet.entry(wanted)
-        if entry is None and wanted == own and fleet.empty:
-            return self._runtime_for(own, None, lambda: self._build(settings))
+        if entry is None and wanted == own:
+            # The environment's connection joins the registry at its first task (and at `run`'s
+            # start), so another connection added later never stops it.
+            fleet.registry.upsert_environment(settings)
+            entry = fleet.entries_now().get(wanted)
         if entry is None or entry.status != "active":
             self._drop_runtime(wanted)  # removed or paused: its clients go
         if entry is None:

@@ -73,7 +73,7 @@ def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
     try:
         client.ping()
         keys = FleetKeys.for_deployment(settings.bridge_connection_id)
-        yield ConnectionRegistry(client, box, keys=keys), settings
+        yield ConnectionRegistry(client, box, keys=keys, environment=settings), settings
     except redis.RedisError as exc:
         raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
     finally:
@@ -161,7 +161,11 @@ def connections_show(connection_id: IdArg, as_json: JsonOpt = False) -> None:
         else:
             connection = registry.get(connection_id)
             try:
-                secrets = registry.secrets(connection_id).describe()
+                secrets = (
+                    "from the environment"
+                    if connection.keys == "environment"
+                    else registry.secrets(connection_id).describe()
+                )
             except ConfigError:
                 secrets = "stored encrypted; BRIDGE_SECRET_KEYS is unset or lacks their key"
     _print(connection, as_json, {"secrets": secrets})

@@ -50,6 +50,12 @@ def run(
 
     settings = settings_and_logging()
     redis_url, embedded = resolve_redis(settings)
+    try:
+        _join_registry(settings, redis_url)
+    except BaseException:
+        if embedded is not None:
+            embedded.release()
+        raise
     where = embedded.describe() if embedded else "REDIS_URL"
     out.print(f"bridge: Redis {where}; webhook server on http://{host}:{port} "
               f"(/healthz, /metrics); Ctrl-C stops", highlight=False)  # fmt: skip
@@ -58,6 +64,26 @@ def run(
     code = supervisor.run()
     out.print("bridge: stopped" if code == 0 else "bridge: a part exited; everything stopped")
     raise typer.Exit(code)
+
+
+def _join_registry(settings: Any, redis_url: str) -> None:
+    """The environment's connection into the registry before any part starts, so `-c` names it
+    and a connection added later never stops it (docs/connections.md#the-default-connection)."""
+    import redis
+
+    from bridge import redis_conn
+    from bridge.connections import ConnectionRegistry, SecretBox
+    from bridge.errors import ConfigError
+    from bridge.store.keys import FleetKeys
+
+    client = redis_conn.client(redis_url)
+    try:
+        keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+        ConnectionRegistry(client, SecretBox(()), keys=keys).upsert_environment(settings)
+    except redis.RedisError as exc:
+        raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
+    finally:
+        client.close()
 
 
 @app.command()

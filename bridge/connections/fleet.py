@@ -92,6 +92,10 @@ class FleetView:
     def entry(self, connection_id: str) -> Connection | None:
         return self._fresh().get(connection_id)
 
+    def entries_now(self) -> dict[str, Connection]:
+        """Every readable connection, read from the registry now (after a change of our own)."""
+        return dict(self._fresh(force=True))
+
     def due_work(
         self,
         schedule: FleetSchedule,

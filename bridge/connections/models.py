@@ -108,6 +108,11 @@ class Connection(BaseModel):
     overrides: dict[str, Any] = Field(
         default_factory=dict, description="Settings of its own (OVERRIDABLE names)."
     )
+    keys: Literal["stored", "environment"] = Field(
+        "stored",
+        description="Where its API keys come from: the registry's encrypted secrets, "
+        "or the environment (the deployment's own connection): never stored.",
+    )  # see docs/connections.md#the-default-connection
 
     @field_validator("servicem8_base_url", "coredination_base_url")
     @classmethod
@@ -243,13 +248,15 @@ def make_connection(**fields: Any) -> Connection:
 
 
 def default_connection(settings: Settings) -> Connection:
-    """The connection the environment makes when the registry is empty: named by
-    ``BRIDGE_CONNECTION_ID``, with the environment's base URLs, never stored, so a single-account
-    deployment runs exactly as it did before the registry."""
+    """The connection the environment makes: named by ``BRIDGE_CONNECTION_ID``, with the
+    environment's base URLs and keys (``keys="environment"``: its keys are never stored). It is
+    upserted into the registry at start (``ConnectionRegistry.upsert_environment``), so adding
+    another connection never stops it."""
     return Connection(
         id=settings.bridge_connection_id,
         servicem8_base_url=settings.servicem8_base_url,
         coredination_base_url=settings.coredination_base_url,
+        keys="environment",
     )
 
 

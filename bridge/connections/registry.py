@@ -63,11 +63,16 @@ class ConnectionRegistry:
         *,
         keys: FleetKeys | None = None,
         clock: Callable[[], float] = time.time,
+        environment: Settings | None = None,
     ) -> None:
+        """``environment``: the deployment's settings, when this registry may add connections:
+        the environment's own connection is then upserted before another is added, so the
+        first addition never turns a single-account deployment's connection off."""
         self.r = redis
         self.box = box
         self.keys = keys or FleetKeys()
         self.clock = clock
+        self.environment = environment
 
     # --- reading ---------------------------------------------------------------------------------
     def get(self, connection_id: str) -> Connection:
@@ -118,15 +123,56 @@ class ConnectionRegistry:
         return self.list() or [default_connection(settings)]
 
     def load(self, connection_id: str, settings: Settings) -> Loaded:
-        """A connection with its settings and decrypted keys, by id; with an empty registry the
-        default connection (named by ``BRIDGE_CONNECTION_ID``) from the environment."""
+        """A connection with its settings and decrypted keys, by id. The deployment's own
+        connection takes its keys from the environment (never stored); with an empty registry it
+        is the environment's alone."""
         if connection_id == settings.bridge_connection_id and not self.r.hlen(
             self.keys.connections
         ):
             connection, secrets = default_connection(settings), default_secrets(settings)
         else:
-            connection, secrets = self.get(connection_id), self.secrets(connection_id)
+            connection = self.get(connection_id)
+            secrets = (
+                default_secrets(settings)
+                if connection.keys == "environment"
+                else self.secrets(connection_id)
+            )
         return Loaded(connection, secrets, connection.settings(settings, secrets))
+
+    def upsert_environment(self, settings: Settings) -> Connection:
+        """The environment's connection (``BRIDGE_CONNECTION_ID`` with ``SERVICEM8_API_KEY`` and
+        ``COREDINATION_API_KEY``) as a registry entry, added or brought up to date at start, so
+        that it is one connection among the others and adding another never stops it
+        (docs/connections.md#the-default-connection). Its keys stay in the environment. Its
+        status is left as an operator set it; an entry of that id with stored keys (added by
+        hand) is left alone."""
+        wanted = default_connection(settings)
+
+        def attempt(pipe: Any) -> Connection:
+            raw = pipe.hget(self.keys.connections, wanted.id)
+            now = self._now()
+            if raw is None:
+                new = wanted.model_copy(update={"created": now, "changed": now})
+                pipe.multi()
+                pipe.hset(self.keys.connections, wanted.id, stored.encode(new))
+                return new
+            current = stored.decode(wanted.id, raw)
+            same = (current.servicem8_base_url, current.coredination_base_url) == (
+                wanted.servicem8_base_url, wanted.coredination_base_url)  # fmt: skip
+            if current.keys != "environment" or same:
+                pipe.multi()
+                return current
+            urls = {"servicem8_base_url": wanted.servicem8_base_url,
+                    "coredination_base_url": wanted.coredination_base_url}  # fmt: skip
+            changed = _with(current, urls, now)
+            pipe.multi()
+            pipe.hset(self.keys.connections, wanted.id, stored.encode(changed))
+            return changed
+
+        result: Connection = self.r.transaction(
+            attempt, self.keys.connections, value_from_callable=True
+        )
+        return result
 
     # --- adding and removing ---------------------------------------------------------------------
     def add(self, connection: Connection, secrets: ConnectionSecrets | None = None) -> Connection:
@@ -138,7 +184,10 @@ class ConnectionRegistry:
                 f"connection id {connection.id!r} is reserved (its keys would be the registry's "
                 "or the accounts'): choose another"
             )
-        states.check_new(connection, secrets)
+        if connection.keys == "stored":  # the environment's keys are not the registry's to check
+            states.check_new(connection, secrets)
+        if self.environment is not None and connection.id != self.environment.bridge_connection_id:
+            self.upsert_environment(self.environment)
         token = None if secrets.empty else self._seal(secrets)
         now = self._now()
         new = connection.model_copy(update={"created": now, "changed": now})

@@ -71,8 +71,11 @@ def fleet_env(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
 
-    def registry(redis: Any, box: SecretBox, keys: Any = None) -> ConnectionRegistry:
-        return ConnectionRegistry(redis, box, keys=fleet_keys)  # the test's own, not ``keys``
+    def registry(
+        redis: Any, box: SecretBox, keys: Any = None, environment: Any = None
+    ) -> ConnectionRegistry:
+        # the test's own keys, not ``keys``
+        return ConnectionRegistry(redis, box, keys=fleet_keys, environment=environment)
 
     monkeypatch.setattr(cli, "ConnectionRegistry", registry)
     return env

@@ -83,7 +83,8 @@ def test_add_reads_keys_from_a_variable_and_stdin_and_show_says_only_that_they_a
     assert shown["secrets"] == {"servicem8": "api key set", "coredination": "api key set"}
     # Whatever a command read or decrypted, its log lines would carry blanked.
     assert redactor.text(f"{SM8_KEY} {CD_KEY} {ENV_SM8_KEY}") == f"{REDACTED} {REDACTED} {REDACTED}"
-    assert [r["id"] for r in run.json("connections", "list")] == ["acme"]
+    # The environment's own connection joined the registry with the first addition.
+    assert [r["id"] for r in run.json("connections", "list")] == ["acme", "default"]
     stored = redis_client.hget(fleet_keys.secrets, "acme")
     assert SM8_KEY.encode() not in stored and CD_KEY.encode() not in stored
 
@@ -141,9 +142,11 @@ def test_pause_resume_and_pair_follow_the_state_rules(
 def test_remove_asks_first_unless_told_yes(run):
     _add(run, "acme")
     run("connections", "remove", "acme", input="n\n", code=1)
-    assert [r["id"] for r in run.json("connections", "list")] == ["acme"]
+    # The environment's own connection joined the registry with the first addition.
+    assert [r["id"] for r in run.json("connections", "list")] == ["acme", "default"]
     assert "removed acme" in run("connections", "remove", "acme", "--yes").output
-    assert run.json("connections", "list")[0]["stored"] is False
+    (left,) = run.json("connections", "list")
+    assert (left["id"], left["keys"], left["stored"]) == ("default", "environment", True)
 
 
 def test_without_secret_keys_adding_keys_is_refused_with_how_to_make_one(run, monkeypatch):

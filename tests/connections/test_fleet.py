@@ -146,9 +146,11 @@ def test_a_registry_connection_runs_on_the_deployments_lanes_with_its_own_keys_a
     assert rt.stores.keys.prefix == f"b:{other}:"
     assert rt.settings.servicem8_api_key.get_secret_value() == OTHER_SM8_KEY
     assert deployment.bridge_runtime(other) is rt  # built once
-    # Once the registry holds connections, the environment's keys make none of their own.
-    with pytest.raises(ConnectionPaused):
-        deployment.bridge_runtime()
+    # The environment's connection stays one of them: adding another never stops it.
+    own_rt = deployment.bridge_runtime()
+    assert own_rt.connection == own and own_rt.task_connection is None
+    assert own_rt.settings.servicem8_api_key.get_secret_value() != OTHER_SM8_KEY
+    assert _registry(deployment).get(own).keys == "environment"
 
 
 def test_a_task_for_a_connection_syncs_that_account_only_and_queues_its_syncs_by_name(

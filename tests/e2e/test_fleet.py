@@ -43,8 +43,9 @@ def accounts() -> Iterator[dict[str, tuple[ServiceM8Simulator, CoredinationSimul
 
 @pytest.fixture
 def fleet_stack(tmp_path, redis_url, sm8_sim, cd_sim, accounts) -> Iterator[Stack]:
-    """A deployment whose environment's own account (the default simulators) is not in its
-    registry: only the two registry connections may sync."""
+    """A deployment with two registry connections added beside the environment's own account
+    (the default simulators), which joins the registry at the worker's first task and keeps
+    syncing."""
     from tests.conftest import CD_KEY, SM8_KEY
 
     stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
@@ -69,7 +70,7 @@ def fleet_stack(tmp_path, redis_url, sm8_sim, cd_sim, accounts) -> Iterator[Stac
 
 
 def test_two_accounts_sync_independently_in_one_deployment(fleet_stack, accounts, sm8_sim, cd_sim):
-    seed_business(sm8_sim, cd_sim, staff=2, jobs=3, allocations=3)  # the environment's: left be
+    own_biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=3, allocations=3)  # the environment's
     wanted = {}
     for name, (sm8, cd) in accounts.items():
         biz = seed_business(sm8, cd, staff=3, jobs=6, allocations=10)
@@ -80,9 +81,12 @@ def test_two_accounts_sync_independently_in_one_deployment(fleet_stack, accounts
     fleet_stack.beat()
     for name, (_, cd) in accounts.items():
         eventually(lambda cd=cd, name=name: cd_resources(cd) == wanted[name], timeout=60)
-    # Each account's bookings, and nothing else, reached its own Coredination.
+    # Each account's bookings, and nothing else, reached its own Coredination; adding the two
+    # registry connections stopped nothing of the environment's own.
+    own_wanted = expected_resources(own_biz, connection_namespace(fleet_stack.connection))
+    eventually(lambda: cd_resources(cd_sim) == own_wanted, timeout=60)
     assert not set(wanted["north"]) & set(wanted["south"])
-    assert not cd_sim.jobs and sm8_sim.count("GET", "joballocation.list") == 0
+    assert not set(own_wanted) & (set(wanted["north"]) | set(wanted["south"]))
     for sm8, _ in accounts.values():
         assert sm8.counts_snapshot()["by_status"].get("429", 0) == 0
         assert sm8.write_count() == 0
@@ -108,3 +112,65 @@ def _user(account: tuple[ServiceM8Simulator, CoredinationSimulator], row: dict[s
     sm8, cd = account
     email = str(sm8.records["staff"][row["staff_uuid"]]["email"]).lower()
     return next(int(u["id"]) for u in cd.users.values() if str(u["email"]).lower() == email)
+
+
+def test_adding_a_connection_by_the_cli_leaves_the_environments_connection_syncing(
+    tmp_path, redis_url, sm8_sim, cd_sim, accounts
+):
+    """The first start with the environment's keys alone, then `connections add` of a second
+    account while it syncs: a booking made after the addition still reaches the first account's
+    Coredination within its usual poll time, and the new connection syncs too."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import CD_KEY, SM8_KEY
+
+    stack = Stack(tmp_path, redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
+                  BRIDGE_SECRET_KEYS=new_key())  # fmt: skip
+    added = f"{stack.connection}-north"
+    try:
+        biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+        stack.worker()
+        stack.beat()
+        ns = connection_namespace(stack.connection)
+        eventually(lambda: cd_resources(cd_sim) == expected_resources(biz, ns), timeout=60)
+
+        north_sm8, north_cd = accounts["north"]
+        seed_business(north_sm8, north_cd, staff=2, jobs=2, allocations=2)
+        env = {**os.environ, **stack.env, "NORTH_SM8": KEYS["north"][0],
+               "NORTH_CD": KEYS["north"][1]}  # fmt: skip
+        done = subprocess.run(
+            [sys.executable, "-m", "bridge", "connections", "add", added,
+             "--servicem8-base-url", north_sm8.api_url(),
+             "--coredination-base-url", north_cd.api_url(),
+             "--servicem8-api-key-env", "NORTH_SM8", "--coredination-api-key-env", "NORTH_CD"],
+            env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 0, done.stdout + done.stderr
+
+        job = biz.jobs[0]
+        taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
+        member = next((s for s in biz.staff if s["uuid"] not in taken), biz.staff[0])
+        sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
+                                       "activity_was_scheduled": 1,
+                                       "start_date": "2026-12-20 09:00:00",
+                                       "end_date": "2026-12-20 11:00:00"})  # fmt: skip
+        user = biz.user_for(member["uuid"])["id"]
+        made = time.monotonic()
+
+        def scheduled() -> bool:
+            cd_job = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, job)]]
+            return any(r["userId"] == user and r["state"] == "SCHEDULED"
+                       for r in cd_job["resources"])  # fmt: skip
+
+        eventually(scheduled, timeout=30)
+        print(f"\nthe environment's change reached Coredination in {time.monotonic() - made:.1f} s")
+        eventually(lambda: len(north_cd.jobs) == 2, timeout=60)  # the new one syncs as well
+    finally:
+        stack.stop()
+        Stores.connect(stack.client, added).wipe()
+        keys = FleetKeys.for_deployment(stack.connection)
+        stack.client.delete(keys.connections, keys.secrets, keys.due, keys.every)
+        stack.wipe()

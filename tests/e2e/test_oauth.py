@@ -17,6 +17,7 @@ import requests
 from bench.harness import Stack, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, SecretBox, new_key
 from bridge.connections.activation import ID_PREFIX, REVOKED_REASON
+from bridge.connections.models import Connection
 from bridge.redis_server import free_port
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.oauth import OAuthSimulator
@@ -68,6 +69,10 @@ def stack(tmp_path, redis_url, oauth, account) -> Iterator[Stack]:
         SERVICEM8_OAUTH_TOKEN_URL=oauth.token_url,
         SERVICEM8_OAUTH_REFRESH_MARGIN_SECONDS=str(MARGIN),
     )  # fmt: skip
+    # The environment's own connection points at this same simulator with keys it refuses:
+    # paused, so that only the grant's connection talks to it.
+    _registry(stack).add(Connection(id=stack.connection, keys="environment", status="paused",
+                                    reason="not this test's account"))  # fmt: skip
     stack.web_base = stack.web(port)  # type: ignore[attr-defined]
     yield stack
     stack.stop()
@@ -105,7 +110,8 @@ def test_activation_pairing_sync_refresh_and_revocation(stack, oauth, account):
     # Forged: a state the bridge never issued stores nothing and spends no code.
     forged = requests.get(f"{base}/oauth/servicem8/callback",
                           params={"state": "x" * 43, "code": "made-up"}, timeout=5)  # fmt: skip
-    assert forged.status_code == 400 and registry.list() == []
+    assert forged.status_code == 400
+    assert [c for c in registry.list() if c.keys == "stored"] == []
 
     # Activation: the account comes in as an authorised connection holding its grant.
     callback = _approve(base)
@@ -113,14 +119,16 @@ def test_activation_pairing_sync_refresh_and_revocation(stack, oauth, account):
     assert done.status_code == 200, done.text
     connection_id = ID_PREFIX + sm8.vendor_uuid.lower()
     assert connection_id in done.text
-    (connection,) = registry.list()
+    # The environment's own connection joined the registry beside it, keys never stored.
+    assert [c.status for c in registry.list() if c.keys == "environment"] == ["paused"]
+    (connection,) = [c for c in registry.list() if c.keys == "stored"]
     assert (connection.id, connection.status, connection.label) == (
         connection_id, "authorised", "north-office")  # fmt: skip
     assert registry.secrets(connection_id).servicem8_grant is not None
     # Reused: the same callback again is refused, and the code is not exchanged twice.
     again = requests.get(callback, timeout=5)
     assert again.status_code == 400 and "used already" in again.text
-    assert oauth.issued[sm8.vendor_uuid] == 1 and len(registry.list()) == 1
+    assert oauth.issued[sm8.vendor_uuid] == 1 and len(registry.list()) == 2
 
     # Four worker processes and a beat: nothing syncs before an operator pairs the grant.
     biz = seed_business(sm8, cd, staff=3, jobs=5, allocations=8)
