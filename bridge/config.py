@@ -7,6 +7,8 @@ naming it, never a traceback.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from datetime import time
 from pathlib import Path
 from typing import Literal
@@ -301,3 +303,34 @@ def load_settings(**overrides: object) -> Settings:
             message = "is required" if error["type"] == "missing" else error["msg"]
             problems.append(f"{name} {message}")
         raise ConfigError("configuration: " + "; ".join(problems)) from None
+
+
+# The prefixes of the bridge's own settings: a variable with one of them that no setting reads is
+# most likely misspelt (WEBHOOK_TOKN), and silently ignoring it would leave the setting unset.
+PREFIXES = ("BRIDGE_", "SERVICEM8_", "COREDINATION_", "WEBHOOK_", "REDIS_")
+
+
+def unknown_settings(names: Iterable[str]) -> list[tuple[str, str | None]]:
+    """Each of ``names`` that looks like one of the bridge's settings but is none, with the
+    nearest known name (or None)."""
+    known = sorted(name.upper() for name in Settings.model_fields)
+    found = []
+    for name in sorted({n.upper() for n in names}):
+        if name.startswith(PREFIXES) and name not in known:
+            near = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            found.append((name, near[0] if near else None))
+    return found
+
+
+def env_file_names(path: Path = Path(".env")) -> list[str]:
+    """The variable names a ``.env`` file sets (the settings read it too)."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    names = []
+    for line in lines:
+        text = line.strip().removeprefix("export ").strip()
+        if text and not text.startswith("#") and "=" in text:
+            names.append(text.split("=", 1)[0].strip())
+    return names

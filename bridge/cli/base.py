@@ -120,7 +120,21 @@ def _for_every_connection() -> int:
 def settings_and_logging() -> Settings:
     settings = load_settings()
     configure_logging(settings.log_level, settings.log_format, settings.secret_values())
+    warn_unknown_settings()
     return settings
+
+
+def warn_unknown_settings() -> None:
+    """A warning line for each variable (environment or ``.env``) that looks like a setting but
+    is none, with the nearest known name: a misspelt setting is otherwise silently unset."""
+    import os
+
+    from bridge.config import env_file_names, unknown_settings
+
+    for name, near in unknown_settings([*os.environ, *env_file_names()]):
+        hint = f"; did you mean {near}?" if near else ""
+        err.print(f"warning: {name} is not a setting of the bridge{hint}", style="yellow",
+                  markup=False, highlight=False, soft_wrap=True)  # fmt: skip
 
 
 # A command waits for its budget slots rather than fail while the workers hold the budget.

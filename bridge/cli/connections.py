@@ -82,6 +82,20 @@ def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
             embedded.release()
 
 
+def unreadable_secrets(client: Any, box: SecretBox, deployment: str) -> list[str]:
+    """The registry connections whose stored keys ``box`` cannot decrypt (``check``)."""
+    registry = ConnectionRegistry(client, box, keys=FleetKeys.for_deployment(deployment))
+    bad = []
+    for connection in registry.list():
+        if connection.keys != "stored":
+            continue
+        try:
+            registry.secrets(connection.id)
+        except ConfigError:
+            bad.append(connection.id)
+    return bad
+
+
 def _secret(value: str | None, env: str | None, what: str) -> str | None:
     """A secret from its option, its environment variable, or stdin (``-``); told to the log
     redactor before anything else sees it."""

@@ -20,24 +20,64 @@ from bridge.cli.base import (
     print_report,
     settings_and_logging,
 )
-from bridge.errors import ApiError, BridgeError
+from bridge.errors import ApiError, BridgeError, ConfigError
 
 
 @app.command()
 @handles_errors
 def check() -> None:
-    """Validate the settings and call each API once (ServiceM8 vendor, Coredination users)."""
-    from bridge.coredination import CoredinationClient
-    from bridge.servicem8 import ServiceM8Client
+    """Validate every setting and call each API once, for the connection -c names (default: the
+    deployment's own): the settings, the secret keys (well formed, and able to read every stored
+    secret), Redis (reachable), ServiceM8 (the account) and Coredination (the users). One line
+    each; exit 0 when all are ok, 1 when any failed, 2 for a setting that cannot be read."""
+    from bridge.connections import SecretBox
 
     settings = settings_and_logging()
-    vendor = ServiceM8Client.from_settings(settings).vendor()
-    out.print(f"ServiceM8: account {vendor.name!r}, timezone {vendor.timezone_name}")
+    failed = 0
+
+    def line(ok: bool, what: str, detail: str) -> None:
+        nonlocal failed
+        failed += not ok
+        mark = "[green]ok[/]  " if ok else "[red]fail[/]"
+        out.print(f"{mark} {what}: ", end="")
+        out.print(detail, markup=False, highlight=False, soft_wrap=True)
+
+    chosen = SELECTED.connection or settings.bridge_connection_id
+    line(True, "settings", f"read (connection {chosen})")
     try:
-        users = CoredinationClient.from_settings(settings).list_users()
-    except ApiError as exc:
-        fail(f"Coredination: {exc}", 1)
-    out.print(f"Coredination: {len(users)} users")
+        box = SecretBox.from_settings(settings)
+        keys = f"{box.key_count} key(s)" if box.ready else "not set (needed to add connections)"
+        line(True, "BRIDGE_SECRET_KEYS", keys)
+    except BridgeError as exc:
+        line(False, "BRIDGE_SECRET_KEYS", str(exc))
+        box = None
+    try:
+        rt = command_runtime()  # Redis, and the connection -c names with its keys
+    except BridgeError as exc:
+        line(False, "Redis and the connection", str(exc))
+        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
+    with rt:
+        where = rt.embedded.describe() if rt.embedded is not None else "REDIS_URL"
+        line(True, "Redis", f"reachable ({where})")
+        if box is not None and box.ready:
+            from bridge.cli.connections import unreadable_secrets
+
+            unreadable = unreadable_secrets(rt.redis, box, rt.lanes)
+            line(not unreadable, "stored secrets",
+                 "every one readable with these keys" if not unreadable else
+                 f"cannot be read with these keys: {', '.join(unreadable)}")  # fmt: skip
+        try:
+            vendor = rt.sm8.vendor()
+            line(True, "ServiceM8", f"account {vendor.name!r}, timezone {vendor.timezone_name}")
+        except BridgeError as exc:
+            line(False, "ServiceM8", str(exc))
+        try:
+            users = rt.cd.list_users()
+            line(True, "Coredination", f"{len(users)} users")
+        except BridgeError as exc:
+            line(False, "Coredination", str(exc))
+    if failed:
+        raise typer.Exit(1)
 
 
 @app.command()

@@ -255,3 +255,59 @@ def test_all_runs_a_command_for_every_registry_connection(fleet_env, monkeypatch
         for name in ("north", "south"):
             Stores.connect(redis_client, f"{deployment}-{name}").wipe()
         redis_client.delete(keys.connections, keys.secrets)
+
+
+def test_check_honours_c_and_says_what_failed_line_by_line(
+    run, sm8_sim, cd_sim, monkeypatch, redis_client, fleet_env
+):
+    """`-c ID check` checks that connection, with its own keys: an unknown id, and keys the APIs
+    refuse, fail; the same accounts with good keys pass."""
+    import uuid
+
+    from bridge.connections import ConnectionSecrets, SecretBox
+    from bridge.connections.models import Connection
+    from bridge.store import Stores
+    from bridge.store.keys import FleetKeys
+    from tests.conftest import CD_KEY as GOOD_CD
+    from tests.conftest import SM8_KEY as GOOD_SM8
+
+    deployment = f"dep{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("BRIDGE_CONNECTION_ID", deployment)
+    keys = FleetKeys.for_deployment(deployment)
+    registry = ConnectionRegistry(redis_client, SecretBox([fleet_env["BRIDGE_SECRET_KEYS"]]),
+                                  keys=keys)  # fmt: skip
+    urls = {"servicem8_base_url": sm8_sim.api_url(), "coredination_base_url": cd_sim.api_url()}
+    registry.add(
+        Connection(id=f"{deployment}-acme", **urls),
+        ConnectionSecrets(servicem8_api_key=SM8_KEY, coredination_api_key=CD_KEY),
+    )
+    registry.add(
+        Connection(id=f"{deployment}-good", **urls),
+        ConnectionSecrets(servicem8_api_key=GOOD_SM8, coredination_api_key=GOOD_CD),
+    )
+    try:
+        assert "nope" in run("-c", "nope", "check", code=2).output
+        bogus = run("-c", f"{deployment}-acme", "check", code=1).output
+        assert "fail ServiceM8" in bogus and "fail Coredination" in bogus
+        assert "ok   Redis" in bogus
+        good = run("-c", f"{deployment}-good", "check").output
+        assert "ok   ServiceM8: account" in good and "ok   Coredination" in good
+    finally:
+        for name in ("acme", "good"):
+            Stores.connect(redis_client, f"{deployment}-{name}").wipe()
+        redis_client.delete(keys.connections, keys.secrets)
+
+
+def test_check_fails_on_secret_keys_that_cannot_read_the_stored_secrets(run, monkeypatch):
+    _add(run, "acme")
+    monkeypatch.setenv("BRIDGE_SECRET_KEYS", new_key())  # well formed, but not the one used
+    told = run("check", code=1).output
+    assert "fail stored secrets: cannot be read with these keys: acme" in told
+    monkeypatch.setenv("BRIDGE_SECRET_KEYS", "not-a-fernet-key")
+    assert "fail BRIDGE_SECRET_KEYS" in run("check", code=1).output
+
+
+def test_a_misspelt_setting_is_warned_about_with_the_nearest_name(run, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKN", "x")
+    told = run("connections", "list").output
+    assert "WEBHOOK_TOKN is not a setting of the bridge; did you mean WEBHOOK_TOKEN?" in told
