@@ -1,4 +1,4 @@
-# One image for every part: web (bridge web), worker and beat (celery -A tasks ...), flower and the
+# One image for every part: web (sm8cd web), worker and beat (celery -A tasks ...), flower and the
 # simulators. See docker-compose.yml.
 FROM python:3.12-slim
 
@@ -22,4 +22,4 @@ USER bridge
 ENV BRIDGE_STATE_DIR=/home/bridge/state \
     LOG_FORMAT=json
 EXPOSE 8000
-CMD ["bridge", "run", "--host", "0.0.0.0"]
+CMD ["sm8cd", "run", "--host", "0.0.0.0"]

@@ -42,10 +42,10 @@ $(TEST_STAMP): $(RUNTIME_STAMP) $(TEST_LOCK)
 install: $(TEST_STAMP) ## create .venv and install the bridge with its test tools
 
 demo: $(RUNTIME_STAMP) ## both simulators, the whole bridge, live changes and a summary (exit 0 = in step)
-	$(BIN)/bridge demo
+	$(BIN)/sm8cd demo
 
 run: $(RUNTIME_STAMP) ## the bridge for real: settings from the environment or .env
-	$(BIN)/bridge run
+	$(BIN)/sm8cd run
 
 # promtool (from Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml;
 # redis-sentinel (Debian's redis-sentinel package) runs the three sentinels of the failover tests

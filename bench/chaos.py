@@ -17,7 +17,7 @@ unschedule, finish, and now and then a dispatcher deleting a linked job) while:
 
 When the operations end the faults stop, one reconcile runs, and the convergence checker must
 find nothing lost, duplicated or diverged, and no record a repeated DELETE brought back. Every
-fake key and token is then searched for in every log line, dead letter, ``bridge status`` and
+fake key and token is then searched for in every log line, dead letter, ``sm8cd status`` and
 ``/metrics`` output. Exit 0 only when all is clean.
 
 ServiceM8's budget is raised to 1,200 a minute here (the simulator enforces none): this run is
@@ -576,7 +576,7 @@ class Chaos:
                 )
         for problem in [*result.missing_in_cd, *result.recreated_early][:5]:
             self.report.problems += self._trace(problem.split(":")[0].split()[1])
-        # Pairs the rules leave as they are must each be in ``bridge status`` with the reason.
+        # Pairs the rules leave as they are must each be in ``sm8cd status`` with the reason.
         pending = stack.stores.parked.pending()
         self.report.held = len(result.held)
         self.report.deleted_in_cd = len(result.deleted_in_cd)

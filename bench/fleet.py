@@ -12,7 +12,7 @@ bridge, the connection registry in Redis, and the simulators in this process.
    per connection (``used_memory`` after, less before the registry was filled, over N).
 2. **One noisy connection.** Then one more connection on an account of its own (a simulator
    enforcing ServiceM8's 180 requests a minute) gets a backfill of ``--noisy-bookings`` bookings
-   (``bridge -c noisy backfill``, the command an operator runs) and a burst of webhook tasks for
+   (``sm8cd -c noisy backfill``, the command an operator runs) and a burst of webhook tasks for
    its bookings, queued as the receiver queues them. Measured for ``--noisy-seconds``: the other
    connections' poll lateness against the idle figure, and the ServiceM8 requests the noisy one
    got answered against its budget, with its 429s.

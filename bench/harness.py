@@ -1,5 +1,5 @@
 """The real deployment shape, for the benchmarks and the end-to-end tests: ``celery -A tasks
-worker`` / ``beat`` and ``bridge web`` as separate processes on real Redis, both simulators on
+worker`` / ``beat`` and ``sm8cd web`` as separate processes on real Redis, both simulators on
 loopback in this process. (One benchmark starts its workers from ``bench.rate_limited_app``.)"""
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ class Settings(BaseSettings):
     webhook_public_url: str | None = Field(
         None,
         description="Where ServiceM8 and Coredination reach the web receiver (https://...); "
-        "used by 'bridge webhooks subscribe'.",
+        "used by 'sm8cd webhooks subscribe'.",
     )
     webhook_max_body_bytes: int = Field(
         262_144, gt=0, description="Larger webhook bodies are not read (answered 200, counted)."
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         None,
         description="Fernet keys that encrypt the connection registry's secrets at rest, "
         "comma-separated: the first encrypts, every one decrypts (rotation: put a new key first, "
-        "run 'bridge secrets rotate', then drop the old one). Make one with 'bridge secrets "
+        "run 'sm8cd secrets rotate', then drop the old one). Make one with 'sm8cd secrets "
         "new-key'. Unset: connections with keys cannot be stored (docs/connections.md).",
     )
 
@@ -116,7 +116,7 @@ class Settings(BaseSettings):
     servicem8_oauth_redirect_uri: str | None = Field(
         None,
         description="The redirect URI registered with ServiceM8 (https://.../oauth/servicem8/"
-        "callback, served by 'bridge web'); never taken from a request.",
+        "callback, served by 'sm8cd web'); never taken from a request.",
     )
     servicem8_oauth_authorize_url: str = Field(
         SERVICEM8_AUTHORIZE_URL, description="ServiceM8's authorize page."

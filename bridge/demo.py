@@ -1,4 +1,4 @@
-"""``bridge demo``: both simulators with a small, real-looking business, the whole bridge (embedded
+"""``sm8cd demo``: both simulators with a small, real-looking business, the whole bridge (embedded
 Redis, worker, beat, webhook server) between them, four scripted changes shown as they sync, and a
 summary read back from both simulators. Exit 0 only when both sides agree.
 

@@ -3,7 +3,7 @@
     BridgeError
     ├── ConfigError                 fix the settings; nothing will work until then
     │   └── UnknownConnection       no connection of that id in the registry: check the id
-    │                               ('bridge connections list') or add it
+    │                               ('sm8cd connections list') or add it
     ├── ConnectionPaused            the connection is paused or not paired yet: its work waits
     │                               (dirty marks stay) until it is resumed; skip, do not retry
     └── ApiError                    a call to ServiceM8 or Coredination did not succeed
@@ -45,7 +45,7 @@ class UnknownConnection(ConfigError):
     def __init__(self, connection_id: str) -> None:
         super().__init__(
             f"no connection {connection_id!r} in the registry "
-            "(see 'bridge connections list', or add it with 'bridge connections add')"
+            "(see 'sm8cd connections list', or add it with 'sm8cd connections add')"
         )
         self.connection_id = connection_id
 

@@ -1,4 +1,4 @@
-"""What ``bridge status`` (without ``-c``) and ``/metrics`` show of a deployment's registry: every
+"""What ``sm8cd status`` (without ``-c``) and ``/metrics`` show of a deployment's registry: every
 connection's state and the fleet's aggregates (docs/connections.md#fleet-status). Reads Redis
 only, one pipelined round trip per ``BATCH`` connections; makes no API call and decrypts no key.
 """

@@ -1,4 +1,4 @@
-"""What ``bridge status`` and ``/metrics`` show. Reads Redis only, makes no API call."""
+"""What ``sm8cd status`` and ``/metrics`` show. Reads Redis only, makes no API call."""
 
 from __future__ import annotations
 
@@ -87,10 +87,10 @@ def _subscription(
 
 
 def _dialect(found: dict[str, Any] | None, now: float) -> dict[str, Any]:
-    """The readings ``bridge probe`` stored for this account, or a note that there are none."""
+    """The readings ``sm8cd probe`` stored for this account, or a note that there are none."""
     if found is None:
         return {"probed": False, "note": "not probed: the bridge assumes the harder reading of "
-                                         "every open question (run 'bridge probe')"}  # fmt: skip
+                                         "every open question (run 'sm8cd probe')"}  # fmt: skip
     return {
         "probed": True,
         "probed_seconds_ago": round(now - float(found.get("probed_at") or now), 1),

@@ -1,6 +1,6 @@
 """Task names, queue names, task routes, broker options and the one way to send a task: shared by
-the Celery app (``tasks``) and by anything in ``bridge`` that sends tasks (``bridge backfill``,
-``bridge dlq replay``, the webhook receiver), so the bridge never imports ``tasks``.
+the Celery app (``tasks``) and by anything in ``bridge`` that sends tasks (``sm8cd backfill``,
+``sm8cd dlq replay``, the webhook receiver), so the bridge never imports ``tasks``.
 
 Queues are per deployment, checked in priority order: interactive (webhooks) before sync (polls)
 before poll before bulk (backfill). A deployment's lanes are named by its ``BRIDGE_CONNECTION_ID``

@@ -70,10 +70,10 @@ class EmbeddedRedis:
     ``start()`` takes the folder's lock (``flock`` on ``redis.lock``) and starts the server with
     the locked file handed down to it, so the lock lives exactly as long as the server does. It
     then writes ``redis.run`` with the address. When the lock is already held, a server of this
-    folder is running (another command's, or ``bridge run``'s): ``start()`` attaches to it
+    folder is running (another command's, or ``sm8cd run``'s): ``start()`` attaches to it
     through ``redis.run`` instead of starting a second one on the same append-only file.
 
-    ``stop()`` shuts the folder's server down, whoever started it (``bridge run`` on its way
+    ``stop()`` shuts the folder's server down, whoever started it (``sm8cd run`` on its way
     out); ``release()`` does so only for a server this process started that no other client is
     using (a one-off command's, when no bridge is running).
     """

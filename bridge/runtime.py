@@ -216,7 +216,7 @@ def build(
 
 
 def _apply_probe(found: dict[str, Any] | None, cd: CoredinationClient) -> None:
-    """What ``bridge probe`` proved missing on this account is not tried again by every process
+    """What ``sm8cd probe`` proved missing on this account is not tried again by every process
     (docs/probe.md). Without a probe every switch keeps its harder reading: the clients try, and
     learn from the refusal."""
     readings = ((found or {}).get("dialect") or {}).get("coredination") or {}

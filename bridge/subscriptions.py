@@ -170,7 +170,7 @@ def _stamp(value: Any) -> str:
 def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict[str, Any]]:
     """Beat's health check of this bridge's ServiceM8 subscriptions: one API call (the list)
     while all is well. Records each one's ``active``, ``last_failure_reason`` and
-    ``last_failure_at`` (shown by ``bridge status`` and ``/metrics``), and posts again every one
+    ``last_failure_at`` (shown by ``sm8cd status`` and ``/metrics``), and posts again every one
     of ours that ServiceM8 deactivated or lost. An object refused as poll-only, or never
     subscribed, is left alone. Returns what it recorded, by object name."""
     now = time.time() if now is None else now

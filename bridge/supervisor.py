@@ -1,4 +1,4 @@
-"""``bridge run``: one Celery worker, one beat and the webhook server as child processes on one
+"""``sm8cd run``: one Celery worker, one beat and the webhook server as child processes on one
 Redis (``REDIS_URL``, or an embedded server in the state folder), stopped together.
 
 Each child runs in its own session, so a Ctrl-C on the terminal reaches only this process, which
@@ -7,8 +7,8 @@ worker with a *warm* shutdown (it finishes the tasks it holds; with ``acks_late`
 finish goes back to the queue), and the embedded Redis last, which flushes its append-only file.
 Nothing in flight is lost.
 
-If a child dies on its own, everything stops and ``bridge run`` exits 1: restarting is the job of
-whatever runs ``bridge run`` (systemd, Docker, a terminal), which sees the failure.
+If a child dies on its own, everything stops and ``sm8cd run`` exits 1: restarting is the job of
+whatever runs ``sm8cd run`` (systemd, Docker, a terminal), which sees the failure.
 """
 
 from __future__ import annotations

@@ -280,7 +280,7 @@ class StatusCollector:
               data["staff_mapped"])  # fmt: skip
         gauge("bridge_pending_mappings", "Pairs parked until their staff member is mapped.",
               data["pending"])  # fmt: skip
-        gauge("bridge_dead_letters", "Operations given up on (bridge dlq list).",
+        gauge("bridge_dead_letters", "Operations given up on (sm8cd dlq list).",
               data["dead_letters"])  # fmt: skip
         gauge("bridge_deferred", "Tasks waiting for budget or a long retry.", data["deferred"])
         gauge("bridge_invalid_records", "Records an API returned that cannot be read, parked.",

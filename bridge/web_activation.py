@@ -1,4 +1,4 @@
-"""The ServiceM8 add-on's activation pages, served by ``bridge web`` when ``SERVICEM8_OAUTH_*`` is
+"""The ServiceM8 add-on's activation pages, served by ``sm8cd web`` when ``SERVICEM8_OAUTH_*`` is
 set (docs/servicem8-oauth.md#activation):
 
 - ``GET /oauth/servicem8/activate[?label=…]`` redirects to ServiceM8's authorize page with a fresh

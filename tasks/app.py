@@ -193,7 +193,7 @@ def checked(settings: Settings | None) -> Settings:
     if settings.redis_url is None:
         sys.stderr.write(
             "error: REDIS_URL is required for Celery workers and beat "
-            "('bridge run' starts an embedded Redis and sets it for them)\n"
+            "('sm8cd run' starts an embedded Redis and sets it for them)\n"
         )
         raise SystemExit(2)
     try:

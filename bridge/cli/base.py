@@ -51,7 +51,7 @@ def handles_errors(func: F) -> F:
 
 
 class _Selected:
-    """The registry connection a command is for (``bridge -c ID …``); None: the deployment's."""
+    """The registry connection a command is for (``sm8cd -c ID …``); None: the deployment's."""
 
     connection: str | None = None
 
@@ -66,7 +66,7 @@ def choose_connection(
         typer.Option(
             "--connection",
             "-c",
-            help="The registry connection a command is for (bridge connections list); "
+            help="The registry connection a command is for (sm8cd connections list); "
             "default: the deployment's own (BRIDGE_CONNECTION_ID).",
         ),
     ] = None,
@@ -74,7 +74,7 @@ def choose_connection(
         bool,
         typer.Option(
             "--all",
-            help="Run the command once for every registry connection, each as 'bridge -c ID "
+            help="Run the command once for every registry connection, each as 'sm8cd -c ID "
             "…' (the exit code is the worst of them).",
         ),
     ] = False,
@@ -93,8 +93,8 @@ FLEET_COMMANDS = frozenset({"connections", "secrets", "run", "web", "demo", "sim
 
 
 def _for_every_connection() -> int:
-    """``bridge --all CMD …``: ``bridge -c ID CMD …`` for each registry connection in turn, each
-    in a process of its own (as a shell loop over ``bridge connections list --json`` would)."""
+    """``sm8cd --all CMD …``: ``sm8cd -c ID CMD …`` for each registry connection in turn, each
+    in a process of its own (as a shell loop over ``sm8cd connections list --json`` would)."""
     import subprocess
     import sys
 

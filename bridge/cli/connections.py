@@ -1,4 +1,4 @@
-"""``bridge connections …`` and ``bridge secrets …``: the connection registry and its keys at rest
+"""``sm8cd connections …`` and ``sm8cd secrets …``: the connection registry and its keys at rest
 (docs/connections.md).
 
 A secret is given by option, by the name of an environment variable holding it, or as ``-`` to

@@ -1,4 +1,4 @@
-"""``bridge dlq …``: dead letters, read, replayed or dropped."""
+"""``sm8cd dlq …``: dead letters, read, replayed or dropped."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ def dlq_list(
 @dlq_app.command("show")
 @handles_errors
 def dlq_show(
-    entry_id: Annotated[str, typer.Argument(help="The entry's id (from 'bridge dlq list').")],
+    entry_id: Annotated[str, typer.Argument(help="The entry's id (from 'sm8cd dlq list').")],
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """One dead letter in full."""

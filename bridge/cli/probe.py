@@ -1,4 +1,4 @@
-"""``bridge probe``: how this account's APIs answer the questions the documents leave open."""
+"""``sm8cd probe``: how this account's APIs answer the questions the documents leave open."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def probe(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Ask both APIs each open question (docs/probe.md), print what was seen and which reading
-    (dialect) that is, and store the readings: the bridge then uses them, and 'bridge status'
+    (dialect) that is, and store the readings: the bridge then uses them, and 'sm8cd status'
     shows them. Read-only unless --writes. Exit 1 if a scratch record could not be removed."""
     import json
 
@@ -52,7 +52,7 @@ def probe(
                 f.system, escape(f"{f.question} [{f.name}]"), escape(f.saw + note), escape(reading)
             )
         out.print(table)
-        out.print("stored: 'bridge status' shows these readings, and the bridge uses them.")
+        out.print("stored: 'sm8cd status' shows these readings, and the bridge uses them.")
     if report.left_behind:
         for record in report.left_behind:
             out.print(f"[bold red]left behind[/] {escape(record)}", highlight=False)

@@ -27,7 +27,7 @@ def web(
 
     settings = settings_and_logging()
     if settings.redis_url is None:
-        fail("REDIS_URL is required for 'bridge web' ('bridge run' sets it for its parts)", 2)
+        fail("REDIS_URL is required for 'sm8cd web' ('sm8cd run' sets it for its parts)", 2)
     if settings.webhook_token is None:
         err.print("warning: WEBHOOK_TOKEN is not set; webhook endpoints answer 404", style="yellow")
     # access_log off: uvicorn's access log prints request paths, and paths carry the token.

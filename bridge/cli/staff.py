@@ -1,4 +1,4 @@
-"""``bridge staff …``: the staff ⇄ user map."""
+"""``sm8cd staff …``: the staff ⇄ user map."""
 
 from __future__ import annotations
 
@@ -49,7 +49,7 @@ def staff_list(
         table.add_row(*(str(row[c]) if row[c] is not None else "-" for c in columns))
     out.print(table)
     if not rows:
-        out.print("No staff known yet: run 'bridge staff match' first.")
+        out.print("No staff known yet: run 'sm8cd staff match' first.")
 
 
 @staff_app.command("match")

@@ -103,7 +103,7 @@ def sync(
     stays marked and is tried again next time).
     """
     if not once and job is None:
-        fail("say --once or --job SM8_JOB_UUID (continuous syncing is 'bridge run')", 2)
+        fail("say --once or --job SM8_JOB_UUID (continuous syncing is 'sm8cd run')", 2)
     if job is not None:
         _sync_one(job.strip().lower())
         return
@@ -311,7 +311,7 @@ def _fleet(as_json: bool) -> bool:
         if row.status != "active":
             out.print(f"[bold]{row.status.upper()}[/] {row.id}: {row.reason or '-'}",
                       highlight=False)  # fmt: skip
-    table = Table(title="Connections (bridge -c ID status: one in full)")
+    table = Table(title="Connections (sm8cd -c ID status: one in full)")
     for column in ("id", "label", "status", "polled", "dirty", "dlq", "deferred", "waiting"):
         table.add_column(column, overflow="fold")
     for row in fleet.connections:

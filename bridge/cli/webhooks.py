@@ -1,4 +1,4 @@
-"""``bridge webhooks …``: subscriptions in both systems."""
+"""``sm8cd webhooks …``: subscriptions in both systems."""
 
 from __future__ import annotations
 

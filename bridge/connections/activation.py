@@ -3,7 +3,7 @@ as the token keeper's ``GrantStore``, and ``Activation``, which turns an approve
 *authorised* connection holding the account's grant.
 
 Nothing here lets a grant sync: a new connection waits as ``authorised`` until an operator pairs
-it with a Coredination account (``bridge connections pair``). An account that has a connection
+it with a Coredination account (``sm8cd connections pair``). An account that has a connection
 already gets its new grant stored on that connection and keeps its status (a paused one stays
 paused until an operator resumes it). Imports the registry and the OAuth pieces; never ``tasks``.
 """

@@ -174,7 +174,7 @@ class Admission:
         return admitted
 
     def waiting(self, connection: str) -> int:
-        """How many of the connection's messages wait (``bridge status``)."""
+        """How many of the connection's messages wait (``sm8cd status``)."""
         with self.r.pipeline(transaction=False) as pipe:
             for key in self._keys(connection)[1:5]:
                 pipe.llen(key)

@@ -202,7 +202,7 @@ class ConnectionSecrets(BaseModel):
         return [f.get_secret_value() for f in fields if f is not None and f.get_secret_value()]
 
     def describe(self) -> dict[str, str]:
-        """Which credentials are set, never what they are (for ``bridge connections show``)."""
+        """Which credentials are set, never what they are (for ``sm8cd connections show``)."""
         if self.servicem8_grant is not None:
             servicem8 = f"oauth grant (access token expires at {self.servicem8_grant.expires_at})"
         else:

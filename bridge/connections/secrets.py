@@ -3,7 +3,7 @@
 
 The keys are comma-separated Fernet keys: the first encrypts, every one decrypts
 (``cryptography.fernet.MultiFernet``), so a key is rotated by putting a new one first, re-encrypting
-(``bridge secrets rotate``) and then dropping the old one. Fernet authenticates as well as
+(``sm8cd secrets rotate``) and then dropping the old one. Fernet authenticates as well as
 encrypts: a token altered in Redis, or encrypted under a key not listed, does not decrypt.
 
 No message raised here holds a key, a token or a plaintext: they name the setting only.
@@ -21,7 +21,7 @@ from bridge.errors import ConfigError
 
 SETTING = "BRIDGE_SECRET_KEYS"
 HOW_TO_MAKE_A_KEY = (
-    f"make a key with 'bridge secrets new-key' and set {SETTING} to it "
+    f"make a key with 'sm8cd secrets new-key' and set {SETTING} to it "
     "(comma-separated keys: the first encrypts, all decrypt)"
 )
 
@@ -45,7 +45,7 @@ class SecretBox:
                 # Fernet's own message is generic, but the key is not repeated in any case.
                 raise ConfigError(
                     f"{SETTING}: key {n} of {len(keys)} is not a Fernet key (32 url-safe "
-                    "base64-encoded bytes, as 'bridge secrets new-key' prints)"
+                    "base64-encoded bytes, as 'sm8cd secrets new-key' prints)"
                 ) from None
         self._fernet = MultiFernet(fernets) if fernets else None
         self.key_count = len(fernets)

@@ -61,7 +61,7 @@ def resume(connection: Connection, now: int) -> Connection:
     if connection.status == "authorised":
         raise ConfigError(
             f"connection {connection.id!r} is authorised, not paired: only "
-            "'bridge connections pair' makes it active"
+            "'sm8cd connections pair' makes it active"
         )
     if connection.status == "active":
         return connection

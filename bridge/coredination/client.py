@@ -61,14 +61,14 @@ def _operation_missing(exc: ApiError) -> bool:
 
 USERS_MISSING = (
     "this account has no users list, so staff cannot be matched by e-mail; link each staff "
-    "member by hand with 'bridge staff link'"
+    "member by hand with 'sm8cd staff link'"
 )
 
 
 class UsersListMissing(PermanentError):
     """Coredination answered the users list with 404 or 405: this account has no such endpoint
     (it is a guess, docs/coredination-api.md#users). Retrying cannot help; staff are linked to
-    users by hand (``bridge staff link``)."""
+    users by hand (``sm8cd staff link``)."""
 
 
 class ChangedJobs(Iterator[CdJob]):

@@ -1,4 +1,4 @@
-"""``bridge probe``: find out, on the accounts the bridge is configured for, how the APIs answer
+"""``sm8cd probe``: find out, on the accounts the bridge is configured for, how the APIs answer
 where the documents leave it open (docs/probe.md), and store the readings for the bridge.
 
 Read-only by default: a few list calls. With ``writes``, it also works on records of its own and
@@ -27,7 +27,7 @@ __all__ = ["SWITCHES", "Finding", "Report", "probe"]
 
 def probe(rt: Runtime, *, writes: bool = False, clock: Callable[[], float] = time.time) -> Report:
     """Ask both APIs every open question it can (``writes``: those that need records of its own
-    too), store the readings (read back by ``bridge.runtime`` and ``bridge status``), and return
+    too), store the readings (read back by ``bridge.runtime`` and ``sm8cd status``), and return
     the report."""
     report = Report(writes=writes, probed_at=clock())
     ServiceM8Probe(rt, report).run(writes)

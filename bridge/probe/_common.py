@@ -9,7 +9,7 @@ from typing import Any
 from bridge.log import redactor
 from mappings.stamps import SM8_EMPTY_STAMP
 
-SCRATCH_TITLE = "bridge probe scratch record: safe to delete"
+SCRATCH_TITLE = "sm8cd probe scratch record: safe to delete"
 # The dialect switches a probe can settle, by system, named as the simulators name them
 # (``ServiceM8Dialect``, ``CoredinationDialect`` in bridge.simulators).
 SWITCHES = {

@@ -1,4 +1,4 @@
-"""The Coredination half of ``bridge probe`` (docs/probe.md#coredination)."""
+"""The Coredination half of ``sm8cd probe`` (docs/probe.md#coredination)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ class CoredinationProbe:
                     question,
                     f"HTTP {exc.status}",
                     False,
-                    why="staff are linked by hand ('bridge staff link')",
+                    why="staff are linked by hand ('sm8cd staff link')",
                 )
             else:
                 self.add("users_endpoint", question, f"refused: {said(exc)}")

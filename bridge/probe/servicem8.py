@@ -1,4 +1,4 @@
-"""The ServiceM8 half of ``bridge probe`` (docs/probe.md#servicem8)."""
+"""The ServiceM8 half of ``sm8cd probe`` (docs/probe.md#servicem8)."""
 
 from __future__ import annotations
 
@@ -163,7 +163,7 @@ class ServiceM8Probe:
     def refusal(self, uuid: str) -> None:
         question = "Is a refusal a 2xx with success false?"
         try:
-            self._post_job(uuid, {"status": "Not a status (bridge probe)"})
+            self._post_job(uuid, {"status": "Not a status (sm8cd probe)"})
         except Rejected as exc:
             as_200 = exc.status is not None and 200 <= exc.status < 300
             self.add("refusal_as_success", question, f"HTTP {exc.status}: {said(exc)}", as_200)

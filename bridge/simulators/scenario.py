@@ -1,6 +1,6 @@
 """A small, real-looking field-service business, seeded into both simulators.
 
-Shared by the tests, ``bridge demo`` and the benchmarks so they all stand on the same ground.
+Shared by the tests, ``sm8cd demo`` and the benchmarks so they all stand on the same ground.
 Staff e-mails match Coredination users (in different letter case, as real data does); jobs have
 addresses and descriptions; allocations (flexible bookings) mix the variants the mapping rules
 distinguish: a date with an allocation window, a date alone, and no date at all; fixed bookings (job

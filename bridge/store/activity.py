@@ -128,7 +128,7 @@ class ActivityStore:
     def set_poll_plan(self, plan: Mapping[str, Any]) -> None:
         self.set_cursor("poll-plan", json.dumps(dict(plan), sort_keys=True))
 
-    # --- what ``bridge probe`` found (bridge.probe) ---------------------------------------------
+    # --- what ``sm8cd probe`` found (bridge.probe) ---------------------------------------------
     def probe(self) -> dict[str, Any] | None:
         raw = self.cursor("probe")
         return json.loads(raw) if raw else None

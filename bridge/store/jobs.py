@@ -127,7 +127,7 @@ class JobStore:
         """The stored record, and whether its bytes were damaged. A record from a newer version
         raises ``NewerRecord`` (never overwrite it with less). A damaged one is parked as
         ``redis.job:{J}`` and read as empty, so the job is not blocked for good: its next change,
-        or ``bridge reconcile``, rebuilds it."""
+        or ``sm8cd reconcile``, rebuilds it."""
         if raw is None:
             return JobRecord(job_uuid), False
         try:

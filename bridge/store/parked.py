@@ -1,5 +1,5 @@
 """Parked work: pairs waiting for something an operator or the map must supply (``pending``), and
-records an API returned that cannot be read (``invalid``). Both are shown by ``bridge status``."""
+records an API returned that cannot be read (``invalid``). Both are shown by ``sm8cd status``."""
 
 from __future__ import annotations
 

@@ -41,7 +41,7 @@ SYSTEMS: tuple[Api, ...] = ("servicem8", "coredination")
 CD_DELETED = "cd-deleted"
 CD_DELETED_REASON = (
     "deleted in Coredination: created again at the next ServiceM8 change to a booking on the"
-    " job, or now with 'bridge sync --job J'; no ServiceM8 booking was touched"
+    " job, or now with 'sm8cd sync --job J'; no ServiceM8 booking was touched"
 )
 WINDOWS_MAX_AGE = 3600.0
 

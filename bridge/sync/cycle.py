@@ -1,5 +1,5 @@
 """Whole cycles: the polls that are due (beat's poll cycle), and one complete cycle both ways
-without Celery (``bridge sync --once``)."""
+without Celery (``sm8cd sync --once``)."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _account_day(ctx: SyncContext, now: float) -> str:
 
 def _planned_waits(ctx: SyncContext, now: float) -> dict[str, float]:
     """Each ServiceM8 object's interval from the day's budget (``mappings.pollplan``), recorded
-    for ``bridge status``; nothing when the intervals are fixed."""
+    for ``sm8cd status``; nothing when the intervals are fixed."""
     budget = ctx.options.poll_budget
     if budget is None:
         return {}

@@ -1,6 +1,6 @@
 """Drift: both systems read whole (not from the cursors), every pair whose sides disagree listed,
 and with ``repair`` recorded and marked dirty so the normal job sync decides each pair. The safety
-net behind the polls and webhooks (``bridge reconcile``, and beat's daily run)."""
+net behind the polls and webhooks (``sm8cd reconcile``, and beat's daily run)."""
 
 from __future__ import annotations
 

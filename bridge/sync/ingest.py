@@ -52,7 +52,7 @@ def facts_of(
 
 
 def parker(ctx: SyncContext) -> Callable[[InvalidRecord], None]:
-    """An unreadable record: kept, with the reason, where ``bridge status`` shows it."""
+    """An unreadable record: kept, with the reason, where ``sm8cd status`` shows it."""
 
     def park(exc: InvalidRecord) -> None:
         kind = (exc.operation or "record").split(".")[0]

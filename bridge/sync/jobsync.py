@@ -158,7 +158,7 @@ def _upsert_fields(
 ) -> bool:
     """Write the Coredination job's fields unless it already holds them (the fingerprint). A
     state override Coredination refuses (the canceled state of a deleted job) is left out, and
-    the job is parked with the reason, where ``bridge status`` shows it. False: the job turned
+    the job is parked with the reason, where ``sm8cd status`` shows it. False: the job turned
     out deleted in Coredination and stays so (nothing more to sync)."""
     upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
     if upsert is None:

@@ -139,7 +139,7 @@ def _census(ctx: SyncContext, listed: set[str], shown: int, started: float) -> s
 
 def job_deleted_in_coredination(ctx: SyncContext, sm8_job: str, view: CdView) -> None:
     """The linked Coredination job is gone (a dispatcher deleted it): the bridge drops its view
-    and snapshots and parks the job, where ``bridge status`` shows it. It is created again at
+    and snapshots and parks the job, where ``sm8cd status`` shows it. It is created again at
     the next ServiceM8 change to a booking on it (``jobsync``), not at once: the dispatcher's
     deletion stands until the office acts. No ServiceM8 booking is touched."""
     since_ms = deleted_since(view)

@@ -280,7 +280,7 @@ def test_where_unassign_exists_it_is_used(cd, cd_sim, ava):
 @pytest.mark.parametrize("status", [404, 405])
 def test_a_missing_users_list_is_a_clear_error(cd, cd_sim, status):
     cd_sim.set_dialect(users_endpoint=False, missing_status=status)
-    with pytest.raises(UsersListMissing, match="bridge staff link") as caught:
+    with pytest.raises(UsersListMissing, match="sm8cd staff link") as caught:
         cd.list_users()
     assert caught.value.status == status and caught.value.operation == "user.list"
 
@@ -370,12 +370,12 @@ def test_without_a_users_list_staff_are_linked_by_hand_and_the_sync_goes_on(
     assert report.counts["staff.users_list_missing"] == 1
     assert report.counts["pending.unmapped_staff"] == 1
     assert warnings_named(caplog, "staff.users_list_missing")
-    assert store.activity.stats()["staff.users_list_missing"] == 1  # shown by 'bridge status'
+    assert store.activity.stats()["staff.users_list_missing"] == 1  # shown by 'sm8cd status'
     assert set(store.staff.directory("staff")) == {s["uuid"].lower() for s in biz.staff}
     assert [k for k in store.parked.pending() if k.endswith(row["staff_uuid"].lower())]
 
     user = biz.user_for(row["staff_uuid"])["id"]
-    engine.link_staff(row["staff_uuid"], user)  # what 'bridge staff link' does
+    engine.link_staff(row["staff_uuid"], user)  # what 'sm8cd staff link' does
     report = engine.run_cycle()  # the matching still cannot run; the manual link stands
     assert report.counts["staff.users_list_missing"] == 1
     assert store.staff.staff_map().s2u[row["staff_uuid"].lower()] == user

@@ -1,5 +1,5 @@
 """Fixtures of the connection registry: Fernet keys, a registry of its own under a key prefix of
-its own on the test Redis (wiped afterwards), and the environment a ``bridge connections``
+its own on the test Redis (wiped afterwards), and the environment a ``sm8cd connections``
 command reads."""
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def keys_of_acme() -> ConnectionSecrets:
 def fleet_env(
     redis_url: str, fleet_keys: FleetKeys, key: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Any
 ) -> dict[str, str]:
-    """What a ``bridge connections`` command reads, in a scratch folder (no stray ``.env``), with
+    """What a ``sm8cd connections`` command reads, in a scratch folder (no stray ``.env``), with
     the registry under the test's own prefix."""
     import bridge.cli.connections as cli
 

@@ -1,4 +1,4 @@
-"""``bridge connections …`` and ``bridge secrets …`` through Typer's runner, on real Redis: what
+"""``sm8cd connections …`` and ``sm8cd secrets …`` through Typer's runner, on real Redis: what
 they do, their exit codes, and that no secret ever reaches their output or logs."""
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def run(fleet_env, fleet_keys):
 
 
 def _add(run, name: str, **kwargs):
-    """``bridge connections add NAME`` with both keys given as options."""
+    """``sm8cd connections add NAME`` with both keys given as options."""
     return run("connections", "add", name, "--servicem8-api-key", SM8_KEY,
                "--coredination-api-key", CD_KEY, **kwargs)  # fmt: skip
 
@@ -124,9 +124,7 @@ def test_pause_resume_and_pair_follow_the_state_rules(
     registry = ConnectionRegistry(redis_client, box, keys=fleet_keys)
     run("connections", "add", "oauth-1", "--status", "authorised")
     registry.update_grant("oauth-1", ACCESS, REFRESH, 1_800_000_000)
-    assert (
-        "only 'bridge connections pair'" in run("connections", "resume", "oauth-1", code=2).output
-    )
+    assert "only 'sm8cd connections pair'" in run("connections", "resume", "oauth-1", code=2).output
     monkeypatch.setenv("OAUTH1_CD", CD_KEY)
     paired = run.json("connections", "pair", "oauth-1", "--coredination-api-key-env", "OAUTH1_CD")
     assert paired["status"] == "active"
@@ -153,7 +151,7 @@ def test_without_secret_keys_adding_keys_is_refused_with_how_to_make_one(run, mo
     monkeypatch.delenv("BRIDGE_SECRET_KEYS")
     refused = _add(run, "acme", code=2)
     assert "BRIDGE_SECRET_KEYS is not set" in refused.output
-    assert "bridge secrets new-key" in refused.output
+    assert "sm8cd secrets new-key" in refused.output
 
 
 def test_new_key_prints_a_fernet_key(run):
@@ -179,7 +177,7 @@ def test_rotate_counts_and_moves_every_secret_to_the_first_key(run, monkeypatch,
 
 def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, redis_client,
                                                   sm8_sim, cd_sim):  # fmt: skip
-    """``bridge -c ID …`` runs a command on that connection's own keys, store and settings, and
+    """``sm8cd -c ID …`` runs a command on that connection's own keys, store and settings, and
     what it queues takes the connection's fair share of the lanes."""
     import uuid
 
@@ -220,7 +218,7 @@ def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, r
 
 
 def test_all_runs_a_command_for_every_registry_connection(fleet_env, monkeypatch, redis_client):
-    """``bridge --all CMD``: ``bridge -c ID CMD`` for each connection, the worst exit code."""
+    """``sm8cd --all CMD``: ``sm8cd -c ID CMD`` for each connection, the worst exit code."""
     import subprocess
     import sys
     import uuid

@@ -1,5 +1,5 @@
 """The fleet's status (bridge/fleet_status.py): every connection's state and the aggregates, in
-``bridge status`` without ``-c`` and in ``/metrics``, with a bounded number of labels."""
+``sm8cd status`` without ``-c`` and in ``/metrics``, with a bounded number of labels."""
 
 from __future__ import annotations
 

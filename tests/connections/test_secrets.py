@@ -72,7 +72,7 @@ def test_without_keys_storing_a_secret_is_refused_saying_how_to_make_a_key(
     redis_client, fleet_keys, keys_of_acme
 ):
     keyless = ConnectionRegistry(redis_client, SecretBox([]), keys=fleet_keys)
-    with pytest.raises(ConfigError, match="bridge secrets new-key"):
+    with pytest.raises(ConfigError, match="sm8cd secrets new-key"):
         keyless.add(make_connection(id="acme"), keys_of_acme)
     assert keyless.list() == []
     keyless.add(make_connection(id="later", status="authorised"))  # nothing secret to store

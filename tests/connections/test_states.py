@@ -80,7 +80,7 @@ def test_an_authorised_grant_cannot_resume_and_pairs_into_an_active_connection(r
             servicem8_grant={"access_token": ACCESS, "refresh_token": REFRESH, "expires_at": NOW}
         ),
     )
-    with pytest.raises(ConfigError, match="only 'bridge connections pair'"):
+    with pytest.raises(ConfigError, match="only 'sm8cd connections pair'"):
         registry.resume("oauth-7")
     with pytest.raises(ConfigError, match="nothing to pause"):
         registry.pause("oauth-7", "x")

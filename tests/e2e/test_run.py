@@ -1,4 +1,4 @@
-"""``bridge run`` and ``bridge demo`` as a user starts them: separate processes, no REDIS_URL (so
+"""``sm8cd run`` and ``sm8cd demo`` as a user starts them: separate processes, no REDIS_URL (so
 the embedded Redis), the simulators on loopback."""
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
 def test_commands_beside_bridge_run_use_its_embedded_redis_and_never_start_a_second(
     tmp_path: Path, sm8_sim, cd_sim
 ):
-    """The README's default: no REDIS_URL. `bridge run` owns the state folder's Redis; `staff
+    """The README's default: no REDIS_URL. `sm8cd run` owns the state folder's Redis; `staff
     match`, `staff list`, `status` and `sync --once` in other processes read and change that same
     data, and only one redis-server ever serves the folder."""
     from tests.adapters.test_embedded_redis import servers_of

@@ -1,4 +1,4 @@
-"""``bridge sync --once`` and ``bridge staff ...`` against both simulators and real Redis."""
+"""``sm8cd sync --once`` and ``sm8cd staff ...`` against both simulators and real Redis."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_sync_once_reports_and_exits_zero(cli_env, sm8_sim, cd_sim):
 def test_sync_without_once_explains(cli_env):
     result = run("sync")
     assert result.exit_code == 2
-    assert "bridge run" in result.output
+    assert "sm8cd run" in result.output
 
 
 def test_sync_once_exits_one_when_a_job_fails(cli_env, sm8_sim, cd_sim):

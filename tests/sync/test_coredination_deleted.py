@@ -1,7 +1,7 @@
 """A Coredination job a dispatcher deleted (docs/coredination-api.md#jobs-deleted-by-a-dispatcher):
 noticed by the next poll (the census), by its webhook or by a 404, and parked with no ServiceM8
 booking touched; created again, with the people the bookings name, at the next ServiceM8 change
-to a booking on it or by ``bridge sync --job``."""
+to a booking on it or by ``sm8cd sync --job``."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""``bridge probe`` against the simulators in every dialect: it must name the reading each switch
+"""``sm8cd probe`` against the simulators in every dialect: it must name the reading each switch
 was set to, read-only where reading can tell and with ``--writes`` otherwise, and leave no record
 of its own behind (docs/probe.md)."""
 

@@ -326,7 +326,7 @@ class SyncMachine(RuleBasedStateMachine):
                     continue
                 # The return-visit rule: Coredination kept a resource at work out of the
                 # bridge's last op on it (the fake says so, not the bridge), and the bridge
-                # holds the pair as it is, with the reason in ``bridge status``.
+                # holds the pair as it is, with the reason in ``sm8cd status``.
                 ignored = self.cd.ignored.get((self.cd_job(job), user))
                 reason = pending.get(f"{job}|{staff}", {}).get("reason", "")
                 assert ignored is not None and "Coredination keeps the user" in reason, (

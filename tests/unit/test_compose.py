@@ -4,6 +4,7 @@ operational promises the README makes about it."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import jsonschema
@@ -18,6 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 # copy is present it must be the same file.
 SCHEMA = ROOT / "tests" / "fixtures" / "compose-spec.schema.json"
 SHARED = ROOT.parent / "shared" / "reference" / "compose-spec.schema.json"
+COMMAND = "sm8cd"  # the bridge's command (python -m bridge works as well)
 
 
 @pytest.fixture(scope="module")
@@ -56,14 +58,21 @@ def test_every_bridge_command_in_compose_exists_with_its_options(compose):
     cli = typer.main.get_command(app)
     for name, service in compose["services"].items():
         command = service.get("command") or []
-        if command[:1] != ["bridge"]:
+        if command[:1] != [COMMAND]:
             continue
         sub = cli.commands[command[1]]  # type: ignore[attr-defined]
         known = {opt for param in sub.params for opt in param.opts}
         used = {arg.split("=")[0] for arg in command[2:] if arg.startswith("--")}
         assert used <= known, f"{name}: unknown options {used - known}"
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert 'CMD ["bridge", "run"' in dockerfile
+    assert f'CMD ["{COMMAND}", "run"' in dockerfile
+
+
+def test_the_command_is_not_named_like_a_system_tool():
+    """iproute2 ships `bridge` on most Linux hosts: outside the venv it would run instead."""
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts == {COMMAND: "bridge.cli:main"}
+    assert COMMAND != "bridge"
 
 
 # --- the monitoring profile -----------------------------------------------------------------------

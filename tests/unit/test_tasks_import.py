@@ -81,7 +81,7 @@ def test_importing_tasks_reads_no_settings_and_lists_the_bridges_tasks(tmp_path,
         (
             {"SERVICEM8_API_KEY": "a", "COREDINATION_API_KEY": "b"},
             "error: REDIS_URL is required for Celery workers and beat "
-            "('bridge run' starts an embedded Redis and sets it for them)",
+            "('sm8cd run' starts an embedded Redis and sets it for them)",
         ),
         (
             {"SERVICEM8_API_KEY": "a", "COREDINATION_API_KEY": "b", "REDIS_URL": "redis://x",
