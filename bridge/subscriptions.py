@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.config import Settings
-from bridge.errors import ConfigError, Rejected
+from bridge.errors import ApiError, AuthError, ConfigError, Rejected
 from bridge.log import get_logger, redactor
 from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
@@ -25,13 +25,20 @@ from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
 log = get_logger(__name__)
 
 ACTIVE = "active"
+POLL_ONLY = "poll-only"  # ServiceM8 refuses this object (or webhooks to this credential): polled
+FAILED = "failed"  # it did not work this time (the receiver did not answer, …): tried again
 SUBSCRIBED = [f"servicem8.{obj}" for obj in SUBSCRIBED_FIELDS]
+# ServiceM8's answer for an object it offers no webhooks for (docs/servicem8-api.md#webhooks).
+_OBJECT_REFUSED = re.compile(r"does not support subscription", re.IGNORECASE)
 
 
 def callback_urls(settings: Settings) -> dict[str, str]:
-    """Where each system should post, token included (a secret: never print these whole)."""
-    if not settings.webhook_public_url or settings.webhook_token is None:
+    """Where each system should post, token included (a secret: never print these whole). An
+    empty token (compose passes ``WEBHOOK_TOKEN=`` when it is unset) is no token."""
+    token_set = settings.webhook_token is not None and settings.webhook_token.get_secret_value()
+    if not settings.webhook_public_url or not token_set:
         raise ConfigError("WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN are needed to subscribe webhooks")
+    assert settings.webhook_token is not None
     base = settings.webhook_public_url.rstrip("/")
     token = settings.webhook_token.get_secret_value()
     return {s: f"{base}/webhooks/{s}/{token}" for s in ("servicem8", "coredination")}
@@ -61,8 +68,10 @@ def _flag(value: Any) -> bool:
 
 # --- subscribe, list, unsubscribe -------------------------------------------------------------
 def _subscribe_servicem8(rt: Runtime, obj: str, callback: str) -> str:
-    """Post one object's subscription and record the outcome: ``active``, or ``poll-only: why``
-    when ServiceM8 refuses the object. Returns the recorded state."""
+    """Post one object's subscription and record the outcome: ``active``; ``poll-only: why``
+    when ServiceM8 refuses the object, or webhooks to this credential (its polls carry it);
+    ``failed: why`` when it did not work this time (the receiver did not answer the challenge,
+    ServiceM8 did not answer): the health check posts it again. Returns the recorded state."""
     name = f"servicem8.{obj}"
     try:
         # ServiceM8 checks the URL by the challenge handshake before it answers.
@@ -72,13 +81,29 @@ def _subscribe_servicem8(rt: Runtime, obj: str, callback: str) -> str:
             callback,
             unique_id=unique_id(rt.settings.bridge_connection_id, obj),
         )
-    except Rejected as exc:
+    except ApiError as exc:
         why = masked(redactor.text(str(exc)))
-        state = f"poll-only: ServiceM8 refused the subscription (HTTP {exc.status}): {why}"[:200]
-        rt.stores.activity.set_subscription(name, state)
-        log.info("webhooks.poll_only", object=obj, status=exc.status)
-        return state
+        if isinstance(exc, Rejected) and _OBJECT_REFUSED.search(str(exc)):
+            state = f"{POLL_ONLY}: ServiceM8 refused the subscription (HTTP {exc.status}): {why}"
+        elif isinstance(exc, AuthError):
+            state = (f"{POLL_ONLY}: webhooks unavailable for this credential "
+                     f"(HTTP {exc.status}): {why}")  # fmt: skip
+        else:
+            state = f"{FAILED}: {why}"
+        rt.stores.activity.set_subscription(name, state[:200])
+        log.info("webhooks.not_subscribed", object=obj, status=exc.status, state=state[:40])
+        return state[:200]
     rt.stores.activity.set_subscription(name, ACTIVE)
+    return ACTIVE
+
+
+def _subscribe_coredination(rt: Runtime, callback: str) -> str:
+    try:
+        hooks = rt.cd.list_webhooks()
+        if not any(h.get("url") == callback for h in hooks):
+            rt.cd.subscribe_webhook(callback, channels=("job",))
+    except ApiError as exc:
+        return f"{FAILED}: {masked(redactor.text(str(exc)))}"[:200]
     return ACTIVE
 
 
@@ -86,17 +111,22 @@ def subscribe_webhooks(rt: Runtime) -> list[str]:
     """Subscribe ServiceM8 object webhooks (job activities, jobs, job allocations) and a
     Coredination job webhook to this bridge's receiver. Safe to repeat: existing subscriptions for
     the same URL are kept. Each object on its own: ServiceM8 refuses objects it cannot send (job
-    allocations, docs/servicem8-api.md#webhooks), and a refused one is polled as before."""
+    allocations, docs/servicem8-api.md#webhooks), and a refused one is polled as before. One line
+    per subscription: ``servicem8 job``, or with its state after it when not active
+    (``failed: …`` tells the caller something it was asked to do did not happen)."""
     urls = callback_urls(rt.settings)
     done = []
     for obj in SUBSCRIBED_FIELDS:
         state = _subscribe_servicem8(rt, obj, urls["servicem8"])
         done.append(f"servicem8 {obj}" if state == ACTIVE else f"servicem8 {obj} {state}")
-    hooks = rt.cd.list_webhooks()
-    if not any(h.get("url") == urls["coredination"] for h in hooks):
-        rt.cd.subscribe_webhook(urls["coredination"], channels=("job",))
-    done.append("coredination job")
+    state = _subscribe_coredination(rt, urls["coredination"])
+    done.append("coredination job" if state == ACTIVE else f"coredination job {state}")
     return done
+
+
+def failed(done: list[str]) -> list[str]:
+    """The lines of ``subscribe_webhooks`` that did not work (as opposed to an object refused)."""
+    return [line for line in done if f" {FAILED}: " in line]
 
 
 def list_webhooks(rt: Runtime) -> list[dict[str, str]]:
@@ -183,7 +213,7 @@ def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict
     for obj in SUBSCRIBED_FIELDS:
         name = f"servicem8.{obj}"
         state, row = activity.subscription(name), rows.get(obj)
-        if row is None and (state is None or state.startswith("poll-only")):
+        if row is None and (state is None or state.startswith(POLL_ONLY)):
             continue
         health: dict[str, Any] = {
             "active": row is not None and _flag(row.get("active")),
@@ -220,7 +250,8 @@ def _reactivate(
         # Refused now: an API change or a receiver that does not answer the challenge.
         rt.stores.activity.set_subscription(name, f"inactive: {reason}; re-post refused"[:200])
         rt.stores.activity.count({"webhook.servicem8.repost_refused": 1})
-        return {**health, "repost_refused": state.removeprefix("poll-only: ")}
+        why = state.removeprefix(f"{POLL_ONLY}: ").removeprefix(f"{FAILED}: ")
+        return {**health, "repost_refused": why}
     rt.stores.activity.count({"webhook.servicem8.reactivated": 1})
     log.info("webhooks.subscription_reactivated", object=obj)
     return {**health, "active": True, "reactivated_at": now}

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from bridge.cli.base import app, command_runtime, handles_errors, out
+from bridge.cli.base import app, command_runtime, err, handles_errors, out
 
 webhooks_app = typer.Typer(help="Webhook subscriptions in ServiceM8 and Coredination.")
 app.add_typer(webhooks_app, name="webhooks")
@@ -16,12 +16,19 @@ app.add_typer(webhooks_app, name="webhooks")
 @handles_errors
 def webhooks_subscribe() -> None:
     """Point both systems' webhooks at WEBHOOK_PUBLIC_URL (the receiver must be running: ServiceM8
-    checks it with a challenge). Safe to repeat."""
-    from bridge.subscriptions import subscribe_webhooks
+    checks it with a challenge). Safe to repeat. Exit 1 when any subscription failed for a reason
+    other than ServiceM8 refusing that object (which is then polled, as every object is)."""
+    from bridge.subscriptions import failed, subscribe_webhooks
 
     with command_runtime() as rt:
         done = subscribe_webhooks(rt)
-    out.print("subscribed: " + ", ".join(done))
+    for line in done:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+    if failed(done):
+        err.print(f"error: {len(failed(done))} subscription(s) failed; is the receiver running "
+                  "and reachable at WEBHOOK_PUBLIC_URL? The health check tries again.",
+                  markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        raise typer.Exit(1)
 
 
 @webhooks_app.command("list")

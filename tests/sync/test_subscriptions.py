@@ -119,3 +119,33 @@ def test_without_a_public_url_the_health_check_does_nothing(env, sm8_sim, monkey
     with command_runtime() as rt:
         assert check_subscriptions(rt) == {}
     assert sm8_sim.count() == 0
+
+
+def test_subscribe_with_the_receiver_down_fails_with_the_reason_and_the_check_tries_again(
+    env, sm8_sim, receiver
+):
+    """A challenge nobody answered is not ServiceM8 refusing the object: exit 1, the reason on
+    the object's line, and the health check posts it again once the receiver is up (it used to
+    stay poll-only for good)."""
+    receiver.down()
+    result = CliRunner().invoke(cli, ["webhooks", "subscribe"])
+    assert result.exit_code == 1, result.output
+    assert "servicem8 job failed: " in result.output and "challenge" in result.output
+    assert "servicem8 joballocation poll-only: ServiceM8 refused" in result.output
+    assert "subscription(s) failed" in result.output
+    assert TOKEN not in result.output
+    assert status()["servicem8.job"]["state"].startswith("failed: ")
+
+    receiver.up()
+    with command_runtime() as rt:  # the next health check
+        assert check_subscriptions(rt)["servicem8.job"]["active"] is True
+    assert status()["servicem8.job"]["state"] == "active"
+    assert CliRunner().invoke(cli, ["webhooks", "subscribe"]).exit_code == 0
+
+
+def test_an_empty_webhook_token_is_no_token(env, sm8_sim, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_TOKEN", "")  # what compose passes when it is unset
+    result = CliRunner().invoke(cli, ["webhooks", "subscribe"])
+    assert result.exit_code == 2
+    assert "WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN are needed" in result.output
+    assert sm8_sim.count() == 0
