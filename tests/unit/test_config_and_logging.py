@@ -167,3 +167,35 @@ def test_rotating_secrets_keep_the_redactor_bounded_and_recent_ones_blanked():
     latest = redactor.text("sent access-token-0099 with fixed-secret-value")
     assert "access-token-0099" not in latest and "fixed-secret-value" not in latest
     assert "access-token-0000" in redactor.text("access-token-0000")  # long gone, not kept
+
+
+@pytest.mark.parametrize("redis_url", ["notaurl", "redis://127.0.0.1:1/0"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["run"],
+        ["status"],
+        ["staff", "match"],
+        ["sync", "--once"],
+        ["dlq", "list"],
+        ["connections", "list"],
+        ["webhooks", "subscribe"],
+    ],
+)
+def test_a_bad_redis_url_is_one_line_and_exit_2_for_every_command(tmp_path, command, redis_url):
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("SERVICEM8_", "COREDINATION_", "REDIS_", "WEBHOOK_", "BRIDGE_"))
+    }
+    env.update(SERVICEM8_API_KEY="a", COREDINATION_API_KEY="b", REDIS_URL=redis_url,
+               WEBHOOK_TOKEN="t", WEBHOOK_PUBLIC_URL="http://127.0.0.1:9")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "bridge", *command],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+        stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: REDIS_URL"), lines
+    assert "Traceback" not in result.stdout + result.stderr
