@@ -97,6 +97,9 @@ _SHARED: list[Any] = [
 ]
 
 
+HOUSEKEEPING = ("celery.app.trace", "celery.worker.strategy", "celery.beat")
+
+
 def configure_logging(
     level: str = "INFO",
     fmt: str = "auto",
@@ -134,6 +137,13 @@ def configure_logging(
     root.setLevel(level)
     # urllib3 logs full URLs at DEBUG; keep it at WARNING unless asked for.
     logging.getLogger("urllib3").setLevel(max(logging.WARNING, root.level))
+    # Celery's line per task received and succeeded, and beat's per task sent, are housekeeping
+    # (a fleet tick every second: about 170,000 lines a day). Quiet unless LOG_LEVEL=DEBUG;
+    # failures, retries given up and the bridge's own decisions are logged by the bridge.
+    for name in HOUSEKEEPING:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if root.level <= logging.DEBUG else logging.WARNING
+        )
 
     structlog.configure(
         processors=[

@@ -55,11 +55,13 @@ class Supervisor:
         level = self.settings.log_level
         python = sys.executable
         hostname = f"bridge-{self.settings.bridge_connection_id}@%h"
+        # Celery's banners (queues, tasks, configuration: about 50 lines) only at DEBUG.
+        celery = [python, "-m", "celery", *(() if level == "DEBUG" else ("--quiet",))]
         self.children = {
-            "worker": Child("worker", [python, "-m", "celery", "-A", "tasks", "worker",
+            "worker": Child("worker", [*celery, "-A", "tasks", "worker",
                                        "--loglevel", level, "--concurrency", str(self.concurrency),
                                        "-n", hostname, "--without-gossip", "--without-mingle"]),
-            "beat": Child("beat", [python, "-m", "celery", "-A", "tasks", "beat",
+            "beat": Child("beat", [*celery, "-A", "tasks", "beat",
                                    "--loglevel", level, "--pidfile="]),
             "web": Child("web", [python, "-m", "bridge", "web",
                                  "--host", self.host, "--port", str(self.port)]),

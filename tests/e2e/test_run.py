@@ -90,6 +90,12 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_booking_and_stops_cleanl
     assert TOKEN not in output
     for name in ("worker", "beat", "web"):
         assert f'"part": "{name}"' in output and '"event": "run.stopping"' in output
+    # Quiet at INFO: no Celery line per task or per beat send, no banners (LOG_LEVEL=DEBUG
+    # brings them back).
+    for housekeeping in ("] received", "] succeeded in", "Sending due task", "[queues]",
+                         "Configuration ->"):  # fmt: skip
+        assert housekeeping not in output, housekeeping
+    assert len(output.splitlines()) < 60, output[-3000:]
 
 
 def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path: Path):
