@@ -18,6 +18,8 @@ UV         := $(TOOLS)/bin/uv
 COMPILE    := $(UV) pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--no-header --annotation-style line
 UPGRADE_VENV := .venv-upgrade
+SDK_VERSION  := 0.9.54
+SDK_DIR      := $(TOOLS)/node
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install demo run test tools lint typecheck unit bench bench-quick bench-fleet lock \
@@ -51,7 +53,7 @@ run: $(RUNTIME_STAMP) ## the bridge for real: settings from the environment or .
 # redis-sentinel (Debian's redis-sentinel package) runs the three sentinels of the failover tests
 # (tests/sentinel.py). Each is installed here when missing; without apt-get (or root) it says how,
 # and the tests that need it skip locally and fail in CI.
-tools: ## promtool and redis-sentinel for the alert and failover tests (apt-get when missing)
+tools: ## promtool, redis-sentinel (apt-get when missing) and the ServiceM8 SDK (npm) for the tests
 	@if command -v promtool >/dev/null 2>&1; then \
 		echo "promtool: $$(command -v promtool)"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
@@ -83,6 +85,18 @@ tools: ## promtool and redis-sentinel for the alert and failover tests (apt-get 
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 			redis-sentinel >/dev/null && \
 		echo "redis-sentinel: $$(command -v redis-sentinel)"; \
+	fi
+
+	@# ServiceM8's own TypeScript SDK (npm servicem8, generated from the official spec, validating
+	@# every answer) for the simulator's conformance check; skipped by that test without node.
+	@if [ -d $(SDK_DIR)/node_modules/servicem8 ]; then \
+		echo "servicem8 SDK: $(SDK_DIR)"; \
+	elif command -v npm >/dev/null 2>&1; then \
+		echo "installing ServiceM8's TypeScript SDK servicem8@$(SDK_VERSION) into $(SDK_DIR)"; \
+		npm install --silent --no-audit --no-fund --prefix $(SDK_DIR) \
+			servicem8@$(SDK_VERSION) >/dev/null; \
+	else \
+		echo "npm not found: the ServiceM8 SDK conformance check will be skipped"; \
 	fi
 
 lint: $(TEST_STAMP) ## ruff

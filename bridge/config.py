@@ -80,6 +80,11 @@ class Settings(BaseSettings):
     webhook_dedupe_seconds: int = Field(
         86_400, gt=0, description="How long a webhook delivery is remembered to drop repeats."
     )
+    metrics_token: SecretStr | None = Field(
+        None,
+        description="Bearer token /metrics requires; unset: /metrics answers only requests from "
+        "loopback.",
+    )
     bridge_connection_id: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -275,6 +280,7 @@ class Settings(BaseSettings):
             self.servicem8_api_key,
             self.coredination_api_key,
             self.webhook_token,
+            self.metrics_token,
             self.redis_sentinel_password,
             self.servicem8_oauth_client_secret,
         ]

@@ -48,6 +48,10 @@ def status(rt: Runtime) -> dict[str, Any]:
             {"record": key, "reason": value["reason"]} for key, value in list(invalid.items())[:10]
         ],
         "dead_letters": stores.work.dead_letter_count(),
+        "failed_jobs": {
+            job: {"reason": value["reason"], "since": value["since"], "dlq": value["dlq"]}
+            for job, value in list(stores.work.failed_jobs().items())[:20]
+        },
         "deferred": stores.work.deferred_count(),
         "paused": pauses,
         "budget": budget,

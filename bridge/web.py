@@ -16,6 +16,8 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
   the answer is 503, so a redelivery is not dropped.
 - The token never reaches a log line: uvicorn's access log (which prints paths) is off and the
   bridge logs its own ``webhook.received`` event without the path.
+- ``/metrics`` answers a scrape bearing ``METRICS_TOKEN``, or with it unset loopback clients
+  alone (``bridge/web_metrics.py``): the port is public, and its figures are the operator's.
 
 With ``SERVICEM8_OAUTH_*`` set it also serves the ServiceM8 add-on's activation pages
 (``bridge/web_activation.py``).
@@ -60,6 +62,7 @@ from bridge.store.hints import Arrival
 from bridge.store.keys import FleetKeys
 from bridge.web_activation import activation_for, add_activation_routes
 from bridge.web_fleet import Receivers
+from bridge.web_metrics import metrics_refusal
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
@@ -432,7 +435,10 @@ def create_app(
         return JSONResponse({"healthy": healthy, **checks}, status_code=200 if healthy else 503)
 
     @app.get("/metrics")
-    def metrics() -> Response:
+    def metrics(request: Request) -> Response:
+        refused = metrics_refusal(settings.metrics_token, request)
+        if refused is not None:
+            return refused
         return Response(generate_latest(registry), media_type="text/plain; version=0.0.4")
 
     return app

@@ -3,7 +3,8 @@ set (docs/servicem8-oauth.md#activation):
 
 - ``GET /oauth/servicem8/activate[?label=…]`` redirects to ServiceM8's authorize page with a fresh
   single-use ``state``. Anyone may start an activation: what it can make is an *authorised*
-  connection, which syncs nothing until an operator pairs it.
+  connection, which syncs nothing until an operator pairs it. Starts are bounded per client
+  address and in all (``bridge.connections.activation``): over either, 429 with ``Retry-After``.
 - ``GET`` at the path of ``SERVICEM8_OAUTH_REDIRECT_URI`` is the callback. The state is checked
   first (a forged, used or expired one spends no code), then the code is exchanged and the grant
   stored (``bridge.connections.activation``).
@@ -21,7 +22,7 @@ from fastapi.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from bridge.config import Settings
-from bridge.connections.activation import Activation
+from bridge.connections.activation import Activation, TooManyActivations
 from bridge.connections.registry import ConnectionRegistry
 from bridge.connections.secrets import SecretBox
 from bridge.errors import ApiError, ConfigError, Rejected
@@ -33,6 +34,12 @@ from bridge.store.keys import FleetKeys
 log = get_logger(__name__)
 
 ACTIVATE_PATH = "/oauth/servicem8/activate"
+REFUSED = {
+    "rate": "Too many activations were started from your address in the last minute. Nothing "
+    "was stored; wait a minute, then start the activation again.",
+    "pending": "Too many activations are waiting to be finished on this bridge right now. "
+    "Nothing was stored; start the activation again in a few minutes.",
+}
 
 
 def activation_for(settings: Settings, runtime: Runtime) -> Activation | None:
@@ -60,7 +67,12 @@ def add_activation_routes(app: FastAPI, activation: Activation) -> None:
     @app.get(ACTIVATE_PATH, include_in_schema=False)
     async def activate(request: Request) -> Response:
         label = request.query_params.get("label")
-        url = await run_in_threadpool(activation.url, label)
+        client = request.client.host if request.client is not None else ""
+        try:
+            url = await run_in_threadpool(activation.url, label, client)
+        except TooManyActivations as exc:
+            log.warning("oauth.activation_refused", why=exc.why)
+            return _page(429, REFUSED[exc.why], {"Retry-After": str(exc.retry_after)})
         log.info("oauth.activation_started")
         return RedirectResponse(url, status_code=302)
 
@@ -99,5 +111,5 @@ def add_activation_routes(app: FastAPI, activation: Activation) -> None:
         return _page(200, text)
 
 
-def _page(status: int, text: str) -> Response:
-    return PlainTextResponse(text + "\n", status_code=status)
+def _page(status: int, text: str, headers: dict[str, str] | None = None) -> Response:
+    return PlainTextResponse(text + "\n", status_code=status, headers=headers)

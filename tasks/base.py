@@ -10,6 +10,7 @@ elsewhere):
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from collections.abc import Iterable
@@ -29,7 +30,7 @@ from bridge.errors import (
 )
 from bridge.http.budget import Priority, priority
 from bridge.log import get_logger
-from bridge.queues import Enqueuer, Lane, lane_of, message_of
+from bridge.queues import SYNC_JOB, Enqueuer, Lane, lane_of, message_of
 from bridge.retry import RetryPolicy
 from bridge.runtime import Runtime
 from tasks.app import MAX_COUNTDOWN
@@ -37,6 +38,19 @@ from tasks.app import MAX_COUNTDOWN
 log = get_logger(__name__)
 
 DUE_HEADER = "bridge_due"  # a message header: when the fleet tick's item was due (epoch s)
+
+
+def dump_ids(args: list[Any], kwargs: dict[str, Any]) -> str:
+    """A task's arguments as one stable string (they are ids: no secret, no payload)."""
+    return json.dumps([args, kwargs], sort_keys=True, default=str)
+
+
+def _job_of(task: str, args: list[Any], kwargs: dict[str, Any]) -> str | None:
+    """The ServiceM8 job a job sync is for."""
+    if task != SYNC_JOB:
+        return None
+    job = kwargs.get("sm8_job_uuid", args[0] if args else None)
+    return str(job) if job else None
 
 
 class BridgeTask(Task):  # type: ignore[misc]
@@ -81,8 +95,14 @@ class BridgeTask(Task):  # type: ignore[misc]
                           (request.delivery_info or {}).get("routing_key"), headers)  # fmt: skip
 
     def enqueue_syncs(self, jobs: Iterable[str], lane: Lane = "sync") -> int:
-        """Queue one sync per job unless one is already queued."""
-        return self.enqueuer().syncs(jobs, self.runtime.stores.work.claim_enqueue, lane)
+        """Queue one sync per job unless one is already queued. Given the dirty marks (job →
+        generation), a job whose sync failed for good at that same generation is left parked
+        until a change or a replay (docs/operations.md#dead-letters)."""
+        work = self.runtime.stores.work
+        if isinstance(jobs, dict) and jobs:
+            parked = work.failed_jobs()
+            jobs = [j for j, g in jobs.items() if j not in parked or parked[j]["generation"] != g]
+        return self.enqueuer().syncs(jobs, work.claim_enqueue, lane)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         connection = (self.request.kwargs or {}).get("connection")
@@ -198,17 +218,29 @@ class BridgeTask(Task):  # type: ignore[misc]
     def _dead_letter(
         self, exc: ApiError, first: float, now: float, why: str, attempts: int
     ) -> None:
-        work = self.runtime.stores.work
+        """One dead letter per cause: the same task failing the same way again updates its entry.
+        A job sync that failed for good parks the job until a change or a replay, so the sweeps
+        do not send the same refused write again and again."""
+        rt = self.runtime
+        work = rt.stores.work
+        args, kwargs = list(self.request.args or []), dict(self.request.kwargs or {})
         entry = {
             "task": self.name,
-            "args": list(self.request.args or []),
-            "kwargs": dict(self.request.kwargs or {}),
+            "args": args,
+            "kwargs": kwargs,
             **exc.describe(),
             "why": why,
             "attempts": attempts,
             "first_failure": first,
             "last_failure": now,
         }
-        entry_id = work.dead_letter(entry)
+        what = {k: v for k, v in kwargs.items() if k != "connection"}
+        cause = "|".join(str(p) for p in (self.name, dump_ids(args, what), type(exc).__name__,
+                                          exc.status, exc.operation))  # fmt: skip
+        entry_id = work.dead_letter(entry, cause=cause)
         work.forget_failure(self.request.id)
+        job = _job_of(self.name, args, kwargs)
+        if job is not None and isinstance(exc, PermanentError):
+            work.park_failed_job(job, rt.stores.jobs.dirty_generation(job), exc.reason, entry_id,
+                                 now)  # fmt: skip
         log.error("task.dead_lettered", dlq_id=entry_id, **exc.describe())

@@ -38,8 +38,11 @@ log = get_logger(__name__)
 
 @shared_task(base=BridgeTask, bind=True, name=SYNC_JOB)
 def sync_job(task: BridgeTask, sm8_job_uuid: str, connection: str | None = None) -> None:
-    task.runtime.stores.work.release_enqueue(sm8_job_uuid)
+    work = task.runtime.stores.work
+    work.release_enqueue(sm8_job_uuid)
     task.runtime.engine.sync_job(sm8_job_uuid)
+    if work.resolve_failed_job(sm8_job_uuid, time.time()) is not None:
+        log.info("sync.dead_letter_resolved", sm8_job_uuid=sm8_job_uuid)
 
 
 @shared_task(base=BridgeTask, bind=True, name=POLL_CYCLE)

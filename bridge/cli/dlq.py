@@ -13,7 +13,14 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _dlq_rows(rt: Any, count: int) -> list[dict[str, Any]]:
-    return [{"id": entry_id, **fields} for entry_id, fields in rt.stores.work.dead_letters(count)]
+    """Each dead letter, with ``count`` (how often its cause failed: one entry per cause) and
+    ``resolved_at`` once its job synced after all."""
+    resolved = rt.stores.work.resolved()
+    return [
+        {"id": entry_id, "count": "1", **fields,
+         **({"resolved_at": str(resolved[entry_id])} if entry_id in resolved else {})}
+        for entry_id, fields in rt.stores.work.dead_letters(count)
+    ]  # fmt: skip
 
 
 @dlq_app.command("list")
@@ -33,11 +40,11 @@ def dlq_list(
         out.print_json(json.dumps(rows))
         return
     table = Table(title=f"Dead letters ({len(rows)})")
-    for column in ("id", "task", "args", "error", "status", "why", "attempts"):
+    columns = ("id", "task", "args", "error", "status", "why", "count", "resolved_at")
+    for column in columns:
         table.add_column(column)
     for row in rows:
-        table.add_row(*(str(row.get(c, "-")) for c in
-                        ("id", "task", "args", "error", "status", "why", "attempts")))  # fmt: skip
+        table.add_row(*(str(row.get(c, "-")) for c in columns))
     out.print(table)
 
 

@@ -140,8 +140,8 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
 ) -> None:
     """Links, parked pairs, dead letters, pauses, budget use and cursors. Makes no API call.
-    With a registry and no -c: the fleet (every connection, the paused ones and why, the worst
-    poll age, dead letters by connection)."""
+    With more than one connection and no -c: the fleet (every connection, the paused ones and
+    why, the worst poll age, dead letters by connection)."""
     import json
 
     from bridge.ops import status as read_status
@@ -187,6 +187,9 @@ def status(
         out.print(f"pending {row['pair']}: {row['reason']}")
     for row in data["invalid_examples"]:
         out.print(f"unreadable {row['record']}: {row['reason']}", highlight=False)
+    for job, row in data["failed_jobs"].items():
+        out.print(f"parked job {job}: {row['reason']} (dead letter {row['dlq']}; synced again "
+                  "at its next change, or by 'sm8cd dlq replay')", highlight=False)  # fmt: skip
 
 
 def _subscription_line(sub: dict[str, Any]) -> str:
@@ -281,7 +284,8 @@ def backfill(
 
 
 def _fleet(as_json: bool) -> bool:
-    """Print the fleet's status; False (nothing printed) while the registry is empty."""
+    """Print the fleet's status; False (nothing printed) while the registry holds one connection
+    at most (the deployment's own: its status is the one to show)."""
     import json
 
     from rich.table import Table
@@ -290,7 +294,7 @@ def _fleet(as_json: bool) -> bool:
     from bridge.fleet_status import fleet_status
 
     with open_registry() as (registry, _settings):
-        if not registry.r.hlen(registry.keys.connections):
+        if registry.r.hlen(registry.keys.connections) <= 1:
             return False
         fleet = fleet_status(registry)
     data = fleet.to_dict()

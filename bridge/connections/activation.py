@@ -6,14 +6,20 @@ Nothing here lets a grant sync: a new connection waits as ``authorised`` until a
 it with a Coredination account (``sm8cd connections pair``). An account that has a connection
 already gets its new grant stored on that connection and keeps its status (a paused one stays
 paused until an operator resumes it). Imports the registry and the OAuth pieces; never ``tasks``.
+
+Anyone may load the activation page, and each start stores a state until it expires (ten
+minutes), so starts are bounded: ``STARTS_PER_MINUTE`` per client address and
+``MAX_PENDING_STATES`` pending per deployment; a start over either is ``TooManyActivations``.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import requests
 from pydantic import SecretStr
@@ -26,7 +32,7 @@ from bridge.connections.models import (
     make_connection,
 )
 from bridge.connections.registry import ConnectionRegistry
-from bridge.errors import ConfigError, UnknownConnection
+from bridge.errors import BridgeError, ConfigError, UnknownConnection
 from bridge.http import OpenGate, Transport
 from bridge.log import get_logger, redactor
 from bridge.servicem8.classify import classify_servicem8
@@ -34,6 +40,7 @@ from bridge.servicem8.client import ServiceM8Client
 from bridge.servicem8.oauth import (
     Grant,
     OAuthConfig,
+    Pending,
     StateStore,
     activation_url,
     complete_activation,
@@ -46,6 +53,84 @@ ID_PREFIX = "sm8-"  # a connection made by an activation is named by its account
 REVOKED_REASON = "add-on removed in ServiceM8"
 MAX_LABEL = 100
 REDACTOR_SLOT = "oauth-activation"  # the last few activations' tokens, until each is stored
+
+# The activation page is public and anonymous, and each load stores a state for ten minutes: these
+# bound what loads can make Redis hold (docs/servicem8-oauth.md#activation).
+MAX_PENDING_STATES = 1_000  # activations started and not finished, per deployment
+STARTS_PER_MINUTE = 10  # activation starts per client address (an IPv6 client's /64)
+STARTS_WINDOW_SECONDS = 60
+PENDING_KEY = "oauth:pending"  # sorted set: pending state -> when it expires; expires itself
+STARTS_KEY = "oauth:starts:{client}"  # string: starts in the client's current window; expires
+
+
+class TooManyActivations(BridgeError):
+    """An activation start refused, nothing stored: its client started ``STARTS_PER_MINUTE``
+    already (``why="rate"``), or ``MAX_PENDING_STATES`` wait to be finished (``why="pending"``).
+    Answered 429; ``retry_after`` is when a start may succeed again, in seconds."""
+
+    def __init__(self, why: Literal["rate", "pending"], retry_after: float) -> None:
+        super().__init__(f"activation start refused ({why}); retry in {retry_after:.0f} s")
+        self.why = why
+        self.retry_after = max(1, math.ceil(retry_after))
+
+
+class BoundedStates(StateStore):
+    """The activation's ``StateStore`` with at most ``cap`` states pending at once. Each issued
+    state is listed with its expiry in one sorted set, pruned as states expire and shed as they
+    are taken back, so the count costs O(log n) and never a scan of the keys."""
+
+    def __init__(
+        self,
+        redis: Any,
+        prefix: str,
+        *,
+        cap: int = MAX_PENDING_STATES,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(redis, prefix=prefix, clock=clock)
+        self.cap = cap
+        self.pending = prefix + PENDING_KEY
+
+    def issue(self, label: str | None = None) -> str:
+        """A fresh state, or ``TooManyActivations`` (and the state taken back) when ``cap`` are
+        pending. The prune, the add and the count are one MULTI: two starts at once near the cap
+        may both be refused, never both let past it."""
+        state = super().issue(label)
+        now = self.clock()
+        pipe = self.r.pipeline()
+        pipe.zremrangebyscore(self.pending, "-inf", now)
+        pipe.zadd(self.pending, {state: now + self.ttl})
+        pipe.zcard(self.pending)
+        pipe.expire(self.pending, self.ttl)  # every member expires within ttl of the newest
+        count = pipe.execute()[2]
+        if count <= self.cap:
+            return state
+        pipe = self.r.pipeline()
+        pipe.zrem(self.pending, state)
+        pipe.delete(self.key(state))
+        pipe.zrange(self.pending, 0, 0, withscores=True)
+        oldest = pipe.execute()[2]
+        raise TooManyActivations("pending", oldest[0][1] - now if oldest else self.ttl)
+
+    def consume(self, state: str) -> Pending:
+        try:
+            return super().consume(state)
+        finally:  # used, expired or unknown: pending no longer either way
+            self.r.zrem(self.pending, state)
+
+
+def client_key(host: str) -> str:
+    """The name a client's starts are counted under: its address, or an IPv6 client's /64 (one
+    host commonly holds a whole /64); a host that is no address (a test client's) as it is."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host[:64] or "unknown"
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
 
 
 class RegistryGrants:
@@ -122,16 +207,36 @@ class Activation:
         servicem8_base_url: str,
         session: requests.Session | None = None,
         clock: Callable[[], float] = time.time,
+        max_pending: int = MAX_PENDING_STATES,
+        starts_per_minute: int = STARTS_PER_MINUTE,
     ) -> None:
         self.registry, self.config = registry, config
-        self.states = StateStore(registry.r, prefix=registry.keys.prefix, clock=clock)
+        self.states = BoundedStates(registry.r, registry.keys.prefix, cap=max_pending, clock=clock)
+        self.starts_per_minute = starts_per_minute
         self.servicem8_base_url = servicem8_base_url
         self.session = session or requests.Session()
         self.clock = clock
 
-    def url(self, label: str | None = None) -> str:
-        """The authorize page to send a person to, with a fresh single-use state."""
+    def url(self, label: str | None = None, client: str | None = None) -> str:
+        """The authorize page to send a person to, with a fresh single-use state.
+        ``TooManyActivations``, nothing stored, over either bound: ``client`` (the address the
+        request came from; None: no web request, not counted) has started ``starts_per_minute``
+        in its current minute, or ``max_pending`` states wait to be finished."""
+        if client is not None:
+            self._count_start(client)
         return activation_url(self.config, self.states, _label(label))
+
+    def _count_start(self, client: str) -> None:
+        """One start for ``client`` in its fixed one-minute window: the counter is created with
+        its expiry in the same MULTI as the increment, so no crash leaves it without one."""
+        key = self.registry.keys.prefix + STARTS_KEY.format(client=client_key(client))
+        pipe = self.registry.r.pipeline()
+        pipe.set(key, 0, ex=STARTS_WINDOW_SECONDS, nx=True)
+        pipe.incr(key)
+        pipe.ttl(key)
+        _, count, left = pipe.execute()
+        if count > self.starts_per_minute:
+            raise TooManyActivations("rate", left if left > 0 else STARTS_WINDOW_SECONDS)
 
     def complete(self, state: str, code: str) -> Activated:
         """The callback: the state is taken back first (``InvalidState``, and no code is spent,

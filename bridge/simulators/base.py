@@ -110,6 +110,9 @@ class Faults:
     reset_rate: float = 0.0  # drop the connection with a TCP reset, nothing answered
     burst_429: int = 0  # the next N API requests answer 429
     seed: int | None = None
+    # One record refused: a request whose path contains a key gets (status, message) instead,
+    # e.g. {job_uuid: (403, "…")}; checked after authentication, before the handler.
+    refusals: dict[str, tuple[int, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -487,11 +490,15 @@ class SimServer:
             with self.lock:
                 now = self.now()
                 refused = self.limiter.admit(now, self.limits, self.day_start(now))
-            reply = (
-                self.rate_limited_reply(refused)
-                if refused
-                else self._call(handler, request, params)
+            refusal = next(
+                (r for key, r in list(faults.refusals.items()) if key in request.path), None
             )
+            if refused:
+                reply = self.rate_limited_reply(refused)
+            elif refusal is not None:
+                reply = self.error_reply(*refusal)
+            else:
+                reply = self._call(handler, request, params)
         if delay:
             time.sleep(delay)
         self._record(name, request.method, reply.status)

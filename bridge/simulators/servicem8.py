@@ -32,6 +32,7 @@ from zoneinfo import ZoneInfo
 import requests
 
 from bridge.simulators.base import SimError, SimReply, SimRequest, SimServer
+from bridge.simulators.servicem8_types import WIRE_TYPES, WireTypes, served
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?$")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -205,6 +206,11 @@ class ServiceM8Dialect:
       connection) after which an object subscription is deactivated. The documents say repeated
       failures, timeouts included, can deactivate a subscription, but not after how many
       (docs/servicem8-api.md#webhooks): 3 by default, 0 for never.
+    - ``wire_types``: how values are spelt in the records served (docs/servicem8-api.md#types).
+      ``strings`` (the default) as real account data show them: numbers as strings, ``""`` for an
+      empty one; ``spec`` as the official spec types them, which its TypeScript SDK checks: JSON
+      numbers, 0/1 enums as numbers, ``0`` for an empty number, and a 429 always as JSON
+      (``servicem8_types``).
     """
 
     allocation_webhooks: bool = False
@@ -215,6 +221,7 @@ class ServiceM8Dialect:
     null_clears: bool = False
     day_reset: DayReset = "utc"
     deactivate_after_failures: int = 3
+    wire_types: WireTypes = "strings"
 
     def __post_init__(self) -> None:
         for name in ("allocation_webhooks", "delete_restores", "refusal_as_success",
@@ -234,6 +241,11 @@ class ServiceM8Dialect:
         rate = self.lost_delete_answer_rate
         if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
             raise ValueError(f"dialect lost_delete_answer_rate must be within 0..1, not {rate!r}")
+        if self.wire_types not in WIRE_TYPES:
+            raise ValueError(
+                f"dialect wire_types must be one of {', '.join(WIRE_TYPES)}, "
+                f"not {self.wire_types!r}"
+            )
         if self.record_uuid_header not in ("echo", "server"):
             raise ValueError(
                 f"dialect record_uuid_header must be 'echo' or 'server', "
@@ -411,17 +423,20 @@ class ServiceM8Simulator(SimServer):
         return SimReply(status, {"errorCode": status, "message": message})
 
     def unauthorized_reply(self) -> SimReply:
+        # A number, as the spec's AuthenticationError types it; only its example has "401".
         return SimReply(
             401,
             {
-                "errorCode": "401",
+                "errorCode": 401,
                 "message": "Authentication failed. Please check your API key or OAuth token.",
             },
         )
 
     def rate_limited_reply(self, window: str) -> SimReply:
+        """Plain text (the docs) or JSON (the spec), as ``rate_limit_body`` says; JSON always
+        under the spec-typed dialect."""
         text = f"Number of allowed API requests per {window} exceeded"
-        if self.rate_limit_body == "json":
+        if self.rate_limit_body == "json" or self.dialect.wire_types == "spec":
             return SimReply(429, {"errorCode": 429, "message": text})
         return SimReply(429, text, content_type="text/plain; charset=utf-8")
 
@@ -666,6 +681,10 @@ class ServiceM8Simulator(SimServer):
         if response.status_code != 200 or response.text.strip() != challenge:
             raise SimError(400, "Callback URL did not answer the challenge")
 
+    def _spelt(self, obj: str, record: dict[str, Any]) -> dict[str, Any]:
+        """A record as it goes out: its values spelt as the dialect's ``wire_types`` says."""
+        return served(obj, record, self.dialect.wire_types)
+
     def _served(self, obj: str, rows: list[dict[str, Any]]) -> None:
         if obj in ("joballocation", "jobactivity"):
             self.served_active.update(r["uuid"] for r in rows if str(r.get("active", 1)) == "1")
@@ -694,14 +713,14 @@ class ServiceM8Simulator(SimServer):
             tenant = getattr(self._tenant, "vendor", None)
             if obj == "vendor" and tenant is not None:
                 page = [{**row, "uuid": tenant} for row in page]
-            return SimReply(200, page, headers)
+            return SimReply(200, [self._spelt(obj, row) for row in page], headers)
 
         def get(req: SimRequest, p: dict[str, str]) -> SimReply:
             record = self.records[p["obj"]].get(p["uuid"].lower())
             if record is None:
                 raise SimError(404, "Resource not found")
             self._served(p["obj"], [record])
-            return SimReply(200, record)
+            return SimReply(200, self._spelt(p["obj"], record))
 
         def create(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["obj"] in READ_ONLY_OBJECTS:

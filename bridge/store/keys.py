@@ -36,6 +36,10 @@ key                        type    what it holds
 ``stats``                  hash    counters by ``direction.outcome``
 ``queued:{J}``             string  set while a sync of J is queued, so a poll does not queue twice
 ``dlq``                    stream  dead letters: what was given up on, why, how to replay it
+``dlq:cause``              hash    cause → the id of its one dead letter (a repeat updates it)
+``dlq:resolved``           hash    dead letter id → when its job later synced (kept, marked)
+``failed``                 hash    ``J`` → ``{"reason","generation","dlq","since"}``: a job whose
+                                   sync failed for good, parked until a change or a replay
 ``fail:{task id}``         hash    when a retried task first failed, and how often (2 h expiry)
 ``deferred``               zset    tasks waiting longer than a countdown may, by due time
 ``lock:{J}``               string  the per-job lock (redis-py ``Lock``: token + expiry)
@@ -60,6 +64,10 @@ key                        type    what it holds
 ``b:fleet:{d}:oauth:state:{s}``    string ``{"label","issued_at"}``: an OAuth ``state`` the bridge
                                    issued; expires (600 s), deleted when used
                                    (docs/servicem8-oauth.md#state)
+``b:fleet:{d}:oauth:pending``      zset: pending states by expiry, at most 1,000 (the public page
+                                   cannot grow Redis without bound)
+``b:fleet:{d}:oauth:starts:{c}``   string: activation starts of client ``c`` this minute (at most
+                                   10; an IPv6 client by its /64), expiring
 ``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
 ``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task
                                    the fleet tick claimed started (the newest 20,000)
@@ -192,6 +200,18 @@ class Keys:
     @property
     def dlq(self) -> str:
         return self.key("dlq")
+
+    @property
+    def dlq_causes(self) -> str:
+        return self.key("dlq:cause")
+
+    @property
+    def dlq_resolved(self) -> str:
+        return self.key("dlq:resolved")
+
+    @property
+    def failed_jobs(self) -> str:
+        return self.key("failed")
 
     def failure(self, task_id: str | None) -> str:
         return self.key(f"fail:{task_id}")

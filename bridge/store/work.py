@@ -18,10 +18,46 @@ FAILURE_MEMORY_SECONDS = 7200  # longer than the retry policy's hour
 POLL_LOCK_SECONDS = 30.0  # a killed poller's lock is free again within this (``poll_lock``)
 
 
+# One dead letter per cause: the cause's entry (if any) is replaced by one counting both.
+# KEYS: the stream, the cause → id hash. ARGV: the cause, then field, value, field, value, …
+_DEAD_LETTER_ONCE = """
+local old = redis.call('HGET', KEYS[2], ARGV[1])
+local count, first = 1, nil
+if old then
+  local rows = redis.call('XRANGE', KEYS[1], old, old)
+  if #rows > 0 then
+    local f = rows[1][2]
+    for i = 1, #f, 2 do
+      if f[i] == 'count' then count = tonumber(f[i + 1]) + 1 end
+      if f[i] == 'first_failure' then first = f[i + 1] end
+    end
+    redis.call('XDEL', KEYS[1], old)
+  end
+end
+local fields = {}
+for i = 2, #ARGV, 2 do
+  local k, v = ARGV[i], ARGV[i + 1]
+  if k == 'first_failure' and first then v = first end
+  if k ~= 'count' and k ~= 'cause' then
+    fields[#fields + 1] = k
+    fields[#fields + 1] = v
+  end
+end
+fields[#fields + 1] = 'count'
+fields[#fields + 1] = tostring(count)
+fields[#fields + 1] = 'cause'
+fields[#fields + 1] = ARGV[1]
+local id = redis.call('XADD', KEYS[1], '*', unpack(fields))
+redis.call('HSET', KEYS[2], ARGV[1], id)
+return id
+"""
+
+
 class WorkStore:
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.r = redis
         self.keys = keys
+        self._dead_letter_once = redis.register_script(_DEAD_LETTER_ONCE)
 
     # --- queue claims and locks ------------------------------------------------------------------
     def claim_enqueue(self, job_uuid: str, ttl: int = 300) -> bool:
@@ -103,6 +139,9 @@ class WorkStore:
         return int(self.r.zcard(self.keys.deferred))
 
     # --- dead letters ----------------------------------------------------------------------------
+    # One dead letter per cause (docs/operations.md#dead-letters): the same task failing the same
+    # way again updates its entry (count, last failure) instead of adding one per attempt, and a
+    # job sync's entry is resolved (kept, marked) when the job later syncs.
     def dead_letters(self, count: int = 100) -> list[tuple[str, dict[str, str]]]:
         rows = self.r.xrange(self.keys.dlq, count=count)
         return [
@@ -110,12 +149,19 @@ class WorkStore:
             for entry_id, data in rows
         ]
 
-    def dead_letter(self, entry: Mapping[str, Any]) -> str:
-        """Append an entry (already free of secrets) to the dead-letter stream; return its id."""
+    def dead_letter(self, entry: Mapping[str, Any], cause: str | None = None) -> str:
+        """Append an entry (already free of secrets) to the dead-letter stream; return its id.
+        With a ``cause``, an entry of the same cause not yet resolved is replaced, atomically, by
+        one that counts both (``count``, the first ``first_failure``, the new ``last_failure``)."""
         fields = {
             k: v if isinstance(v, str) else dump(v) for k, v in entry.items() if v is not None
         }
-        return str(self.r.xadd(self.keys.dlq, fields).decode())
+        if cause is None:
+            return str(self.r.xadd(self.keys.dlq, fields).decode())
+        flat = [item for pair in fields.items() for item in pair]
+        entry_id = self._dead_letter_once(keys=[self.keys.dlq, self.keys.dlq_causes],
+                                          args=[cause, *flat])  # fmt: skip
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
     def get_dead_letter(self, entry_id: str) -> dict[str, str] | None:
         rows = self.r.xrange(self.keys.dlq, min=entry_id, max=entry_id)
@@ -124,7 +170,50 @@ class WorkStore:
         return {k.decode(): v.decode() for k, v in rows[0][1].items()}
 
     def drop_dead_letter(self, entry_id: str) -> bool:
-        return bool(self.r.xdel(self.keys.dlq, entry_id))
+        entry = self.get_dead_letter(entry_id)
+        with self.r.pipeline() as pipe:
+            pipe.xdel(self.keys.dlq, entry_id)
+            pipe.hdel(self.keys.dlq_resolved, entry_id)
+            if entry is not None and entry.get("cause") and "resolved_at" not in entry:
+                pipe.hdel(self.keys.dlq_causes, entry["cause"])
+            removed = pipe.execute()[0]
+        return bool(removed)
 
     def dead_letter_count(self) -> int:
-        return int(self.r.xlen(self.keys.dlq))
+        """Dead letters not yet resolved."""
+        return int(self.r.xlen(self.keys.dlq)) - int(self.r.hlen(self.keys.dlq_resolved))
+
+    # --- jobs whose sync failed for good ----------------------------------------------------------
+    def park_failed_job(
+        self, job_uuid: str, generation: int | None, reason: str, dlq_id: str, now: float
+    ) -> None:
+        """Park a job whose sync failed for a permanent reason: the sweeps and polls leave it
+        while its dirty generation stays ``generation`` (a change, or a replay, brings it back)."""
+        value = {"reason": reason[:300], "generation": generation, "dlq": dlq_id, "since": now}
+        self.r.hset(self.keys.failed_jobs, job_uuid, dump(value))
+
+    def failed_jobs(self) -> dict[str, dict[str, Any]]:
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.failed_jobs)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def resolve_failed_job(self, job_uuid: str, now: float) -> str | None:
+        """The job synced: unpark it and mark its dead letter resolved (kept, listed with
+        ``resolved_at``). One round trip when it was not parked. Returns the entry's id."""
+        raw = self.r.hget(self.keys.failed_jobs, job_uuid)
+        if raw is None:
+            return None
+        entry_id = str(json.loads(raw).get("dlq") or "")
+        entry = self.get_dead_letter(entry_id) if entry_id else None
+        with self.r.pipeline() as pipe:
+            pipe.hdel(self.keys.failed_jobs, job_uuid)
+            if entry is not None:
+                pipe.hset(self.keys.dlq_resolved, entry_id, repr(now))
+                if entry.get("cause"):
+                    pipe.hdel(self.keys.dlq_causes, entry["cause"])
+            pipe.execute()
+        return entry_id if entry is not None else None
+
+    def resolved(self) -> dict[str, float]:
+        """Dead letter id → when it was resolved."""
+        raw: dict[bytes, bytes] = self.r.hgetall(self.keys.dlq_resolved)
+        return {k.decode(): float(v) for k, v in raw.items()}

@@ -3,7 +3,8 @@ OAuth and ServiceM8 simulators: what a callback may store, and what it must not.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -14,13 +15,18 @@ from pydantic import SecretStr
 from bridge.connections import ConnectionRegistry
 from bridge.connections.activation import (
     ID_PREFIX,
+    MAX_PENDING_STATES,
     REVOKED_REASON,
+    STARTS_KEY,
+    STARTS_PER_MINUTE,
     Activation,
     RegistryGrants,
+    TooManyActivations,
+    client_key,
     pause_revoked,
 )
 from bridge.errors import Rejected
-from bridge.servicem8.oauth import Grant, InvalidState, OAuthConfig
+from bridge.servicem8.oauth import STATE_SECONDS, Grant, InvalidState, OAuthConfig
 from bridge.simulators import ServiceM8Simulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.web_activation import ACTIVATE_PATH, add_activation_routes
@@ -171,3 +177,103 @@ def test_the_callback_page_says_which_connection_waits_for_pairing(pages, activa
     (connection,) = registry.list()
     assert connection.id in answer.text and "pairs it" in answer.text
     assert callback["code"] not in answer.text and callback["state"] not in answer.text
+
+
+# --- what anonymous loads of the activation page may make Redis hold ------------------------------
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _bounded(activation: Activation, clock: Callable[[], float], **limits: int) -> Activation:
+    """An activation like the fixture's (its keys cleaned up with it), with ``limits``."""
+    return Activation(activation.registry, activation.config, clock=clock,
+                      servicem8_base_url=activation.servicem8_base_url, **limits)  # fmt: skip
+
+
+def _state_keys(activation: Activation) -> list[str]:
+    return list(activation.registry.r.scan_iter(activation.states.key("*")))
+
+
+def test_pending_states_are_capped_and_a_start_over_the_cap_stores_nothing(activation):
+    clock = Clock()
+    bounded = _bounded(activation, clock, max_pending=3, starts_per_minute=100)
+    states = [parse_qs(urlsplit(bounded.url()).query)["state"][0] for _ in range(3)]
+    with pytest.raises(TooManyActivations) as refused:
+        bounded.url()
+    assert refused.value.why == "pending" and refused.value.retry_after == STATE_SECONDS
+    assert len(_state_keys(bounded)) == 3  # the refused start's state was taken back
+    # A state taken back (used, forged or not) frees its place at once ...
+    assert bounded.states.consume(states[0]).label is None
+    bounded.url()
+    with pytest.raises(TooManyActivations):
+        bounded.url()
+    # ... and an expired one once its ten minutes are over (Redis drops its key meanwhile).
+    clock.now += STATE_SECONDS - 1
+    with pytest.raises(TooManyActivations) as refused:
+        bounded.url()
+    assert refused.value.retry_after == 1
+    clock.now += 1
+    bounded.url()
+
+
+def test_pending_states_expire_and_so_does_their_list(activation):
+    state = parse_qs(urlsplit(activation.url()).query)["state"][0]
+    r = activation.registry.r
+    assert 0 < r.ttl(activation.states.key(state)) <= STATE_SECONDS
+    assert 0 < r.ttl(activation.states.pending) <= STATE_SECONDS
+    assert activation.states.cap == MAX_PENDING_STATES == 1_000
+
+
+def test_each_client_may_start_a_few_activations_a_minute(activation):
+    bounded = _bounded(activation, Clock(), starts_per_minute=2)
+    r = bounded.registry.r
+    for _ in range(2):
+        bounded.url(client="203.0.113.7")
+    with pytest.raises(TooManyActivations) as refused:
+        bounded.url(client="203.0.113.7")
+    assert refused.value.why == "rate" and 1 <= refused.value.retry_after <= 60
+    assert len(_state_keys(bounded)) == 2  # nothing stored for the refused start
+    bounded.url(client="203.0.113.8")  # another address has its own count
+    bounded.url()  # a start that is no web request is not counted
+    # An IPv6 client is counted by its /64: one host commonly holds the whole network.
+    bounded.url(client="2001:db8:1:2::a")
+    bounded.url(client="2001:db8:1:2:ffff::b")
+    with pytest.raises(TooManyActivations):
+        bounded.url(client="2001:db8:1:2::c")
+    bounded.url(client="2001:db8:1:3::a")
+    # The count expires with its minute; once it is gone the client may start again.
+    key = bounded.registry.keys.prefix + STARTS_KEY.format(client=client_key("203.0.113.7"))
+    assert 0 < r.ttl(key) <= 60
+    r.delete(key)  # what Redis's expiry does
+    bounded.url(client="203.0.113.7")
+    assert STARTS_PER_MINUTE == 10
+
+
+def test_the_activation_page_answers_429_over_either_bound(activation):
+    from fastapi import FastAPI
+
+    def page(bounded: Activation, client: tuple[str, int]) -> TestClient:
+        app = FastAPI()
+        add_activation_routes(app, bounded)
+        return TestClient(app, client=client)
+
+    visitor = page(activation, ("198.51.100.4", 40000))
+    for _ in range(STARTS_PER_MINUTE):
+        assert visitor.get(ACTIVATE_PATH, follow_redirects=False).status_code == 302
+    answer = visitor.get(ACTIVATE_PATH, follow_redirects=False)
+    assert answer.status_code == 429 and "from your address" in answer.text
+    assert 1 <= int(answer.headers["retry-after"]) <= 60
+    other = page(activation, ("198.51.100.5", 40000))
+    assert other.get(ACTIVATE_PATH, follow_redirects=False).status_code == 302
+
+    # The same deployment's pending states, whichever page started them: 11 now.
+    bounded = _bounded(activation, time.time, max_pending=STARTS_PER_MINUTE + 2)
+    full = page(bounded, ("198.51.100.6", 40000))
+    assert full.get(ACTIVATE_PATH, follow_redirects=False).status_code == 302
+    answer = full.get(ACTIVATE_PATH, follow_redirects=False)
+    assert answer.status_code == 429 and "waiting to be finished" in answer.text
+    assert "location" not in answer.headers

@@ -188,3 +188,57 @@ def test_a_budget_backlog_leaves_no_eta_message_in_the_workers(
     finally:
         stack.stop()
         stack.wipe()
+
+
+def test_one_refused_job_holds_one_dead_letter_resolved_once_it_syncs(
+    stack, sm8_sim, cd_sim, monkeypatch
+):
+    """Coredination answers 400 for one job while sweeps and polls run every second: one dead
+    letter for that job (its count moving at each change), the job parked and not sent again
+    meanwhile, other jobs syncing; once the refusal ends and the job changes, it syncs and its
+    dead letter is kept, marked resolved."""
+    ns = connection_namespace(stack.connection)
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=3)
+    stack.worker("w1", concurrency=2)
+    stack.beat()
+    eventually(lambda: len(cd_sim.jobs) == 3, timeout=60)
+    refused, other = biz.jobs[0], biz.jobs[1]
+    cd_sim.faults.refusals[cd_job_uuid(ns, refused)] = (400, "Invalid job: refused by a test")
+
+    def book(job: str, day: int) -> None:
+        member = biz.staff[day % len(biz.staff)]
+        sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
+                                       "activity_was_scheduled": 1,
+                                       "start_date": f"2026-12-{day:02d} 09:00:00",
+                                       "end_date": f"2026-12-{day:02d} 10:00:00"})  # fmt: skip
+
+    book(refused, 20)
+    eventually(lambda: stack.stores.work.dead_letters(), timeout=30)
+    cd_sim.reset_counts()
+    time.sleep(8)  # eight sweeps and polls: the parked job is not sent again
+    assert len(stack.stores.work.dead_letters()) == 1
+    assert cd_sim.count("PUT", "job.put") == 0 or all(
+        refused not in c[1] for c in cd_sim.calls if c[3] == 400
+    )
+    assert refused in stack.stores.work.failed_jobs()
+    book(other, 21)  # others keep syncing meanwhile
+    eventually(lambda: len(cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, other)]]["resources"]) >= 2)
+
+    book(refused, 22)  # a change while still refused: the same dead letter, counted twice
+    eventually(lambda: stack.stores.work.dead_letters()[0][1].get("count") == "2", timeout=30)
+    ((entry_id, entry),) = stack.stores.work.dead_letters()
+    assert entry["error"] == "Rejected" and entry["status"] == "400"
+
+    del cd_sim.faults.refusals[cd_job_uuid(ns, refused)]
+    book(refused, 23)
+    eventually(lambda: refused not in stack.stores.work.failed_jobs(), timeout=30)
+    assert entry_id in stack.stores.work.resolved()
+    for key, value in stack.env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(stack.tmp)
+    listed = json.loads(CliRunner().invoke(cli, ["dlq", "list", "--json"]).output)
+    assert [(e["id"], e["count"]) for e in listed] == [(entry_id, "2")]
+    assert listed[0]["resolved_at"]
+    status = json.loads(CliRunner().invoke(cli, ["status", "--json"]).output)
+    assert status["failed_jobs"] == {}, status["failed_jobs"]
+    assert status["dead_letters"] == 0, stack.stores.work.dead_letters()

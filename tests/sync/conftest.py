@@ -52,7 +52,8 @@ def _web(redis_url: str, **overrides: Any) -> Iterator[Any]:
     )
     runtime = build(settings, redis_url)
     sent = Sent()
-    client = TestClient(create_app(settings, runtime, sent))
+    # From loopback: /metrics answers only loopback while METRICS_TOKEN is unset.
+    client = TestClient(create_app(settings, runtime, sent), client=("127.0.0.1", 50000))
     client.sent = sent  # type: ignore[attr-defined]
     client.runtime = runtime  # type: ignore[attr-defined]
     yield client

@@ -80,7 +80,7 @@ def test_webhooks_subscribe_list_unsubscribe(cli_env, sm8_sim, cd_sim, receiver,
     assert result.exit_code == 0, result.output
     # ServiceM8 refuses job allocations (the simulator's default reading): reported, not fatal.
     output = " ".join(result.output.split())
-    assert "servicem8 jobactivity, servicem8 job, servicem8 joballocation poll-only" in output
+    assert "servicem8 jobactivity servicem8 job servicem8 joballocation poll-only" in output
     assert "does not support subscription" in output
     assert len(sm8_sim.subscriptions) == 2 and len(cd_sim.webhooks) == 1
     assert run("webhooks", "subscribe").exit_code == 0  # again: nothing doubled

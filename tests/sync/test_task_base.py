@@ -30,7 +30,11 @@ def _call(task, exc, routing_key, retries=0):
 def test_the_tasks_runtime_comes_from_the_apps_settings(app):
     task = app.tasks[SYNC_JOB]
     assert task.runtime is app.bridge_runtime()
-    assert task.runtime.settings is app.bridge_settings()
+    # The environment's connection, as the registry holds it: the app's settings, keys included.
+    settings, own = task.runtime.settings, app.bridge_settings()
+    assert settings.bridge_connection_id == own.bridge_connection_id
+    assert settings.servicem8_api_key == own.servicem8_api_key
+    assert settings.servicem8_base_url == own.servicem8_base_url
 
 
 def test_a_short_wait_is_a_countdown(app):

@@ -184,7 +184,7 @@ def test_healthz_reports_each_part(web):
 def test_metrics_are_prometheus_text_with_every_family(web):
     post(web, documented())
     post(web, documented())
-    text = web.get("/metrics").text
+    text = _scrape(web).text
     samples = {
         (s.name, tuple(sorted(s.labels.items()))): s.value
         for family in text_string_to_metric_families(text)
@@ -204,6 +204,73 @@ def test_metrics_are_prometheus_text_with_every_family(web):
     )
     assert samples[("bridge_api_paused", (("api", "servicem8"),))] == 0
     assert TOKEN not in text
+
+
+# --- who may read /metrics (bridge/web_metrics.py): the receiver's port is public -----------------
+METRICS_TOKEN = "mtk-test-5e1f0a9c3d7b"
+LOOPBACK = ("127.0.0.1", 50000)
+
+
+def _scrape(web, client=LOOPBACK, authorization: str | None = None, metrics_token=None):
+    """GET /metrics from ``client`` (host, port), on an app over the fixture's runtime with
+    ``METRICS_TOKEN`` set to ``metrics_token`` (None: unset)."""
+    from pydantic import SecretStr
+
+    token = SecretStr(metrics_token) if metrics_token is not None else None
+    settings = web.runtime.settings.model_copy(update={"metrics_token": token})
+    app = create_app(settings, web.runtime, web.sent)
+    headers = {"authorization": authorization} if authorization is not None else {}
+    return TestClient(app, client=client).get("/metrics", headers=headers)
+
+
+@pytest.mark.parametrize("client", [LOOPBACK, ("10.1.2.3", 1234), ("::1", 1234)])
+def test_with_metrics_token_a_scrape_needs_it_as_its_bearer_token(web, client):
+    """Set, the token is asked of every client, loopback ones too; wrong or missing is 401."""
+    refused = [None, "", "Bearer", "Bearer ", "Bearer wrong", f"Bearer {METRICS_TOKEN[:-1]}",
+               f"Bearer {METRICS_TOKEN}x", METRICS_TOKEN, f"Basic {METRICS_TOKEN}"]  # fmt: skip
+    for authorization in refused:
+        r = _scrape(web, client, authorization, metrics_token=METRICS_TOKEN)
+        assert r.status_code == 401, authorization
+        assert r.headers["www-authenticate"].startswith("Bearer")
+        assert "METRICS_TOKEN" in r.text and "bridge_links" not in r.text
+        assert METRICS_TOKEN not in r.text
+    for authorization in (f"Bearer {METRICS_TOKEN}", f"bearer {METRICS_TOKEN}"):
+        r = _scrape(web, client, authorization, metrics_token=METRICS_TOKEN)
+        assert r.status_code == 200 and "bridge_links" in r.text
+
+
+@pytest.mark.parametrize(
+    ("client", "answered"),
+    [
+        (LOOPBACK, True),
+        (("127.8.9.10", 1234), True),
+        (("::1", 1234), True),
+        (("::ffff:127.0.0.1", 1234), True),  # IPv4 loopback on a dual-stack socket
+        (("10.1.2.3", 1234), False),
+        (("172.18.0.5", 1234), False),  # another container on the compose network (Prometheus)
+        (("2001:db8::1", 1234), False),
+        (("::ffff:10.1.2.3", 1234), False),
+        (("testclient", 50000), False),  # a host that is no address
+    ],
+)
+def test_without_metrics_token_only_loopback_clients_are_answered(web, client, answered):
+    r = _scrape(web, client)
+    if answered:
+        assert r.status_code == 200 and "bridge_links" in r.text
+    else:
+        assert r.status_code == 403
+        assert "METRICS_TOKEN" in r.text and len(r.text.strip().splitlines()) == 1
+        assert "bridge_links" not in r.text
+    # An empty METRICS_TOKEN is no token: it would let an empty bearer token in.
+    assert _scrape(web, client, "Bearer ", metrics_token="").status_code == r.status_code
+
+
+def test_the_metrics_token_is_a_secret_of_the_log_redactor(web):
+    from pydantic import SecretStr
+
+    settings = web.runtime.settings.model_copy(update={"metrics_token": SecretStr(METRICS_TOKEN)})
+    assert METRICS_TOKEN in settings.secret_values()
+    assert METRICS_TOKEN not in repr(settings)
 
 
 def test_a_registry_connection_receives_on_its_own_token(web, redis_client):

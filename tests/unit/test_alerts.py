@@ -278,8 +278,17 @@ def run(promtool: str, *args: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_promtool_checks_the_rules_and_the_scrape_config(promtool):
-    for args in (("check", "rules", ALERTS), ("check", "config", PROMETHEUS / "prometheus.yml")):
+def test_promtool_checks_the_rules_and_the_scrape_config(promtool, tmp_path):
+    # The scrape config names the token file as the container sees it: checked here beside a
+    # stand-in token, with every file it refers to copied along.
+    config = (PROMETHEUS / "prometheus.yml").read_text()
+    assert "/etc/prometheus/metrics_token" in config
+    (tmp_path / "metrics_token").write_text("stand-in\n")
+    (tmp_path / "alerts.yml").write_text(ALERTS.read_text())
+    checked = tmp_path / "prometheus.yml"
+    checked.write_text(config.replace("/etc/prometheus/metrics_token",
+                                      str(tmp_path / "metrics_token")))  # fmt: skip
+    for args in (("check", "rules", ALERTS), ("check", "config", checked)):
         done = run(promtool, *args)
         assert done.returncode == 0, done.stdout + done.stderr
     assert (

@@ -4,6 +4,7 @@ operational promises the README makes about it."""
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
 
@@ -47,11 +48,66 @@ def test_one_beat_and_flower_behind_basic_auth(compose):
     services = compose["services"]
     assert services["beat"]["deploy"]["replicas"] == 1
     assert services["beat"]["command"][:4] == ["celery", "-A", "tasks", "beat"]
-    auth = services["flower"]["environment"]["FLOWER_BASIC_AUTH"]
-    assert auth.startswith("${FLOWER_BASIC_AUTH:?"), "Flower must not start without credentials"
-    assert "FLOWER_UNAUTHENTICATED_API" not in services["flower"]["environment"]
-    assert all(p.startswith("127.0.0.1:") for p in services["flower"]["ports"])
+    flower = services["flower"]
+    # Required by Flower's own start (below), not by compose: see the next test.
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == "${FLOWER_BASIC_AUTH:-}"
+    # FLOWER_UNAUTHENTICATED_API opens Flower's /api/ without credentials: never set, neither
+    # here nor in the .env every bridge service (flower too) reads.
+    assert "FLOWER_UNAUTHENTICATED_API" not in flower["environment"]
+    assert "FLOWER_UNAUTHENTICATED_API" not in (ROOT / ".env.example").read_text()
+    assert "FLOWER_UNAUTHENTICATED_API" not in _without_comments(ROOT / "docker-compose.yml")
+    assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
     assert services["simulators"]["profiles"] == ["simulators"]
+
+
+def test_no_variable_is_required_by_compose_itself():
+    """Compose resolves ``${VAR:?}`` (and ``${VAR?}``) for every service, even those of a profile
+    not started, so one would stop every compose command; each service checks its own instead."""
+    code = _without_comments(ROOT / "docker-compose.yml")
+    assert not re.search(r"\$\{[A-Za-z_][A-Za-z0-9_]*:?\?", code)
+
+
+def _without_comments(path: Path) -> str:
+    """The file's text with its ``#`` comments cut (no value in it holds a ``#``)."""
+    return "\n".join(line.split("#", 1)[0] for line in path.read_text().splitlines())
+
+
+def test_the_environment_block_never_overrides_a_setting_from_dotenv(compose):
+    """``environment`` wins over ``env_file``: each of its values must be the variable itself
+    with a default (``${NAME:-default}``), which a value in ``.env`` (read for interpolation) or
+    the shell replaces; a literal would silently override ``.env``."""
+    anchor = compose["x-bridge"]
+    assert anchor["env_file"] == [{"path": ".env", "required": False}]
+    environment = anchor["environment"]
+    assert {"REDIS_URL", "LOG_FORMAT"} <= set(environment)
+    for name, value in environment.items():
+        assert isinstance(value, str) and value.startswith(f"${{{name}:-"), name
+        assert value.count("${") == 1 and value.endswith("}"), name
+    assert environment["REDIS_URL"] == "${REDIS_URL:-redis://redis:6379/0}"
+    for name in ("web", "worker", "beat", "flower"):  # the services built on the anchor
+        service = compose["services"][name]
+        assert service["env_file"] == anchor["env_file"], name
+        assert {k: service["environment"][k] for k in environment} == environment, name
+
+
+@pytest.mark.parametrize(
+    ("credentials", "starts"),
+    [("admin:s3cret", True), ("admin:s3cret,prometheus:t0ken", True), ("", False),
+     ("admin", False), (":", False), ("admin:", False), (":s3cret", False)],
+)  # fmt: skip
+def test_flower_refuses_to_start_without_credentials(compose, credentials, starts):
+    """Run the flower service's entrypoint as Compose would (``$$`` is a literal ``$``), with
+    Flower replaced by an echo."""
+    import subprocess
+
+    entrypoint = [arg.replace("$$", "$") for arg in compose["services"]["flower"]["entrypoint"]]
+    env = {"PATH": "/usr/bin:/bin", "FLOWER_BASIC_AUTH": credentials}
+    done = subprocess.run([*entrypoint, "echo", "flower-started"], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert (done.returncode == 0) is starts
+    assert ("flower-started" in done.stdout) is starts
+    if not starts:
+        assert "FLOWER_BASIC_AUTH" in done.stderr
 
 
 def test_every_bridge_command_in_compose_exists_with_its_options(compose):
@@ -77,9 +133,12 @@ def test_the_command_is_not_named_like_a_system_tool():
 
 # --- the monitoring profile -----------------------------------------------------------------------
 def _mounts(service: dict) -> dict[str, str]:
-    """Container path → host path of a service's bind mounts (short syntax)."""
+    """Container path → host path of a service's mounts (short and long syntax)."""
     mounts = {}
     for volume in service.get("volumes", []):
+        if isinstance(volume, dict):
+            mounts[volume["target"]] = volume["source"]
+            continue
         source, target, *_ = volume.split(":")
         mounts[target] = source
     return mounts
@@ -111,6 +170,31 @@ def test_prometheus_loads_the_scrape_config_and_the_alert_rules_beside_it(compos
     assert targets == {"bridge": ["web:8000"], "flower": ["flower:5555"]}
     assert compose["services"]["web"]["command"][-2:] == ["--port", "8000"]
     assert compose["services"]["flower"]["command"][-1] == "--port=5555"
+
+
+def test_prometheus_scrapes_the_bridge_with_the_metrics_token_from_a_mounted_file(compose):
+    """web's port is public, so its /metrics asks a scrape from outside loopback for
+    METRICS_TOKEN (bridge/web_metrics.py): Prometheus sends it from a file compose mounts, kept in
+    a git-ignored folder and never created empty by Docker (a missing file stops Prometheus)."""
+    prometheus = compose["services"]["prometheus"]
+    config = yaml.safe_load(
+        (ROOT / _mounts(prometheus)["/etc/prometheus/prometheus.yml"]).read_text()
+    )
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    authorization = jobs["bridge"]["authorization"]
+    assert authorization.get("type", "Bearer") == "Bearer"
+    token_file = authorization["credentials_file"]
+    (mount,) = [
+        v for v in prometheus["volumes"] if isinstance(v, dict) and v["target"] == token_file
+    ]
+    assert mount["type"] == "bind" and mount["read_only"] is True
+    assert mount["bind"]["create_host_path"] is False
+    folder = Path(mount["source"]).parts[-2]
+    assert f"{folder}/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert mount["source"].removeprefix("./") in (ROOT / "README.md").read_text()
+    # Flower leaves its /metrics open whatever its auth (Flower's documented exemption): no
+    # credentials are sent, and its port is on loopback only (the test above).
+    assert "authorization" not in jobs["flower"] and "basic_auth" not in jobs["flower"]
 
 
 def test_grafana_provisions_the_dashboard_with_anonymous_access_off(compose):
