@@ -25,7 +25,7 @@ console = Console()
 def _redis(stack: list[object]) -> str:
     import os
 
-    from bridge.redis_server import EmbeddedRedis, reachable
+    from bridge.redis.server import EmbeddedRedis, reachable
 
     if os.environ.get("REDIS_URL"):
         return os.environ["REDIS_URL"]

@@ -50,7 +50,7 @@ from rich.console import Console
 from bench.harness import Stack, eventually, free_port
 from bench.sentinel import SentinelCluster
 from bridge.queues import POLL_CYCLE
-from bridge.redis_server import EmbeddedRedis
+from bridge.redis.server import EmbeddedRedis
 from bridge.simulators import (
     HOSTILE_COREDINATION,
     HOSTILE_SERVICEM8,

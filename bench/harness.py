@@ -16,8 +16,8 @@ from typing import Any
 
 import requests
 
-from bridge import redis_conn
-from bridge.redis_server import free_port
+from bridge.redis import conn as redis_conn
+from bridge.redis.server import free_port
 from bridge.store import Stores
 from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
 

@@ -19,8 +19,8 @@ from typing import Any
 
 from bench.harness import CD_KEY, SM8_KEY, Stack, eventually, expected_booking
 from bridge.config import load_settings
+from bridge.process.runtime import Runtime, build
 from bridge.queues import POLL_CYCLE
-from bridge.runtime import Runtime, build
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import check
 from bridge.simulators.scenario import Business, seed_business
@@ -153,7 +153,7 @@ def backfill(b: Bench) -> None:
 def _running(b: Bench, st: Any, sm8: Any, cd: Any) -> None:
     """The web receiver with webhooks subscribed (job activities and jobs; ServiceM8 refuses
     allocations), staff matched, two workers and beat, and the business in step."""
-    from bridge.subscriptions import subscribe_webhooks
+    from bridge.ops.subscriptions import subscribe_webhooks
 
     st.env["WEBHOOK_PUBLIC_URL"] = st.web()
     rt = b.runtime(st)

@@ -30,7 +30,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from bridge.redis_server import free_port
+from bridge.redis.server import free_port
 
 MASTER = "bridge-test"  # not the default "mymaster": a client that ignores the name fails
 PASSWORD = "data-pw-5e1c9a"  # noqa: S105 - a fake, for the loopback group only

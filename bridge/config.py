@@ -58,7 +58,7 @@ class Settings(BaseSettings):
         "mymaster",
         min_length=1,
         description="The Sentinel master name, for a REDIS_URL naming a Sentinel group "
-        "(sentinel://[:password@]host1:26379,host2:26379/db, bridge/redis_conn.py) without "
+        "(sentinel://[:password@]host1:26379,host2:26379/db, bridge/redis/conn.py) without "
         "?master=NAME.",
     )
     redis_sentinel_password: SecretStr | None = Field(
@@ -293,7 +293,7 @@ class Settings(BaseSettings):
             parts = urlsplit(self.redis_url.get_secret_value())
             if parts.password:
                 secrets.append(parts.password)
-            # A sentinel:// URL may carry the sentinels' password too (bridge/redis_conn.py).
+            # A sentinel:// URL may carry the sentinels' password too (bridge/redis/conn.py).
             secrets += parse_qs(parts.query).get("sentinel_password", [])
         return [s for s in secrets if s]
 

@@ -18,7 +18,7 @@ from typing import Any, Final, Literal
 
 from celery import Celery
 
-from bridge.redis_conn import broker_settings
+from bridge.redis.conn import broker_settings
 
 # --- task names (the tasks are defined in ``tasks.jobs``; every other place spells them so) -------
 SYNC_JOB: Final = "bridge.sync.job"
@@ -103,7 +103,7 @@ def transport_options(connection: str) -> dict[str, Any]:
 def sender(redis_url: str, connection: str) -> Celery:
     """A Celery app that only sends tasks to this connection's queues (no task code loaded). It
     does not become the process's current app: a worker's own app stays that. ``redis_url`` may
-    name a Sentinel group (bridge/redis_conn.py): the master's name travels in it."""
+    name a Sentinel group (bridge/redis/conn.py): the master's name travels in it."""
     app = Celery("bridge-sender", set_as_current=False)
     app.conf.update(
         **broker_settings(redis_url, transport_options(connection)),

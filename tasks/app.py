@@ -44,12 +44,12 @@ from celery import Celery, current_app
 from celery.signals import heartbeat_sent, setup_logging, task_postrun, task_prerun
 from kombu.entity import Queue
 
-from bridge import redis_conn
 from bridge.config import Settings, load_settings
 from bridge.connections.process import ProcessFleet, servicem8_credentials
 from bridge.connections.schedule import Claimed
 from bridge.errors import ConfigError, ConnectionPaused
 from bridge.log import configure_logging, get_logger
+from bridge.process.runtime import Runtime, build, with_sentinel_settings
 from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
     FLEET_TICK,
@@ -63,7 +63,7 @@ from bridge.queues import (
     task_routes,
     transport_options,
 )
-from bridge.runtime import Runtime, build, with_sentinel_settings
+from bridge.redis import conn as redis_conn
 from bridge.store.activity import ActivityStore
 from bridge.store.keys import ALIVE_SECONDS, Keys
 
@@ -99,7 +99,7 @@ FIXED: dict[str, Any] = {
 
 
 def _redis_url(settings: Settings) -> str:
-    """``REDIS_URL``; a Sentinel one with the master's name written in (bridge/redis_conn.py)."""
+    """``REDIS_URL``; a Sentinel one with the master's name written in (bridge/redis/conn.py)."""
     if settings.redis_url is None:
         return ""
     return with_sentinel_settings(settings, settings.redis_url.get_secret_value())
@@ -274,7 +274,7 @@ class BridgeApp(Celery):  # type: ignore[misc]
     def redbeat_redis(self) -> Any:
         """Beat's Redis client: ``redbeat.schedulers.get_redis`` takes it from this attribute
         when it is set, else builds one and sets it. For a Sentinel group it is the bridge's
-        own master client (bridge/redis_conn.py), which retries across a failover: redbeat's
+        own master client (bridge/redis/conn.py), which retries across a failover: redbeat's
         retries nothing on its Sentinel connections, so renewing beat's lock during a failover
         ended beat. For one Redis it stays redbeat's own."""
         if self._redbeat_redis is None:

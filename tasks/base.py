@@ -29,10 +29,10 @@ from bridge.errors import (
     RetryableError,
 )
 from bridge.http.budget import Priority, priority
+from bridge.http.retry import RetryPolicy
 from bridge.log import get_logger
+from bridge.process.runtime import Runtime
 from bridge.queues import SYNC_JOB, Enqueuer, Lane, lane_of, message_of
-from bridge.retry import RetryPolicy
-from bridge.runtime import Runtime
 from tasks.app import MAX_COUNTDOWN
 
 log = get_logger(__name__)

@@ -10,9 +10,9 @@ import time
 
 from celery import shared_task
 
-from bridge import subscriptions
 from bridge.errors import BudgetExhausted
 from bridge.log import get_logger
+from bridge.ops import subscriptions
 from bridge.queues import (
     CHECK_SUBSCRIPTIONS,
     FLEET_TICK,

@@ -150,7 +150,7 @@ def receiver() -> Iterator[Receiver]:
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The Redis on 127.0.0.1:6379 when it answers (database 14), else an embedded one."""
-    from bridge.redis_server import EmbeddedRedis, reachable
+    from bridge.redis.server import EmbeddedRedis, reachable
 
     if reachable(LOCAL_REDIS):
         yield LOCAL_REDIS

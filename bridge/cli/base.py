@@ -5,19 +5,21 @@ traceback for those), and the wiring a command runs on."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
 from bridge.config import Settings, load_settings
+from bridge.connections.registry import ConnectionRegistry
 from bridge.errors import BridgeError, ConfigError
 from bridge.log import configure_logging
 
 if TYPE_CHECKING:
+    from bridge.process.runtime import Runtime
     from bridge.queues import Enqueuer
-    from bridge.runtime import Runtime
 
 
 app = typer.Typer(
@@ -98,8 +100,6 @@ def _for_every_connection() -> int:
     import subprocess
     import sys
 
-    from bridge.cli.connections import open_registry
-
     rest = [a for a in sys.argv[1:] if a != "--all"]
     command = next((a for a in rest if not a.startswith("-")), None)
     if command is None or command in FLEET_COMMANDS:
@@ -115,6 +115,33 @@ def _for_every_connection() -> int:
                              check=False)  # fmt: skip
         worst = max(worst, run.returncode)
     return worst
+
+
+@contextmanager
+def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
+    """The registry over the bridge's Redis (``REDIS_URL``, or the embedded one), and the
+    settings. It may add connections: the environment's own joins it first."""
+    import redis
+
+    from bridge.connections.secrets import SecretBox
+    from bridge.process.runtime import resolve_redis
+    from bridge.redis import conn as redis_conn
+    from bridge.store.keys import FleetKeys
+
+    settings = settings_and_logging()
+    box = SecretBox.from_settings(settings)
+    url, embedded = resolve_redis(settings)
+    client = redis_conn.client(url)
+    try:
+        client.ping()
+        keys = FleetKeys.for_deployment(settings.bridge_connection_id)
+        yield ConnectionRegistry(client, box, keys=keys, environment=settings), settings
+    except redis.RedisError as exc:
+        raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
+    finally:
+        client.close()
+        if embedded is not None:
+            embedded.release()
 
 
 def settings_and_logging() -> Settings:
@@ -144,7 +171,7 @@ COMMAND_BUDGET_WAIT = 300.0
 def command_runtime() -> Runtime:
     """The bridge's wiring from the settings, for the deployment's own connection or the one
     chosen by ``-c``; use as ``with command_runtime() as rt:``."""
-    from bridge.runtime import build
+    from bridge.process.runtime import build
 
     settings = settings_and_logging()
     chosen = SELECTED.connection
@@ -157,12 +184,12 @@ def _registry_runtime(settings: Settings, connection: str) -> Runtime:
     """A registry connection's wiring, as the workers build it: its settings and keys (a grant
     through the token keeper), its store, the deployment's lanes. Its status does not matter to
     a command: a paused connection can be looked at and repaired."""
-    from bridge import redis_conn
     from bridge.connections import ConnectionRegistry, SecretBox
     from bridge.connections.activation import token_keeper
     from bridge.connections.process import servicem8_credentials
     from bridge.errors import ConnectionPaused
-    from bridge.runtime import build, resolve_redis
+    from bridge.process.runtime import build, resolve_redis
+    from bridge.redis import conn as redis_conn
     from bridge.store.keys import FleetKeys
 
     redis_url, embedded = resolve_redis(settings)

@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
 
-from bridge.cli.base import app, handles_errors, out, settings_and_logging
-from bridge.config import Settings
+from bridge.cli.base import app, handles_errors, open_registry, out
 from bridge.connections import (
     OVERRIDABLE,
     STATUSES,
@@ -55,31 +52,6 @@ _SET = f"A setting of its own, NAME=VALUE (repeatable); NAME one of {_NAMES}."
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help=_SET, metavar="NAME=VALUE")]
 _CD_URL = "Coredination REST base; default COREDINATION_BASE_URL's."
 _STATUS = f"Its first state: {', '.join(STATUSES)} (authorised: not paired, does not sync)."
-
-
-@contextmanager
-def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
-    """The registry over the bridge's Redis (``REDIS_URL``, or the embedded one), and the
-    settings."""
-    import redis
-
-    from bridge import redis_conn
-    from bridge.runtime import resolve_redis
-
-    settings = settings_and_logging()
-    box = SecretBox.from_settings(settings)
-    url, embedded = resolve_redis(settings)
-    client = redis_conn.client(url)
-    try:
-        client.ping()
-        keys = FleetKeys.for_deployment(settings.bridge_connection_id)
-        yield ConnectionRegistry(client, box, keys=keys, environment=settings), settings
-    except redis.RedisError as exc:
-        raise ConfigError(f"REDIS_URL: cannot reach Redis ({type(exc).__name__})") from None
-    finally:
-        client.close()
-        if embedded is not None:
-            embedded.release()
 
 
 def unreadable_secrets(client: Any, box: SecretBox, deployment: str) -> list[str]:

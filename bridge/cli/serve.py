@@ -23,7 +23,7 @@ def web(
     """Run only the webhook receiver with /healthz and /metrics (needs REDIS_URL)."""
     import uvicorn
 
-    from bridge.web import create_app
+    from bridge.web.app import create_app
 
     settings = settings_and_logging()
     if settings.redis_url is None:
@@ -45,8 +45,8 @@ def run(
     """Worker, beat and webhook server together, on REDIS_URL or an embedded Redis in the state
     folder (other commands use that same server while this runs). Ctrl-C or SIGTERM stops
     everything cleanly, the embedded Redis last."""
-    from bridge.runtime import resolve_redis
-    from bridge.supervisor import Supervisor
+    from bridge.process.runtime import resolve_redis
+    from bridge.process.supervisor import Supervisor
 
     settings = settings_and_logging()
     redis_url, embedded = resolve_redis(settings)
@@ -71,9 +71,9 @@ def _join_registry(settings: Any, redis_url: str) -> None:
     and a connection added later never stops it (docs/connections.md#the-default-connection)."""
     import redis
 
-    from bridge import redis_conn
     from bridge.connections import ConnectionRegistry, SecretBox
     from bridge.errors import ConfigError
+    from bridge.redis import conn as redis_conn
     from bridge.store.keys import FleetKeys
 
     client = redis_conn.client(redis_url)
@@ -100,7 +100,7 @@ def demo(
     ] = None,
 ) -> None:
     """Both simulators, a small business, the whole bridge, four live changes and a summary."""
-    from bridge.demo import run_demo
+    from bridge.cli.demo import run_demo
 
     configure_logging("WARNING", "console")
     ok = run_demo(out, keep_running=keep_running, state_dir=state_dir, summary_json=summary_json)

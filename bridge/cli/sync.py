@@ -144,7 +144,7 @@ def status(
     why, the worst poll age, dead letters by connection)."""
     import json
 
-    from bridge.ops import status as read_status
+    from bridge.ops.status import status as read_status
 
     if SELECTED.connection is None and _fleet(as_json):
         return
@@ -290,8 +290,8 @@ def _fleet(as_json: bool) -> bool:
 
     from rich.table import Table
 
-    from bridge.cli.connections import open_registry
-    from bridge.fleet_status import fleet_status
+    from bridge.cli.base import open_registry
+    from bridge.ops.fleet_status import fleet_status
 
     with open_registry() as (registry, _settings):
         if registry.r.hlen(registry.keys.connections) <= 1:

@@ -18,7 +18,7 @@ def webhooks_subscribe() -> None:
     """Point both systems' webhooks at WEBHOOK_PUBLIC_URL (the receiver must be running: ServiceM8
     checks it with a challenge). Safe to repeat. Exit 1 when any subscription failed for a reason
     other than ServiceM8 refusing that object (which is then polled, as every object is)."""
-    from bridge.subscriptions import failed, subscribe_webhooks
+    from bridge.ops.subscriptions import failed, subscribe_webhooks
 
     with command_runtime() as rt:
         done = subscribe_webhooks(rt)
@@ -39,7 +39,7 @@ def webhooks_list(
     """Every subscription in both systems (the token in URLs is masked)."""
     import json
 
-    from bridge.subscriptions import list_webhooks
+    from bridge.ops.subscriptions import list_webhooks
 
     with command_runtime() as rt:
         rows = list_webhooks(rt)
@@ -54,7 +54,7 @@ def webhooks_list(
 @handles_errors
 def webhooks_unsubscribe() -> None:
     """Remove the subscriptions that point at this bridge."""
-    from bridge.subscriptions import unsubscribe_webhooks
+    from bridge.ops.subscriptions import unsubscribe_webhooks
 
     with command_runtime() as rt:
         done = unsubscribe_webhooks(rt)

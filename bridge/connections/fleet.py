@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from bridge import redis_conn
 from bridge.config import Settings
 from bridge.connections.models import Connection
 from bridge.connections.registry import ConnectionRegistry
@@ -24,6 +23,7 @@ from bridge.connections.schedule import Claimed, FleetSchedule, member
 from bridge.connections.secrets import SecretBox
 from bridge.log import get_logger
 from bridge.queues import RELEASE_DEFERRED, SWEEP
+from bridge.redis import conn as redis_conn
 from bridge.store.hints import waiting_key
 from bridge.store.keys import FleetKeys, Keys
 from bridge.sync.hints import HINTED

@@ -122,7 +122,7 @@ class Connection(BaseModel):
     @field_validator("servicem8_account")
     @classmethod
     def _account(cls, value: str | None) -> str | None:
-        return value.lower() if value else None  # as bridge.accounts keeps it
+        return value.lower() if value else None  # as bridge.http.accounts keeps it
 
     @field_validator("overrides", mode="before")
     @classmethod
@@ -143,7 +143,7 @@ class Connection(BaseModel):
             update["servicem8_api_key"] = secrets.servicem8_api_key
         elif secrets is not None and secrets.servicem8_grant is not None:
             # Never the environment's key for this account: a stand-in no API accepts, which
-            # also names the connection's budget until its account is learnt (bridge.accounts).
+            # also names the connection's budget until its account is learnt (bridge.http.accounts).
             update["servicem8_api_key"] = SecretStr(f"{OAUTH_KEY_PREFIX}{self.id}")
         if secrets is not None and secrets.coredination_api_key is not None:
             update["coredination_api_key"] = secrets.coredination_api_key

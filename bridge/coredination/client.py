@@ -99,7 +99,7 @@ class CoredinationClient:
         self.transport = transport
         self.clock = clock
         # Learnt from the first refusal and kept for the client's life, which is the process's:
-        # a process builds its client once (bridge.runtime).
+        # a process builds its client once (bridge.process.runtime).
         self.unassign_missing = False
         self.users_missing = False  # set from a stored probe: GET /user does not exist here
 

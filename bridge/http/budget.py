@@ -37,8 +37,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any, Literal
 
-from bridge.accounts import AccountIds
 from bridge.errors import Api, BudgetExhausted
+from bridge.http.accounts import AccountIds
 from bridge.http.transport import Outcome
 from bridge.log import get_logger
 from bridge.store import BudgetStore, SlotWindow
@@ -135,7 +135,7 @@ class Budget:
                 "rate_limited",
             )
             log.warning("budget.paused", api=api, seconds=round(seconds, 1), window=outcome.window)
-        elif outcome.kind == "auth":  # the key's, not the account's (bridge.accounts)
+        elif outcome.kind == "auth":  # the key's, not the account's (bridge.http.accounts)
             self.store.set_pause(
                 api, self.accounts.stand_in(api), self.auth_pause_seconds, outcome.reason, "auth"
             )

@@ -20,15 +20,15 @@ from collections.abc import Callable
 from bridge.probe._common import SWITCHES, Finding, Report
 from bridge.probe.coredination import CoredinationProbe
 from bridge.probe.servicem8 import ServiceM8Probe
-from bridge.runtime import Runtime
+from bridge.process.runtime import Runtime
 
 __all__ = ["SWITCHES", "Finding", "Report", "probe"]
 
 
 def probe(rt: Runtime, *, writes: bool = False, clock: Callable[[], float] = time.time) -> Report:
     """Ask both APIs every open question it can (``writes``: those that need records of its own
-    too), store the readings (read back by ``bridge.runtime`` and ``sm8cd status``), and return
-    the report."""
+    too), store the readings (read back by ``bridge.process.runtime`` and ``sm8cd status``), and
+    return the report."""
     report = Report(writes=writes, probed_at=clock())
     ServiceM8Probe(rt, report).run(writes)
     CoredinationProbe(rt, report).run(writes)

@@ -9,7 +9,7 @@ from typing import Any
 from bridge.coredination.models import ALL_JOB_STATES_CSV
 from bridge.errors import ApiError, PermanentError
 from bridge.probe._common import SCRATCH_TITLE, Report, said
-from bridge.runtime import Runtime
+from bridge.process.runtime import Runtime
 
 
 class CoredinationProbe:

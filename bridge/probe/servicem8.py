@@ -9,10 +9,10 @@ from typing import Any
 
 from bridge.errors import BridgeError, PermanentError, Rejected
 from bridge.log import get_logger
+from bridge.ops.subscriptions import callback_urls
 from bridge.probe._common import SCRATCH_TITLE, Report, active, empty, said
-from bridge.runtime import Runtime
+from bridge.process.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
-from bridge.subscriptions import callback_urls
 
 log = get_logger(__name__)
 

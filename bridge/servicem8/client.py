@@ -206,8 +206,8 @@ class ServiceM8Client:
     @property
     def tz(self) -> tzinfo:
         """The account's timezone, read once from ``/vendor.json`` unless configured. The same
-        read tells which account the budget belongs to (``bridge.accounts``): every request asks
-        for the timezone first, so only that read goes under the stand-in account. With the
+        read tells which account the budget belongs to (``bridge.http.accounts``): every request
+        asks for the timezone first, so only that read goes under the stand-in account. With the
         timezone configured, a failed read of the account does not fail the call: it goes under
         the stand-in, and the read is tried again a minute later."""
         if self._tz is None and self.timezones is not None:

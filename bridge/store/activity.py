@@ -99,7 +99,7 @@ class ActivityStore:
         self.set_cursor(subscription_field(name), state[:300])
 
     def subscription_health(self, name: str) -> dict[str, Any] | None:
-        """What the last health check read of the subscription (``bridge.subscriptions``)."""
+        """What the last health check read of the subscription (``bridge.ops.subscriptions``)."""
         raw = self.cursor(f"subscription-health:{name}")
         return json.loads(raw) if raw else None
 

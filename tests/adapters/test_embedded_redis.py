@@ -1,4 +1,4 @@
-"""One embedded Redis per state folder (bridge/redis_server.py): a second start on the same folder
+"""One embedded Redis per state folder (bridge/redis/server.py): a second start on the same folder
 attaches to the running server instead of starting another on the same append-only file; a stale
 run file is never trusted; a command's own server goes when it is done, unless others use it."""
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import redis
 
-from bridge.redis_server import RUN_FILE, EmbeddedRedis
+from bridge.redis.server import RUN_FILE, EmbeddedRedis
 
 
 def servers_of(folder: Path) -> list[int]:

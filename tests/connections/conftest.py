@@ -55,6 +55,7 @@ def fleet_env(
 ) -> dict[str, str]:
     """What a ``sm8cd connections`` command reads, in a scratch folder (no stray ``.env``), with
     the registry under the test's own prefix."""
+    import bridge.cli.base as base
     import bridge.cli.connections as cli
 
     for name in list(os.environ):
@@ -78,4 +79,5 @@ def fleet_env(
         return ConnectionRegistry(redis, box, keys=fleet_keys, environment=environment)
 
     monkeypatch.setattr(cli, "ConnectionRegistry", registry)
+    monkeypatch.setattr(base, "ConnectionRegistry", registry)
     return env

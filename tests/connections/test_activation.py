@@ -1,4 +1,4 @@
-"""The add-on's activation (bridge/connections/activation.py, bridge/web_activation.py) against the
+"""The add-on's activation (bridge/connections/activation.py, bridge/web/activation.py) against the
 OAuth and ServiceM8 simulators: what a callback may store, and what it must not."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from bridge.errors import Rejected
 from bridge.servicem8.oauth import STATE_SECONDS, Grant, InvalidState, OAuthConfig
 from bridge.simulators import ServiceM8Simulator
 from bridge.simulators.oauth import OAuthSimulator
-from bridge.web_activation import ACTIVATE_PATH, add_activation_routes
+from bridge.web.activation import ACTIVATE_PATH, add_activation_routes
 from tests.conftest import OAUTH_CLIENT_ID as CLIENT_ID
 from tests.conftest import OAUTH_CLIENT_SECRET as CLIENT_SECRET
 from tests.conftest import OAUTH_REDIRECT as REDIRECT

@@ -246,8 +246,8 @@ def test_registry_connections_check_their_own_webhook_subscriptions(deployment):
     from pydantic import SecretStr
 
     from bridge.connections.models import connection_webhook_token
+    from bridge.ops.subscriptions import callback_urls
     from bridge.queues import CHECK_SUBSCRIPTIONS
-    from bridge.subscriptions import callback_urls
     from tasks.app import periodic_work
 
     settings = deployment.bridge_settings().model_copy(

@@ -1,4 +1,4 @@
-"""The fleet's status (bridge/fleet_status.py): every connection's state and the aggregates, in
+"""The fleet's status (bridge/ops/fleet_status.py): every connection's state and the aggregates, in
 ``sm8cd status`` without ``-c`` and in ``/metrics``, with a bounded number of labels."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, generate_latest
 
 from bridge.connections.models import Connection
-from bridge.fleet_status import WORST, fleet_metrics, fleet_status
+from bridge.ops.fleet_status import WORST, fleet_metrics, fleet_status
 from bridge.queues import POLL_CYCLE
 from bridge.store import Stores
 from bridge.store.keys import Keys

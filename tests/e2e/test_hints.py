@@ -7,10 +7,10 @@ import signal
 import time
 
 from bridge.config import load_settings
+from bridge.ops.subscriptions import subscribe_webhooks
+from bridge.process.runtime import build
 from bridge.queues import READ_HINTS, sender
-from bridge.runtime import build
 from bridge.simulators.scenario import seed_business
-from bridge.subscriptions import subscribe_webhooks
 from mappings.ids import cd_job_uuid, connection_namespace
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.e2e.conftest import Stack, eventually

@@ -18,7 +18,7 @@ from bench.harness import Stack, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, SecretBox, new_key
 from bridge.connections.activation import ID_PREFIX, REVOKED_REASON
 from bridge.connections.models import Connection
-from bridge.redis_server import free_port
+from bridge.redis.server import free_port
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.simulators.scenario import seed_business

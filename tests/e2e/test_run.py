@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from bench.harness import free_port
-from bridge.demo import healthy
+from bridge.cli.demo import healthy
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
 from tests.conftest import CD_KEY, SM8_KEY

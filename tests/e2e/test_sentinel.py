@@ -20,9 +20,9 @@ from pydantic import SecretStr
 from redbeat.schedulers import get_redis
 
 from bench.sentinel import MASTER, SENTINEL_PASSWORD, MissingBinaries, SentinelCluster
-from bridge import redis_conn
 from bridge.config import Settings
 from bridge.queues import SYNC_JOB, Enqueuer
+from bridge.redis import conn as redis_conn
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.e2e.conftest import Stack, eventually
 

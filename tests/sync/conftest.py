@@ -9,10 +9,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from bridge.config import Settings
-from bridge.runtime import build
+from bridge.process.runtime import build
 from bridge.store import Stores
 from bridge.sync import Engine, SyncContext
-from bridge.web import create_app
+from bridge.web.app import create_app
 from tests.conftest import CD_KEY, SM8_KEY
 
 

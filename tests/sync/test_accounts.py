@@ -9,7 +9,7 @@ import pytest
 from pydantic import SecretStr
 
 from bridge.errors import BudgetExhausted
-from bridge.runtime import build
+from bridge.process.runtime import build
 from bridge.simulators import ServiceM8Simulator
 from tests.conftest import SM8_KEY
 
@@ -72,7 +72,7 @@ def test_a_connection_on_another_account_has_a_budget_of_its_own(
 def test_the_account_comes_with_the_timezone_read_and_is_shown_without_a_call(
     settings, redis_url, sm8_sim, runtimes
 ):
-    from bridge.ops import status
+    from bridge.ops.status import status
 
     rt = connection(settings, redis_url, servicem8_rate_per_minute=100)
     runtimes.append(rt)

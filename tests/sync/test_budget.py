@@ -8,9 +8,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge.accounts import AccountIds
 from bridge.errors import BudgetExhausted
 from bridge.http import Outcome
+from bridge.http.accounts import AccountIds
 from bridge.http.budget import Budget, Window, priority, servicem8_windows
 
 

@@ -14,8 +14,8 @@ from typer.testing import CliRunner
 
 from bridge.cli import app as cli
 from bridge.cli.base import command_runtime
+from bridge.ops.subscriptions import check_subscriptions, subscribe_webhooks, unsubscribe_webhooks
 from bridge.simulators.scenario import seed_business
-from bridge.subscriptions import check_subscriptions, subscribe_webhooks, unsubscribe_webhooks
 
 TOKEN = "whk-health-5be1c0d2a9"
 

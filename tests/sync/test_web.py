@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from bridge.web import create_app
+from bridge.web.app import create_app
 from tests.sync.conftest import ALLOCATION, JOB, TOKEN, documented, post
 
 
@@ -206,7 +206,7 @@ def test_metrics_are_prometheus_text_with_every_family(web):
     assert TOKEN not in text
 
 
-# --- who may read /metrics (bridge/web_metrics.py): the receiver's port is public -----------------
+# --- who may read /metrics (bridge/web/metrics.py): the receiver's port is public -----------------
 METRICS_TOKEN = "mtk-test-5e1f0a9c3d7b"
 LOOPBACK = ("127.0.0.1", 50000)
 

@@ -174,7 +174,7 @@ def test_prometheus_loads_the_scrape_config_and_the_alert_rules_beside_it(compos
 
 def test_prometheus_scrapes_the_bridge_with_the_metrics_token_from_a_mounted_file(compose):
     """web's port is public, so its /metrics asks a scrape from outside loopback for
-    METRICS_TOKEN (bridge/web_metrics.py): Prometheus sends it from a file compose mounts, kept in
+    METRICS_TOKEN (bridge/web/metrics.py): Prometheus sends it from a file compose mounts, kept in
     a git-ignored folder and never created empty by Docker (a missing file stops Prometheus)."""
     prometheus = compose["services"]["prometheus"]
     config = yaml.safe_load(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bridge.retry import RetryPolicy, full_jitter, no_jitter
+from bridge.http.retry import RetryPolicy, full_jitter, no_jitter
 
 EXACT = RetryPolicy(jitter=no_jitter)
 

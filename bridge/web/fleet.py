@@ -18,8 +18,8 @@ from celery import Celery
 from bridge.config import Settings
 from bridge.connections.admission import Admission
 from bridge.connections.fleet import FleetView
+from bridge.process.runtime import Runtime
 from bridge.queues import Enqueuer, sender
-from bridge.runtime import Runtime
 from bridge.store import Stores
 
 

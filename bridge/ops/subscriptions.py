@@ -19,7 +19,7 @@ from typing import Any
 from bridge.config import Settings
 from bridge.errors import ApiError, AuthError, ConfigError, Rejected
 from bridge.log import get_logger, redactor
-from bridge.runtime import Runtime
+from bridge.process.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
 
 log = get_logger(__name__)

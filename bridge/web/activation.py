@@ -27,7 +27,7 @@ from bridge.connections.registry import ConnectionRegistry
 from bridge.connections.secrets import SecretBox
 from bridge.errors import ApiError, ConfigError, Rejected
 from bridge.log import get_logger
-from bridge.runtime import Runtime
+from bridge.process.runtime import Runtime
 from bridge.servicem8.oauth import InvalidState, OAuthConfig
 from bridge.store.keys import FleetKeys
 

@@ -23,12 +23,12 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge.config import Settings
-from bridge.redis_server import EmbeddedRedis, free_port
-from bridge.runtime import build
+from bridge.process.runtime import build
+from bridge.process.supervisor import Supervisor
+from bridge.redis.server import EmbeddedRedis, free_port
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import Convergence, check
 from bridge.simulators.scenario import Business, seed_business
-from bridge.supervisor import Supervisor
 from mappings.ids import cd_job_uuid, connection_namespace
 
 SM8_KEY = "demo-servicem8-key"
@@ -164,7 +164,7 @@ class Demo:
             seconds = _wait("the bridge to report healthy", lambda: healthy(health), 60)
             self.done(f"healthy at {health}", seconds)
             started = time.monotonic()
-            from bridge.subscriptions import subscribe_webhooks
+            from bridge.ops.subscriptions import subscribe_webhooks
 
             subscribed = subscribe_webhooks(runtime)
             self.done("webhooks subscribed: " + ", ".join(subscribed) +

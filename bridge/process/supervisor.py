@@ -23,7 +23,7 @@ from pathlib import Path
 
 from bridge.config import Settings
 from bridge.log import get_logger
-from bridge.redis_server import EmbeddedRedis
+from bridge.redis.server import EmbeddedRedis
 
 log = get_logger(__name__)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bridge.runtime import Runtime
+from bridge.ops.subscriptions import SUBSCRIBED
+from bridge.process.runtime import Runtime
 from bridge.store.activity import ActivityStore
-from bridge.subscriptions import SUBSCRIBED
 from bridge.sync.context import CURSORS, SYSTEMS, polled
 
 

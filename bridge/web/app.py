@@ -17,10 +17,10 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
 - The token never reaches a log line: uvicorn's access log (which prints paths) is off and the
   bridge logs its own ``webhook.received`` event without the path.
 - ``/metrics`` answers a scrape bearing ``METRICS_TOKEN``, or with it unset loopback clients
-  alone (``bridge/web_metrics.py``): the port is public, and its figures are the operator's.
+  alone (``bridge/web/metrics.py``): the port is public, and its figures are the operator's.
 
 With ``SERVICEM8_OAUTH_*`` set it also serves the ServiceM8 add-on's activation pages
-(``bridge/web_activation.py``).
+(``bridge/web/activation.py``).
 
 Everything blocking (Redis, the broker) runs in the thread pool, so the event loop only reads
 bodies and answers well inside ServiceM8's 10-second limit.
@@ -46,8 +46,9 @@ from starlette.concurrency import run_in_threadpool
 from bridge.config import Settings
 from bridge.connections import ConnectionRegistry, SecretBox
 from bridge.coredination.webhooks import coredination_hints
-from bridge.fleet_status import fleet_metrics
 from bridge.log import get_logger
+from bridge.ops.fleet_status import fleet_metrics
+from bridge.process.runtime import Runtime
 from bridge.queues import (
     READ_HINTS,
     WEBHOOK_COREDINATION_JOB,
@@ -55,14 +56,13 @@ from bridge.queues import (
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
 )
-from bridge.runtime import Runtime
 from bridge.servicem8.webhooks import handshake, servicem8_hints
 from bridge.store import ALIVE_SECONDS, Stores
 from bridge.store.hints import Arrival
 from bridge.store.keys import FleetKeys
-from bridge.web_activation import activation_for, add_activation_routes
-from bridge.web_fleet import Receivers
-from bridge.web_metrics import metrics_refusal
+from bridge.web.activation import activation_for, add_activation_routes
+from bridge.web.fleet import Receivers
+from bridge.web.metrics import metrics_refusal
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
 
@@ -268,7 +268,7 @@ class StatusCollector:
         self.fleet = ConnectionRegistry(runtime.redis, SecretBox(()), keys=keys)
 
     def collect(self) -> Sequence[Metric]:
-        from bridge.ops import status
+        from bridge.ops.status import status
 
         data = status(self.runtime)
         gauges: list[Metric] = []
@@ -361,7 +361,7 @@ def create_app(
 
         settings = load_settings()
     if runtime is None:
-        from bridge.runtime import build
+        from bridge.process.runtime import build
 
         runtime = build(settings)
     if send is None:

@@ -11,14 +11,14 @@ from zoneinfo import ZoneInfo
 import redis
 import requests
 
-from bridge import redis_conn
-from bridge.accounts import AccountIds, key_digest
 from bridge.config import Settings
 from bridge.coredination import CoredinationClient
 from bridge.errors import ConfigError
 from bridge.http import CallGate, Credentials, OpenGate
+from bridge.http.accounts import AccountIds, key_digest
 from bridge.http.budget import Budget, Window, servicem8_windows
-from bridge.redis_server import EmbeddedRedis
+from bridge.redis import conn as redis_conn
+from bridge.redis.server import EmbeddedRedis
 from bridge.servicem8 import ServiceM8Client
 from bridge.store import Stores
 from bridge.sync import Engine, SyncContext, SyncOptions
