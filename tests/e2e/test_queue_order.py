@@ -34,9 +34,10 @@ def _received(stack: Stack) -> list[str]:
 def test_workers_take_the_lanes_in_priority_order_under_every_hash_seed(
     tmp_path, redis_url, sm8_sim, cd_sim
 ):
-    # One connection (its own queues) and one worker per seed, all at once.
+    # One connection (its own queues) and one worker per seed, all at once. DEBUG: the worker's
+    # line per task received is how this test sees the order it took them in.
     stacks = {seed: Stack(tmp_path / f"seed{seed}", redis_url, sm8_sim, cd_sim, sm8_key=SM8_KEY,
-                          cd_key=CD_KEY, PYTHONHASHSEED=str(seed),
+                          cd_key=CD_KEY, PYTHONHASHSEED=str(seed), LOG_LEVEL="DEBUG",
                           SERVICEM8_POLL_SECONDS="3600", COREDINATION_POLL_SECONDS="3600")
               for seed in SEEDS}  # fmt: skip
     lane_of: dict[str, str] = {}

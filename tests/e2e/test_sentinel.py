@@ -99,7 +99,9 @@ def test_a_worker_and_beat_carry_on_across_each_failover(tmp_path, cluster, sm8_
     # sentinels' password in the settings rather than in the URL.
     primary = cluster.master_addr()[1]
     direct = f"redis://:{cluster.password}@127.0.0.1:{primary}/0"
-    stack = Stack(tmp_path / "stack", direct, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY)
+    # DEBUG: the worker's line per task succeeded is how this test sees one consumed.
+    stack = Stack(tmp_path / "stack", direct, sm8_sim, cd_sim, sm8_key=SM8_KEY, cd_key=CD_KEY,
+                  LOG_LEVEL="DEBUG")  # fmt: skip
     stack.env.update(
         REDIS_URL=cluster.url(0, with_options=False),
         REDIS_SENTINEL_MASTER=cluster.master,
