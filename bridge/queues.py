@@ -154,9 +154,10 @@ class Enqueuer:
         admit: Admit | None = None,
     ) -> None:
         """``lanes``: the deployment whose queues the tasks go to; ``connection``: the
-        connection they are for, when it is not the deployment's own (their ``connection``
-        argument); ``admit``: for such a connection, whether a message may go to its lane now
-        or waits its turn (``bridge.connections.admission.Admission.offer``)."""
+        connection they are for (their ``connection`` argument; every sender names it, and
+        only a message recorded with its arguments already goes without); ``admit``: whether a
+        message may go to its lane now or waits its turn, while the connection has a fair share
+        to keep (``bridge.connections.admission.Admission.offer``)."""
         self.app = app
         self.lanes = lanes
         self.for_connection = connection

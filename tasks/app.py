@@ -47,6 +47,7 @@ from kombu.entity import Queue
 from bridge.config import Settings, load_settings
 from bridge.connections.process import ProcessFleet, servicem8_credentials
 from bridge.connections.schedule import Claimed
+from bridge.connections.uniqueness import refuse_duplicates
 from bridge.errors import ConfigError, ConnectionPaused
 from bridge.log import configure_logging, get_logger
 from bridge.process.runtime import Runtime, build, with_sentinel_settings
@@ -135,35 +136,27 @@ def _queues(settings: Settings) -> list[Queue]:
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
-    tick = _poll_tick(settings)
-    schedule: dict[str, dict[str, Any]] = {
-        # One cycle task ingests both systems (each at its own interval) before syncing.
-        "poll-cycle": {"task": POLL_CYCLE, "schedule": tick},
-        "match-staff": {"task": MATCH_STAFF, "schedule": settings.staff_match_seconds},
-        "release-deferred": {"task": RELEASE_DEFERRED, "schedule": 2.0},
-        # The registry's other connections: their due work, from one sorted set.
-        "fleet-tick": {"task": FLEET_TICK, "schedule": FLEET_TICK_SECONDS},
-    }
-    if settings.reconcile_seconds:
-        schedule["reconcile"] = {"task": RECONCILE, "schedule": settings.reconcile_seconds}
-    schedule["sweep-dirty"] = {"task": SWEEP, "schedule": max(2.0, min(30.0, tick))}
-    if settings.webhook_health_seconds and settings.webhook_public_url:
-        schedule["webhook-health"] = {
-            "task": CHECK_SUBSCRIPTIONS,
-            "schedule": settings.webhook_health_seconds,
-        }
-    return schedule
+    """Beat runs one entry: the fleet tick, which queues every connection's periodic work
+    (``periodic_work``), the environment's connection included. One scheduler for all."""
+    return {"fleet-tick": {"task": FLEET_TICK, "schedule": FLEET_TICK_SECONDS}}
 
 
 def periodic_work(settings: Settings) -> dict[str, float]:
-    """A registry connection's periodic tasks and their intervals: the beat's schedule for its
-    settings (its webhook health check included: its callback URLs carry its own token), less
-    the fleet tick itself."""
-    return {
-        entry["task"]: float(entry["schedule"])
-        for entry in beat_schedule(settings).values()
-        if entry["task"] != FLEET_TICK
+    """A connection's periodic tasks and their intervals, from its settings (its webhook health
+    check included: its callback URLs carry its own token). The fleet tick plans them."""
+    tick = _poll_tick(settings)
+    work = {
+        # One cycle task ingests both systems (each at its own interval) before syncing.
+        POLL_CYCLE: tick,
+        MATCH_STAFF: float(settings.staff_match_seconds),
+        RELEASE_DEFERRED: 2.0,
+        SWEEP: max(2.0, min(30.0, tick)),
     }
+    if settings.reconcile_seconds:
+        work[RECONCILE] = float(settings.reconcile_seconds)
+    if settings.webhook_health_seconds and settings.webhook_public_url:
+        work[CHECK_SUBSCRIPTIONS] = float(settings.webhook_health_seconds)
+    return work
 
 
 # Values that come from the settings, each computed on its first read.
@@ -256,10 +249,9 @@ class BridgeApp(Celery):  # type: ignore[misc]
     ) -> None:
         self.bridge_config = config_source if config_source is not None else CeleryConfig()
         self.servicem8_gate: ServiceM8Gate = servicem8_gate
-        # By connection: (pid, registry revision or None for the environment's, runtime).
+        # By connection: (pid, registry revision, runtime).
         self._runtimes: dict[str, tuple[int, int | None, Runtime]] = {}
         self._fleet: ProcessFleet | None = None
-        self._own_missing_told = False
         self._alive: ActivityStore | None = None
         self._redbeat_redis: Any = None
         super().__init__(main, config_source=self.bridge_config, **kwargs)
@@ -288,22 +280,20 @@ class BridgeApp(Celery):  # type: ignore[misc]
         self._redbeat_redis = client
 
     def bridge_runtime(self, connection: str | None = None) -> Runtime:
-        """The runtime of ``connection`` in this process (None: the deployment's own), built on
-        first use (after the prefork fork, never before).
-
-        While the registry is empty the deployment's own connection is the environment's, as
-        in a single-account deployment. Otherwise a connection is the registry's: built from
-        its entry (its settings, its keys), over one Redis client for them all, and built again
-        when the entry changes. A connection that is not active (or not in the registry)
-        raises ``ConnectionPaused``: its tasks are skipped, and nothing is lost."""
+        """The runtime of ``connection`` in this process, built on first use (after the prefork
+        fork, never before). Every connection is the registry's, the environment's included
+        (it joins at its first task should nothing have added it yet): built from its entry
+        (its settings, its keys), over one Redis client for them all, and built again when the
+        entry changes. ``None`` (a message of a release before every task named its connection)
+        is the environment's. A connection that is not active (or not in the registry) raises
+        ``ConnectionPaused``: its tasks are skipped, and nothing is lost."""
         settings = self.bridge_settings()
         own = settings.bridge_connection_id
         wanted = connection or own
         fleet = self.fleet().view
-        entry = fleet.entry(wanted)
-        if entry is None and wanted == own:
-            # The environment's connection joins the registry at its first task (and at `run`'s
-            # start), so another connection added later never stops it.
+        # A connection added a moment ago may be newer than this process's view: read again.
+        entry = fleet.entry(wanted) or fleet.entries_now().get(wanted)
+        if entry is None and wanted == own and not fleet.unreadable(own):
             fleet.registry.upsert_environment(settings)
             entry = fleet.entries_now().get(wanted)
         if entry is None or entry.status != "active":
@@ -311,9 +301,6 @@ class BridgeApp(Celery):  # type: ignore[misc]
         if entry is None:
             status = "unreadable in the registry" if fleet.unreadable(wanted) else (
                 "not in the registry")  # fmt: skip
-            if wanted == own and not self._own_missing_told:
-                self._own_missing_told = True
-                log.warning("fleet.own_connection_not_in_registry", connection=own)
             raise ConnectionPaused(wanted, status, None)
         if entry.status != "active":
             raise ConnectionPaused(wanted, entry.status, entry.reason)
@@ -321,9 +308,15 @@ class BridgeApp(Celery):  # type: ignore[misc]
         def built() -> Runtime:
             loaded = fleet.registry.load(wanted, settings)
             credentials = servicem8_credentials(loaded, self.fleet().keeper)
-            return self._build(loaded.settings, client=fleet.client, deployment=own,
-                               servicem8_credentials=credentials,
-                               session=self.fleet().session)  # fmt: skip
+            runtime = self._build(loaded.settings, client=fleet.client, deployment=own,
+                                  servicem8_credentials=credentials,
+                                  session=self.fleet().session)  # fmt: skip
+            # One account pair, one connection: the later of two on the same pair is paused
+            # before it syncs anything (docs/connections.md#one-account-pair-one-connection).
+            refuse_duplicates(
+                fleet.registry, loaded.connection, runtime.budget.accounts, fleet.entries().values()
+            )
+            return runtime
 
         return self._runtime_for(wanted, entry.revision, built)
 

@@ -68,24 +68,25 @@ class BridgeTask(Task):  # type: ignore[misc]
 
     @property
     def runtime(self) -> Runtime:
-        """The runtime of the connection this task is for (its ``connection`` argument; none:
-        the deployment's own), built by the app (``tasks.app.BridgeApp.bridge_runtime``)."""
+        """The runtime of the connection this task is for (``_connection``), built by the app
+        (``tasks.app.BridgeApp.bridge_runtime``)."""
         if self.request_stack.top is None:  # outside a task (tests, a shell)
             own: Runtime = self.app.bridge_runtime()
             return own
         request = self.request
         runtime: Runtime | None = getattr(request, "bridge_runtime", None)
         if runtime is None:  # once per task: one runtime from its start to its end
-            runtime = self.app.bridge_runtime((request.kwargs or {}).get("connection"))
+            runtime = self.app.bridge_runtime(self._connection())
             request.bridge_runtime = runtime
         return runtime
 
     def enqueuer(self) -> Enqueuer:
-        """Sends tasks for this task's connection, on the deployment's lanes (a registry
-        connection's within its fair share, ``bridge.connections.admission``)."""
+        """Sends tasks for this task's connection, on the deployment's lanes, within its fair
+        share while it has others to share them with (``bridge.connections.admission``)."""
         rt = self.runtime
-        admit = self.app.fleet().admission.offer if rt.task_connection is not None else None
-        return Enqueuer(self.app, rt.lanes, rt.task_connection, admit)
+        fleet = self.app.fleet()
+        admit = fleet.admission.offer if fleet.view.shared() else None
+        return Enqueuer(self.app, rt.lanes, rt.connection, admit)
 
     def _message(self) -> dict[str, Any]:
         """This task's message as Redis keeps it while it waits (deferred, or for a slot)."""
@@ -104,15 +105,21 @@ class BridgeTask(Task):  # type: ignore[misc]
             jobs = [j for j, g in jobs.items() if j not in parked or parked[j]["generation"] != g]
         return self.enqueuer().syncs(jobs, work.claim_enqueue, lane)
 
+    def _connection(self) -> str:
+        """The connection this task is for: its ``connection`` argument (a message of a release
+        before every task named one is the environment's)."""
+        named = (self.request.kwargs or {}).get("connection")
+        return str(named or self.app.bridge_settings().bridge_connection_id)
+
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        connection = (self.request.kwargs or {}).get("connection")
-        if connection is not None and self.request.id is not None:
-            return self._within_share(connection, args, kwargs)
+        if self.request.id is not None and self.app.fleet().view.shared():
+            return self._within_share(self._connection(), args, kwargs)
         return self._run(args, kwargs)
 
     def _within_share(self, connection: str, args: Any, kwargs: Any) -> Any:
-        """A registry connection's task runs in one of its slots (``Admission``): without a
-        free one it waits again in Redis; when it ends, its slot admits the next."""
+        """While the deployment has several connections, a task runs in one of its
+        connection's slots (``Admission``): without a free one it waits again in Redis; when
+        it ends, its slot admits the next."""
         admission = self.app.fleet().admission
         message = self._message()
         if not admission.start(connection, lane_of(message["queue"]), message):
@@ -137,10 +144,8 @@ class BridgeTask(Task):  # type: ignore[misc]
         try:
             return self.run(*args, **kwargs)
         except ConnectionPaused as exc:
-            # Beat's own entries, for a deployment whose registry does not hold its own
-            # connection, end here at every tick: not worth a line each.
-            own = "connection" not in (self.request.kwargs or {})
-            (log.debug if own else log.info)("task.connection_not_active", reason=str(exc))
+            # Its work waits with it: the dirty marks and the polls bring it back on resume.
+            log.info("task.connection_not_active", reason=str(exc))
             return None
         except BudgetExhausted as exc:
             return self._wait_for_budget(exc)
@@ -199,9 +204,8 @@ class BridgeTask(Task):  # type: ignore[misc]
         # A small spread (at most a quarter second) so waiters do not all wake in the same
         # millisecond; more would leave freed tokens unused.
         wait = exc.retry_in + random.uniform(0, min(0.25, exc.retry_in / 10))
-        connection = (self.request.kwargs or {}).get("connection")
-        if connection is not None:  # its other tasks wait in Redis meanwhile, not in the lanes
-            self.app.fleet().admission.hold(connection, exc.retry_in)
+        # Its connection's other tasks wait in Redis meanwhile, not in the lanes.
+        self.app.fleet().admission.hold(self._connection(), exc.retry_in)
         if wait <= MAX_COUNTDOWN:
             raise self.retry(countdown=wait, exc=exc) from None
         self._defer(wait, exc.reason)

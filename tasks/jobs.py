@@ -202,9 +202,10 @@ def fleet_tick(task: BridgeTask) -> None:
     for connection, message in admission.admit_waiting():  # should a slot's end have been lost
         Enqueuer(task.app, lanes, connection).send_message(message)
     due = task.app.fleet_due(now)
+    admit = admission.offer if task.app.fleet().view.shared() else None
     for n, item in enumerate(due):
         try:
-            Enqueuer(task.app, lanes, item.connection, admission.offer).send(
+            Enqueuer(task.app, lanes, item.connection, admit).send(
                 item.task, headers={DUE_HEADER: item.due}
             )
         except Exception:

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from bridge.config import Settings, load_settings
 from bridge.connections.registry import ConnectionRegistry
+from bridge.connections.secrets import SecretBox
 from bridge.errors import BridgeError, ConfigError
 from bridge.log import configure_logging
 
@@ -215,18 +216,19 @@ def _registry_runtime(settings: Settings, connection: str) -> Runtime:
 
 
 def command_enqueuer(rt: Runtime) -> Enqueuer:
-    """Sends a command's tasks to the deployment's lanes, a registry connection's within its
-    fair share (docs/connections.md#fair-shares)."""
+    """Sends a command's tasks for its connection to the deployment's lanes, within the
+    connection's fair share while the deployment has several (docs/connections.md#fair-shares)."""
+    from bridge.connections import registry
     from bridge.connections.admission import Admission
     from bridge.queues import Enqueuer
     from bridge.store.keys import FleetKeys
 
+    keys = FleetKeys.for_deployment(rt.lanes)
+    connections = registry.ConnectionRegistry(rt.redis, SecretBox(()), keys=keys).list()
     admit = None
-    if rt.task_connection is not None:
-        admission = Admission(rt.redis, FleetKeys.for_deployment(rt.lanes),
-                              rt.settings.connection_max_tasks)  # fmt: skip
-        admit = admission.offer
-    return Enqueuer.for_broker(rt.redis_url, rt.lanes, rt.task_connection, admit)
+    if sum(1 for c in connections if c.status == "active") > 1:
+        admit = Admission(rt.redis, keys, rt.settings.connection_max_tasks).offer
+    return Enqueuer.for_broker(rt.redis_url, rt.lanes, rt.connection, admit)
 
 
 def print_report(counts: dict[str, int]) -> None:

@@ -26,6 +26,7 @@ from bridge.connections import (
     make_connection,
     new_key,
 )
+from bridge.connections.uniqueness import admit, check_new_keys, check_pairing
 from bridge.errors import ConfigError
 from bridge.log import redactor
 from bridge.store.keys import FleetKeys
@@ -164,7 +165,8 @@ def connections_add(
     status: Annotated[str, typer.Option(help=_STATUS)] = "active",
     reason: Annotated[str | None, typer.Option(help="Why, when added paused.")] = None,
     servicem8_account: Annotated[
-        str | None, typer.Option(help="The ServiceM8 vendor uuid, if known (else learnt).")
+        str | None,
+        typer.Option(help="The ServiceM8 vendor uuid, taken as said; else read with the key."),
     ] = None,
     servicem8_base_url: Annotated[
         str | None, typer.Option(help="ServiceM8 REST base; default SERVICEM8_BASE_URL's.")
@@ -178,7 +180,8 @@ def connections_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Store a new connection with its keys (encrypted; needs BRIDGE_SECRET_KEYS). An id that
-    exists is refused: ids never change."""
+    exists is refused: ids never change. The ServiceM8 key's account is read (one call) unless
+    given; an account pair another connection serves already is refused."""
     sm8 = _secret(servicem8_api_key, servicem8_api_key_env, "--servicem8-api-key")
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
     with open_registry() as (registry, settings):
@@ -192,7 +195,8 @@ def connections_add(
             "overrides": _overrides(overrides),
         }
         secrets = ConnectionSecrets(servicem8_api_key=sm8, coredination_api_key=cd)
-        connection = registry.add(make_connection(**fields), secrets)
+        connection = admit(registry, make_connection(**fields), secrets, settings)
+        connection = registry.add(connection, secrets)
     _print(connection, as_json, {"secrets": secrets.describe()})
 
 
@@ -225,12 +229,14 @@ def connections_pair(
     coredination_base_url: Annotated[str | None, typer.Option(help=_CD_URL)] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Pair an authorised connection with a Coredination account; it becomes active."""
+    """Pair an authorised connection with a Coredination account; it becomes active. Refused
+    when another connection serves its ServiceM8 account with that Coredination group."""
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
     if cd is None:
         raise ConfigError("pair: give the Coredination API key (--coredination-api-key[-env])")
     with open_registry() as (registry, settings):
         url = coredination_base_url or settings.coredination_base_url
+        check_pairing(registry, connection_id, url, cd)
         _print(registry.pair(connection_id, url, cd), as_json)
 
 
@@ -243,13 +249,19 @@ def connections_set_secrets(
     coredination_api_key: CdKey = None,
     coredination_api_key_env: CdKeyEnv = None,
 ) -> None:
-    """Replace a connection's keys (a ServiceM8 API key replaces an OAuth grant)."""
+    """Replace a connection's keys (a ServiceM8 API key replaces an OAuth grant). A new
+    ServiceM8 key's account is read (one call); keys that would serve the account pair of
+    another connection are refused."""
     sm8 = _secret(servicem8_api_key, servicem8_api_key_env, "--servicem8-api-key")
     cd = _secret(coredination_api_key, coredination_api_key_env, "--coredination-api-key")
     if sm8 is None and cd is None:
         raise ConfigError("set-secrets: give a key to replace")
-    with open_registry() as (registry, _settings):
-        registry.set_secrets(connection_id, servicem8_api_key=sm8, coredination_api_key=cd)
+    with open_registry() as (registry, settings):
+        keys = {"servicem8_api_key": sm8, "coredination_api_key": cd}
+        account = check_new_keys(registry, connection_id, settings, keys)
+        registry.set_secrets(connection_id, **keys)
+        if account is not None:
+            registry.set_account(connection_id, account)
     out.print(f"{connection_id}: keys replaced", markup=False, highlight=False)
 
 

@@ -5,7 +5,9 @@ as the token keeper's ``GrantStore``, and ``Activation``, which turns an approve
 Nothing here lets a grant sync: a new connection waits as ``authorised`` until an operator pairs
 it with a Coredination account (``sm8cd connections pair``). An account that has a connection
 already gets its new grant stored on that connection and keeps its status (a paused one stays
-paused until an operator resumes it). Imports the registry and the OAuth pieces; never ``tasks``.
+paused until an operator resumes it); a connection on the account by an API key is not that
+connection (``Activation._connection_of``). Imports the registry and the OAuth pieces; never
+``tasks``.
 
 Anyone may load the activation page, and each start stores a state until it expires (ten
 minutes), so starts are bounded: ``STARTS_PER_MINUTE`` per client address and
@@ -298,8 +300,22 @@ class Activation:
         return ServiceM8Client(transport, "UTC").vendor().uuid.lower()
 
     def _connection_of(self, account: str) -> Connection | None:
+        """The account's connection that takes its grants: one holding a grant already, or none
+        yet (added as authorised to wait for one). A connection on the account by an API key,
+        or by the environment's, keeps its key: the activation then makes a connection of its
+        own, which pairing refuses with the Coredination group of one of those
+        (docs/connections.md#one-account-pair-one-connection)."""
         found, _ = self.registry.readable()
-        return next((c for c in found if c.servicem8_account == account), None)
+        for connection in found:
+            if connection.servicem8_account != account or connection.keys != "stored":
+                continue
+            try:
+                held = self.registry.secrets(connection.id)
+            except ConfigError:  # unreadable secrets: not a connection to store a grant on
+                continue
+            if held.servicem8_api_key is None:
+                return connection
+        return None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Every connection of a deployment queues on the same four lanes, and the workers take the lanes in
 priority order. Left alone, a noisy connection (a backfill of thousands of bookings, a burst of
 webhooks) would fill a lane and hold every worker while the quiet connections' polls waited
-behind it. So a registry connection may have at most ``limit`` tasks *in the lanes or running*
+behind it. So each connection may have at most ``limit`` tasks *in the lanes or running*
 at once (``CONNECTION_MAX_TASKS``, below the deployment's worker processes): the rest wait in
 Redis, in one list per lane, and each task that ends admits the connection's next one, most
 urgent lane first. Each connection therefore holds at most ``limit`` workers, and the others
@@ -21,8 +21,9 @@ always find the remaining ones; within a connection, the lanes keep their order.
   admitted until the budget's slot is near, so its waiting work does not go round the lanes to
   find the budget spent again.
 
-The deployment's own connection (its tasks carry no ``connection``) is never held back: a
-single-account deployment runs exactly as before. A message popped and lost before it reached the
+Shares apply while the deployment has more than one active connection (``FleetView.shared``):
+a connection alone has every worker, whichever connection it is. A message popped and lost before
+it reached the
 broker (a crash between the two) is what the design already survives: dirty marks, the sweep and
 the polls bring its work back.
 

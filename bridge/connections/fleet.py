@@ -19,10 +19,10 @@ from typing import Any
 from bridge.config import Settings
 from bridge.connections.models import Connection
 from bridge.connections.registry import ConnectionRegistry
-from bridge.connections.schedule import Claimed, FleetSchedule, member
+from bridge.connections.schedule import Claimed, FleetSchedule, member, split
 from bridge.connections.secrets import SecretBox
 from bridge.log import get_logger
-from bridge.queues import RELEASE_DEFERRED, SWEEP
+from bridge.queues import MATCH_STAFF, RELEASE_DEFERRED, SWEEP
 from bridge.redis import conn as redis_conn
 from bridge.store.hints import waiting_key
 from bridge.store.keys import FleetKeys, Keys
@@ -80,11 +80,6 @@ class FleetView:
         """Its registry entry cannot be read (damaged, or a newer version's)."""
         return connection_id in self._bad
 
-    @property
-    def empty(self) -> bool:
-        """No connection in the registry: the environment's keys make the one connection."""
-        return not self._fresh()
-
     def entries(self) -> dict[str, Connection]:
         """Every readable connection of the registry, by id (``generation`` moves on a change)."""
         return dict(self._fresh())
@@ -103,24 +98,40 @@ class FleetView:
         periodic: Callable[[Settings], Mapping[str, float]],
         now: float,
     ) -> list[Claimed]:
-        """The items due now for every active registry connection, each
-        booked for its next time (``FleetSchedule``). ``periodic``: a connection's periodic
-        tasks and their intervals, from its settings (the beat's own schedule, per connection).
-        The deployment's own connection is left out: beat's entries run it."""
+        """The items due now for every active connection, the environment's included (one
+        scheduler for all), each booked for its next time (``FleetSchedule``). ``periodic``: a
+        connection's periodic tasks and their intervals, from its settings. The environment's
+        connection joins the registry here should nothing have added it yet."""
         entries = self._fresh(force=True)  # planned from what the registry holds now
-        own = settings.bridge_connection_id
-        others = [c for c in entries.values() if c.status == "active" and c.id != own]
+        if settings.bridge_connection_id not in entries and not self.unreadable(
+            settings.bridge_connection_id
+        ):
+            self.registry.upsert_environment(settings)
+            entries = self._fresh(force=True)
+        active = [c for c in entries.values() if c.status == "active"]
         if self._planned != self.generation:
             work = {
                 member(c.id, task): every
-                for c in others
+                for c in active
                 for task, every in periodic(c.settings(settings)).items()
             }
+            held = schedule.r.hkeys(schedule.keys.every)
+            before = {split(m.decode() if isinstance(m, bytes) else m)[0] for m in held}
             schedule.plan(work, now)
             self._planned = self.generation
-        if not others:  # a single-account deployment: one read of the registry, no more
+            # A connection new to the schedule matches its staff at once, not at a time spread
+            # over the match's interval: its first job syncs find their people mapped.
+            starting = [Claimed(c.id, MATCH_STAFF, now) for c in active if c.id not in before]
+            schedule.due_again(starting, now)
+        if not active:
             return []
         return self.worth_a_task(schedule.claim(now), now)
+
+    def shared(self) -> bool:
+        """More than one active connection: each then runs within its fair share of the lanes
+        (``Admission``). Alone, a connection has every worker, as a single-account deployment
+        always had: there is nobody to be fair to."""
+        return sum(1 for c in self._fresh().values() if c.status == "active") > 1
 
     def worth_a_task(self, items: list[Claimed], now: float) -> list[Claimed]:
         """``items`` less those that would find nothing to do: a sweep of a connection with no

@@ -95,6 +95,12 @@ class Connection(BaseModel):
         None, max_length=100, description="A name for people (the activation's, or set at add)."
     )
     servicem8_account: str | None = Field(None, description="The vendor uuid, once known.")
+    coredination_group: str | None = Field(
+        None,
+        description="Its Coredination key's digest, standing for the group the key is "
+        "authorised for (Coredination names none). Kept by the registry with the key; none for "
+        "the environment's keys.",
+    )  # see docs/connections.md#one-account-pair-one-connection
     servicem8_base_url: str = SERVICEM8_DEFAULT_URL
     coredination_base_url: str = COREDINATION_DEFAULT_URL
     status: Status = "active"

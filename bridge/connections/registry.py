@@ -9,7 +9,8 @@ so two operators, or an operator and a worker refreshing a grant, never lose eac
 The status rules themselves are the pure ``bridge.connections.states``.
 
 Not wired into the workers yet: ``load`` is what the runtime will call, per connection id.
-Imports the settings, the error tree, the log redactor and the key schema; never ``tasks``.
+Imports the settings, the error tree, the log redactor, the key schema and the key digest that
+names a Coredination group (``bridge.http.accounts``); never ``tasks``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from bridge.connections.models import (
 )
 from bridge.connections.secrets import SecretBox
 from bridge.errors import ConfigError, UnknownConnection
+from bridge.http.accounts import key_digest
 from bridge.log import redactor
 from bridge.store.keys import RESERVED_CONNECTION_IDS, FleetKeys
 
@@ -190,7 +192,7 @@ class ConnectionRegistry:
             self.upsert_environment(self.environment)
         token = None if secrets.empty else self._seal(secrets)
         now = self._now()
-        new = connection.model_copy(update={"created": now, "changed": now})
+        new = _grouped(connection, secrets).model_copy(update={"created": now, "changed": now})
 
         def attempt(pipe: Any) -> None:
             if pipe.hexists(self.keys.connections, connection.id):
@@ -236,7 +238,8 @@ class ConnectionRegistry:
             if secrets is None or not secrets.has_servicem8:
                 raise ConfigError(f"connection {c.id!r} has no ServiceM8 key or grant to pair")
             key = SecretStr(coredination_api_key)
-            return Changed(paired, secrets.model_copy(update={"coredination_api_key": key}))
+            held = secrets.model_copy(update={"coredination_api_key": key})
+            return Changed(_grouped(paired, held), held)
 
         redactor.add([coredination_api_key], slot=connection_id)
         return self._change(connection_id, change, with_secrets=True)
@@ -353,14 +356,22 @@ class ConnectionRegistry:
 
 def _secrets_update(update: dict[str, Any]) -> Change:
     def change(c: Connection, secrets: ConnectionSecrets | None, now: int) -> Changed:
-        current = secrets or ConnectionSecrets()
+        held = ConnectionSecrets.model_validate({**dict(secrets or ConnectionSecrets()), **update})
         # ``changed`` moves too: the workers build a connection's runtime again when it does,
         # so new keys are used from the next task on (docs/connections.md#shared-lanes).
-        return Changed(
-            _with(c, {}, now), ConnectionSecrets.model_validate({**dict(current), **update})
-        )
+        return Changed(_grouped(_with(c, {}, now), held), held)
 
     return change
+
+
+def _grouped(connection: Connection, secrets: ConnectionSecrets) -> Connection:
+    """``connection`` with the Coredination group its stored key stands for: the key's digest
+    (``bridge.connections.uniqueness``). Without a key in ``secrets``, as it was."""
+    key = secrets.coredination_api_key
+    if key is None:
+        return connection
+    group = key_digest(connection.coredination_base_url, key.get_secret_value())
+    return connection.model_copy(update={"coredination_group": group})
 
 
 def _with(connection: Connection, change: dict[str, Any], now: int) -> Connection:

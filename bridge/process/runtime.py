@@ -52,12 +52,6 @@ class Runtime:
         """Whose Celery queues this runtime's work goes to."""
         return self.deployment or self.connection
 
-    @property
-    def task_connection(self) -> str | None:
-        """The ``connection`` argument of the tasks this runtime queues: none for the
-        deployment's own connection, whose tasks stay as they always were."""
-        return None if self.lanes == self.connection else self.connection
-
     def close(self) -> None:
         if self.owns_redis:
             self.redis.close()

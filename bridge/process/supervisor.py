@@ -88,7 +88,8 @@ class Supervisor:
         # The first poll now, not one beat interval later.
         from bridge.queues import POLL_CYCLE, Enqueuer
 
-        Enqueuer.for_broker(self.redis_url, self.settings.bridge_connection_id).send(POLL_CYCLE)
+        own = self.settings.bridge_connection_id
+        Enqueuer.for_broker(self.redis_url, own, own).send(POLL_CYCLE)
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()

@@ -4,12 +4,26 @@ budgets belong to, webhook deliveries seen, worker heartbeats and beat's lock.""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bridge.store.keys import Keys
 
 TIMEZONE_SECONDS = 86_400  # how long a read timezone is trusted before it is read again
+
+
+def resolved_accounts(redis: Any, connections: Sequence[str]) -> dict[str, dict[str, str]]:
+    """What the workers of each connection resolved of its accounts (its ``account`` hash:
+    ``servicem8`` once learnt, and ``{api}~stand-in``, the key digests), in one round trip; a
+    connection whose workers never ran has none."""
+    with redis.pipeline(transaction=False) as pipe:
+        for connection in connections:
+            pipe.hgetall(Keys(connection).account)
+        rows: list[dict[bytes, bytes]] = pipe.execute()
+    return {
+        connection: {k.decode(): v.decode() for k, v in row.items()}
+        for connection, row in zip(connections, rows, strict=True)
+    }
 
 
 def subscription_field(name: str) -> str:

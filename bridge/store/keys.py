@@ -32,7 +32,9 @@ key                        type    what it holds
                                    record found damaged (until rewritten)
 ``pending``                hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
 ``cursor``                 hash    poll high-water marks and times, by ``system:object``
-``account``                hash    api → the account its budget belongs to, once resolved
+``account``                hash    api → the account its budget belongs to, once resolved, and
+                                   ``{api}~stand-in`` → the key's digest (the Coredination
+                                   group's identity, bridge/connections/uniqueness.py)
 ``stats``                  hash    counters by ``direction.outcome``
 ``queued:{J}``             string  set while a sync of J is queued, so a poll does not queue twice
 ``dlq``                    stream  dead letters: what was given up on, why, how to replay it
@@ -71,6 +73,16 @@ key                        type    what it holds
 ``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
 ``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task
                                    the fleet tick claimed started (the newest 20,000)
+``b:fleet:{d}:polled``             zset: active connection → its last whole poll (the older of
+                                   its two systems'), or when it was first watched if it has had
+                                   none since (bridge/store/fleet_health.py; the fleet tick
+                                   keeps it, /healthz and /metrics read it)
+``b:fleet:{d}:stale-at``           zset: active connection → ``polled`` + its allowance (three
+                                   times its longest poll interval): past it, it is stale
+``b:fleet:{d}:dead-letters``       zset: active connection → its dead letters, while above 0
+``b:fleet:{d}:health``             hash: ``dead_letters``, ``waiting`` (totals of the active
+                                   connections), ``waiting:{c}`` (while above 0),
+                                   ``status:{s}`` (registry entries by status)
 ``lock:oauth``             string  the connection's single-flight token refresh lock (redis-py)
 ``admission:slots``        zset    task id → when its slot lapses: the connection's tasks in the
                                    lanes or running (bridge/connections/admission.py)
@@ -313,3 +325,24 @@ class FleetKeys:
     def lateness(self) -> str:
         """List, newest first: "at task seconds" for each claimed task's start delay."""
         return self.prefix + "lateness"
+
+    # --- each active connection's health, kept by the fleet tick (store/fleet_health.py) -------
+    @property
+    def polled(self) -> str:
+        """Zset: connection → its last whole poll (or when it was first watched)."""
+        return self.prefix + "polled"
+
+    @property
+    def stale_at(self) -> str:
+        """Zset: connection → when it turns stale without another whole poll."""
+        return self.prefix + "stale-at"
+
+    @property
+    def dead_letters(self) -> str:
+        """Zset: connection → its dead letters, while above 0."""
+        return self.prefix + "dead-letters"
+
+    @property
+    def health(self) -> str:
+        """Hash: the fleet's totals, waiting tasks per connection, entries by status."""
+        return self.prefix + "health"

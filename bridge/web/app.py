@@ -18,6 +18,8 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
   bridge logs its own ``webhook.received`` event without the path.
 - ``/metrics`` answers a scrape bearing ``METRICS_TOKEN``, or with it unset loopback clients
   alone (``bridge/web/metrics.py``): the port is public, and its figures are the operator's.
+  ``/healthz`` answers anyone, and names stale connections only to those same clients. What
+  both read, at a fixed cost per scrape: ``bridge/web/health.py``.
 
 With ``SERVICEM8_OAUTH_*`` set it also serves the ServiceM8 add-on's activation pages
 (``bridge/web/activation.py``).
@@ -32,7 +34,7 @@ import contextlib
 import hashlib
 import hmac
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -40,14 +42,11 @@ import redis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from starlette.concurrency import run_in_threadpool
 
 from bridge.config import Settings
-from bridge.connections import ConnectionRegistry, SecretBox
 from bridge.coredination.webhooks import coredination_hints
 from bridge.log import get_logger
-from bridge.ops.fleet_status import fleet_metrics
 from bridge.process.runtime import Runtime
 from bridge.queues import (
     READ_HINTS,
@@ -57,11 +56,11 @@ from bridge.queues import (
     WEBHOOK_SERVICEM8_JOB,
 )
 from bridge.servicem8.webhooks import handshake, servicem8_hints
-from bridge.store import ALIVE_SECONDS, Stores
+from bridge.store import Stores
 from bridge.store.hints import Arrival
-from bridge.store.keys import FleetKeys
 from bridge.web.activation import activation_for, add_activation_routes
 from bridge.web.fleet import Receivers
+from bridge.web.health import StatusCollector, health
 from bridge.web.metrics import metrics_refusal
 from mappings.stamps import SM8_STAMP
 from mappings.webhooks import BadPayload, Hint, Parsed, decode_body
@@ -120,7 +119,7 @@ class Receiver:
         self, settings: Settings, stores: Stores, send: Send, connection: str | None = None
     ) -> None:
         """``settings`` hold the token (a registry connection's own, ``Connection.settings``);
-        ``connection``: the registry connection it receives for (None: the deployment's)."""
+        ``connection``: the connection it receives for."""
         token = settings.webhook_token
         self.token = token.get_secret_value().encode() if token is not None else None
         self.settings = settings
@@ -235,121 +234,6 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-def health(runtime: Runtime, now: float | None = None) -> tuple[bool, dict[str, Any]]:
-    """Redis reachable, beat holding its lock (so ticking), a worker heartbeat in the last
-    ``ALIVE_SECONDS``."""
-    now = time.time() if now is None else now
-    checks: dict[str, Any] = {}
-    try:
-        runtime.stores.activity.ping()
-        checks["redis"] = "ok"
-    except Exception as exc:  # any failure to answer is "down", whatever the client raised
-        checks["redis"] = f"down ({type(exc).__name__})"
-        return False, checks
-    checks["beat"] = (
-        "ok" if runtime.stores.activity.beat_alive() else "no beat holds the schedule lock"
-    )
-    alive = {
-        w: t for w, t in runtime.stores.activity.live_workers().items() if now - t < ALIVE_SECONDS
-    }
-    checks["workers"] = len(alive)
-    healthy = checks["beat"] == "ok" and bool(alive)
-    return healthy, checks
-
-
-class StatusCollector:
-    """Prometheus metrics read from Redis at scrape time (every process's work shows, not only
-    this one's). Makes no API call."""
-
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
-        # The registry's public part only (no key is decrypted for metrics).
-        keys = FleetKeys.for_deployment(runtime.lanes)
-        self.fleet = ConnectionRegistry(runtime.redis, SecretBox(()), keys=keys)
-
-    def collect(self) -> Sequence[Metric]:
-        from bridge.ops.status import status
-
-        data = status(self.runtime)
-        gauges: list[Metric] = []
-
-        def gauge(name: str, doc: str, value: float) -> None:
-            g = GaugeMetricFamily(name, doc)
-            g.add_metric([], value)
-            gauges.append(g)
-
-        gauge("bridge_links", "Linked ServiceM8 jobs.", data["links"])
-        gauge("bridge_staff_mapped", "ServiceM8 staff mapped to Coredination users.",
-              data["staff_mapped"])  # fmt: skip
-        gauge("bridge_pending_mappings", "Pairs parked until their staff member is mapped.",
-              data["pending"])  # fmt: skip
-        gauge("bridge_dead_letters", "Operations given up on (sm8cd dlq list).",
-              data["dead_letters"])  # fmt: skip
-        gauge("bridge_deferred", "Tasks waiting for budget or a long retry.", data["deferred"])
-        gauge("bridge_invalid_records", "Records an API returned that cannot be read, parked.",
-              data["invalid_records"])  # fmt: skip
-        gauge("bridge_dirty_jobs", "Jobs with changes not yet synced.", data["dirty_jobs"])
-        # The same heartbeats and lock /healthz reads (see health()).
-        activity, now = self.runtime.stores.activity, time.time()
-        alive = sum(1 for t in activity.live_workers().values() if now - t < ALIVE_SECONDS)
-        gauge("bridge_live_workers", f"Workers with a heartbeat in the last {ALIVE_SECONDS} s.",
-              alive)  # fmt: skip
-        gauge("bridge_beat_up", "1 while a beat holds the schedule lock (celery-redbeat), else 0.",
-              1.0 if activity.beat_alive() else 0.0)  # fmt: skip
-        lag = GaugeMetricFamily(
-            "bridge_cursor_lag_seconds",
-            "Seconds since the last complete poll of each system (its cursor covers changes up "
-            "to then).",
-            labels=["system"],
-        )
-        for system, age in data["poll_age_seconds"].items():
-            if age is not None:
-                lag.add_metric([system], age)
-        gauges.append(lag)
-        used = GaugeMetricFamily("bridge_budget_used", "API calls taken in the current window.",
-                                 labels=["api", "window"])  # fmt: skip
-        limit = GaugeMetricFamily("bridge_budget_limit", "API calls allowed per window.",
-                                  labels=["api", "window"])  # fmt: skip
-        for api, rows in data["budget"].items():
-            for row in rows:
-                used.add_metric([api, row["window"]], row["used"])
-                limit.add_metric([api, row["window"]], row["limit"])
-        gauges += [used, limit]
-        paused = GaugeMetricFamily("bridge_api_paused", "1 while an API is paused (429, auth).",
-                                   labels=["api"])  # fmt: skip
-        for api in ("servicem8", "coredination"):
-            paused.add_metric([api], 1.0 if api in data["paused"] else 0.0)
-        gauges.append(paused)
-        subscribed = GaugeMetricFamily(
-            "bridge_webhook_subscription_active",
-            "1 while ServiceM8 shows the bridge's subscription for the object active, 0 while it "
-            "is deactivated or missing (read by the health check).",
-            labels=["object"],
-        )
-        delivered = GaugeMetricFamily(
-            "bridge_webhook_last_delivery_age_seconds",
-            "Seconds since a webhook about the object last arrived.",
-            labels=["object"],
-        )
-        for name, sub in data["subscriptions"].items():
-            if sub["active"] is not None:
-                subscribed.add_metric([name], 1.0 if sub["active"] else 0.0)
-            if sub["last_delivery_seconds_ago"] is not None:
-                delivered.add_metric([name], sub["last_delivery_seconds_ago"])
-        gauges += [subscribed, delivered]
-        syncs = CounterMetricFamily("bridge_sync", "Sync outcomes by direction.",
-                                    labels=["direction", "outcome"])  # fmt: skip
-        hooks = CounterMetricFamily("bridge_webhooks", "Webhook deliveries by source and result.",
-                                    labels=["source", "result"])  # fmt: skip
-        for name, value in sorted(data["counters"].items()):
-            parts = name.split(".")
-            if parts[0] == "webhook" and len(parts) == 3:
-                hooks.add_metric(parts[1:], value)
-            elif len(parts) == 2:
-                syncs.add_metric(parts, value)
-        return [*gauges, syncs, hooks, *fleet_metrics(self.fleet)]
-
-
 def create_app(
     settings: Settings | None = None,
     runtime: Runtime | None = None,
@@ -367,9 +251,11 @@ def create_app(
     if send is None:
         from bridge.queues import Enqueuer
 
-        send = Enqueuer.for_broker(runtime.redis_url, settings.bridge_connection_id).send
+        send = Enqueuer.for_broker(runtime.redis_url, runtime.lanes, runtime.connection).send
 
-    receivers = Receivers(Receiver(settings, runtime.stores, send), settings, runtime, Receiver)
+    receivers = Receivers(
+        Receiver(settings, runtime.stores, send, runtime.connection), settings, runtime, Receiver
+    )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(StatusCollector(runtime))
     app = FastAPI(title="ServiceM8 ⇄ Coredination bridge", docs_url=None, redoc_url=None,
@@ -386,7 +272,7 @@ def create_app(
     async def _webhook(source: str, token: str | None, request: Request) -> Response:
         if source not in PARSERS:
             return Reply(404, {"error": "unknown webhook source"}).response()
-        if receivers.own.token is None:
+        if not receivers.configured:
             return Reply(404, {"error": "webhooks are not configured (WEBHOOK_TOKEN)"}).response()
         receiver = await run_in_threadpool(receivers.find, token)
         if receiver is None:
@@ -414,7 +300,7 @@ def create_app(
     @app.get("/webhooks/servicem8/{token}", include_in_schema=False)
     async def challenge_by_get(token: str, request: Request) -> Response:
         """ServiceM8's subscription check, when it comes as a GET with the same parameters."""
-        if receivers.own.token is None or await run_in_threadpool(receivers.find, token) is None:
+        if await run_in_threadpool(receivers.find, token) is None:
             return Reply(401, {"error": "wrong or missing token"}).response()
         try:
             challenge = handshake(dict(request.query_params))
@@ -429,10 +315,22 @@ def create_app(
     if activation is not None:
         add_activation_routes(app, activation)
 
-    @app.get("/healthz")
-    def healthz() -> Response:
-        healthy, checks = health(runtime)
+    def answer(request: Request, connections: bool) -> Response:
+        # Anyone may ask (load balancers, orchestrators); stale connections are named only to
+        # the clients /metrics answers, since the port is public.
+        named = metrics_refusal(settings.metrics_token, request) is None
+        healthy, checks = health(runtime, named=named, connections=connections)
         return JSONResponse({"healthy": healthy, **checks}, status_code=200 if healthy else 503)
+
+    @app.get("/healthz")
+    def healthz(request: Request) -> Response:
+        """The deployment's parts: for load balancers and restarts."""
+        return answer(request, connections=False)
+
+    @app.get("/healthz/connections")
+    def healthz_connections(request: Request) -> Response:
+        """Also every active connection's polls: for monitoring each tenant."""
+        return answer(request, connections=True)
 
     @app.get("/metrics")
     def metrics(request: Request) -> Response:

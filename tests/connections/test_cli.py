@@ -4,6 +4,7 @@ they do, their exit codes, and that no secret ever reaches their output or logs.
 from __future__ import annotations
 
 import json
+import uuid
 
 import pytest
 from cryptography.fernet import Fernet
@@ -41,10 +42,17 @@ def run(fleet_env, fleet_keys):
         assert not any(secret in output for output in runs.outputs), secret
 
 
+def _account(name: str) -> str:
+    """A ServiceM8 account of its own for connection ``name``: given by hand, so ``add`` asks no
+    API which account the key is for (tests/connections/test_uniqueness.py does)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sm8-account:{name}"))
+
+
 def _add(run, name: str, **kwargs):
-    """``sm8cd connections add NAME`` with both keys given as options."""
+    """``sm8cd connections add NAME`` with both keys given as options, on an account of its own."""
     return run("connections", "add", name, "--servicem8-api-key", SM8_KEY,
-               "--coredination-api-key", CD_KEY, **kwargs)  # fmt: skip
+               "--coredination-api-key", CD_KEY, "--servicem8-account", _account(name),
+               **kwargs)  # fmt: skip
 
 
 def test_an_empty_registry_lists_the_environments_connection(run):
@@ -63,6 +71,8 @@ def test_add_reads_keys_from_a_variable_and_stdin_and_show_says_only_that_they_a
         "connections",
         "add",
         "acme",
+        "--servicem8-account",
+        _account("acme"),
         "--servicem8-api-key-env",
         "ACME_SM8",
         "--coredination-api-key",
@@ -200,9 +210,14 @@ def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, r
                                    coredination_api_key=SIM_CD_KEY))  # fmt: skip
     try:
         biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=4, allocations=6)
-        # A backfill queues its syncs within the connection's share; the rest wait in Redis.
-        run("-c", "acme", "backfill")
         lane = f"b:{deployment}:celery:bridge.{deployment}.bulk"
+        # Beside another active connection it keeps to its share; the rest wait in Redis (a
+        # connection alone has every worker).
+        registry.add(
+            Connection(id="other"),
+            ConnectionSecrets(servicem8_api_key="x", coredination_api_key="y"),
+        )
+        run("-c", "acme", "backfill")
         assert redis_client.llen(lane) == 2  # CONNECTION_MAX_TASKS
         assert redis_client.llen("b:acme:admission:waiting:bulk") == len(biz.jobs) - 2
         # One cycle on the connection's own keys (these simulators refuse the environment's).
@@ -212,6 +227,7 @@ def test_commands_take_a_registry_connection_by_c(run, fleet_env, monkeypatch, r
         assert "no connection 'ghost'" in run("-c", "ghost", "status", code=2).output
     finally:
         Stores.connect(redis_client, "acme").wipe()
+        Stores.connect(redis_client, "other").wipe()
         redis_client.delete(keys.connections, keys.secrets, keys.waiting)
         for key in redis_client.scan_iter(f"b:{deployment}:*"):
             redis_client.delete(key)

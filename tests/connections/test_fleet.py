@@ -130,8 +130,9 @@ def _add_other(app: Any, sm8: ServiceM8Simulator, cd: CoredinationSimulator) -> 
 
 def test_with_an_empty_registry_the_environment_is_the_one_connection(deployment):
     rt = deployment.bridge_runtime()
-    assert rt.connection == deployment.bridge_settings().bridge_connection_id
-    assert rt.task_connection is None  # its tasks stay as they always were
+    own = deployment.bridge_settings().bridge_connection_id
+    assert rt.connection == own and rt.lanes == own
+    assert _registry(deployment).get(own).keys == "environment"  # it joined the registry
     with pytest.raises(ConnectionPaused, match="not in the registry"):
         deployment.bridge_runtime("nobody")
 
@@ -142,13 +143,13 @@ def test_a_registry_connection_runs_on_the_deployments_lanes_with_its_own_keys_a
     own = deployment.bridge_settings().bridge_connection_id
     other = _add_other(deployment, other_sm8, other_cd)
     rt = deployment.bridge_runtime(other)
-    assert rt.connection == other and rt.lanes == own and rt.task_connection == other
+    assert rt.connection == other and rt.lanes == own
     assert rt.stores.keys.prefix == f"b:{other}:"
     assert rt.settings.servicem8_api_key.get_secret_value() == OTHER_SM8_KEY
     assert deployment.bridge_runtime(other) is rt  # built once
     # The environment's connection stays one of them: adding another never stops it.
     own_rt = deployment.bridge_runtime()
-    assert own_rt.connection == own and own_rt.task_connection is None
+    assert own_rt.connection == own and own_rt.lanes == own
     assert own_rt.settings.servicem8_api_key.get_secret_value() != OTHER_SM8_KEY
     assert _registry(deployment).get(own).keys == "environment"
 
@@ -193,9 +194,10 @@ def test_the_fleet_tick_claims_the_other_connections_periodic_work(
     now = time.time()
     deployment.fleet_due(now)  # plans: first times spread within each interval
     due = deployment.fleet_due(now + 3600)
-    assert {c for c, _, _ in due} == {other}  # never the deployment's own (beat runs it)
+    own = deployment.bridge_settings().bridge_connection_id
+    assert {c for c, _, _ in due} == {other, own}  # one scheduler: the environment's too
     # Idle: the sweep and the release of deferred work would find nothing, and are not queued.
-    tasks = {task for _, task, _ in due}
+    tasks = {task for c, task, _ in due if c == other}
     assert {POLL_CYCLE, MATCH_STAFF} <= tasks and not {SWEEP, RELEASE_DEFERRED} & tasks
     assert deployment.fleet_due(now + 3600) == []
     # With a job dirty and deferred work due, they are.

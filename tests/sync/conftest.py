@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -109,3 +110,82 @@ def cli_env(redis_url, sm8_sim, cd_sim, redis_client, monkeypatch, tmp_path):
         monkeypatch.setenv(key, value)
     yield env
     Stores.connect(redis_client, connection).wipe()
+
+
+# --- a deployment's fleet as the fleet tick sees it (bridge/connections/process.py) ---------------
+class Fleet:
+    """Registry connections of the ``web`` fixture's deployment, their cursors, and the fleet
+    tick's part that keeps their health figures (``ProcessFleet.due``): every poll cycle due is
+    claimed and its connection observed."""
+
+    def __init__(self, runtime: Any) -> None:
+        from bridge.connections.process import ProcessFleet
+        from bridge.store.keys import FleetKeys
+
+        self.runtime = runtime
+        self.keys = FleetKeys.for_deployment(runtime.lanes)
+        self.process = ProcessFleet(runtime.settings, runtime.redis_url)
+        self.ids: list[str] = [runtime.connection]  # the environment's joins at the first tick
+        self.clock = time.time()
+        self.polled(self.ids, self.clock - 20)
+
+    def add(self, count: int, polled_ago: float = 20.0, *, prefix: str = "c") -> list[str]:
+        """``count`` active connections, each last polled whole ``polled_ago`` s ago."""
+        from bridge.connections import stored
+        from bridge.connections.models import Connection
+
+        ids = [f"{self.runtime.connection}-{prefix}{n:04d}" for n in range(count)]
+        entries = {c: stored.encode(Connection(id=c)) for c in ids}
+        self.runtime.redis.hset(self.keys.connections, mapping=entries)
+        self.ids += ids
+        self.polled(ids, time.time() - polled_ago)
+        return ids
+
+    def polled(self, ids: list[str], at: float) -> None:
+        """Both systems of ``ids`` polled whole at ``at`` (as ``sync.cycle.poll_due`` records)."""
+        from bridge.store.keys import Keys
+        from bridge.sync.context import SYSTEMS, polled
+
+        with self.runtime.redis.pipeline(transaction=False) as pipe:
+            for connection in ids:
+                pipe.hset(Keys(connection).cursor, mapping={polled(s): repr(at) for s in SYSTEMS})
+            pipe.execute()
+
+    def watched_since(self, seconds_ago: float) -> None:
+        """As if the tick had been watching every connection for ``seconds_ago`` s (a connection
+        is stale only after its allowance has passed since it was first watched)."""
+        self.process.health.watch(
+            {c: 900.0 for c in self.ids}, {"active": len(self.ids)}, time.time() - seconds_ago
+        )
+
+    def tick(self) -> int:
+        """The fleet tick, a second further each time, until every active connection's poll
+        cycle was claimed (and so observed) at least once: how many connections were."""
+        from bridge.queues import POLL_CYCLE
+
+        seen: set[str] = set()
+        for _ in range(20):
+            self.clock = max(self.clock + 1.0, time.time())
+            found = self.process.due(self.clock, lambda _settings: {POLL_CYCLE: 1.0})
+            seen |= {item.connection for item in found if item.task == POLL_CYCLE}
+            active = {c.id for c in self.process.view.entries().values() if c.status == "active"}
+            if active and active <= seen:
+                break
+        return len(seen)
+
+    def wipe(self) -> None:
+        from bridge.store.keys import Keys
+
+        redis = self.runtime.redis
+        fleet_keys = list(redis.scan_iter(match=self.keys.prefix + "*", count=1000))
+        own = [key for c in self.ids for key in (Keys(c).cursor, Keys(c).dlq)]
+        for i in range(0, len(fleet_keys + own), 500):
+            redis.delete(*(fleet_keys + own)[i : i + 500])
+        self.process.view.client.close()
+
+
+@pytest.fixture
+def fleet(web: Any) -> Iterator[Fleet]:
+    made = Fleet(web.runtime)
+    yield made
+    made.wipe()

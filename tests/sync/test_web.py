@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.connections import ConnectionRegistry, SecretBox
 from bridge.web.app import create_app
 from tests.sync.conftest import ALLOCATION, JOB, TOKEN, documented, post
 
@@ -169,16 +171,88 @@ def test_healthz_reports_each_part(web):
     r = web.get("/healthz")
     assert r.status_code == 503  # no beat, no worker in this test
     assert r.json() == {"healthy": False, "redis": "ok", "beat": "no beat holds the schedule lock",
-                        "workers": 0}  # fmt: skip
+                        "workers": 0, "polls": "ok (0 connection(s) watched)",
+                        "stale_connections": 0, "stale": []}  # fmt: skip
     stores = web.runtime.stores
-    stores.activity.heartbeat("w1@host", __import__("time").time(), 30)
+    stores.activity.heartbeat("w1@host", time.time(), 30)
     stores.redis.set(stores.keys.beat_lock, "token", ex=30)
     assert web.get("/healthz").json() == {
         "healthy": True,
         "redis": "ok",
         "beat": "ok",
         "workers": 1,
+        "polls": "ok (0 connection(s) watched)",
+        "stale_connections": 0,
+        "stale": [],
     }
+
+
+def _fleet_samples(web) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    text = web.get("/metrics").text
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name.startswith("bridge_fleet_")
+    }
+
+
+def test_a_connection_whose_polls_stopped_is_unhealthy_named_until_it_polls_again(web, fleet):
+    """Every active connection's last whole poll is watched by the fleet tick: one with none
+    for three times its longest poll interval (900 s by default) fails /healthz/connections,
+    named with why, and shows in /healthz (which stays 200: one tenant's polls must not take the
+    receiver out of a load balancer) and /metrics; a pause takes it out of the check (a paused
+    connection does not poll), and its next whole poll makes it healthy again."""
+    stores = web.runtime.stores
+    stores.activity.heartbeat("w1@host", time.time(), 30)
+    stores.redis.set(stores.keys.beat_lock, "token", ex=30)
+    (beta,) = fleet.add(1)
+    (acme,) = fleet.add(1, polled_ago=1_000, prefix="acme")  # its polls stopped 1,000 s ago
+    (gamma,) = fleet.add(1, polled_ago=2_000, prefix="gamma")
+    fleet.watched_since(3_600)  # the tick has been watching them for an hour
+    fleet.tick()
+    deployment = web.get("/healthz")
+    assert deployment.status_code == 200 and deployment.json()["stale_connections"] == 2
+    r = web.get("/healthz/connections")
+    assert r.status_code == 503
+    body = r.json()
+    assert (body["healthy"], body["beat"], body["workers"]) == (False, "ok", 1)
+    assert body["polls"] == "2 active connection(s) with no whole poll in time"
+    assert body["stale_connections"] == 2
+    assert [s["connection"] for s in body["stale"]] == [gamma, acme]  # most overdue first
+    stale = body["stale"][1]
+    assert stale["allowed_seconds"] == 900.0 and 990 < stale["polled_seconds_ago"] < 1_100
+    assert stale["why"].startswith("no whole poll of both systems for ")
+    samples = _fleet_samples(web)
+    assert samples[("bridge_fleet_stale_connections", ())] == 2
+    named = ("bridge_fleet_stale_connection_poll_age_seconds", (("connection", acme),))
+    assert 990 < samples[named] < 1_100
+    assert 1_990 < samples[("bridge_fleet_worst_poll_age_seconds", ())] < 2_100
+    # The port is public: a client /metrics would refuse learns how many, not which.
+    app = create_app(web.runtime.settings, web.runtime, web.sent)
+    outside = TestClient(app, client=("203.0.113.9", 50000)).get("/healthz/connections")
+    assert outside.status_code == 503 and outside.json()["stale_connections"] == 2
+    assert "stale" not in outside.json() and acme not in outside.text
+
+    ConnectionRegistry(stores.redis, SecretBox(()), keys=fleet.keys).pause(gamma, "billing")
+    fleet.tick()
+    body = web.get("/healthz/connections").json()
+    assert [s["connection"] for s in body["stale"]] == [acme]
+    samples = _fleet_samples(web)
+    assert samples[("bridge_fleet_connections", (("status", "paused"),))] == 1
+    assert ("bridge_fleet_stale_connection_poll_age_seconds", (("connection", gamma),)) not in (
+        samples
+    )
+
+    fleet.polled([acme], time.time())  # its polls run again
+    fleet.tick()
+    r = web.get("/healthz/connections")
+    assert r.status_code == 200
+    assert (r.json()["polls"], r.json()["stale"]) == ("ok (3 connection(s) watched)", [])
+    samples = _fleet_samples(web)
+    assert samples[("bridge_fleet_stale_connections", ())] == 0
+    assert samples[("bridge_fleet_worst_poll_age_seconds", ())] < 100
+    assert beta in {dict(labels).get("connection") for _, labels in samples}
 
 
 def test_metrics_are_prometheus_text_with_every_family(web):

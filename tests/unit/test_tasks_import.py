@@ -141,32 +141,36 @@ def test_the_factory_configures_the_app_from_the_given_settings():
     assert conf.redbeat_key_prefix == "b:c1:redbeat:"
     assert conf.redbeat_lock_timeout == 60  # three ServiceM8 polls, at least 30 s
     assert conf.beat_max_loop_interval == 4.0  # half the shortest poll, at most 5 s
+    # One scheduler: beat sends the fleet tick alone; the tick plans every connection's work.
     assert {name: (e["task"], e["schedule"]) for name, e in conf.beat_schedule.items()} == {
-        "poll-cycle": ("bridge.poll.cycle", 8),
-        "match-staff": ("bridge.staff.match", 900.0),
-        "release-deferred": ("bridge.deferred.release", 2.0),
-        "reconcile": ("bridge.reconcile", 86_400.0),
-        "sweep-dirty": ("bridge.sweep", 8),
         "fleet-tick": ("bridge.fleet.tick", 1.0),
+    }
+    from tasks.app import periodic_work
+
+    assert periodic_work(_settings(servicem8_poll_seconds=20, coredination_poll_seconds=8)) == {
+        "bridge.poll.cycle": 8,
+        "bridge.staff.match": 900.0,
+        "bridge.deferred.release": 2.0,
+        "bridge.reconcile": 86_400.0,
+        "bridge.sweep": 8,
     }
 
 
 def test_the_webhook_health_check_runs_when_the_bridge_has_a_public_url():
-    from tasks.app import create_app
+    from tasks.app import periodic_work
 
-    assert "webhook-health" not in create_app(_settings()).conf.beat_schedule
-    entry = create_app(
-        _settings(webhook_public_url="https://bridge.example.com", webhook_health_seconds=600)
-    ).conf.beat_schedule["webhook-health"]
-    assert (entry["task"], entry["schedule"]) == ("bridge.poll.webhook_subscriptions", 600)
+    check = "bridge.poll.webhook_subscriptions"
+    assert check not in periodic_work(_settings())
+    on = _settings(webhook_public_url="https://bridge.example.com", webhook_health_seconds=600)
+    assert periodic_work(on)[check] == 600
     off = _settings(webhook_public_url="https://bridge.example.com", webhook_health_seconds=0)
-    assert "webhook-health" not in create_app(off).conf.beat_schedule
+    assert check not in periodic_work(off)
 
 
 def test_no_reconcile_entry_when_reconcile_is_off():
-    from tasks.app import create_app
+    from tasks.app import periodic_work
 
-    assert "reconcile" not in create_app(_settings(reconcile_seconds=0)).conf.beat_schedule
+    assert "bridge.reconcile" not in periodic_work(_settings(reconcile_seconds=0))
 
 
 def test_two_apps_keep_their_own_settings():
