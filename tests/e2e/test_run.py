@@ -11,6 +11,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,6 +31,14 @@ def _clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(ours)}
     env.update(extra)
     return env
+
+
+def _stopped(proc: subprocess.Popen[bytes], log: Any, path: Path) -> tuple[int, str]:
+    """Stop `sm8cd run` as Ctrl-C would: its exit code and what it printed."""
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=90)
+    log.close()
+    return code, path.read_text(errors="replace")
 
 
 def test_bridge_run_on_embedded_redis_syncs_a_webhooked_booking_and_stops_cleanly(
@@ -79,10 +88,7 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_booking_and_stops_cleanl
         eventually(scheduled, timeout=20)
         assert sm8_sim.deliverer.stats["queued"] >= 1  # it came by webhook
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=90)
-        log.close()
-    output = (tmp_path / "run.log").read_text(errors="replace")
+        code, output = _stopped(proc, log, tmp_path / "run.log")
     assert code == 0, output[-3000:]
     assert "bridge: stopped" in output
     redis_dir = tmp_path / "state" / "redis"  # embedded, append-only
@@ -187,10 +193,7 @@ def test_commands_beside_bridge_run_use_its_embedded_redis_and_never_start_a_sec
         assert shared.dbsize() > before  # the commands wrote into the running bridge's Redis
         shared.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=90)
-        log.close()
-    output = (tmp_path / "run.log").read_text(errors="replace")
+        code, output = _stopped(proc, log, tmp_path / "run.log")
     assert code == 0, output[-3000:]
     assert f"Redis embedded at {run_file['url']}" in output
     assert servers_of(state / "redis") == []  # `run` stopped it on its way out
