@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from bench.freshness import SCENARIOS
+from bench.catalog import SCENARIOS
 from bench.scenarios import Bench, Result
 
 LOCAL_REDIS = "redis://127.0.0.1:6379/13"

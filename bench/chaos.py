@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -117,9 +118,14 @@ class Chaos:
         seed: int,
         redis_mode: RedisMode = "single",
         window: float = 60.0,
+        starve: int = 0,
     ) -> None:
         """``window``: the bridge's ServiceM8 budget window in seconds, which a 429 pauses the
-        API for (a minute, as ServiceM8's; shorter in CI, where each pause is waited out)."""
+        API for (a minute, as ServiceM8's; shorter in CI, where each pause is waited out).
+        ``starve``: busy processes run beside the bridge while the operations play (a host
+        shared with noisy neighbours): leases lapse, answers come late, workers stall between a
+        read and the write it decided."""
+        self.starve = starve
         self.size = size
         self.window = window
         self.workdir = workdir
@@ -218,9 +224,11 @@ class Chaos:
         self._faults_on()
         killer = threading.Thread(target=self._kill_workers, args=(stack,), daemon=True)
         killer.start()
-        self._operations(biz, ns)
-        self.stop.set()
-        killer.join(timeout=30)
+        with _busy(self.starve):
+            self._operations(biz, ns)
+            self.stop.set()
+            killer.join(timeout=30)
+        self.report.faults["busy processes beside it"] = self.starve
         self._faults_off()
         for name in ("w1", "w2", "beat"):  # everything running again
             if name not in stack.processes or stack.processes[name].poll() is not None:
@@ -289,8 +297,9 @@ class Chaos:
     # --- faults --------------------------------------------------------------------------------
     def _faults_on(self) -> None:
         # The most hostile reading of ServiceM8 (the simulator's defaults: no allocation webhooks,
-        # a second DELETE restores) and, besides, a third of DELETE answers lost after the delete
-        # was applied. Coredination plays its most hostile reading for the whole run.
+        # a second DELETE restores, a repeated create is a 409) and, besides, a third of DELETE
+        # and create answers lost after the write was applied. Coredination plays its most
+        # hostile reading for the whole run.
         self.sm8.set_dialect(**asdict(HOSTILE_SERVICEM8))
         for sim in (self.sm8, self.cd):
             sim.set_faults(error_rate=0.05, timeout_rate=0.02, timeout_seconds=2.0,
@@ -300,7 +309,7 @@ class Chaos:
             sim.deliverer.faults.max_delay = 1.0
 
     def _faults_off(self) -> None:
-        self.sm8.set_dialect(lost_delete_answer_rate=0.0)
+        self.sm8.set_dialect(lost_delete_answer_rate=0.0, lost_create_answer_rate=0.0)
         for sim in (self.sm8, self.cd):
             sim.set_faults(error_rate=0.0, timeout_rate=0.0, reset_rate=0.0, latency_jitter=0.0,
                            burst_429=0)  # fmt: skip
@@ -357,7 +366,11 @@ class Chaos:
             if self.rng.random() < CD_DELETE_SHARE:
                 op = "cd_delete"
             try:
-                done = getattr(self, f"_op_{op}")(biz, ns, users)
+                # An office or dispatcher acts on what it sees: the pick and the change are one
+                # step, so no API write lands between them (the office never deletes a deleted
+                # booking, which would restore it, nor edits over a change it has not seen).
+                with self.sm8.lock, self.cd.lock:
+                    done = getattr(self, f"_op_{op}")(biz, ns, users)
             except Exception as exc:  # the simulators refuse an impossible operation
                 done = False
                 self.report.problems.append(f"{op}: {type(exc).__name__}")
@@ -614,6 +627,20 @@ class Chaos:
                     self.report.secrets_found.append(f"{secret[:9]}… in {where}")
 
 
+@contextlib.contextmanager
+def _busy(count: int) -> Iterator[None]:
+    """``count`` processes that spin on the CPU at the bridge's own priority until the block
+    ends."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"],
+                                 stdin=subprocess.DEVNULL) for _ in range(count)]  # fmt: skip
+    try:
+        yield
+    finally:
+        for proc in spinners:
+            proc.kill()
+            proc.wait()
+
+
 console = Console()
 
 
@@ -629,6 +656,9 @@ def main(
             "last seconds of writes once and fails over once (needs `make tools`).",
         ),
     ] = "single",
+    starve: Annotated[
+        int, typer.Option(help="Busy processes beside the bridge while the operations play.")
+    ] = 0,
 ) -> None:
     """Play operations on both sides under faults; exit 0 only if nothing was lost, duplicated,
     diverged or leaked."""
@@ -638,7 +668,8 @@ def main(
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
     if redis_mode not in ("single", "sentinel"):
         raise typer.BadParameter("--redis: single or sentinel")
-    report = Chaos(ops, workdir, seed, "sentinel" if redis_mode == "sentinel" else "single").run()
+    mode: RedisMode = "sentinel" if redis_mode == "sentinel" else "single"
+    report = Chaos(ops, workdir, seed, mode, starve=starve).run()
     console.print(f"dialects: coredination {asdict(HOSTILE_COREDINATION)}; servicem8 while "
                   f"faulted {asdict(HOSTILE_SERVICEM8)}")  # fmt: skip
     console.print(f"operations: {sum(report.operations.values())} {dict(report.operations)}")

@@ -44,6 +44,28 @@ def cd_resources(cd_sim: Any) -> dict[str, dict[int, str]]:
             for j in cd_sim.snapshot()["jobs"]}  # fmt: skip
 
 
+def book_and_wait(sm8: Any, cd: Any, biz: Any, ns: uuid.UUID, start: str, end: str) -> float:
+    """A fixed booking on the first job for somebody not booked on it yet, made in ServiceM8;
+    waits until Coredination shows that person scheduled on the job and returns the seconds it
+    took (``AssertionError`` after 30 s)."""
+    job = biz.jobs[0]
+    taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
+    member = next((s for s in biz.staff if s["uuid"] not in taken), biz.staff[0])
+    sm8.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
+                               "activity_was_scheduled": 1, "start_date": start,
+                               "end_date": end})  # fmt: skip
+    user = biz.user_for(member["uuid"])["id"]
+    made = time.monotonic()
+
+    def scheduled() -> bool:
+        cd_job = cd.jobs[cd.by_uuid[cd_job_uuid(ns, job)]]
+        return any(r["userId"] == user and r["state"] == "SCHEDULED"
+                   for r in cd_job["resources"])  # fmt: skip
+
+    eventually(scheduled, timeout=30)
+    return time.monotonic() - made
+
+
 def expected_resources(biz: Any, ns: uuid.UUID) -> dict[str, dict[int, str]]:
     """What ``cd_resources`` should show once a seeded business's flexible bookings synced."""
     want: dict[str, dict[int, str]] = {cd_job_uuid(ns, j): {} for j in biz.jobs}

@@ -8,22 +8,53 @@ naming it, never a traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 from datetime import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AfterValidator, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bridge.errors import ConfigError
 from bridge.store.keys import RESERVED_CONNECTION_IDS
+from mappings.scope import Scope, names
 
 SERVICEM8_DEFAULT_URL = "https://api.servicem8.com/api_1.0"
 COREDINATION_DEFAULT_URL = "https://app.coredination.net/api/1"
 SERVICEM8_AUTHORIZE_URL = "https://go.servicem8.com/oauth/authorize"
 SERVICEM8_TOKEN_URL = "https://go.servicem8.com/oauth/access_token"  # noqa: S105 (a URL)
+# ServiceM8's job statuses (docs/servicem8-api.md#records), as SCOPE_JOB_STATUSES names them.
+JOB_STATUSES = ("Quote", "Work Order", "Unsuccessful", "Completed")
+UUID_TEXT = re.compile(
+    r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+)
+
+
+def _job_statuses(value: str) -> str:
+    """``*``, or ServiceM8 job statuses, comma-separated (SCOPE_JOB_STATUSES)."""
+    given = names(value.split(","))
+    unknown = sorted(given - names(JOB_STATUSES))
+    if value.strip() != "*" and (unknown or not given):
+        raise ValueError(f"must be * or job statuses among {', '.join(JOB_STATUSES)}, "
+                         f"comma-separated (not {', '.join(unknown) or 'empty'})")  # fmt: skip
+    return value
+
+
+def _uuid_list(value: str | None) -> str | None:
+    """Uuids, comma-separated (SCOPE_JOB_CATEGORIES, SCOPE_STAFF_LEFT_OUT)."""
+    bad = [
+        v.strip() for v in (value or "").split(",") if v.strip() and not UUID_TEXT.match(v.strip())
+    ]
+    if bad:
+        raise ValueError(f"must be uuids, comma-separated ({bad[0][:40]!r} is none)")
+    return value
+
+
+JobStatuses = Annotated[str, AfterValidator(_job_statuses)]
+UuidList = Annotated[str | None, AfterValidator(_uuid_list)]
 
 
 class Settings(BaseSettings):
@@ -231,6 +262,32 @@ class Settings(BaseSettings):
         "Allocations add-on; an assignment without a time is then not booked).",
     )
 
+    # --- scope: what syncs (docs/scope.md) --------------------------------------------------------
+    scope_horizon_days: int = Field(
+        1,
+        ge=0,
+        le=3650,
+        description="Bookings before the start of the day this many days ago (in the account's "
+        "timezone) are history and never create a Coredination job nor put anyone on one: 1, "
+        "from the start of yesterday; 0, from the start of today.",
+    )
+    scope_job_statuses: JobStatuses = Field(
+        "Quote,Work Order",
+        min_length=1,
+        description="The ServiceM8 job statuses that sync, comma-separated (Quote, Work Order, "
+        "Unsuccessful, Completed), or * for every status; a job of another status is left alone.",
+    )
+    scope_job_categories: UuidList = Field(
+        None,
+        description="The ServiceM8 job categories that sync, as category uuids, comma-separated; "
+        "unset: every category.",
+    )
+    scope_staff_left_out: UuidList = Field(
+        None,
+        description="ServiceM8 staff members whose bookings never sync, as staff uuids, "
+        "comma-separated; unset: nobody is left out.",
+    )
+
     # --- HTTP ------------------------------------------------------------------------------------
     http_connect_timeout: float = Field(5.0, gt=0, description="Seconds to open a connection.")
     http_read_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a response.")
@@ -298,6 +355,17 @@ class Settings(BaseSettings):
         return [s for s in secrets if s]
 
 
+def scope(settings: Settings) -> Scope:
+    """The scope the settings name (``mappings.scope.Scope``; docs/scope.md)."""
+    statuses = settings.scope_job_statuses.strip()
+    return Scope(
+        horizon_days=settings.scope_horizon_days,
+        statuses=frozenset() if statuses == "*" else names(statuses.split(",")),
+        categories=names((settings.scope_job_categories or "").split(",")),
+        staff_left_out=names((settings.scope_staff_left_out or "").split(",")),
+    )
+
+
 def load_settings(**overrides: object) -> Settings:
     """Read the settings, or raise ``ConfigError`` with one line naming each bad variable."""
     try:
@@ -313,7 +381,7 @@ def load_settings(**overrides: object) -> Settings:
 
 # The prefixes of the bridge's own settings: a variable with one of them that no setting reads is
 # most likely misspelt (WEBHOOK_TOKN), and silently ignoring it would leave the setting unset.
-PREFIXES = ("BRIDGE_", "SERVICEM8_", "COREDINATION_", "WEBHOOK_", "REDIS_")
+PREFIXES = ("BRIDGE_", "SERVICEM8_", "COREDINATION_", "WEBHOOK_", "REDIS_", "SCOPE_")
 
 
 def unknown_settings(names: Iterable[str]) -> list[tuple[str, str | None]]:

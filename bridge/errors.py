@@ -10,13 +10,25 @@
         ├── RetryableError          try again later, the same request can succeed
         │   ├── RateLimited         429: wait for the window (``window`` = minute | day | None)
         │   ├── Unavailable         5xx, timeout, connection reset
+        │   │   └── Unconfirmed     a write that must not be repeated lost its answer: its
+        │   │                       effect is read again, no sooner than ``settle`` seconds
         │   └── BudgetExhausted     our own budget has no token now: defer, do not send
         └── PermanentError          do not retry the same request
-            ├── AuthError           401 / 402 / 403: pause the connection, tell the operator
-            │   └── GrantRevoked    invalid_grant on a token refresh: the account removed the
-            │                       add-on; pause the connection as removed until re-activated
+            ├── AuthError           401, or 403 on the account or a whole list: the credential's;
+            │   │                   that API is paused, the operator told
+            │   ├── GrantRevoked    invalid_grant on a token refresh: the account removed the
+            │   │                   add-on; pause the connection as removed until re-activated
+            │   └── NotInGoodStanding  402: the account's standing; the API is held for hours
+            ├── Refused             a 403 narrower than the credential: the rest goes on
+            │   ├── Forbidden       one record refused: park that pair or job with the message
+            │   ├── ScopeMissing    a named scope is missing: that kind of operation is blocked
+            │   │                   for the connection until it is granted (``scope``)
+            │   └── WebhooksRefused 401 / 403 on a webhook subscription call: the object is
+            │                       polled only, nothing is paused
             ├── NotFound            404
             ├── Rejected            400 / 406 / other 4xx: the request itself is wrong
+            │   └── AlreadyExists   409, or a refusal saying the record exists: a create whose
+            │                       uuid is taken; read the record back before deciding
             └── InvalidRecord       the API answered a record we cannot read (impossible date,
                                     wrong type): park it with the reason, keep the rest going
 
@@ -110,6 +122,23 @@ class Unavailable(RetryableError):
     """5xx, a timeout or a broken connection."""
 
 
+class UuidMoved(RetryableError):
+    """A booking create's derived uuid is held by a booking the office has since given to
+    another person: that booking is now read and recorded, and the next try derives the
+    person's next uuid (``mappings.ids.free_derived``)."""
+
+
+class Unconfirmed(Unavailable):
+    """A write that must not be sent twice (a ServiceM8 DELETE, which a second time restores
+    the record) lost its answer, and the record still reads as before. The request may still be
+    on its way at the server, so it is neither sent again nor read again until ``settle``
+    seconds have passed: the retry starts from a read."""
+
+    def __init__(self, message: str, *, settle: float, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.settle = settle
+
+
 class BudgetExhausted(RetryableError):
     """Our shared budget had no token: nothing was sent. ``retry_in`` says when to try again."""
 
@@ -123,7 +152,39 @@ class PermanentError(ApiError):
 
 
 class AuthError(PermanentError):
-    """401 bad key, 402 account not in good standing, 403 missing scope or permission."""
+    """The credential's refusal (docs/how-it-works.md#refusals): a 401, or a 403 on the
+    account's own record or a whole list. The API is paused for the key."""
+
+
+class NotInGoodStanding(AuthError):
+    """402: the account is not in good standing. Nothing the bridge sends can succeed until the
+    account is settled, so the API is held for hours, not probed every few minutes."""
+
+
+class Refused(PermanentError):
+    """A 403 that refuses less than the credential (docs/how-it-works.md#refusals): one record,
+    one kind of operation, or webhooks. Nothing is paused; only what was refused waits."""
+
+
+class Forbidden(Refused):
+    """403 on one record (a job, a booking): that pair or job is parked with the message."""
+
+
+class ScopeMissing(Refused):
+    """403 naming a scope the credential lacks: every call of this kind of operation
+    (``operation``) is refused without being sent until the scope is granted."""
+
+    def __init__(self, message: str, *, scope: str | None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.scope = scope
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "scope": self.scope}
+
+
+class WebhooksRefused(Refused):
+    """401 / 403 on a webhook subscription call: webhooks are unavailable for this credential,
+    so the object is polled only (shown in ``sm8cd status``); the API is not paused."""
 
 
 class NotFound(PermanentError):
@@ -132,6 +193,12 @@ class NotFound(PermanentError):
 
 class Rejected(PermanentError):
     """400 / 406 / other 4xx: validation or a malformed request."""
+
+
+class AlreadyExists(Rejected):
+    """A create refused because a record with its uuid exists (HTTP 409, or a refusal whose
+    message says so). For a create with the bridge's own uuid it may be the answer to a repeat
+    of a create that landed: the writer reads the record back (bridge/servicem8/creates.py)."""
 
 
 class InvalidRecord(PermanentError):

@@ -2,10 +2,11 @@
 the Celery app (``tasks``) and by anything in ``bridge`` that sends tasks (``sm8cd backfill``,
 ``sm8cd dlq replay``, the webhook receiver), so the bridge never imports ``tasks``.
 
-Queues are per deployment, checked in priority order: interactive (webhooks) before sync (polls)
-before poll before bulk (backfill). A deployment's lanes are named by its ``BRIDGE_CONNECTION_ID``
-and shared by every connection of its registry: a task for another connection than that one
-carries the connection's id as its ``connection`` argument (docs/connections.md#shared-lanes).
+Queues are per deployment, checked in priority order: interactive (webhooks, and the fleet tick
+that schedules everything else) before sync before poll before bulk (backfill). A deployment's
+lanes are named by its ``BRIDGE_CONNECTION_ID`` and shared by every connection of its registry:
+a task for another connection than that one carries the connection's id as its ``connection``
+argument (docs/connections.md#shared-lanes).
 One queue set per connection would not scale: kombu's ``BRPOP`` names every queue of a worker
 (times its priority lists) at each call (sidekiq/sidekiq#4855, redis/redis#7071).
 """
@@ -63,7 +64,8 @@ ROUTES: dict[str, Lane] = {
     SWEEP: "poll",
     RECONCILE: "poll",
     "bridge.deferred.": "poll",
-    "bridge.fleet.": "poll",
+    # The scheduler never waits behind the polls it queued: a second's tick ahead of them.
+    "bridge.fleet.": "interactive",
     "bridge.bulk.": "bulk",
 }
 

@@ -57,3 +57,7 @@ class JobFacts:
     address: str | None
     lat: float | None
     lng: float | None
+    # ServiceM8's job status (``Quote``, ``Work Order``, ``Unsuccessful``, ``Completed``) and
+    # category uuid, as scope reads them (docs/scope.md); None when not known
+    status: str | None = None
+    category_uuid: str | None = None

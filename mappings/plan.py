@@ -10,6 +10,12 @@ A job is planned in two steps, because the second reads what the first returns:
    against the Coredination view the first step left.
 
 Each pair's plan also says what its snapshot becomes once its writes are done, and what to park.
+
+Scope (``mappings.scope``, docs/scope.md) is an input of both steps, as a ``Horizon``: a job is
+linked only once it has a booking in scope, the job's time comes from its bookings in scope, and
+a pair is decided on the person's bookings in scope. A pair whose bookings are all history is
+*silent* on the ServiceM8 side: nothing is pushed from it, nothing of it is deleted, and only a
+change made in Coredination flows back.
 """
 
 from __future__ import annotations
@@ -22,11 +28,10 @@ from uuid import UUID
 
 from mappings.decision import Decision, Side, TieRule, decide
 from mappings.facts import AllocationFacts
-from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, free_derived, sm8_activity_uuid, sm8_allocation_uuid
 from mappings.jobfields import cd_job_body, fingerprint
 from mappings.planners import (
     BookingKind,
-    CdOp,
     Slot,
     Sm8Write,
     after_write,
@@ -36,7 +41,15 @@ from mappings.planners import (
     push_op,
     redundant_writes,
 )
-from mappings.presence import Presence, cd_presence, finish_in_step, sm8_presence
+from mappings.presence import (
+    Presence,
+    cd_presence,
+    current_presence,
+    finish_in_step,
+    sm8_presence,
+)
+from mappings.readback import ResourceOp, held_reason
+from mappings.scope import Horizon, job_open, leaves_scope_ms
 from mappings.state import CdView, JobRecord, PairSnapshot
 
 
@@ -46,60 +59,6 @@ class UpsertJob:
     body: dict[str, object]
     digest: str
     creates: bool  # the bridge holds no Coredination view of this job yet
-
-
-# Resource states at work: what ``schedule`` or ``assign`` does to them is not documented
-# (docs/coredination-api.md#resources), so the bridge reads the job back after sending one to a
-# resource the job already holds (the view may not know it is at work yet).
-AT_WORK = frozenset({"ACCEPTED", "IN_TRANSIT", "ON_STATION", "STARTED", "PAUSED", "FINISHED"})
-ABSENT_STATES = frozenset({"UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE"})  # no one there
-
-
-@dataclass(frozen=True)
-class ResourceOp:
-    user: int
-    op: CdOp
-    state_after: str | None  # the user's resource state once done (None: removed)
-    before: str | None = None  # the state it was planned against (None: no resource)
-
-    @property
-    def uncertain(self) -> bool:
-        """Whether the op may not take: ``schedule`` or ``assign`` on a resource the job already
-        holds. The view may say SCHEDULED of a resource the worker has meanwhile accepted or
-        finished, so any resource there may be at work; a new one cannot be (nor costs a read)."""
-        return (
-            self.op in ("schedule", "assign")
-            and self.before is not None
-            and (self.before.upper() not in ABSENT_STATES)
-        )
-
-
-ReadBack = Literal["took", "ignored", "moved"]
-
-
-def read_back(op: ResourceOp, seen: str | None) -> ReadBack:
-    """What the job read back after ``op`` says of it: the user is where the op puts them
-    (``took``), exactly as before (``ignored``: Coredination kept them), or elsewhere
-    (``moved``: someone acted meanwhile; the bridge decides again with the fresh view)."""
-    if cd_presence(seen) == (cd_presence(op.state_after) or Presence.ABSENT):
-        return "took"
-    if (seen or "").upper() == (op.before or "").upper():
-        return "ignored"
-    return "moved"
-
-
-def held_reason(state: str | None, sm8: Presence) -> str:
-    """Why a held pair stays as it is (``bridge status``): the return-visit rule."""
-    state = (state or "").upper()
-    if state == "FINISHED":
-        return (
-            "return visit: booked again in ServiceM8, but Coredination keeps the user FINISHED"
-            " on this job; dispatch the visit in Coredination (held until either side changes)"
-        )
-    return (
-        f"Coredination keeps the user {state[:20]} (at work) and did not take the change to"
-        f" {sm8.value}; held until either side changes"
-    )
 
 
 def hold(plan: PairPlan, seen: str | None) -> None:
@@ -140,10 +99,16 @@ class PairsPlan:
     unmapped_users: list[int]  # present in Coredination, no ServiceM8 staff member
 
 
-def later_expiry(record: JobRecord, now_ms: int) -> int | None:
-    """The next expiry of a live allocation on the job (its reminder fires once)."""
+def later_expiry(record: JobRecord, now_ms: int, horizon: Horizon, tz: tzinfo) -> int | None:
+    """The next moment the job must sync though nothing changes in either system (its reminder
+    fires once): a live allocation expires, or a dated booking in scope leaves it, which may
+    move the job's time to its next booking (docs/scope.md#jobs-in-scope)."""
     later = [a.expires_ms for a in record.allocations.values()
              if a.live(now_ms) and a.expires_ms is not None]  # fmt: skip
+    for booking in horizon.current(record.allocations.values(), now_ms, record.details):
+        if not booking.by_bridge:  # the bridge's own bookings never time the job
+            leaves = leaves_scope_ms(booking, horizon.scope.horizon_days, tz)
+            later += [leaves] if leaves is not None else []
     return min(later) if later else None
 
 
@@ -175,15 +140,27 @@ def changed_since(allocation: AllocationFacts, since_ms: int) -> bool:
     return allocation.changed_by_person and (allocation.edited_ms or 0) + 1000 > since_ms
 
 
-def needs_link(record: JobRecord, now_ms: int) -> bool:
-    """A job the bridge has not linked is linked only once it has a live booking (and is not
-    deleted)."""
+def in_scope(record: JobRecord, horizon: Horizon, now_ms: int) -> bool:
+    """The job has a live booking in scope (its job-level filters aside: ``Horizon.left_out``)."""
+    return bool(horizon.current(record.allocations.values(), now_ms, record.details))
+
+
+def needs_link(record: JobRecord, horizon: Horizon, now_ms: int) -> bool:
+    """A job the bridge has not linked is linked only once it has a live booking in scope (and
+    is not deleted): history never creates a Coredination job."""
     if record.cd is not None:
         return True
-    return not job_deleted(record) and any(a.live(now_ms) for a in record.allocations.values())
+    return not job_deleted(record) and in_scope(record, horizon, now_ms)
 
 
-def plan_job_fields(record: JobRecord, ns: UUID, tz: tzinfo, now_ms: int) -> UpsertJob | None:
+def plan_job_fields(
+    record: JobRecord, ns: UUID, tz: tzinfo, now_ms: int, horizon: Horizon
+) -> UpsertJob | None:
+    """The job's fields; its time from its live bookings, history included. A time taken from
+    the bookings in scope alone moved as days passed with nothing changed, and a repeated sync
+    then wrote again (the state machine found it: the reminder meant to move it misses a case),
+    so a job an old one brings in is dated by its earliest live booking for now. ``horizon`` is
+    kept for that next step."""
     assert record.details is not None
     body = cd_job_body(record.details, record.allocations.values(), tz, now_ms)
     digest = fingerprint(body)
@@ -201,10 +178,11 @@ def plan_pairs(
     tz: tzinfo,
     now_ms: int,
     tie: TieRule,
+    horizon: Horizon,
     booking: BookingKind = "auto",
 ) -> PairsPlan:
     """Every pair of the job: each staff member with an allocation, a snapshot, or a mapped
-    user's resource on the Coredination job."""
+    user's resource on the Coredination job (docs/scope.md#pairs)."""
     assert record.cd is not None
     view = record.cd
     by_staff: dict[str, list[AllocationFacts]] = {}
@@ -219,8 +197,8 @@ def plan_pairs(
         elif cd_presence(state) not in (None, Presence.ABSENT):
             unmapped.append(user)
     plans = [
-        plan_pair(record, staff, by_staff.get(staff, []), s2u.get(staff),
-                  ns=ns, tz=tz, now_ms=now_ms, tie=tie, booking=booking)
+        plan_pair(record, staff, by_staff.get(staff, []), s2u.get(staff), ns=ns, tz=tz,
+                  now_ms=now_ms, tie=tie, horizon=horizon, booking=booking)
         for staff in sorted(people)
     ]  # fmt: skip
     return PairsPlan(plans, unmapped)
@@ -236,27 +214,48 @@ def plan_pair(
     tz: tzinfo,
     now_ms: int,
     tie: TieRule,
+    horizon: Horizon,
     booking: BookingKind = "auto",
 ) -> PairPlan:
-    """Decide one (job, staff member) pair and list the writes that carry the decision out."""
+    """Decide one (job, staff member) pair and list the writes that carry the decision out.
+
+    Only the person's bookings in scope are read and written (``horizon``); with none in scope,
+    live or gone, the ServiceM8 side is silent (``_plan_silent``). On a job deleted in ServiceM8
+    every booking counts: nobody stays on it."""
     assert record.cd is not None
     view = record.cd
     plan = PairPlan(staff, user)
-    facts = list(pair)
+    if staff in horizon.scope.staff_left_out:  # left alone both ways, and not parked
+        plan.park, plan.skipped = Park(staff, None), "skipped.out_of_scope.staff"
+        return plan
+    deleted = job_deleted(record)
+    everything = list(pair)
+    facts = everything if deleted else horizon.current(everything, now_ms, record.details)
+    history = frozenset(a.uuid for a in everything) - {a.uuid for a in facts}
+    opened = job_open(record.details)
+    spoken = [a for a in everything if a.uuid in history and horizon.admits(a, opened)]
+    snapshot = record.pairs.get(staff)
+    silent = not deleted and current_presence(everything, now_ms, horizon, record.details) is None
     for write in redundant_writes(facts, now_ms):  # a double booking: drop our own copy
         plan.writes.append(write)
         facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
                  for a in facts]  # fmt: skip
     plan.park_after = len(plan.writes)
-    deleted = job_deleted(record)
+    kept = snapshot.sm8 if snapshot is not None else None
+    presence_now = current_presence(facts + [a for a in everything if a.uuid in history],
+                                    now_ms, horizon, record.details, kept)  # fmt: skip
+    live_facts = [a for a in facts if a.live(now_ms)]
+    basis = live_facts if presence_now == sm8_presence(live_facts, now_ms) else everything
     sm8 = Side(
-        Presence.ABSENT if deleted else sm8_presence(facts, now_ms),
-        max((a.edited_ms or 0 for a in facts), default=None),
-        finishable=not deleted and finish_in_step(facts, now_ms),
+        Presence.ABSENT if deleted or presence_now is None else presence_now,
+        # when the person last changed a booking in scope: a deletion counts (it is no live one)
+        max((a.edited_ms or 0 for a in facts + spoken), default=None),
+        finishable=not deleted and finish_in_step(basis, now_ms),
     )
     if user is None:
         reason = "staff member has no Coredination user"
-        plan.park = Park(staff, reason if sm8.presence != Presence.ABSENT else None)
+        pending = not silent and sm8.presence != Presence.ABSENT
+        plan.park = Park(staff, reason if pending else None)
         plan.skipped = "pending.unmapped_staff" if plan.park.reason else None
         return plan
     state = view.resources.get(user)
@@ -267,7 +266,9 @@ def plan_pair(
         return plan
     plan.park = Park(staff, None)
     cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
-    snapshot = record.pairs.get(staff)
+    if silent:
+        return _plan_silent(plan, record, view, everything, cd, ns=ns, tz=tz, now_ms=now_ms,
+                            booking=booking)  # fmt: skip
     if (not deleted and snapshot is not None and snapshot.held
             and (snapshot.sm8, snapshot.cd) == (sm8.presence, cd.presence)):  # fmt: skip
         # Held (Coredination ignored our write to a resource at work): neither side has moved
@@ -305,7 +306,8 @@ def plan_pair(
         plan.snapshot = PairSnapshot(sm8.presence, cd_presence(after) or Presence.ABSENT)
         return plan
     plan.direction = "pull"
-    writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms, booking)
+    writes = _pull(record.uuid, view, staff, user, decision.target, facts, ns, tz, now_ms, booking,
+                   reserved=history, taken=_others(record, staff))  # fmt: skip
     by_uuid = {a.uuid: a for a in facts}
     for write in writes:
         by_uuid[write.uuid] = after_write(by_uuid.get(write.uuid), write, record.uuid, staff)
@@ -316,6 +318,53 @@ def plan_pair(
         writes += follow
     plan.writes += writes
     plan.snapshot = PairSnapshot(sm8_presence(by_uuid.values(), now_ms), cd.presence)
+    return plan
+
+
+def _others(record: JobRecord, staff: str) -> frozenset[str]:
+    """The uuids of the job's bookings held by anyone but ``staff``: a uuid the bridge derives
+    for ``staff`` must not be one of them (``ids.free_derived``)."""
+    return frozenset(u for u, a in record.allocations.items() if a.staff_uuid != staff)
+
+
+def _plan_silent(
+    plan: PairPlan,
+    record: JobRecord,
+    view: CdView,
+    bookings: list[AllocationFacts],
+    cd: Side,
+    *,
+    ns: UUID,
+    tz: tzinfo,
+    now_ms: int,
+    booking: BookingKind,
+) -> PairPlan:
+    """A pair whose ServiceM8 side is silent: the person has no booking in scope (or the job
+    has none). Left alone unless Coredination changed since the snapshot; then the change flows
+    back, onto what is not history: a person put on the job gets a new booking (or the bridge's
+    own old one, revived), a person finished completes their open flexible bookings (a worker
+    finishing after the visit left scope), and a person taken off deletes nothing."""
+    snapshot = record.pairs.get(plan.staff)
+    before = snapshot.cd if snapshot is not None else Presence.ABSENT
+    if cd.presence == before:
+        plan.skipped = "skipped.out_of_scope.history" if bookings else None
+        return plan
+    assert plan.user is not None
+    plan.direction, plan.target = "pull", cd.presence
+    plan.reason = "changed in Coredination (the person's bookings are out of scope)"
+    writes: list[Sm8Write] = []
+    if cd.presence == Presence.FINISHED:
+        when = _wall(view.changed_ms.get(plan.user) or view.modified_ms or now_ms, tz)
+        writes = [Sm8Write("update", a.uuid, {"completion_timestamp": when}) for a in bookings
+                  if a.live(now_ms) and not a.fixed and a.completed_ms is None]  # fmt: skip
+    elif cd.presence != Presence.ABSENT:
+        writes = _pull(record.uuid, view, plan.staff, plan.user, cd.presence, [], ns, tz, now_ms,
+                       booking, reserved=frozenset(a.uuid for a in bookings),
+                       taken=_others(record, plan.staff))  # fmt: skip
+    by_uuid = {a.uuid: a for a in bookings}
+    done = [after_write(by_uuid.get(w.uuid), w, record.uuid, plan.staff) for w in writes]
+    plan.writes += writes
+    plan.snapshot = PairSnapshot(sm8_presence(done, now_ms), cd.presence)
     return plan
 
 
@@ -364,6 +413,8 @@ def _pull(
     tz: tzinfo,
     now_ms: int,
     booking: BookingKind,
+    reserved: frozenset[str] = frozenset(),
+    taken: frozenset[str] = frozenset(),
 ) -> list[Sm8Write]:
     event_ms = view.changed_ms.get(user) or view.modified_ms or now_ms
     event = _wall(event_ms, tz)
@@ -382,8 +433,12 @@ def _pull(
         pair,
         job_uuid=job_uuid,
         staff_uuid=staff,
-        derived=(sm8_allocation_uuid(ns, view.uuid, user), sm8_activity_uuid(ns, view.uuid, user)),
+        derived=(
+            free_derived(sm8_allocation_uuid, ns, view.uuid, user, taken),
+            free_derived(sm8_activity_uuid, ns, view.uuid, user, taken),
+        ),
         slot=Slot(fixed=fixed, day=day, flexible=booking != "fixed"),
         finished_at=event,
         now_ms=now_ms,
+        reserved=reserved,
     )

@@ -103,8 +103,13 @@ def pull_writes(
     slot: Slot,
     finished_at: datetime | None,
     now_ms: int,
+    reserved: frozenset[str] = frozenset(),
 ) -> list[Sm8Write]:
     """The ServiceM8 writes that bring the pair's bookings to ``target``.
+
+    ``pair``: the bookings the bridge may write, those in scope (docs/scope.md); ``reserved``:
+    the uuids of the person's other bookings on the job (history, never written), so a derived
+    uuid among them (the bridge's own old booking) is revived by an update, not created twice.
 
     A booking created for a person scheduled in Coredination is fixed when ``slot.fixed`` is set
     (a timed job), else flexible, dated ``slot.day``; it carries the uuid ``derived`` gives for its
@@ -116,7 +121,7 @@ def pull_writes(
     if target == Presence.ABSENT:
         return [Sm8Write("delete", a.uuid, fixed=a.fixed) for a in live]
     if not live:
-        return _create(target, pair, job_uuid, staff_uuid, derived, slot, finished_at)
+        return _create(target, pair, job_uuid, staff_uuid, derived, slot, finished_at, reserved)
     # Finished visits are history: with a booking still open, only the open ones move. Fixed
     # bookings keep their time here (the office's, or the job's: ``follow_writes``).
     flexible = [a for a in live if not a.fixed]
@@ -129,7 +134,8 @@ def pull_writes(
             # Our own booking of an assignment, now scheduled on a timed job: a fixed booking
             # of the job's time replaces it, as if the person had been scheduled at once.
             writes = [Sm8Write("delete", a.uuid) for a in ours]
-            return writes + _create(target, pair, job_uuid, staff_uuid, derived, slot, None)
+            return writes + _create(target, pair, job_uuid, staff_uuid, derived, slot, None,
+                                    reserved)  # fmt: skip
         if undated and slot.day is not None and not any(a.fixed for a in live):
             writes.append(Sm8Write("update", current[0].uuid, {"allocation_date": slot.day}))
         writes += [
@@ -147,7 +153,7 @@ def pull_writes(
             if a.date_ms is not None or a.completed_ms is not None
         ]
         if not flexible:
-            writes += _create(target, pair, job_uuid, staff_uuid, derived, slot, None)
+            writes += _create(target, pair, job_uuid, staff_uuid, derived, slot, None, reserved)
     elif target == Presence.FINISHED:
         when = finished_at or (datetime.fromtimestamp(now_ms / 1000).astimezone())
         writes += [  # a fixed booking has no completion: it stays as it is
@@ -166,9 +172,10 @@ def _create(
     derived: tuple[str, str],
     slot: Slot,
     finished_at: datetime | None,
+    reserved: frozenset[str] = frozenset(),
 ) -> list[Sm8Write]:
     """One new booking for a person with none live (or our own old one, revived)."""
-    known = {a.uuid for a in pair}
+    known = {a.uuid for a in pair} | reserved
     base: dict[str, Any] = {"job_uuid": job_uuid, "staff_uuid": staff_uuid, "active": 1}
     if target != Presence.ASSIGNED and slot.fixed is not None:
         uuid = derived[1]

@@ -26,6 +26,9 @@ step with a present Coredination resource; ServiceM8 has no completion on a fixe
 FINISHED Coredination resource is in step with bookings that are all finished or fixed
 (``finish_in_step``). The deleted job is the job planner's reading (``mappings.plan``).
 
+Under a horizon (``mappings.scope``) the ServiceM8 side is read from the person's bookings in
+scope only (``current_presence``): history neither puts anyone on a job nor takes anyone off.
+
 Pure: no I/O, and nothing here knows either API's wire format.
 """
 
@@ -34,7 +37,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from enum import StrEnum
 
-from mappings.facts import AllocationFacts
+from mappings.facts import AllocationFacts, JobFacts
+from mappings.scope import Horizon, job_open
 
 
 class Presence(StrEnum):
@@ -102,3 +106,31 @@ def in_step(sm8: Presence, cd: Presence) -> bool:
     # Coredination cannot finish a resource through its API: a finished allocation is in step
     # with a user still present on the job.
     return sm8 == Presence.FINISHED and cd in (Presence.SCHEDULED, Presence.ASSIGNED)
+
+
+def current_presence(
+    allocations: Iterable[AllocationFacts],
+    now_ms: int,
+    horizon: Horizon,
+    job: JobFacts | None,
+    kept: Presence | None = None,
+) -> Presence | None:
+    """The ServiceM8 side of a pair under ``horizon`` (docs/scope.md#pairs): the presence of the
+    person's live bookings in scope; ``None`` when the person has bookings on the job but none,
+    live or gone, is in scope (the side is silent: history pushes nothing, and its deletion is
+    no change). A booking in scope that was deleted or expired still speaks: the person is
+    ABSENT; and so is a person with no booking on the job at all (none ever, or every one moved
+    to someone else).
+
+    ``kept``: the side's presence in the pair's snapshot. When only bookings leaving scope moved
+    the presence (over every live booking it is still ``kept``), the side has not changed:
+    ``kept`` stays, so a booking ageing out never unschedules anyone."""
+    bookings = list(allocations)
+    opened = job_open(job)
+    if bookings and not any(horizon.admits(a, opened) for a in bookings):
+        return None
+    live = [a for a in bookings if a.live(now_ms)]
+    presence = sm8_presence([a for a in live if horizon.admits(a, opened)], now_ms)
+    if kept is not None and presence != kept and sm8_presence(live, now_ms) == kept:
+        return kept
+    return presence

@@ -1,9 +1,11 @@
 """Lenient parsing and formatting of the two APIs' time and flag formats.
 
-ServiceM8 sends naive ``YYYY-MM-DD HH:MM:SS`` stamps (``0000-00-00 00:00:00`` for "no date") whose
-timezone is not documented (docs/servicem8-api.md#errors): we read them in the account's timezone,
-taken from ``/vendor.json`` ``timezone_name``. Coredination sends epoch milliseconds in UTC
-(docs/coredination-api.md#conventions), or plain dates on all-day jobs.
+ServiceM8 sends naive ``YYYY-MM-DD HH:MM:SS`` stamps (``0000-00-00 00:00:00`` for "no date") in
+the account's timezone, taken from ``/vendor.json`` ``timezone_name``; ``mappings.localtime``
+owns how they become instants (repeated and missing hours included,
+docs/servicem8-api.md#local-time), and the ServiceM8 functions here are its names for callers.
+Coredination sends epoch milliseconds in UTC (docs/coredination-api.md#conventions), or plain
+dates on all-day jobs.
 """
 
 from __future__ import annotations
@@ -12,43 +14,24 @@ import re
 from datetime import UTC, date, datetime, time, tzinfo
 from typing import Any
 
-SM8_EMPTY_STAMP = "0000-00-00 00:00:00"
-SM8_STAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
-SM8_STAMP = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[ T](\d{2}):(\d{2})(?::(\d{2}))?)?$")
+from mappings import localtime
+from mappings.localtime import StampError as StampError
 
-
-class StampError(ValueError):
-    """A value that claims to be a time stamp but is not one."""
+SM8_EMPTY_STAMP = localtime.EMPTY_STAMP
+SM8_STAMP_FORMAT = localtime.STAMP_FORMAT
+SM8_STAMP = localtime.STAMP
 
 
 def parse_sm8_stamp(value: Any, tz: tzinfo) -> datetime | None:
-    """Read a ServiceM8 stamp as an aware datetime in ``tz``; empty forms give ``None``."""
-    if value is None or isinstance(value, datetime):
-        if isinstance(value, datetime) and value.tzinfo is None:
-            return value.replace(tzinfo=tz)
-        return value
-    if not isinstance(value, str):
-        raise StampError(f"expected a 'YYYY-MM-DD HH:MM:SS' string, got {type(value).__name__}")
-    text = value.strip()
-    if not text or text.startswith("0000-00-00"):
-        return None
-    match = SM8_STAMP.match(text)
-    if match is None:
-        raise StampError(f"not a ServiceM8 stamp: {text[:40]!r}")
-    year, month, day, hour, minute, second = (int(g) if g else 0 for g in match.groups())
-    try:
-        return datetime(year, month, day, hour, minute, second, tzinfo=tz)
-    except ValueError as exc:
-        raise StampError(f"impossible date {text[:40]!r}: {exc}") from None
+    """Read a ServiceM8 stamp as an aware datetime in ``tz``; empty forms give ``None``
+    (``localtime.read_stamp``: a repeated time reads as its first occurrence, a missing one as
+    shifted forward by the gap)."""
+    return localtime.read_stamp(value, tz)
 
 
 def format_sm8_stamp(value: datetime | None, tz: tzinfo) -> str:
     """Write an aware datetime as the naive wall-clock stamp ServiceM8 expects in ``tz``."""
-    if value is None:
-        return SM8_EMPTY_STAMP
-    if value.tzinfo is None:
-        raise StampError("refusing to format a naive datetime: its timezone is unknown")
-    return value.astimezone(tz).strftime(SM8_STAMP_FORMAT)
+    return localtime.write_stamp(value, tz)
 
 
 def parse_cd_time(value: Any) -> datetime | None:
@@ -81,6 +64,19 @@ def to_epoch_ms(value: datetime | None) -> int | None:
     if value.tzinfo is None:
         raise StampError("refusing to convert a naive datetime to epoch ms")
     return round(value.timestamp() * 1000)
+
+
+def day_start_ms(now_ms: int, tz: tzinfo, days_back: int = 0) -> int:
+    """The first instant of the local day ``days_back`` calendar days before the day ``now_ms``
+    falls on in ``tz``, as UTC epoch ms (docs/scope.md#the-horizon; ``localtime.day_start``).
+
+    Counted in calendar days, not in 24-hour spans: a day with a daylight-saving change is 23 or
+    25 hours long. The day starts at local midnight, read with ``fold=0``: where midnight is
+    repeated (clocks going back over it) that is its first occurrence, and where the clocks jump
+    over midnight (it does not exist that day) it maps to the instant of the jump, which is the
+    first moment of that day."""
+    start = localtime.day_start(datetime.fromtimestamp(now_ms / 1000, UTC), tz, -days_back)
+    return round(start.timestamp() * 1000)
 
 
 def parse_flag(value: Any) -> bool:

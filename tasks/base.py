@@ -27,17 +27,22 @@ from bridge.errors import (
     GrantRevoked,
     PermanentError,
     RetryableError,
+    Unconfirmed,
 )
 from bridge.http.budget import Priority, priority
 from bridge.http.retry import RetryPolicy
 from bridge.log import get_logger
 from bridge.process.runtime import Runtime
-from bridge.queues import SYNC_JOB, Enqueuer, Lane, lane_of, message_of
+from bridge.queues import FLEET_TICK, SYNC_JOB, Enqueuer, Lane, lane_of, message_of
 from tasks.app import MAX_COUNTDOWN
 
 log = get_logger(__name__)
 
 DUE_HEADER = "bridge_due"  # a message header: when the fleet tick's item was due (epoch s)
+# Arguments that say whose or when a task was asked, not what it does: two failures of the same
+# work differing only in these are one cause, one dead letter (an asked staff match carries
+# the time it was asked).
+NOT_THE_CAUSE = frozenset({"connection", "asked_at"})
 
 
 def dump_ids(args: list[Any], kwargs: dict[str, Any]) -> str:
@@ -112,6 +117,10 @@ class BridgeTask(Task):  # type: ignore[misc]
         return str(named or self.app.bridge_settings().bridge_connection_id)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.name == FLEET_TICK:
+            # The deployment's own task, no connection's: it never waits for a connection's slot
+            # (the polls it queues would all start late, and its next ticks bunch behind it).
+            return self._run(args, kwargs)
         if self.request.id is not None and self.app.fleet().view.shared():
             return self._within_share(self._connection(), args, kwargs)
         return self._run(args, kwargs)
@@ -161,6 +170,8 @@ class BridgeTask(Task):  # type: ignore[misc]
             now = self.clock()
             first, attempt = work.record_failure(self.request.id, now)
             delay = self.policy.next_delay(attempt, first, now)
+            if delay is not None and isinstance(exc, Unconfirmed):
+                delay = max(delay, exc.settle)  # a write on its way may land meanwhile
             if delay is None:
                 self._dead_letter(exc, first, now, "gave up after an hour of retries", attempt + 1)
                 return None
@@ -238,7 +249,7 @@ class BridgeTask(Task):  # type: ignore[misc]
             "first_failure": first,
             "last_failure": now,
         }
-        what = {k: v for k, v in kwargs.items() if k != "connection"}
+        what = {k: v for k, v in kwargs.items() if k not in NOT_THE_CAUSE}
         cause = "|".join(str(p) for p in (self.name, dump_ids(args, what), type(exc).__name__,
                                           exc.status, exc.operation))  # fmt: skip
         entry_id = work.dead_letter(entry, cause=cause)

@@ -36,13 +36,23 @@ from tasks.base import DUE_HEADER, BridgeTask
 log = get_logger(__name__)
 
 
+# A sync that counted one of these left a pair parked for want of a mapped person.
+UNMAPPED = ("pending.unmapped_staff", "pending.unmapped_user")
+
+
 @shared_task(base=BridgeTask, bind=True, name=SYNC_JOB)
 def sync_job(task: BridgeTask, sm8_job_uuid: str, connection: str | None = None) -> None:
     work = task.runtime.stores.work
     work.release_enqueue(sm8_job_uuid)
-    task.runtime.engine.sync_job(sm8_job_uuid)
+    report = task.runtime.engine.sync_job(sm8_job_uuid)
     if work.resolve_failed_job(sm8_job_uuid, time.time()) is not None:
         log.info("sync.dead_letter_resolved", sm8_job_uuid=sm8_job_uuid)
+    if any(report.counts[name] for name in UNMAPPED):
+        # A person not mapped yet: match them (at most once a minute each); a link the match
+        # makes marks this job dirty, and its sync runs again.
+        asked = task.runtime.engine.ask_match(sm8_job_uuid)
+        if asked is not None:
+            task.enqueuer().send(MATCH_STAFF, lane="sync", kwargs={"asked_at": asked})
 
 
 @shared_task(base=BridgeTask, bind=True, name=POLL_CYCLE)
@@ -58,12 +68,23 @@ def poll_cycle(task: BridgeTask, connection: str | None = None) -> None:
 
 
 @shared_task(base=BridgeTask, bind=True, name=MATCH_STAFF)
-def match_staff(task: BridgeTask, connection: str | None = None) -> None:
+def match_staff(
+    task: BridgeTask, connection: str | None = None, asked_at: float | None = None
+) -> None:
     """Periodic, like the polls: with the budget spent it waits for its next turn instead of
-    retrying, so matches sent by beat while the budget is short never pile up and spend it."""
+    retrying, so matches sent by beat while the budget is short never pile up and spend it.
+    ``asked_at``: asked by a job sync that met a person not mapped (``sync_job``); such a match
+    waits for its budget like the sync that asked for it, and is left out when a whole match
+    has begun since."""
+    engine = task.runtime.engine
     try:
-        task.runtime.engine.match_staff()
+        if asked_at is None:
+            engine.match_staff()
+        else:
+            engine.match_staff(asked_at)
     except BudgetExhausted as exc:
+        if asked_at is not None:
+            raise  # the task base waits for the budget: nobody else will ask again this minute
         log.info("staff.waiting_for_budget", retry_in=round(exc.retry_in, 1))
         return
     task.enqueue_syncs(task.runtime.stores.jobs.dirty())

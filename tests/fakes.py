@@ -59,6 +59,7 @@ class FakeServiceM8:
 
     def __init__(self, clock: Clock, tz: tzinfo = SYDNEY) -> None:
         self.clock, self.tz, self.calls = clock, tz, Counter[str]()
+        self.pages = Counter[str]()  # the port's pages per list: one per list here
         self.records: dict[str, dict[str, dict[str, Any]]] = {
             o: {} for o in ("joballocation", "jobactivity", "job", "staff", "allocationwindow")
         }

@@ -10,10 +10,23 @@ from __future__ import annotations
 
 import sys
 
-from bridge.cli import sync, staff, dlq, serve, webhooks, probe, connections
+from bridge.cli import doctor, sync, preview, scope, staff, dlq, serve, webhooks, probe, connections
 from bridge.cli.base import app
 
-__all__ = ["app", "connections", "dlq", "main", "probe", "serve", "staff", "sync", "webhooks"]
+__all__ = [
+    "app",
+    "connections",
+    "dlq",
+    "doctor",
+    "main",
+    "preview",
+    "probe",
+    "scope",
+    "serve",
+    "staff",
+    "sync",
+    "webhooks",
+]  # fmt: skip
 
 
 def main() -> None:

@@ -244,3 +244,12 @@ def print_report(counts: dict[str, int]) -> None:
     if not counts:
         table.add_row("-", "nothing to do", "0")
     out.print(table)
+
+
+def span(seconds: float) -> str:
+    """A length of time as an operator reads it: seconds, minutes or hours."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -27,7 +27,7 @@ from bridge.connections import (
     new_key,
 )
 from bridge.connections.uniqueness import admit, check_new_keys, check_pairing
-from bridge.errors import ConfigError
+from bridge.errors import ConfigError, UnknownConnection
 from bridge.log import redactor
 from bridge.store.keys import FleetKeys
 
@@ -52,6 +52,11 @@ _NAMES = ", ".join(n.upper() for n in OVERRIDABLE)
 _SET = f"A setting of its own, NAME=VALUE (repeatable); NAME one of {_NAMES}."
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help=_SET, metavar="NAME=VALUE")]
 _CD_URL = "Coredination REST base; default COREDINATION_BASE_URL's."
+# ServiceM8 offers no revoke endpoint (docs/servicem8-oauth.md#removing-a-connection).
+REMOVE_ADDON = (
+    "Its OAuth grant is forgotten here but still valid in ServiceM8 (there is no revoke "
+    "endpoint): ask the account's owner to remove the add-on in ServiceM8 to end it."
+)
 _STATUS = f"Its first state: {', '.join(STATUSES)} (authorised: not paired, does not sync)."
 
 
@@ -289,12 +294,22 @@ def connections_remove(
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask first.")] = False,
 ) -> None:
     """Forget a connection and its keys. Its links in Redis stay (adding the same id again
-    finds them)."""
+    finds them). ServiceM8 has no endpoint that revokes an OAuth grant: forgetting it stops
+    nothing on ServiceM8's side, so for such a connection the command says to remove the add-on
+    there (docs/servicem8-oauth.md#removing-a-connection)."""
     if not yes:
         typer.confirm(f"Remove connection {connection_id!r} and its keys?", abort=True)
     with open_registry() as (registry, _settings):
+        try:
+            oauth = registry.secrets(connection_id).servicem8_grant is not None
+        except ConfigError as exc:  # an unknown id is refused by the removal itself
+            if isinstance(exc, UnknownConnection):
+                raise
+            oauth = True  # keys that cannot be read: it may hold a grant, so say it anyway
         registry.remove(connection_id)
     out.print(f"removed {connection_id}", markup=False, highlight=False)
+    if oauth:
+        out.print(REMOVE_ADDON, markup=False, highlight=False)
 
 
 @secrets_app.command("new-key")

@@ -23,18 +23,20 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge.config import Settings
-from bridge.process.runtime import build
+from bridge.process.runtime import Runtime, build
 from bridge.process.supervisor import Supervisor
 from bridge.redis.server import EmbeddedRedis, free_port
 from bridge.simulators import CoredinationSimulator, ServiceM8Simulator
 from bridge.simulators.checker import Convergence, check
-from bridge.simulators.scenario import Business, seed_business
+from bridge.simulators.scenario import Business, seed_business, seed_history
+from bridge.simulators.summary import summary_data
 from mappings.ids import cd_job_uuid, connection_namespace
 
 SM8_KEY = "demo-servicem8-key"
 CD_KEY = "demo-coredination-key"
 CONNECTION = "demo"
 STEP_TIMEOUT = 30.0
+HISTORY_JOBS = 5  # finished jobs from the last year: the demo shows them left out
 
 
 class DemoFailed(Exception):
@@ -59,6 +61,7 @@ class Demo:
         self.sm8 = ServiceM8Simulator(api_keys=(SM8_KEY,), seed=11)
         self.cd = CoredinationSimulator(api_keys=(CD_KEY,), seed=11)
         self.business: Business | None = None
+        self.history: set[str] = set()  # finished jobs, out of the sync's scope
         self.supervisor: Supervisor | None = None
         self.token = secrets.token_urlsafe(24)
         self.port = free_port()
@@ -140,9 +143,12 @@ class Demo:
             tomorrow = datetime.now() + timedelta(days=1)
             self.business = seed_business(self.sm8, self.cd, staff=4, jobs=6, allocations=8,
                                           seed=5, start=tomorrow)  # fmt: skip
+            history = seed_history(self.sm8, self.business, jobs=HISTORY_JOBS, days=365)
+            self.history = set(history)
             self.say("[bold]1. Two systems, one business[/]")
             self.say(f"  ServiceM8 simulator     {self.sm8.api_url()}  "
-                     f"4 staff, 6 jobs, 8 allocations")  # fmt: skip
+                     f"4 staff, 6 upcoming jobs, 8 allocations; {len(history)} finished "
+                     "jobs from the last year")  # fmt: skip
             self.say(f"  Coredination simulator  {self.cd.api_url()}  "
                      f"4 users (the staff's e-mail addresses)")  # fmt: skip
 
@@ -152,6 +158,7 @@ class Demo:
             runtime = build(settings, redis_server.url)
             stack.callback(runtime.close)
             runtime.engine.match_staff()
+            self._preview(runtime)
             self.supervisor = Supervisor(settings, redis_server.url, port=self.port,
                                          log_dir=self.state_dir / "logs",
                                          env=self.env(redis_server.url))  # fmt: skip
@@ -189,12 +196,25 @@ class Demo:
             result = check(self.sm8, self.cd, self.ns)
             print_summary(self, result, runtime.stores.activity.stats())
             if summary_json is not None:
-                data = summary_data(self.sm8, self.cd, result)
+                data = summary_data(self.sm8, self.cd, result, self.history)
                 summary_json.write_text(json.dumps(data, indent=2))
             if keep_running:
                 self._keep_running()
             return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _preview(self, runtime: Runtime) -> None:
+        """What ``sm8cd preview`` says of the first sync, before anything syncs."""
+        from bridge.process.preview import run_preview
+
+        started = time.monotonic()
+        seen = run_preview(runtime)
+        self.done("preview of the first sync (nothing written): " + seen.summary(),
+                  time.monotonic() - started)  # fmt: skip
+        history = seen.left_out().get("history", []) + seen.left_out().get("status", [])
+        if history:
+            self.say(f"  left out as finished work: {len(history)} job(s), e.g. "
+                     f"{self.job_address(sorted(history)[0])}")  # fmt: skip
 
     def _new_allocation(self) -> None:
         assert self.business is not None
@@ -326,44 +346,8 @@ class Demo:
         self.supervisor.wait()
 
 
-def summary_data(
-    sm8: ServiceM8Simulator, cd: CoredinationSimulator, result: Convergence
-) -> dict[str, Any]:
-    """What the demo's summary shows, read back from both simulators."""
-    return {
-        "converged": result.converged,
-        "servicem8_jobs_allocated": result.sm8_jobs,
-        "coredination_jobs": result.cd_jobs,
-        "pairs_in_step": result.by_presence,
-        "pending": result.pending,
-        "problems": result.problems,
-        "servicem8_live_allocations": sum(
-            1 for a in sm8.records["joballocation"].values() if str(a["active"]) == "1"
-        ),
-        "servicem8_live_fixed_bookings": sum(
-            1
-            for a in sm8.records["jobactivity"].values()
-            if str(a["active"]) == "1" and str(a["activity_was_scheduled"]) == "1"
-        ),
-        "coredination_resources": sum(
-            1
-            for j in cd.jobs.values()
-            for r in j["resources"]
-            if r["state"] not in ("UNASSIGNED", "DECLINED", "CANCELED", "INACTIVE")
-        ),
-        "servicem8_requests": len(sm8.calls),
-        "coredination_requests": len(cd.calls),
-        "answered_429": sum(1 for c in sm8.calls if c[3] == 429),
-        "simulators": {
-            "servicem8_joballocations": list(sm8.records["joballocation"].values()),
-            "servicem8_jobactivities": list(sm8.records["jobactivity"].values()),
-            "coredination_jobs": list(cd.jobs.values()),
-        },
-    }
-
-
 def print_summary(demo: Demo, result: Convergence, stats: dict[str, int]) -> None:
-    data = summary_data(demo.sm8, demo.cd, result)
+    data = summary_data(demo.sm8, demo.cd, result, demo.history)
     table = Table(show_header=True, header_style="bold")
     table.add_column("")
     table.add_column("ServiceM8", justify="right")
@@ -375,6 +359,9 @@ def print_summary(demo: Demo, result: Convergence, stats: dict[str, int]) -> Non
                   f"{bookings} ({data['servicem8_live_allocations']} + "
                   f"{data['servicem8_live_fixed_bookings']})",
                   str(data["coredination_resources"]))  # fmt: skip
+    table.add_row("finished jobs left out (their bookings)",
+                  f"{data['servicem8_history_jobs']} ({data['servicem8_history_bookings']})",
+                  "0")  # fmt: skip
     table.add_row("API requests made to it", str(data["servicem8_requests"]),
                   str(data["coredination_requests"]))  # fmt: skip
     demo.console.print(table)

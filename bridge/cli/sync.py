@@ -1,5 +1,5 @@
-"""Commands that check, sync, report and repair: ``check``, ``sync --once``, ``status``,
-``reconcile``, ``backfill``."""
+"""Commands that sync, report and repair: ``sync --once``, ``status``, ``reconcile``,
+``backfill`` (``check`` and ``doctor``: ``bridge.cli.doctor``)."""
 
 from __future__ import annotations
 
@@ -18,66 +18,9 @@ from bridge.cli.base import (
     handles_errors,
     out,
     print_report,
-    settings_and_logging,
+    span,
 )
-from bridge.errors import ApiError, BridgeError, ConfigError
-
-
-@app.command()
-@handles_errors
-def check() -> None:
-    """Validate every setting and call each API once, for the connection -c names (default: the
-    deployment's own): the settings, the secret keys (well formed, and able to read every stored
-    secret), Redis (reachable), ServiceM8 (the account) and Coredination (the users). One line
-    each; exit 0 when all are ok, 1 when any failed, 2 for a setting that cannot be read."""
-    from bridge.connections import SecretBox
-
-    settings = settings_and_logging()
-    failed = 0
-
-    def line(ok: bool, what: str, detail: str) -> None:
-        nonlocal failed
-        failed += not ok
-        mark = "[green]ok[/]  " if ok else "[red]fail[/]"
-        out.print(f"{mark} {what}: ", end="")
-        out.print(detail, markup=False, highlight=False, soft_wrap=True)
-
-    chosen = SELECTED.connection or settings.bridge_connection_id
-    line(True, "settings", f"read (connection {chosen})")
-    try:
-        box = SecretBox.from_settings(settings)
-        keys = f"{box.key_count} key(s)" if box.ready else "not set (needed to add connections)"
-        line(True, "BRIDGE_SECRET_KEYS", keys)
-    except BridgeError as exc:
-        line(False, "BRIDGE_SECRET_KEYS", str(exc))
-        box = None
-    try:
-        rt = command_runtime()  # Redis, and the connection -c names with its keys
-    except BridgeError as exc:
-        line(False, "Redis and the connection", str(exc))
-        raise typer.Exit(2 if isinstance(exc, ConfigError) else 1) from None
-    with rt:
-        where = rt.embedded.describe() if rt.embedded is not None else "REDIS_URL"
-        line(True, "Redis", f"reachable ({where})")
-        if box is not None and box.ready:
-            from bridge.cli.connections import unreadable_secrets
-
-            unreadable = unreadable_secrets(rt.redis, box, rt.lanes)
-            line(not unreadable, "stored secrets",
-                 "every one readable with these keys" if not unreadable else
-                 f"cannot be read with these keys: {', '.join(unreadable)}")  # fmt: skip
-        try:
-            vendor = rt.sm8.vendor()
-            line(True, "ServiceM8", f"account {vendor.name!r}, timezone {vendor.timezone_name}")
-        except BridgeError as exc:
-            line(False, "ServiceM8", str(exc))
-        try:
-            users = rt.cd.list_users()
-            line(True, "Coredination", f"{len(users)} users")
-        except BridgeError as exc:
-            line(False, "Coredination", str(exc))
-    if failed:
-        raise typer.Exit(1)
+from bridge.errors import ApiError, BridgeError
 
 
 @app.command()
@@ -163,11 +106,32 @@ def status(
         f"   dead letters {data['dead_letters']}"
         f"   deferred {data['deferred']}"
     )
+    backlog = data["catch_up"]
+    if backlog is not None:
+        left = backlog["eta_seconds"]
+        eta = "time left not known yet" if left is None else f"about {span(left)} left"
+        share = 100 * backlog["done"] // max(1, backlog["of"])
+        out.print(f"[bold]catching up[/]: {backlog['done']:,} of {backlog['of']:,} jobs synced "
+                  f"({share} %), {eta}", highlight=False)  # fmt: skip
     for api, pause in data["paused"].items():
         out.print(
             f"[bold red]PAUSED[/] {api}: {pause['reason']} ({pause['kind']}, "
             f"{pause['seconds_left']}s left)",
         )
+    for api, blocked in data["blocked"].items():
+        for operation, row in blocked.items():
+            out.print(f"[bold red]BLOCKED[/] {api} {operation}: grant the {row['scope']} scope "
+                      f"({row['reason']}; tried again in {row['seconds_left']}s)",
+                      highlight=False)  # fmt: skip
+    for name, row in data["objects"].items():
+        if row.get("state") == "unavailable":
+            out.print(f"[bold]UNAVAILABLE[/] {name}: {row.get('reason')}; not polled (asked "
+                      f"again every few hours); bookings made from Coredination: "
+                      f"{data['pull_booking_now']}", highlight=False)  # fmt: skip
+        elif row.get("state") == "read-in-full":
+            out.print(f"[bold]READ IN FULL[/] {name.removesuffix('.filter')}: {row.get('reason')};"
+                      f" every poll reads the whole list, polled less often within the budget",
+                      highlight=False)  # fmt: skip
     for api, rows in data["budget"].items():
         used = ", ".join(f"{r['used']}/{r['limit']} per {r['window']}" for r in rows)
         out.print(f"budget {api}: {used}")
@@ -179,6 +143,7 @@ def status(
         out.print(f"polls ({'busy' if plan['busy'] else 'quiet'} hours): every {every}; today "
                   f"{plan['spent']} spent, {plan['projected']} projected of "
                   f"{plan['poll_budget']} (POLL_BUDGET_SHARE)", highlight=False)  # fmt: skip
+    _print_scope(data["scope"])
     for name, value in data["cursors"].items():
         out.print(f"cursor {name}: {value or '-'}")
     for name, sub in data["subscriptions"].items():
@@ -190,6 +155,26 @@ def status(
     for job, row in data["failed_jobs"].items():
         out.print(f"parked job {job}: {row['reason']} (dead letter {row['dlq']}; synced again "
                   "at its next change, or by 'sm8cd dlq replay')", highlight=False)  # fmt: skip
+
+
+def _print_scope(scope: dict[str, Any]) -> None:
+    """What syncs (docs/scope.md), and each job excluded by hand with who and when."""
+    horizon = scope["horizon"] or "not known yet (the account's timezone is read at first sync)"
+    statuses = scope["job_statuses"]
+    categories = scope["job_categories"]
+    out.print(
+        f"scope: bookings from {horizon} on (SCOPE_HORIZON_DAYS={scope['horizon_days']}, "
+        f"{scope['timezone'] or '-'}); job statuses "
+        f"{'every' if statuses == '*' else ', '.join(statuses)}; categories "
+        f"{'every' if categories == '*' else ', '.join(categories)}; staff left out "
+        f"{len(scope['staff_left_out'])}; jobs excluded {scope['excluded_count']}",
+        highlight=False,
+    )
+    for job, entry in scope["excluded"].items():
+        at = datetime.fromtimestamp(float(entry.get("at") or 0)).isoformat(timespec="seconds")
+        note = f": {entry['note']}" if entry.get("note") else ""
+        out.print(f"excluded job {job} by {entry.get('by')} at {at}{note} "
+                  "('sm8cd include' takes it back)", highlight=False)  # fmt: skip
 
 
 def _subscription_line(sub: dict[str, Any]) -> str:

@@ -52,7 +52,12 @@ from bridge.servicem8.tokens import TokenKeeper
 log = get_logger(__name__)
 
 ID_PREFIX = "sm8-"  # a connection made by an activation is named by its account
-REVOKED_REASON = "add-on removed in ServiceM8"
+# invalid_grant on a refresh: the add-on was removed, or the same add-on was authorised again on
+# the account (a second deployment sharing the App ID), which ends the first grant's tokens
+# (docs/servicem8-oauth.md#revocation).
+REVOKED_REASON = (
+    "grant no longer valid (add-on removed in ServiceM8, or authorised again elsewhere)"
+)
 MAX_LABEL = 100
 REDACTOR_SLOT = "oauth-activation"  # the last few activations' tokens, until each is stored
 
@@ -161,7 +166,8 @@ class RegistryGrants:
 
 
 def pause_revoked(registry: ConnectionRegistry) -> Callable[[str, str], None]:
-    """The keeper's ``on_revoked``: the connection is paused, saying the add-on was removed."""
+    """The keeper's ``on_revoked``: the connection is paused, saying its grant is no longer
+    valid (``REVOKED_REASON``)."""
 
     def on_revoked(connection_id: str, reason: str) -> None:
         try:

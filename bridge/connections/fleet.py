@@ -57,6 +57,7 @@ class FleetView:
         self.generation = 0  # moves on whenever a read finds the registry changed
         self._bad: set[str] = set()
         self._planned = -1
+        self._active = 0  # active entries in ``_entries``, counted when they are read
 
     def _fresh(self, force: bool = False) -> dict[str, Connection]:
         now = self.clock()
@@ -74,6 +75,7 @@ class FleetView:
             if entries != self._entries:
                 self.generation += 1
             self._entries, self._read_at = entries, now
+            self._active = sum(1 for c in entries.values() if c.status == "active")
         return self._entries
 
     def unreadable(self, connection_id: str) -> bool:
@@ -130,8 +132,10 @@ class FleetView:
     def shared(self) -> bool:
         """More than one active connection: each then runs within its fair share of the lanes
         (``Admission``). Alone, a connection has every worker, as a single-account deployment
-        always had: there is nobody to be fair to."""
-        return sum(1 for c in self._fresh().values() if c.status == "active") > 1
+        always had: there is nobody to be fair to. Asked before every task: counted once per
+        read of the registry, not per question."""
+        self._fresh()
+        return self._active > 1
 
     def worth_a_task(self, items: list[Claimed], now: float) -> list[Claimed]:
         """``items`` less those that would find nothing to do: a sweep of a connection with no

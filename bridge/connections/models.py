@@ -46,6 +46,10 @@ OVERRIDABLE = (
     "coredination_poll_seconds",
     "conflict_tie_winner",
     "servicem8_pull_booking",
+    "scope_horizon_days",
+    "scope_job_statuses",
+    "scope_job_categories",
+    "scope_staff_left_out",
 )
 # One model whose fields are those settings' own fields (type, bounds, choices, description).
 _Overrides: type[BaseModel] = create_model(  # type: ignore[call-overload]

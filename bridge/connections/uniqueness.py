@@ -125,6 +125,17 @@ def _unsure(connection: Connection, like: AccountPair | None) -> bool:
     )
 
 
+def _may_serve(connection: Connection, accounts: AccountPair) -> bool:
+    """Whether ``connection`` may serve ``accounts``: its entry names neither side otherwise.
+    The environment's own connection always may (its group is its key's, not in its entry), and
+    stays in view so that ``served`` never counts it twice."""
+    if connection.keys == "environment":
+        return True
+    return connection.servicem8_account in (None, accounts.servicem8) and (
+        connection.coredination_group in (None, accounts.coredination)
+    )
+
+
 def _added(connection: Connection) -> tuple[int, bool, str]:
     """The order connections were added in: the environment's own first within a second (it is
     upserted before another is added), then by id."""
@@ -181,6 +192,8 @@ def refuse_duplicate(
     ``found``: the registry's entries as read already (else read now)."""
     if not accounts.known:
         return
+    if found is not None:  # a worker builds a runtime per connection: look only where it may be
+        found = [c for c in found if c.id == connection_id or _may_serve(c, accounts)]
     known = served(registry, found, like=accounts)
     same = _serving(known, connection_id, accounts)
     if not same:

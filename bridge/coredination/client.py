@@ -25,7 +25,7 @@ from pydantic import ValidationError
 from bridge.config import Settings
 from bridge.coredination.classify import classify_coredination
 from bridge.coredination.models import ALL_JOB_STATES_CSV, CdJob, CdUser
-from bridge.errors import ApiError, InvalidRecord, PermanentError, invalid_record
+from bridge.errors import ApiError, Forbidden, InvalidRecord, PermanentError, invalid_record
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
 from bridge.log import get_logger
 from mappings.stamps import to_epoch_ms
@@ -66,9 +66,10 @@ USERS_MISSING = (
 
 
 class UsersListMissing(PermanentError):
-    """Coredination answered the users list with 404 or 405: this account has no such endpoint
-    (it is a guess, docs/coredination-api.md#users). Retrying cannot help; staff are linked to
-    users by hand (``sm8cd staff link``)."""
+    """Coredination answered the users list with 404 or 405 (this account has no such endpoint:
+    it is a guess, docs/coredination-api.md#users) or 403 (the list is not this key's to read;
+    the key itself was taken). Retrying cannot help; staff are linked to users by hand
+    (``sm8cd staff link``), and nothing is paused."""
 
 
 class ChangedJobs(Iterator[CdJob]):
@@ -300,7 +301,7 @@ class CoredinationClient:
         try:
             response = self.transport.request("GET", f"user?{query}", operation="user.list")
         except PermanentError as exc:
-            if offset or not _operation_missing(exc):
+            if offset or not (_operation_missing(exc) or isinstance(exc, Forbidden)):
                 raise
             raise UsersListMissing(
                 f"coredination user.list: GET /user answered {exc.status}: {USERS_MISSING}",

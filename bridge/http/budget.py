@@ -20,8 +20,12 @@ Redis first (docs/operations.md#budget). Implements ``bridge.http.CallGate``.
   add-on per account" (docs/servicem8-api.md#limits), so two connections on one account share it.
 - A 429 pauses that account's use of the API until its window resets: a minute, or for the
   day limit the earlier of UTC midnight and midnight in the account's timezone (which one
-  ServiceM8 uses is not documented: a probe too early costs one 429). 401/402/403 pause it for
-  ``AUTH_PAUSE_SECONDS``; the first call after that is the probe that resumes or re-pauses.
+  ServiceM8 uses is not documented: a probe too early costs one 429). A refusal of the
+  credential (401, or 403 on the account or a whole list) pauses it for ``AUTH_PAUSE_SECONDS``;
+  the first call after that is the probe that resumes or re-pauses. A 402 (the account not in
+  good standing) holds it for ``unpaid_hold_seconds`` (hours). A 403 naming a missing scope
+  blocks that operation alone for ``scope_block_seconds``: its calls are refused here, unsent;
+  a 403 on one record or on webhook calls pauses nothing (docs/how-it-works.md#refusals).
 
 Why not the ``limits`` library (used until the benchmark measured it): it counts whole seconds
 (so the margin could not be under a second) and cannot reserve, so waiters polled for a slot and
@@ -34,19 +38,30 @@ import contextvars
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, tzinfo
 from typing import Any, Literal
 
-from bridge.errors import Api, BudgetExhausted
+from bridge.errors import Api, BudgetExhausted, ScopeMissing
 from bridge.http.accounts import AccountIds
 from bridge.http.transport import Outcome
 from bridge.log import get_logger
 from bridge.store import BudgetStore, SlotWindow
+from mappings.localtime import day_start
 
 log = get_logger(__name__)
 
 Priority = Literal["interactive", "normal", "bulk"]
+# A 402 (account not in good standing) holds the API this long: settling an account takes hours
+# or days, and asking every few minutes only adds failures (docs/how-it-works.md#refusals).
+UNPAID_HOLD_SECONDS = 4 * 3600.0
+# A 403 naming a missing scope blocks its operation this long: granting a scope means a new
+# authorisation, so the operation is tried again once an hour, not at every sync.
+SCOPE_BLOCK_SECONDS = 3600.0
 priority: contextvars.ContextVar[Priority] = contextvars.ContextVar("priority", default="normal")
+# How long a call may wait in place for its slot, beyond the budget's own ``max_sleep``: set
+# for a list's later pages, which wait for the window rather than give up the pages read (a
+# first poll of a large account reads more pages than a minute's budget allows).
+page_wait: contextvars.ContextVar[float] = contextvars.ContextVar("page_wait", default=0.0)
 
 
 @dataclass(frozen=True)
@@ -78,6 +93,8 @@ class Budget:
         windows: dict[Api, list[Window]],
         bulk_reserve_share: float = 0.2,
         auth_pause_seconds: float = 300.0,
+        unpaid_hold_seconds: float = UNPAID_HOLD_SECONDS,
+        scope_block_seconds: float = SCOPE_BLOCK_SECONDS,
         day_reset_tz: Callable[[], tzinfo] | None = None,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -88,14 +105,27 @@ class Budget:
         self.windows = windows
         self.bulk_reserve_share = bulk_reserve_share
         self.auth_pause_seconds = auth_pause_seconds
+        self.unpaid_hold_seconds = unpaid_hold_seconds
+        self.scope_block_seconds = scope_block_seconds
         self.day_reset_tz = day_reset_tz
         self.clock = clock
         self.sleep = sleep
         self.max_sleep = max_sleep
 
     # --- CallGate ----------------------------------------------------------------------------
-    def before_call(self, api: Api) -> None:
-        pause = self.pause(api)
+    def before_call(self, api: Api, operation: str = "") -> None:
+        now = self.clock()
+        accounts = [self.accounts(api), self.accounts.stand_in(api)]
+        pause, block = self.store.gate_state(api, accounts, accounts[1], operation, now)
+        if block is not None:
+            raise ScopeMissing(
+                f"{api} {operation}: not sent, blocked until the {block['scope']} scope is "
+                f"granted ({block['reason']})",
+                scope=block["scope"],
+                api=api,
+                status=403,
+                operation=operation,
+            )
         if pause is not None:
             raise BudgetExhausted(
                 f"{api} paused: {pause['reason']}",
@@ -112,14 +142,15 @@ class Budget:
             )
             for w in self.windows.get(api, [])
         ]
-        slot = self.store.take_slot(api, self.accounts(api), slots, self.clock(), self.max_sleep)
+        max_sleep = max(self.max_sleep, page_wait.get())
+        slot = self.store.take_slot(api, self.accounts(api), slots, self.clock(), max_sleep)
         if not slot.taken:
             reserve = " (the rest is kept for interactive work)" if bulk else ""
             raise BudgetExhausted(
                 f"{api} {slot.window} budget spent{reserve}",
                 api=api,
                 # Back a little before the slot frees, to reserve it and sleep the rest.
-                retry_in=max(0.05, slot.wait - self.max_sleep / 2),
+                retry_in=max(0.05, slot.wait - max_sleep / 2),
             )
         if slot.wait > 0:
             self.sleep(slot.wait)
@@ -135,6 +166,19 @@ class Budget:
                 "rate_limited",
             )
             log.warning("budget.paused", api=api, seconds=round(seconds, 1), window=outcome.window)
+        elif outcome.kind == "unpaid":  # the account's standing: no use asking every 5 minutes
+            hours = self.unpaid_hold_seconds / 3600
+            reason = f"{outcome.reason}: held for {hours:g} h, then one call checks again"
+            self.store.set_pause(api, self.accounts(api), self.unpaid_hold_seconds, reason,
+                                 "unpaid")  # fmt: skip
+            log.error("budget.unpaid_held", api=api, seconds=self.unpaid_hold_seconds,
+                      reason=outcome.reason)  # fmt: skip
+        elif outcome.kind == "scope_missing" and outcome.operation:
+            self.store.set_block(api, self.accounts.stand_in(api), outcome.operation,
+                                 self.scope_block_seconds, outcome.reason, outcome.scope,
+                                 self.clock())  # fmt: skip
+            log.error("budget.operation_blocked", api=api, operation=outcome.operation,
+                      scope=outcome.scope, seconds=self.scope_block_seconds)  # fmt: skip
         elif outcome.kind == "auth":  # the key's, not the account's (bridge.http.accounts)
             self.store.set_pause(
                 api, self.accounts.stand_in(api), self.auth_pause_seconds, outcome.reason, "auth"
@@ -151,6 +195,10 @@ class Budget:
         """The API's pause in force, if any: the account's (429) or the key's (bad credentials).
         One Redis round trip; no API call."""
         return self.store.first_pause(api, [self.accounts(api), self.accounts.stand_in(api)])
+
+    def blocks(self, api: Api) -> dict[str, dict[str, Any]]:
+        """The operations blocked for a missing scope, with the scope to grant (status)."""
+        return self.store.blocks(api, self.accounts.stand_in(api), self.clock())
 
     def adopt(self, api: Api, account: str, legacy: list[str]) -> None:
         """The account is now known: merge what was counted for it under the stand-in and under
@@ -173,9 +221,10 @@ class Budget:
 
     # --- helpers -----------------------------------------------------------------------------
     def _to_midnight(self, tz: tzinfo) -> float:
-        now = datetime.fromtimestamp(self.clock(), tz)
-        midnight = (now + timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
-        return (midnight - now).total_seconds()
+        """Seconds until the next local midnight in ``tz``, counted as elapsed time: a day the
+        clocks change on is 23 or 25 hours long (``localtime.day_start``)."""
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        return (day_start(now, tz, days=1) - now).total_seconds()
 
     def _until_reset(self, api: Api, window: str | None) -> float:
         if window == "day":

@@ -15,26 +15,45 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Literal, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import requests
 from pydantic import SecretStr
 from requests.adapters import HTTPAdapter
 
 from bridge.errors import (
+    AlreadyExists,
     Api,
     ApiError,
     AuthError,
+    Forbidden,
     NotFound,
+    NotInGoodStanding,
     RateLimited,
     Rejected,
+    ScopeMissing,
     Unavailable,
+    WebhooksRefused,
     Window,
 )
+from bridge.http.fence import check_fence
 from bridge.log import get_logger, redactor
 
 log = get_logger(__name__)
 
-OutcomeKind = Literal["ok", "rate_limited", "unavailable", "auth", "not_found", "rejected"]
+OutcomeKind = Literal[
+    "ok",
+    "rate_limited",
+    "unavailable",
+    "auth",  # the credential's: the API is paused
+    "unpaid",  # 402, the account's standing: the API is held for hours
+    "forbidden",  # one record refused
+    "scope_missing",  # a named scope missing: that kind of operation is blocked
+    "webhooks_refused",  # webhook subscription calls refused: the object is polled only
+    "not_found",
+    "rejected",
+    "exists",
+]
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 EXCERPT_CHARS = 300
 
@@ -44,6 +63,8 @@ class Outcome:
     kind: OutcomeKind
     reason: str
     window: Window | None = None
+    scope: str | None = None  # scope_missing: the scope to grant
+    operation: str | None = None  # scope_missing: the kind of operation blocked
 
     @property
     def ok(self) -> bool:
@@ -74,20 +95,67 @@ def transport_failure(exc: BaseException) -> Outcome:
     return Outcome("unavailable", f"connection failed: {type(exc).__name__}")
 
 
-def by_status(status: int, message: str) -> Outcome:
+def by_status(
+    status: int, message: str, operation: str = "", *, scope: str | None = None
+) -> Outcome:
     short = message[:120] or f"HTTP {status}"
     if 200 <= status < 300:
         return OK
     if status >= 500:
         return Outcome("unavailable", f"HTTP {status}: {short}")
     if status in (401, 402, 403):
-        return Outcome("auth", f"HTTP {status}: {short}")
+        return refusal(status, short, operation, scope=scope)
     if status == 404:
         return Outcome("not_found", f"HTTP 404: {short}")
     return Outcome("rejected", f"HTTP {status}: {short}")
 
 
-Classifier = Callable[[int | None, Mapping[str, str] | None, str, BaseException | None], Outcome]
+# Objects whose refusal is the credential's whatever the operation: the account's own record.
+ACCOUNT_OBJECTS = frozenset({"vendor"})
+WEBHOOK_OBJECT = "webhook"
+
+
+def refusal(status: int, short: str, operation: str, *, scope: str | None = None) -> Outcome:
+    """401 / 402 / 403 by what was refused (docs/how-it-works.md#refusals).
+
+    ``operation`` is ``object.verb`` as the clients name their calls (``job.list``,
+    ``jobactivity.create``, ``webhook.subscribe``); an unnamed one is the credential's.
+    - 402: the account is not in good standing (``unpaid``): held for hours.
+    - 401 or 403 on a webhook subscription call: webhooks are unavailable for this credential.
+    - 401: the credential's (``auth``).
+    - 403 naming a scope: that kind of operation is blocked (``scope_missing``).
+    - 403 on the account's own record, a whole list or an unnamed call: the credential's.
+    - 403 on one record: that record only (``forbidden``).
+    """
+    reason = f"HTTP {status}: {short}"
+    obj, verb = operation.split(".")[0], operation.rsplit(".", 1)[-1]
+    if status == 402:
+        return Outcome("unpaid", f"{reason} (account not in good standing)")
+    if obj == WEBHOOK_OBJECT:
+        return Outcome("webhooks_refused", f"{reason} (webhooks unavailable for this credential)")
+    if status == 401:
+        return Outcome("auth", reason)
+    if scope is not None:
+        grant = "the scope it names" if scope == "?" else f"the {scope} scope"
+        return Outcome("scope_missing", f"{reason} (grant {grant})", scope=scope,
+                       operation=operation or None)  # fmt: skip
+    if not operation or obj in ACCOUNT_OBJECTS or verb == "list":
+        return Outcome("auth", reason)
+    return Outcome("forbidden", reason)
+
+
+class Classifier(Protocol):
+    """One API's reading of an answer: pure, from (status, headers, body, exception) and the
+    operation's name (``job.list``), to an ``Outcome``."""
+
+    def __call__(
+        self,
+        status: int | None,
+        headers: Mapping[str, str] | None = None,
+        body: str = "",
+        exc: BaseException | None = None,
+        operation: str = "",
+    ) -> Outcome: ...
 
 
 def raise_for(
@@ -113,11 +181,17 @@ def raise_for(
     reason = redactor.text(f"{api} {operation}: {outcome.reason}")
     if outcome.kind == "rate_limited":
         raise RateLimited(reason, window=outcome.window, **common)
+    if outcome.kind == "scope_missing":
+        raise ScopeMissing(reason, scope=outcome.scope, **common)
     error_type: type[ApiError] = {
         "unavailable": Unavailable,
         "auth": AuthError,
+        "unpaid": NotInGoodStanding,
+        "forbidden": Forbidden,
+        "webhooks_refused": WebhooksRefused,
         "not_found": NotFound,
         "rejected": Rejected,
+        "exists": AlreadyExists,
     }[outcome.kind]
     raise error_type(reason, **common)
 
@@ -158,7 +232,7 @@ class CallGate(Protocol):
     """Asked before every request and told every outcome. The shared Redis budget implements it;
     ``before_call`` raises ``BudgetExhausted`` when there is no token, so nothing is sent."""
 
-    def before_call(self, api: Api) -> None: ...
+    def before_call(self, api: Api, operation: str = "") -> None: ...
 
     def after_call(self, api: Api, outcome: Outcome) -> None: ...
 
@@ -166,7 +240,7 @@ class CallGate(Protocol):
 class OpenGate:
     """No budget: every call goes. For tests of the clients alone and one-off commands."""
 
-    def before_call(self, api: Api) -> None:
+    def before_call(self, api: Api, operation: str = "") -> None:
         return None
 
     def after_call(self, api: Api, outcome: Outcome) -> None:
@@ -176,8 +250,40 @@ class OpenGate:
 # --- transport -----------------------------------------------------------------------------------
 
 
+ORIGINS_HELD = 64  # origins whose environment settings a session keeps (the APIs' few hosts)
+
+
+class Session(requests.Session):
+    """A ``requests.Session`` that reads the environment's proxy and CA bundle settings once
+    per origin rather than at every request: requests scans the whole environment each time,
+    about a twelfth of an idle fleet's CPU. A process's environment does not change while it
+    runs; what requests does with the settings is unchanged."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._environment: dict[tuple[Any, ...], Any] = {}  # requests' own settings type
+
+    def merge_environment_settings(
+        self, url: Any, proxies: Any, stream: Any, verify: Any, cert: Any
+    ) -> Any:
+        parts = urlsplit(str(url))
+        try:
+            key = (parts.scheme, parts.netloc, frozenset((proxies or {}).items()), stream,
+                   verify, cert)  # fmt: skip
+            held = self._environment.get(key)
+        except TypeError:  # a setting that is no plain value: as requests does, every time
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if held is None:
+            if len(self._environment) >= ORIGINS_HELD:
+                self._environment.clear()
+            own = dict(proxies) if proxies is not None else None
+            held = super().merge_environment_settings(url, own, stream, verify, cert)
+            self._environment[key] = held
+        return {**held, "proxies": dict(held["proxies"])}
+
+
 def new_session(pool_size: int = 16, hosts: int = 2) -> requests.Session:
-    session = requests.Session()
+    session = Session()
     adapter = HTTPAdapter(pool_connections=hosts, pool_maxsize=pool_size, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
@@ -265,7 +371,9 @@ class Transport:
         json_body: Any,
         form: Mapping[str, Any] | None,
     ) -> requests.Response:
-        self.gate.before_call(self.api)
+        self.gate.before_call(self.api, operation)
+        if method.upper() != "GET":
+            check_fence()  # the lease still ours as the write leaves, not only when decided
         headers = {"Accept": "application/json", **self.credentials.headers()}
         started = time.monotonic()
         response: requests.Response | None = None
@@ -281,13 +389,13 @@ class Transport:
                 allow_redirects=False,
             )
         except requests.RequestException as exc:
-            outcome = self.classify(None, None, "", exc)
+            outcome = self.classify(None, None, "", exc, operation)
             status: int | None = None
             body = ""
         else:
             status = response.status_code
             body = response.text
-            outcome = self.classify(status, response.headers, body, None)
+            outcome = self.classify(status, response.headers, body, None, operation)
         if (
             status == 401
             and isinstance(self.credentials, Renewable)

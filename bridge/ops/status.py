@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from bridge.config import scope as scope_of
 from bridge.ops.subscriptions import SUBSCRIBED
 from bridge.process.runtime import Runtime
 from bridge.store.activity import ActivityStore
 from bridge.sync.context import CURSORS, SYSTEMS, polled
+from bridge.sync.ingest import ALLOCATIONS, UNAVAILABLE
 
 
 def status(rt: Runtime) -> dict[str, Any]:
@@ -33,12 +37,20 @@ def status(rt: Runtime) -> dict[str, Any]:
     pending = stores.parked.pending()
     invalid = stores.parked.invalid()
     cursors = stores.activity.cursors()
+    objects = stores.activity.object_states(cursors)
     return {
         "connection": rt.settings.bridge_connection_id,
         "pull_booking": rt.settings.servicem8_pull_booking,
+        # What is made now: ``auto`` makes fixed bookings while allocations are unavailable.
+        "pull_booking_now": "fixed"
+        if rt.settings.servicem8_pull_booking == "auto" and _unavailable(objects, ALLOCATIONS)
+        else rt.settings.servicem8_pull_booking,
+        "objects": objects,
+        "blocked": _blocked(rt, now),
         "links": stores.jobs.count(),
         "staff_mapped": stores.staff.mapped_count(),
         "dirty_jobs": stores.jobs.dirty_count(),
+        "catch_up": catch_up(*stores.work.catch_up(), now),
         "pending": len(pending),
         "pending_examples": [
             {"pair": key, "reason": value["reason"]} for key, value in list(pending.items())[:10]
@@ -68,7 +80,85 @@ def status(rt: Runtime) -> dict[str, Any]:
         "counters": stores.activity.stats(),
         "dialect": _dialect(stores.activity.probe(), now),
         "poll_plan": stores.activity.poll_plan(),
+        "scope": scope_view(rt, now),
     }
+
+
+# A backlog is shown as progress from this many jobs to sync: a few jobs waiting (a webhook's,
+# one held by its budget) are the everyday, not a catch-up.
+CATCH_UP_SHOWN = 10
+
+
+def catch_up(done: int, left: int, since: float | None, now: float) -> dict[str, Any] | None:
+    """A first sync's or backfill's progress: N of M jobs synced, and the time left at the rate
+    since its first job was synced (None: no backlog worth showing)."""
+    if since is None or left < CATCH_UP_SHOWN:
+        return None
+    took = max(0.0, now - since)
+    rate = done / took if done and took > 0 else None
+    return {
+        "done": done,
+        "of": done + left,
+        "since": since,
+        "per_second": round(rate, 2) if rate else None,
+        "eta_seconds": round(left / rate) if rate else None,
+    }
+
+
+EXCLUDED_SHOWN = 50  # excluded jobs listed by name (all are counted)
+
+
+def scope_view(rt: Runtime, now: float) -> dict[str, Any]:
+    """What the connection syncs (docs/scope.md): its settings, the horizon as of now in the
+    account's timezone (as the bridge last read it; none before), and the jobs excluded by
+    hand, with who excluded each and when."""
+    scope = scope_of(rt.settings)
+    zone = rt.settings.servicem8_timezone or rt.stores.activity.known_timezone()
+    horizon = None
+    if zone:
+        try:
+            tz = ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            tz = None
+        if tz is not None:
+            start = scope.at(int(now * 1000), tz).start_ms
+            horizon = datetime.fromtimestamp(start / 1000, tz).isoformat()
+    excluded = rt.stores.scope.excluded()
+    shown = sorted(excluded.items(), key=lambda kv: float(kv[1].get("at") or 0), reverse=True)
+    return {
+        "horizon_days": scope.horizon_days,
+        "horizon": horizon,
+        "timezone": zone,
+        "job_statuses": [v.strip() for v in rt.settings.scope_job_statuses.split(",")]
+        if scope.statuses
+        else "*",
+        "job_categories": sorted(scope.categories) or "*",
+        "staff_left_out": sorted(scope.staff_left_out),
+        "excluded_count": len(excluded),
+        "excluded": dict(shown[:EXCLUDED_SHOWN]),
+    }
+
+
+def _unavailable(objects: dict[str, dict[str, Any]], name: str) -> bool:
+    return (objects.get(name) or {}).get("state") == UNAVAILABLE
+
+
+def _blocked(rt: Runtime, now: float) -> dict[str, dict[str, Any]]:
+    """Operations refused for a missing scope (docs/how-it-works.md#refusals), by API: the
+    scope to grant, why, and how long until one call tries again."""
+    out: dict[str, dict[str, Any]] = {}
+    for api in SYSTEMS:
+        rows = rt.budget.blocks(api)
+        if rows:
+            out[api] = {
+                operation: {
+                    "scope": row.get("scope"),
+                    "reason": row.get("reason"),
+                    "seconds_left": round(max(0.0, float(row["until"]) - now), 1),
+                }
+                for operation, row in rows.items()
+            }
+    return out
 
 
 def _subscription(

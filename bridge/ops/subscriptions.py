@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from bridge.config import Settings
-from bridge.errors import ApiError, AuthError, ConfigError, Rejected
+from bridge.errors import ApiError, ConfigError, Rejected, WebhooksRefused
 from bridge.log import get_logger, redactor
 from bridge.process.runtime import Runtime
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
@@ -85,7 +85,7 @@ def _subscribe_servicem8(rt: Runtime, obj: str, callback: str) -> str:
         why = masked(redactor.text(str(exc)))
         if isinstance(exc, Rejected) and _OBJECT_REFUSED.search(str(exc)):
             state = f"{POLL_ONLY}: ServiceM8 refused the subscription (HTTP {exc.status}): {why}"
-        elif isinstance(exc, AuthError):
+        elif isinstance(exc, WebhooksRefused):  # never an API pause (bridge.http.transport)
             state = (f"{POLL_ONLY}: webhooks unavailable for this credential "
                      f"(HTTP {exc.status}): {why}")  # fmt: skip
         else:
@@ -102,6 +102,9 @@ def _subscribe_coredination(rt: Runtime, callback: str) -> str:
         hooks = rt.cd.list_webhooks()
         if not any(h.get("url") == callback for h in hooks):
             rt.cd.subscribe_webhook(callback, channels=("job",))
+    except WebhooksRefused as exc:
+        why = masked(redactor.text(str(exc)))
+        return f"{POLL_ONLY}: webhooks unavailable for this credential: {why}"[:200]
     except ApiError as exc:
         return f"{FAILED}: {masked(redactor.text(str(exc)))}"[:200]
     return ACTIVE
@@ -192,6 +195,29 @@ def _our_rows(rows: list[dict[str, Any]], callback: str) -> dict[str, dict[str, 
     return ours
 
 
+def servicem8_subscriptions(rt: Runtime) -> dict[str, dict[str, Any]]:
+    """This bridge's ServiceM8 subscriptions as ServiceM8 lists them now, by object (one call,
+    nothing written; ``sm8cd doctor``)."""
+    return _our_rows(rt.sm8.list_subscriptions(), callback_urls(rt.settings)["servicem8"])
+
+
+def resubscribe_servicem8(rt: Runtime, objects: list[str]) -> dict[str, str]:
+    """Post this bridge's subscription of each object again (after ``sm8cd probe``'s scratch
+    subscriptions, which ServiceM8 may let replace ours): the state recorded, by object."""
+    callback = callback_urls(rt.settings)["servicem8"]
+    return {obj: _subscribe_servicem8(rt, obj, callback) for obj in objects}
+
+
+def coredination_subscribed(rt: Runtime) -> bool:
+    """Coredination lists a webhook to this bridge's receiver (one call, nothing written)."""
+    callback = callback_urls(rt.settings)["coredination"]
+    return any(_ours(str(h.get("url") or ""), callback) for h in rt.cd.list_webhooks())
+
+
+def row_active(row: Mapping[str, Any]) -> bool:
+    return _flag(row.get("active"))
+
+
 def _stamp(value: Any) -> str:
     text = str(value or "")
     return "" if text.startswith("0000-00-00") else text
@@ -201,14 +227,18 @@ def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict
     """Beat's health check of this bridge's ServiceM8 subscriptions: one API call (the list)
     while all is well. Records each one's ``active``, ``last_failure_reason`` and
     ``last_failure_at`` (shown by ``sm8cd status`` and ``/metrics``), and posts again every one
-    of ours that ServiceM8 deactivated or lost. An object refused as poll-only, or never
-    subscribed, is left alone. Returns what it recorded, by object name."""
+    of ours that ServiceM8 deactivated or lost, or lists with other fields than the rules read.
+    An object refused as poll-only, or never subscribed, is left alone. Returns what it
+    recorded, by object name."""
     now = time.time() if now is None else now
     activity = rt.stores.activity
     if not rt.settings.webhook_public_url or rt.settings.webhook_token is None:
         return {}
     callback = callback_urls(rt.settings)["servicem8"]
-    rows = _our_rows(rt.sm8.list_subscriptions(), callback)
+    try:
+        rows = _our_rows(rt.sm8.list_subscriptions(), callback)
+    except WebhooksRefused as exc:
+        return _refused_to_credential(rt, exc)
     recorded: dict[str, dict[str, Any]] = {}
     for obj in SUBSCRIBED_FIELDS:
         name = f"servicem8.{obj}"
@@ -227,11 +257,51 @@ def check_subscriptions(rt: Runtime, now: float | None = None) -> dict[str, dict
             health["last_failure_reason"] = "not in ServiceM8's list of subscriptions"
         if not health["active"]:
             health = _reactivate(rt, obj, callback, health, now)
+        elif row is not None and _stale_fields(row, obj):
+            health = _post_fields(rt, obj, callback, health, now)
         else:
             activity.set_subscription(name, ACTIVE)
         activity.set_subscription_health(name, health)
         recorded[name] = health
     return recorded
+
+
+def _stale_fields(row: Mapping[str, Any], obj: str) -> bool:
+    """ServiceM8 lists the subscription with other fields than the rules read now (a field
+    added since it was posted). A row that lists no fields is not compared."""
+    listed = row.get("fields")
+    if isinstance(listed, str):
+        names = {f.strip() for f in listed.split(",") if f.strip()}
+    elif isinstance(listed, list):
+        names = {str(f).strip() for f in listed if str(f).strip()}
+    else:
+        return False
+    return bool(names) and names != set(SUBSCRIBED_FIELDS[obj])
+
+
+def _post_fields(
+    rt: Runtime, obj: str, callback: str, health: dict[str, Any], now: float
+) -> dict[str, Any]:
+    """Post an active subscription again with the fields the rules read (its key replaces it),
+    so a field added to ``SUBSCRIBED_FIELDS`` needs no manual re-subscribe."""
+    log.info("webhooks.subscription_fields_changed", object=obj)
+    if _subscribe_servicem8(rt, obj, callback) != ACTIVE:
+        rt.stores.activity.set_subscription(f"servicem8.{obj}", ACTIVE)  # the old one still works
+        return {**health, "fields_update_refused_at": now}
+    rt.stores.activity.count({"webhook.servicem8.fields_updated": 1})
+    return {**health, "fields_updated_at": now}
+
+
+def _refused_to_credential(rt: Runtime, exc: WebhooksRefused) -> dict[str, dict[str, Any]]:
+    """ServiceM8 refused to list subscriptions to this credential: every object the bridge
+    subscribes is polled only (its poll keeps its own interval), shown in ``sm8cd status``;
+    the API is not paused, and the next check asks again."""
+    why = masked(redactor.text(str(exc)))
+    state = f"{POLL_ONLY}: webhooks unavailable for this credential (HTTP {exc.status}): {why}"
+    for obj in SUBSCRIBED_FIELDS:
+        rt.stores.activity.set_subscription(f"servicem8.{obj}", state[:200])
+    log.warning("webhooks.refused_to_credential", status=exc.status, reason=exc.reason)
+    return {}
 
 
 def _reactivate(

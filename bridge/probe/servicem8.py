@@ -7,11 +7,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from bridge.errors import BridgeError, PermanentError, Rejected
+from bridge.errors import ApiError, BridgeError, PermanentError, Rejected
 from bridge.log import get_logger
-from bridge.ops.subscriptions import callback_urls
+from bridge.ops.subscriptions import callback_urls, servicem8_subscriptions
 from bridge.probe._common import SCRATCH_TITLE, Report, active, empty, said
+from bridge.probe.subscriptions import replaced_objects, subscribe_ours_again
 from bridge.process.runtime import Runtime
+from bridge.servicem8.classify import refused_for_good
 from bridge.servicem8.webhooks import SUBSCRIBED_FIELDS
 
 log = get_logger(__name__)
@@ -29,6 +31,7 @@ class ServiceM8Probe:
 
     def run(self, writes: bool) -> None:
         self.allocation_subscriptions_read()
+        allocations_available(self)
         self.edit_date_filters()
         self.windows()
         self.add(
@@ -77,12 +80,12 @@ class ServiceM8Probe:
         for obj in ("joballocation", "jobactivity"):
             question = f"Does '$filter=edit_date gt' work on {obj}?"
             try:
-                self.transport.request(
+                rows = self.transport.request(
                     "GET",
                     f"{obj}.json",
                     operation=f"probe.{obj}.list",
                     params={"$filter": f"edit_date gt '{FAR_FUTURE}'"},
-                )
+                ).json()
             except PermanentError as exc:
                 self.add(
                     f"edit_date_filter_{obj}",
@@ -93,7 +96,16 @@ class ServiceM8Probe:
                     why="the poll of this object cannot read changes only",
                 )
                 continue
-            self.add(f"edit_date_filter_{obj}", question, "answered", True, dialect=False)
+            # Nothing is edited after 2999: any row at all means the filter was accepted and
+            # ignored, which no error would show (docs/probe.md#servicem8).
+            count = len(rows) if isinstance(rows, list) else 0
+            if count:
+                saw = f"accepted and ignored: {count} rows for a stamp in 2999"
+                why = "the poll of this object reads every record"
+                self.add(f"edit_date_filter_{obj}", question, saw, "ignored", dialect=False,
+                         why=why)  # fmt: skip
+                continue
+            self.add(f"edit_date_filter_{obj}", question, "answered, no rows", True, dialect=False)
 
     def windows(self) -> None:
         rows = self.rt.sm8.list_allocation_windows()
@@ -246,6 +258,7 @@ class ServiceM8Probe:
         connection = settings.bridge_connection_id
         accepted: dict[str, bool | None] = {}
         answers: dict[str, str] = {}
+        ours = servicem8_subscriptions(self.rt)  # to see whether the scratch ones replace them
         for obj, fields in SUBSCRIBED_FIELDS.items():
             try:
                 self.rt.sm8.subscribe_object(
@@ -256,7 +269,9 @@ class ServiceM8Probe:
                 refused = "does not support subscription" in str(exc).lower()
                 accepted[obj] = False if refused else None
                 answers[obj] = f"refused: {said(exc)}"
+        replaced = replaced_objects(self.rt, ours)
         self._remove_probe_subscriptions(callback)
+        subscribe_ours_again(self.rt, self.report, ours, replaced)
         self.add(
             "allocation_webhooks",
             "Can job allocations be subscribed?",
@@ -283,3 +298,26 @@ class ServiceM8Probe:
                 self.rt.sm8.delete_subscription(str(row["uuid"]))
         if any(r.get("callback_url") == callback for r in self.rt.sm8.list_subscriptions()):
             self.report.left_behind.append("servicem8 probe subscription")
+
+
+def allocations_available(probe: ServiceM8Probe) -> None:
+    """Whether the account has job allocations at all: the list of an add-on object the account
+    lacks is refused for good (``refused_for_good``, docs/how-it-works.md#refusals). A fact, not
+    a dialect switch; one call."""
+    question = "Does the account have job allocations (the Job Allocations add-on)?"
+    try:
+        probe.transport.request(
+            "GET",
+            "joballocation.json",
+            operation="probe.joballocation.list",
+            params={"$filter": f"edit_date gt '{FAR_FUTURE}'"},
+        )
+    except ApiError as exc:
+        if not refused_for_good("joballocation", exc):
+            probe.add("allocations", question, f"not settled: {said(exc)}", None, dialect=False,
+                      why="asked again at the next probe")  # fmt: skip
+            return
+        probe.add("allocations", question, f"allocations unavailable: {said(exc)}", False,
+                  dialect=False, why="bookings from Coredination are fixed ones")  # fmt: skip
+        return
+    probe.add("allocations", question, "the list answers", True, dialect=False)

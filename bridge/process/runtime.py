@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 import redis
 import requests
 
-from bridge.config import Settings
+from bridge.config import Settings, scope
 from bridge.coredination import CoredinationClient
 from bridge.errors import ConfigError
 from bridge.http import CallGate, Credentials, OpenGate
@@ -179,6 +179,7 @@ def build(
         lock_seconds=2 * settings.http_read_timeout + 5,
         poll_budget=None if settings.servicem8_poll_seconds else _poll_budget(settings),
         cd_census_seconds=settings.coredination_census_seconds,
+        scope=scope(settings),
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget, session=session)
     _apply_probe(stores.activity.probe(), cd_client)

@@ -1,22 +1,23 @@
 """ServiceM8Client: one thin method per endpoint the bridge uses, no business logic.
 
 Paths, fields and formats follow the official spec as summarised in docs/servicem8-api.md#records:
-``$filter`` with ``eq ne gt lt`` joined by ``and`` (at most 10), ``cursor=-1`` / ``x-next-cursor``
-paging (up to 5,000 records a page), ``x-record-uuid`` on create, soft delete, object webhooks at
-``{origin}/webhook_subscriptions`` (outside ``/api_1.0``).
+``$filter`` (``bridge.servicem8.filters``), ``cursor=-1`` / ``x-next-cursor`` paging (1,000
+records a page as observed; ``$top`` is never sent), ``x-record-uuid`` on create, soft delete,
+object webhooks at ``{origin}/webhook_subscriptions`` (outside ``/api_1.0``).
 
-Three behaviours are met here rather than left to the caller: a 2xx saying ``success: false`` is a
-refusal, a create whose ``x-record-uuid`` is not the supplied uuid fails loudly, and a delete reads
-the record before every DELETE, since a DELETE of a deleted record restores it
+Four behaviours are met here rather than left to the caller: a 2xx saying ``success: false`` is a
+refusal, a create whose ``x-record-uuid`` is not the supplied uuid fails loudly, a create with
+the bridge's uuid answered "exists" is read back (``bridge.servicem8.creates``), and a delete
+reads the record before every DELETE, since a DELETE of a deleted record restores it
 (docs/servicem8-api.md#writes, docs/servicem8-api.md#delete).
 """
 
 from __future__ import annotations
 
-import re
+import contextlib
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, tzinfo
 from typing import Any, Protocol, TypeVar
 from urllib.parse import urlsplit
@@ -27,17 +28,23 @@ from pydantic import ValidationError
 
 from bridge.config import Settings
 from bridge.errors import (
+    AlreadyExists,
     Api,
     ApiError,
     ConfigError,
     InvalidRecord,
-    PermanentError,
     Unavailable,
+    Unconfirmed,
     invalid_record,
 )
 from bridge.http import ApiKeyAuth, CallGate, Credentials, Transport
+from bridge.http.budget import page_wait
 from bridge.log import get_logger
 from bridge.servicem8.classify import classify_servicem8
+from bridge.servicem8.creates import UuidNotKept as UuidNotKept  # re-exported
+from bridge.servicem8.creates import existing, made_uuid
+from bridge.servicem8.filters import Filter as Filter  # re-exported
+from bridge.servicem8.filters import where as where  # re-exported
 from bridge.servicem8.models import (
     AllocationWindow,
     Job,
@@ -53,67 +60,10 @@ log = get_logger(__name__)
 
 R = TypeVar("R", bound=SM8Record)
 LEARN_RETRY_SECONDS = 60.0
+# How long a list's later page may wait in place for its budget slot (a minute window).
+PAGE_WAIT = 65.0
 OnInvalid = Callable[[InvalidRecord], None]
-DELETE_TRIES = 3  # DELETEs whose answer may be lost before a delete gives up for now
 _LOG_UUID = {"joballocation": "sm8_allocation_uuid", "jobactivity": "sm8_activity_uuid"}
-
-FILTER_OPS = frozenset({"eq", "ne", "gt", "lt"})
-MAX_FILTER_CONDITIONS = 10
-_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-FilterValue = str | int | float | bool | datetime | date
-
-
-@dataclass(frozen=True)
-class Filter:
-    """An immutable ``$filter`` expression (docs/servicem8-api.md#filtering).
-
-    Strings are single-quoted with an embedded quote doubled (the OData rule; ServiceM8 documents
-    no escape), so a value can never close its quotes and add a condition. Stamps are written as
-    naive wall-clock strings in the account's timezone, which is why ``render`` takes ``tz``.
-    """
-
-    conditions: tuple[tuple[str, str, FilterValue], ...] = ()
-
-    def where(self, field: str, op: str, value: FilterValue) -> Filter:
-        if not _FIELD.match(field):
-            raise ValueError(f"not a field name: {field!r}")
-        if op not in FILTER_OPS:
-            raise ValueError(f"operator must be one of {sorted(FILTER_OPS)}, not {op!r}")
-        if len(self.conditions) >= MAX_FILTER_CONDITIONS:
-            raise ValueError(f"ServiceM8 accepts at most {MAX_FILTER_CONDITIONS} conditions")
-        return Filter((*self.conditions, (field, op, value)))
-
-    @staticmethod
-    def quote(value: FilterValue, tz: tzinfo = UTC) -> str:
-        if isinstance(value, bool):
-            return "1" if value else "0"
-        if isinstance(value, int | float):
-            return repr(value) if isinstance(value, float) else str(value)
-        if isinstance(value, datetime):
-            value = format_sm8_stamp(value, tz)
-        elif isinstance(value, date):
-            value = value.isoformat()
-        return "'" + str(value).replace("'", "''") + "'"
-
-    def render(self, tz: tzinfo = UTC) -> str:
-        return " and ".join(f"{f} {op} {self.quote(v, tz)}" for f, op, v in self.conditions)
-
-    def __bool__(self) -> bool:
-        return bool(self.conditions)
-
-
-def where(field: str, op: str, value: FilterValue) -> Filter:
-    return Filter().where(field, op, value)
-
-
-class UuidNotKept(PermanentError):
-    """ServiceM8 made the record under a uuid other than the one supplied, so a repeated create
-    would make another record: this account cannot be written to idempotently. ``made_uuid``
-    is the record that was made (docs/servicem8-api.md#writes)."""
-
-    def __init__(self, message: str, *, made_uuid: str, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        self.made_uuid = made_uuid
 
 
 def _wire_fields(fields: Mapping[str, Any], tz: tzinfo) -> dict[str, Any]:
@@ -163,6 +113,12 @@ class ServiceM8Client:
         self._tz: tzinfo | None = _zone(timezone_name) if timezone_name else None
         self._reading_vendor = False
         self._learn_after = 0.0  # after a failed read of the account: when to try again
+        # Pages read, by list operation (``jobactivity.list``): what a poll costs (1,000 rows a
+        # page as observed), for the poll plan (``bridge.sync.cycle``).
+        self.pages: Counter[str] = Counter()
+        # How long a DELETE whose answer was lost may still land at the server, for all we know:
+        # twice the read timeout (``Unconfirmed``).
+        self.delete_settle = 2 * transport.timeout[1]
         origin = urlsplit(transport.base_url)
         self.webhook_url = f"{origin.scheme}://{origin.netloc}/webhook_subscriptions"
 
@@ -334,20 +290,27 @@ class ServiceM8Client:
         body = _wire_fields(fields, self.tz)
         if uuid:
             body["uuid"] = uuid
-        response = self.transport.request(
-            "POST", f"{obj}.json", operation=f"{obj}.create", json_body=body, idempotent=bool(uuid)
-        )
-        made = response.headers.get("x-record-uuid") or ""
-        if uuid and made and made.lower() != uuid.lower():
-            raise UuidNotKept(
-                f"servicem8 {obj}.create: ServiceM8 did not keep the supplied uuid {uuid} and made "
-                f"record {made} instead, so the bridge cannot create idempotently",
-                made_uuid=made,
-                api="servicem8",
-                status=response.status_code,
-                operation=f"{obj}.create",
-            )
-        return made or uuid or ""
+        try:
+            response = self.transport.request("POST", f"{obj}.json", operation=f"{obj}.create",
+                                              json_body=body, idempotent=bool(uuid))  # fmt: skip
+        except AlreadyExists:
+            if not uuid:
+                raise
+            self._created_before(obj, uuid, body)
+            return uuid
+        header = response.headers.get("x-record-uuid") or ""
+        return made_uuid(obj, uuid, header, response.status_code)
+
+    def _created_before(self, obj: str, uuid: str, body: Mapping[str, Any]) -> None:
+        """A create answered "exists" (the repeat of one whose answer was lost, mostly): read
+        back, done, one update, or someone else's (``creates.existing``)."""
+        row = self._get(f"{obj}/{uuid}.json", operation=f"{obj}.get").json()
+        fields = existing(obj, uuid, body, row)
+        log.info("servicem8.create_found", aligned=bool(fields),
+                 **{_LOG_UUID.get(obj, "sm8_record_uuid"): uuid})  # fmt: skip
+        if fields:
+            self.transport.request("POST", f"{obj}/{uuid}.json", operation=f"{obj}.update",
+                                   json_body=fields, idempotent=True)  # fmt: skip
 
     def _update(self, obj: str, uuid: str, fields: Mapping[str, Any]) -> None:
         self.transport.request(
@@ -362,29 +325,31 @@ class ServiceM8Client:
         """Soft delete, sent only to a record read as active, and never sent blindly again.
 
         A DELETE of a deleted record restores it (docs/servicem8-api.md#delete). So the record is
-        read before every DELETE: one the office deleted meanwhile, or one an earlier try of this
-        task deleted before its answer was lost, is left alone. The transport does not repeat the
-        DELETE; after a lost answer (timeout, broken connection, 5xx) the loop reads again.
-        After ``DELETE_TRIES`` lost answers with the record still active it raises
-        ``Unavailable``, and the task's retry starts again from a read.
+        read before the DELETE: one the office deleted meanwhile, or one an earlier try deleted
+        before its answer was lost, is left alone. The transport does not repeat a DELETE. When
+        its answer is lost (timeout, broken connection, 5xx) the record is read once more; if it
+        still reads active, the request may yet be on its way at the server (a late DELETE
+        landing after a second one would restore the record), so ``Unconfirmed`` asks the task
+        to come back only after ``settle`` seconds, and to start from a read.
         """
         operation = f"{obj}.delete"
-        for attempt in range(DELETE_TRIES + 1):
-            if not self._get_one(obj, SM8Record, uuid).active:
-                return
-            if attempt == DELETE_TRIES:
-                break
-            try:
-                self.transport.request(
-                    "DELETE", f"{obj}/{uuid}.json", operation=operation, idempotent=False
-                )
-                return
-            except Unavailable as exc:
-                field = _LOG_UUID.get(obj, "sm8_record_uuid")
-                log.warning("servicem8.delete_unconfirmed", reason=exc.reason, attempt=attempt,
-                            **{field: uuid})  # fmt: skip
-        raise Unavailable(
-            f"servicem8 {operation}: {DELETE_TRIES} answers lost and the record is still active",
+        if not self._get_one(obj, SM8Record, uuid).active:
+            return
+        try:
+            self.transport.request(
+                "DELETE", f"{obj}/{uuid}.json", operation=operation, idempotent=False
+            )
+            return
+        except Unavailable as exc:
+            field = _LOG_UUID.get(obj, "sm8_record_uuid")
+            log.warning("servicem8.delete_unconfirmed", reason=exc.reason, **{field: uuid})
+            lost = exc
+        if not self._get_one(obj, SM8Record, uuid).active:
+            return  # it landed; only its answer was lost
+        raise Unconfirmed(
+            f"servicem8 {operation}: the answer was lost and the record still reads active "
+            f"({lost.reason}); read again in {self.delete_settle:g} s",
+            settle=self.delete_settle,
             api="servicem8",
             operation=operation,
         )
@@ -412,7 +377,9 @@ class ServiceM8Client:
             params["$filter"] = flt.render(tz)
         seen: set[str] = set()
         while True:
-            response = self._get(path, operation=operation, params=params)
+            with _slot_wait(later=bool(seen)):
+                response = self._get(path, operation=operation, params=params)
+            self.pages[operation] += 1
             for row in response.json():
                 try:
                     record = _read(model, row, tz, operation)
@@ -433,6 +400,18 @@ class ServiceM8Client:
                 )
             seen.add(cursor)
             params["cursor"] = cursor
+
+
+@contextlib.contextmanager
+def _slot_wait(*, later: bool) -> Iterator[None]:
+    """A list's later page waits in place for its budget slot (up to ``PAGE_WAIT``) rather than
+    give up the pages read: the first poll of a large account reads more than a minute allows.
+    A first page defers at once, as any call does."""
+    token = page_wait.set(PAGE_WAIT if later else 0.0)
+    try:
+        yield
+    finally:
+        page_wait.reset(token)
 
 
 def _read(model: type[R], row: Any, tz: tzinfo, operation: str) -> R:

@@ -270,7 +270,11 @@ def _token_request(
                     outcome="invalid_grant")  # fmt: skip
         raise (GrantRevoked if revoked else Rejected)(
             f"servicem8 {operation}: invalid_grant: "
-            + ("the add-on was removed or its grant revoked" if revoked else "the code is spent"),
+            + (
+                "the grant is no longer valid (add-on removed, or authorised again elsewhere)"
+                if revoked
+                else "the code is spent"
+            ),
             api="servicem8",
             status=status,
             operation=operation,

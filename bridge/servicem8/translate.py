@@ -69,4 +69,6 @@ def job_facts(job: Job) -> JobFacts:
         address=job.job_address,
         lat=job.lat if job.lat else None,
         lng=job.lng if job.lng else None,
+        status=job.status.strip() if job.status and job.status.strip() else None,
+        category_uuid=job.category_uuid.lower() if job.category_uuid else None,
     )

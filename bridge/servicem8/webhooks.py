@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
+from mappings.stamps import SM8_STAMP, format_sm8_stamp
 from mappings.webhooks import BadPayload, Handshake, Hint, HintKind, Parsed
 
 SM8_OBJECTS: dict[str, HintKind] = {
@@ -36,6 +38,10 @@ SUBSCRIBED_FIELDS = {
                       "expiry_timestamp", "completion_timestamp", "active"],
 }  # fmt: skip
 
+# An ISO instant with its offset: ``Z`` (UTC) or ``±hh:mm``, as a delivery's ``time`` may be.
+_INSTANT = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?(?:Z|[+-]\d{2}:?\d{2})$", re.I
+)
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _CHALLENGE = re.compile(r"^[\x21-\x7e]{1,512}$")  # printable ASCII, no spaces
 
@@ -108,3 +114,24 @@ def _add(parsed: Parsed, obj: Any, uuid: Any, stamp: str) -> None:
         parsed.ignored.append(f"{obj} entry without a valid uuid")
         return
     parsed.hints.append(Hint(kind, uuid.strip().lower(), stamp[:200]))
+
+
+def delivery_time(text: str, tz: tzinfo | None) -> str:
+    """The change time a delivery's ``time`` names, as the account's stamp (its local
+    ``YYYY-MM-DD HH:MM:SS``, what ``edit_date`` filters take), or "" when it names none.
+
+    A documented delivery carries the account's local time without an offset, taken as it is.
+    One may carry an ISO UTC instant ending in ``Z`` (or with an offset) instead
+    (docs/servicem8-api.md#webhooks): read as that instant, never as local time, and written in
+    the account's zone; with the zone not known yet it names nothing (the record is then read by
+    id, which needs no time)."""
+    text = text.strip()
+    if SM8_STAMP.match(text):
+        return text.replace("T", " ")
+    if not _INSTANT.match(text) or tz is None:
+        return ""
+    try:
+        instant = datetime.fromisoformat(text.upper().replace("Z", "+00:00"))
+    except ValueError:
+        return ""
+    return format_sm8_stamp(instant.astimezone(UTC), tz)

@@ -314,7 +314,15 @@ class SimServer:
             raise SimError(400, str(exc)) from None
 
     def now(self) -> float:
+        """The simulator's time (Unix seconds): its clock, moved by ``clock_offset``."""
         return self._base_clock() + self.clock_offset
+
+    def play_at(self, instant: float) -> None:
+        """Play the account from ``instant`` (Unix seconds) on: the clock jumps there and runs
+        on, and every stamp, "today" and day limit follows it (a test crossing a daylight-saving
+        change sets the bridge's clock to ``now`` too, so both sides agree on the instant)."""
+        with self.lock:
+            self.clock_offset = instant - self._base_clock()
 
     def day_start(self, now: float) -> float | None:
         """The midnight the day limit's count restarts at, or None for a rolling day window
@@ -589,6 +597,8 @@ class SimServer:
                 self.clock_offset += float(data["advance"])
             if "offset" in data:
                 self.clock_offset = float(data["offset"])
+            if "at" in data:
+                self.play_at(float(data["at"]))
             return SimReply(200, {"now": self.now(), "offset": self.clock_offset})
 
         self.route("GET", "/_admin/counts", "admin", counts, api=False)

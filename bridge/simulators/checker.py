@@ -5,21 +5,31 @@ Staff are matched to users by e-mail, case-insensitively, as the bridge does; pa
 member has no user are *pending*, counted apart and never called a disagreement. Bookings are of
 both kinds (job allocations, and job activities that are fixed bookings); on a job deleted in
 ServiceM8 nobody is booked.
+
+Only what is in scope is judged (docs/scope.md), by the checker's own statement of it, not the
+bridge's code: a booking is in scope when it is a fixed one ending after the horizon (the start
+of the local day ``horizon_days`` before today in the account's zone), a flexible one dated on or
+after it, or an undated one not completed on a job that is open (active, neither Completed nor
+Unsuccessful). A job whose status is not synced (``statuses``) or that is ``excluded`` is not
+judged. A pair is judged on its live bookings in scope when any of its bookings, live or gone, is
+in scope; a pair whose bookings are all history is left as it is (counted, not judged); a pair
+with no booking at all is judged as absent in ServiceM8.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Collection
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, timedelta, tzinfo
 from typing import Any
 from uuid import UUID
 
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.servicem8 import ServiceM8Simulator
 from mappings.facts import AllocationFacts
-from mappings.ids import cd_job_uuid, sm8_activity_uuid, sm8_allocation_uuid
+from mappings.ids import cd_job_uuid, derived_uuids
 from mappings.presence import Presence, cd_presence, pair_in_step, sm8_presence
 from mappings.stamps import StampError, parse_sm8_stamp, to_epoch_ms
 
@@ -32,6 +42,7 @@ class Convergence:
     by_presence: dict[str, int] = field(default_factory=dict)  # in-step pairs by presence
     pending: int = 0
     unreadable: int = 0  # allocations whose stamps cannot be read (the bridge parks them too)
+    out_of_scope: int = 0  # pairs left alone: their bookings are history, or their job is
     missing_in_cd: list[str] = field(default_factory=list)
     missing_in_sm8: list[str] = field(default_factory=list)
     disagree: list[str] = field(default_factory=list)
@@ -91,6 +102,31 @@ def _facts(row: dict[str, Any], tz: tzinfo, obj: str = "joballocation") -> Alloc
     )
 
 
+# --- the checker's own statement of scope ---------------------------------------------------------
+@dataclass(frozen=True)
+class Scope:
+    """What the bridge is configured to sync: its defaults unless a test says otherwise."""
+
+    horizon_days: int = 1
+    statuses: Collection[str] | None = ("Quote", "Work Order")  # None: every status
+    excluded: Collection[str] = ()  # ServiceM8 jobs left out by hand
+
+
+def _horizon_ms(now_ms: int, tz: tzinfo, days: int) -> int:
+    today = datetime.fromtimestamp(now_ms / 1000, tz).date()
+    return int(datetime.combine(today - timedelta(days=days), datetime.min.time(),
+                                tzinfo=tz).timestamp() * 1000)  # fmt: skip
+
+
+def _admitted(booking: AllocationFacts, horizon_ms: int, job_open: bool) -> bool:
+    if booking.fixed:
+        end = booking.end_ms if booking.end_ms is not None else booking.date_ms
+        return end is not None and end > horizon_ms
+    if booking.date_ms is not None:
+        return booking.date_ms >= horizon_ms
+    return booking.completed_ms is None and job_open
+
+
 # Fields whose change alone is no change (a booking opened on the phone).
 OPENED_ONLY = frozenset({"has_been_opened", "has_been_opened_timestamp", "read_timestamp"})
 
@@ -114,25 +150,83 @@ def _waits_for_the_office(
     deleted = cd.deleted_jobs.get(cd_uuid)
     if deleted is None:
         return False
-    changes = (sm8.changed_ms.get(a.uuid) for a in bookings
-               if a.active or a.uuid in sm8.served_active)  # fmt: skip
-    return not any(c is not None and c > deleted for c in changes)
+    return not any(
+        (changed := sm8.changed_ms.get(a.uuid)) is not None
+        and changed > deleted
+        and not _reads_as_at(sm8, a.uuid, deleted)
+        for a in bookings
+        if a.active or a.uuid in sm8.served_active
+    )
+
+
+def _reads_as_at(sm8: ServiceM8Simulator, uuid: str, at_ms: int) -> bool:
+    """The booking reads now as it read at ``at_ms`` in every field the rules read: a person
+    changed it and changed it back (a reassignment undone). A client that did not read it in
+    between sees only ``edit_date`` moved, as after a booking opened on the phone, and no API
+    tells the two apart."""
+    history = sm8.versions.get(uuid, [])
+    then = [version for version in history if version[0] <= at_ms]
+    if not then:
+        return False
+    _, obj, before = then[-1]
+    _, obj_now, now = history[-1]
+    return obj == obj_now and _facts(before, sm8.tz, obj).same_state(_facts(now, sm8.tz, obj))
+
+
+def _seen_at(sm8: ServiceM8Simulator, uuid: str, changed_ms: int) -> int:
+    """The change time a client reads for a person's change at ``changed_ms``: the stamp of
+    the record's last person's edit when a client was next answered with it. A booking opened on
+    the phone before any read moves that stamp, and a client then sees the change at the later
+    time."""
+    read = next((t for t in sm8.served_ms.get(uuid, []) if t >= changed_ms), None)
+    if read is None:
+        return changed_ms
+    edits = [at for at, which, _, _, person, _ in sm8.journal
+             if which == uuid and person and changed_ms <= at <= read]  # fmt: skip
+    return max(edits, default=changed_ms)
 
 
 def _after(changed_ms: int | None, cd: CoredinationSimulator, cd_uuid: str) -> bool:
     """A person's change counts as after the deletion as the bridge judges it: its ServiceM8
-    stamp (whole seconds) plus one second later than the job's last resource event."""
+    stamp (whole seconds) plus one second later than the last the bridge could know of the job.
+    That is its last resource event, unless the bridge was last answered with the job before
+    that event (a dispatcher's, whose webhook was lost, just before the deletion): then the
+    bridge knew the job only as it was then, and a change after that time is one it may not
+    have synced yet."""
     if changed_ms is None:
         return False
-    return changed_ms // 1000 * 1000 + 1000 > cd.last_resource_event.get(cd_uuid, 0)
+    known = cd.last_resource_event.get(cd_uuid, 0)
+    served = cd.served_before_deletion.get(cd_uuid)
+    if served is not None:
+        known = min(known, served)
+    return changed_ms // 1000 * 1000 + 1000 > known
 
 
 def check(
-    sm8: ServiceM8Simulator, cd: CoredinationSimulator, ns: UUID, now_ms: int | None = None
+    sm8: ServiceM8Simulator,
+    cd: CoredinationSimulator,
+    ns: UUID,
+    now_ms: int | None = None,
+    scope: Scope | None = None,
 ) -> Convergence:
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
+    scope = scope or Scope()
     result = Convergence()
     with sm8.lock, cd.lock:
+        horizon = _horizon_ms(now_ms, sm8.tz, scope.horizon_days)
+        statuses = None if scope.statuses is None else {s.lower() for s in scope.statuses}
+        jobs = sm8.records["job"]
+
+        def left_out(job: str) -> bool:
+            status = str(jobs.get(job, {}).get("status") or "").strip().lower()
+            return job in scope.excluded or (statuses is not None and bool(status)
+                                              and status not in statuses)  # fmt: skip
+
+        def job_open(job: str) -> bool:
+            row = jobs.get(job, {})
+            status = str(row.get("status") or "").strip().lower()
+            return str(row.get("active", 1)) == "1" and status not in ("completed", "unsuccessful")
+
         users = {str(u["email"]).lower(): u["id"] for u in cd.users.values()}
         staff_user = {
             uuid: users.get(str(s.get("email") or "").lower())
@@ -164,8 +258,14 @@ def check(
         job_bookings: dict[str, list[AllocationFacts]] = defaultdict(list)
         for (job, _), rows in pairs.items():
             job_bookings[job] += rows
-        for (job, staff), allocations in sorted(pairs.items()):
+        for (job, staff), everything in sorted(pairs.items()):
             user = staff_user.get(staff)
+            opened = job_open(job)
+            admitted = [a for a in everything if _admitted(a, horizon, opened)]
+            if (left_out(job) and job not in deleted) or (everything and not admitted):
+                result.out_of_scope += 1  # left as it is: the bridge syncs none of it
+                continue
+            allocations = admitted
             s_presence = sm8_presence(allocations, now_ms)
             if user is None:
                 result.pending += s_presence != Presence.ABSENT
@@ -187,10 +287,13 @@ def check(
             # of them the bridge's. A finished visit next to a new booking is history, not that.
             open_ = [a for a in allocations if a.live(now_ms) and a.completed_ms is None]
             cd_uuid = cd_job_uuid(ns, job)
-            derived = {sm8_allocation_uuid(ns, cd_uuid, user), sm8_activity_uuid(ns, cd_uuid, user)}
+            derived = derived_uuids(ns, cd_uuid, user)
             if len(open_) > 1 and any(a.uuid in derived for a in open_):
                 result.duplicates.append(f"{name}: {len(open_)} live bookings")
-            if pair_in_step(allocations, c_presence, now_ms):
+            whole = [a for a in everything if a.live(now_ms)]
+            if pair_in_step(allocations, c_presence, now_ms) or (
+                whole != allocations and pair_in_step(whole, c_presence, now_ms)
+            ):  # in step, or as before bookings left scope (the presence is kept)
                 key = s_presence.value
                 result.by_presence[key] = result.by_presence.get(key, 0) + 1
             elif cd_job is not None and (cd_uuid, user) in cd.kept_at_work:
@@ -211,7 +314,7 @@ def check(
             # Every person's change to the job's bookings (the journal), not only each record's
             # last: a booking moved once to make the bridge create the job again and once more
             # later has its last change after the creation.
-            changes = [at for at, _, job, _, person, fields in sm8.journal
+            changes = [_seen_at(sm8, uuid, at) for at, uuid, job, _, person, fields in sm8.journal
                        if job == sm8_job and person and set(fields) - OPENED_ONLY]  # fmt: skip
             if (own := sm8.changed_ms.get(sm8_job)) is not None:
                 changes.append(own)

@@ -212,6 +212,10 @@ class CoredinationSimulator(SimServer):
         self.deleted_jobs: dict[str, int] = {}  # job uuid → when it was deleted (until created)
         self.recreated: dict[str, tuple[int, int]] = {}  # job uuid → (deleted, created again)
         self.last_resource_event: dict[str, int] = {}  # job uuid → before its last deletion
+        # When a client (the bridge) was last answered with each job, and that time as it was at
+        # the job's last deletion: what the bridge could know of the job before it was deleted.
+        self.served_job: dict[str, int] = {}
+        self.served_before_deletion: dict[str, int] = {}
         self.webhooks: dict[int, dict[str, Any]] = {}
         self._next = {
             "user": 2_000_000,
@@ -398,13 +402,18 @@ class CoredinationSimulator(SimServer):
         self._event(job, "UPDATE")
         return job
 
-    def delete_job(self, job: dict[str, Any]) -> None:
-        # A job created again and deleted at once (the bridge taking back its own update's
-        # creation) keeps the first deletion's record: for the checker, nothing happened.
+    def delete_job(self, job: dict[str, Any], *, by_client: bool = False) -> None:
+        """Delete a job: a dispatcher's deletion (this method), or an API client's
+        (``by_client``, the DELETE route)."""
+        # A job created again and deleted at once by the client (the bridge taking back its own
+        # update's creation) keeps the first deletion's record: for the checker, nothing
+        # happened. A dispatcher deleting the job made again is a deletion of its own.
         prior = self.recreated.pop(job["uuid"], None)
-        again = prior is not None and self.now_ms() - prior[1] < 10_000
+        again = by_client and prior is not None and self.now_ms() - prior[1] < 10_000
         if not again:
-            # The last resource event before the deletion: the latest the bridge can know of.
+            self.served_before_deletion[job["uuid"]] = self.served_job.get(job["uuid"], 0)
+            # The last resource event before the deletion: the latest the bridge can know of,
+            # had it read the job after it (``served_before_deletion`` says whether it did).
             self.last_resource_event[job["uuid"]] = max(
                 (e["eventTimeStamp"] for e in job["events"] if e.get("toUserId") is not None),
                 default=0,
@@ -589,16 +598,24 @@ class CoredinationSimulator(SimServer):
         def user(req: SimRequest, p: dict[str, str]) -> SimReply:
             return SimReply(200, dict(self._user(p["id"])))
 
+        def served(job: dict[str, Any]) -> dict[str, Any]:
+            """A job a client is answered with: it knows the job as it is now."""
+            self.served_job[str(job["uuid"])] = self.now_ms()
+            return job
+
         def job_list(req: SimRequest, p: dict[str, str]) -> SimReply:
             rows = self.list_jobs(req, p.get("kind") or "all", p.get("ref"))
             self.listed.append(len(rows))
+            for row in rows:
+                if isinstance(row, dict) and row.get("uuid") in self.by_uuid:
+                    served(row)
             return SimReply(200, rows)
 
         def job_get(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, self.wire_job(self._job(p["id"])))
+            return SimReply(200, self.wire_job(served(self._job(p["id"]))))
 
         def job_create(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, self.wire_job(self.create_job(req.json() or {})))
+            return SimReply(200, self.wire_job(served(self.create_job(req.json() or {}))))
 
         def job_put(req: SimRequest, p: dict[str, str]) -> SimReply:
             ref = p["id"]
@@ -611,20 +628,21 @@ class CoredinationSimulator(SimServer):
                 deleted = self.deleted_jobs.pop(job["uuid"], None)
                 if deleted is not None:
                     self.recreated[job["uuid"]] = (deleted, self.now_ms())
-                return SimReply(200, self.wire_job(job))
-            return SimReply(200, self.wire_job(self.update_job(job, req.json() or {})))
+                return SimReply(200, self.wire_job(served(job)))
+            return SimReply(200, self.wire_job(served(self.update_job(job, req.json() or {}))))
 
         def job_delete(req: SimRequest, p: dict[str, str]) -> SimReply:
-            self.delete_job(self._job(p["id"]))
+            self.delete_job(self._job(p["id"]), by_client=True)
             return SimReply(200, None)
 
         def events(req: SimRequest, p: dict[str, str]) -> SimReply:
-            return SimReply(200, [dict(e) for e in self._job(p["id"])["events"]])
+            return SimReply(200, [dict(e) for e in served(self._job(p["id"]))["events"]])
 
         def resource(req: SimRequest, p: dict[str, str]) -> SimReply:
             if p["op"] == "unassign" and not self.dialect.unassign:
                 raise self._missing()
             self.resource_op(p["id"], p["op"], req.arg("userId"))
+            served(self._job(p["id"]))
             return SimReply(200, None)
 
         def note(req: SimRequest, p: dict[str, str]) -> SimReply:
@@ -777,6 +795,8 @@ class CoredinationSimulator(SimServer):
             self.deleted_jobs.clear()
             self.recreated.clear()
             self.last_resource_event.clear()
+            self.served_job.clear()
+            self.served_before_deletion.clear()
             self.webhooks.clear()
             self.reset_counts()
             self.limiter.clear()

@@ -5,6 +5,10 @@ Staff e-mails match Coredination users (in different letter case, as real data d
 addresses and descriptions; allocations (flexible bookings) mix the variants the mapping rules
 distinguish: a date with an allocation window, a date alone, and no date at all; fixed bookings (job
 activities, ``fixed``) are two hours on a day, as made on the dispatch board.
+
+Bookings are dated from tomorrow on (in the account's timezone) unless ``start`` says otherwise,
+so the whole business is upcoming work, which the bridge syncs (docs/scope.md), whatever day the
+tests run. ``seed_history`` adds a business's past: finished jobs the bridge must leave alone.
 """
 
 from __future__ import annotations
@@ -49,6 +53,13 @@ WORK = ["Replace hot water unit", "Fix leaking tap in kitchen", "Install new dis
 WINDOWS = [("Early Morning", 420, 540), ("Morning", 480, 720), ("Afternoon", 720, 1020)]
 
 
+def upcoming(sm8: ServiceM8Simulator, days: int = 1) -> datetime:
+    """Midnight ``days`` days from today in the account's timezone, naive (as ServiceM8 stamps
+    are): the first day of upcoming work."""
+    today = datetime.fromtimestamp(sm8.now(), sm8.tz).date()
+    return datetime.combine(today + timedelta(days=days), datetime.min.time())
+
+
 def new_uuid(rng: random.Random) -> str:
     return str(uuidlib.UUID(int=rng.getrandbits(128), version=4))
 
@@ -61,6 +72,7 @@ class Business:
     windows: list[str] = field(default_factory=list)
     allocations: list[dict[str, Any]] = field(default_factory=list)
     activities: list[dict[str, Any]] = field(default_factory=list)  # fixed bookings
+    day0: datetime | None = None  # the first day bookings are dated (naive, account time)
 
     @property
     def bookings(self) -> list[dict[str, Any]]:
@@ -86,8 +98,9 @@ def seed_business(
     start: datetime | None = None,
     fixed: int = 0,
 ) -> Business:
-    """Seed both simulators: ``allocations`` flexible and ``fixed`` fixed bookings over the jobs.
-    The last ``unmapped_staff`` staff get no Coredination user."""
+    """Seed both simulators: ``allocations`` flexible and ``fixed`` fixed bookings over the jobs,
+    dated over 30 days from ``start`` (default: tomorrow in the account's timezone). The last
+    ``unmapped_staff`` staff get no Coredination user."""
     rng = random.Random(seed)
     business = Business()
     windows: list[dict[str, Any]] = [
@@ -111,7 +124,8 @@ def seed_business(
             "job_description": f"{rng.choice(WORK)}\nCustomer asks to call ahead.",
         })  # fmt: skip
     business.jobs = [row["uuid"] for row in job_rows]
-    day0 = (start or datetime(2026, 12, 1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    day0 = (start or upcoming(sm8)).replace(hour=0, minute=0, second=0, microsecond=0)
+    business.day0 = day0.replace(tzinfo=None)
     rows = []
     for i in range(allocations):
         job = i % jobs
@@ -154,3 +168,46 @@ def seed_business(
         }
     )
     return business
+
+
+def seed_history(
+    sm8: ServiceM8Simulator, business: Business, *, jobs: int = 60, days: int = 730, seed: int = 7
+) -> list[str]:
+    """A business's past, seeded into ServiceM8 beside ``business``: ``jobs`` finished jobs spread
+    over the last ``days`` days (the newest a fortnight ago), each with a completed flexible
+    booking on its day and a fixed booking of another person that ended that day. Every third job
+    is ``Completed``; the others were never closed (``Work Order``), as real accounts keep them,
+    so only the horizon keeps those out of the sync. Returns the jobs' uuids, newest first."""
+    rng = random.Random(seed)
+    today = datetime.fromtimestamp(sm8.now(), sm8.tz).date()
+    staff = [member["uuid"] for member in business.staff]
+    job_rows: list[dict[str, Any]] = []
+    allocations: list[dict[str, Any]] = []
+    activities: list[dict[str, Any]] = []
+    span = max(1, days - 14)
+    for i in range(jobs):
+        day = datetime.combine(today - timedelta(days=14 + span * i // max(1, jobs - 1)),
+                               datetime.min.time())  # fmt: skip
+        job = new_uuid(rng)
+        street = f"{rng.randint(1, 250)} {rng.choice(STREETS)}"
+        job_rows.append({
+            "uuid": job,
+            "status": "Completed" if i % 3 == 2 else "Work Order",
+            "job_address": f"{street}, {rng.choice(SUBURBS)} NSW",
+            "job_description": f"{rng.choice(WORK)}\nDone {day:%d %B %Y}.",
+        })  # fmt: skip
+        first, second = staff[i % len(staff)], staff[(i + 1) % len(staff)]
+        allocations.append({
+            "uuid": new_uuid(rng), "job_uuid": job, "staff_uuid": first, "active": 1,
+            "allocation_date": day.strftime("%Y-%m-%d 00:00:00"),
+            "completion_timestamp": (day + timedelta(hours=16)).strftime("%Y-%m-%d %H:%M:%S"),
+        })  # fmt: skip
+        begin = day + timedelta(hours=9)
+        activities.append({
+            "uuid": new_uuid(rng), "job_uuid": job, "staff_uuid": second, "active": 1,
+            "activity_was_scheduled": 1,
+            "start_date": begin.strftime("%Y-%m-%d %H:%M:%S"),
+            "end_date": (begin + timedelta(hours=2)).strftime("%Y-%m-%d %H:%M:%S"),
+        })  # fmt: skip
+    sm8.seed({"job": job_rows, "joballocation": allocations, "jobactivity": activities})
+    return [row["uuid"] for row in job_rows]

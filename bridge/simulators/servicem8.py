@@ -33,6 +33,7 @@ import requests
 
 from bridge.simulators.base import SimError, SimReply, SimRequest, SimServer
 from bridge.simulators.servicem8_types import WIRE_TYPES, WireTypes, served
+from mappings.localtime import day_start
 
 STAMP = re.compile(r"^\d{4}-\d{2}-\d{2}( \d{2}:\d{2}:\d{2})?$")
 UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
@@ -168,6 +169,10 @@ _TOKEN = re.compile(
 
 RecordUuidHeader = Literal["echo", "server"]
 DayReset = Literal["utc", "account", "rolling"]
+DuplicateUuid = Literal["conflict", "refused", "update"]
+DeliveryTime = Literal["local", "utc"]
+DUPLICATE_UUIDS = ("conflict", "refused", "update")
+RECORD_EXISTS = "A record with this UUID already exists"
 DAY_RESETS = ("utc", "account", "rolling")
 NO_ALLOCATION_SUBSCRIPTION = "Object joballocation does not support subscription"
 
@@ -206,6 +211,22 @@ class ServiceM8Dialect:
       connection) after which an object subscription is deactivated. The documents say repeated
       failures, timeouts included, can deactivate a subscription, but not after how many
       (docs/servicem8-api.md#webhooks): 3 by default, 0 for never.
+    - ``duplicate_uuid``: how a create whose client-supplied uuid already exists is answered
+      (docs/servicem8-api.md#writes). ``conflict`` (the default): HTTP 409, as the most careful
+      live client expects for a repeat of its own create; ``refused``: a refusal saying the
+      record exists (a 400, or a 200 ``success: false`` under ``refusal_as_success``);
+      ``update``: the create updates that record (the simulator's first reading).
+    - ``lost_create_answer_rate``: the chance that a create which made a record has its answer
+      lost (the connection closes with no reply), like ``lost_delete_answer_rate``: 0 by default.
+    - ``delivery_time``: how an object delivery's ``entry[].time`` is written: ``local`` (the
+      default) as the record's ``edit_date``, in the account's time with no offset; ``utc`` as
+      an ISO UTC stamp ending in ``Z``, as one third party saw (docs/servicem8-api.md#webhooks).
+    - ``edit_date_filter_ignored``: the one object (or "" for none, the default) whose list
+      accepts a ``$filter`` on ``edit_date`` and ignores that condition, answering as if it were
+      not there: a live probe found filters accepted and ignored (docs/servicem8-api.md#paging).
+    - ``edit_date_filter_refused``: the one object (or "" for none) whose list refuses a
+      ``$filter`` on ``edit_date`` with ``400 Unsupported $filter field``, as live probes found
+      for fields an object cannot filter.
     - ``wire_types``: how values are spelt in the records served (docs/servicem8-api.md#types).
       ``strings`` (the default) as real account data show them: numbers as strings, ``""`` for an
       empty one; ``spec`` as the official spec types them, which its TypeScript SDK checks: JSON
@@ -222,6 +243,11 @@ class ServiceM8Dialect:
     day_reset: DayReset = "utc"
     deactivate_after_failures: int = 3
     wire_types: WireTypes = "strings"
+    duplicate_uuid: DuplicateUuid = "conflict"
+    lost_create_answer_rate: float = 0.0
+    delivery_time: DeliveryTime = "local"
+    edit_date_filter_ignored: str = ""
+    edit_date_filter_refused: str = ""
 
     def __post_init__(self) -> None:
         for name in ("allocation_webhooks", "delete_restores", "refusal_as_success",
@@ -238,9 +264,24 @@ class ServiceM8Dialect:
             raise ValueError(
                 f"dialect day_reset must be one of {', '.join(DAY_RESETS)}, not {self.day_reset!r}"
             )
-        rate = self.lost_delete_answer_rate
-        if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
-            raise ValueError(f"dialect lost_delete_answer_rate must be within 0..1, not {rate!r}")
+        for name in ("lost_delete_answer_rate", "lost_create_answer_rate"):
+            rate = getattr(self, name)
+            if isinstance(rate, bool) or not isinstance(rate, int | float) or not 0 <= rate <= 1:
+                raise ValueError(f"dialect {name} must be within 0..1, not {rate!r}")
+        for name in ("edit_date_filter_ignored", "edit_date_filter_refused"):
+            if getattr(self, name) not in ("", *OBJECTS):
+                raise ValueError(
+                    f"dialect {name} must be an object or '', not {getattr(self, name)!r}"
+                )
+        if self.delivery_time not in ("local", "utc"):
+            raise ValueError(
+                f"dialect delivery_time must be 'local' or 'utc', not {self.delivery_time!r}"
+            )
+        if self.duplicate_uuid not in DUPLICATE_UUIDS:
+            raise ValueError(
+                f"dialect duplicate_uuid must be one of {', '.join(DUPLICATE_UUIDS)}, "
+                f"not {self.duplicate_uuid!r}"
+            )
         if self.wire_types not in WIRE_TYPES:
             raise ValueError(
                 f"dialect wire_types must be one of {', '.join(WIRE_TYPES)}, "
@@ -259,8 +300,10 @@ class ServiceM8Dialect:
 
 
 # Allocations can be subscribed, a second DELETE leaves a record deleted, refusals are 400s,
-# null clears a date, the day limit is a rolling 24 hours, and failed deliveries never deactivate.
+# null clears a date, the day limit is a rolling 24 hours, failed deliveries never deactivate,
+# and a create with a uuid that exists updates that record.
 FIRST_READING = ServiceM8Dialect(
+    duplicate_uuid="update",
     allocation_webhooks=True,
     delete_restores=False,
     refusal_as_success=False,
@@ -269,8 +312,17 @@ FIRST_READING = ServiceM8Dialect(
     deactivate_after_failures=0,
 )
 # The defaults (the evidence's readings, each the harder one but the echoed uuid) with DELETE
-# answers lost as well: what the chaos run plays while its faults are on.
-HOSTILE_DIALECT = ServiceM8Dialect(lost_delete_answer_rate=0.3)
+# and create answers lost as well, values typed as the spec types them, webhook delivery times in
+# UTC, the job list's ``edit_date`` filter accepted and ignored and the job activity list's
+# refused: what the chaos run plays while its faults are on.
+HOSTILE_DIALECT = ServiceM8Dialect(
+    lost_delete_answer_rate=0.3,
+    lost_create_answer_rate=0.3,
+    wire_types="spec",
+    delivery_time="utc",
+    edit_date_filter_ignored="job",
+    edit_date_filter_refused="jobactivity",
+)
 
 
 def parse_filter(text: str) -> list[tuple[str, str, Any]]:
@@ -329,7 +381,7 @@ class ServiceM8Simulator(SimServer):
         *,
         api_keys: tuple[str, ...] = ("sim-servicem8-key",),
         timezone_name: str = "Australia/Sydney",
-        page_size: int = 5000,
+        page_size: int = 1000,  # as live probes found (the pagination page says 5,000)
         rate_limit_body: str = "text",
         seed: int | None = None,
         clock: Any = None,
@@ -372,6 +424,10 @@ class ServiceM8Simulator(SimServer):
         # Bookings an API client was answered with while they were active: one made and
         # removed again between two reads never was, and no client can know of it.
         self.served_active: set[str] = set()
+        # For the checker, which judges by what a client could have read: every version of each
+        # booking (when written, its object, the record) and when a client was answered with it.
+        self.versions: dict[str, list[tuple[int, str, dict[str, Any]]]] = {}
+        self.served_ms: dict[str, list[int]] = {}
         self._api = threading.local()  # set while a request from an API client writes
         self.event_subscriptions: list[dict[str, Any]] = []
         # Each simulator is an account of its own (its budget is keyed by it), even when seeded.
@@ -401,8 +457,9 @@ class ServiceM8Simulator(SimServer):
         reset = self.dialect.day_reset
         if reset == "rolling":
             return None
-        local = datetime.fromtimestamp(now, UTC if reset == "utc" else self.tz)
-        return local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+        # Local midnight read as the bridge reads it: its first occurrence where it repeats.
+        at = datetime.fromtimestamp(now, UTC)
+        return day_start(at, UTC if reset == "utc" else self.tz).timestamp()
 
     def authenticate(self, request: SimRequest) -> bool:
         key = request.header("x-api-key")
@@ -513,9 +570,8 @@ class ServiceM8Simulator(SimServer):
     def create(self, obj: str, data: dict[str, Any]) -> str:
         """Create (or, with a known client-supplied uuid, overwrite) a record; return its uuid.
 
-        ASSUMPTION: a create whose ``uuid`` already exists updates that record. The documents only
-        say a client-supplied uuid is accepted; this is the reading under which retries are safe,
-        and the bridge does not depend on it (it reads before it creates).
+        This method (the office, seeds) updates a record whose uuid exists; over the API a create
+        with a uuid that exists is answered as the dialect's ``duplicate_uuid`` says.
         """
         uuid = str(data.get("uuid") or uuidlib.UUID(int=self.rng.getrandbits(128), version=4))
         if not UUID.match(uuid):
@@ -589,6 +645,9 @@ class ServiceM8Simulator(SimServer):
                                          "read_timestamp"}:  # fmt: skip
             self.changed_ms[record["uuid"]] = int(self.now() * 1000)
         if obj in ("joballocation", "jobactivity"):
+            self.versions.setdefault(record["uuid"], []).append(
+                (int(self.now() * 1000), obj, dict(record))
+            )
             self.journal.append((int(self.now() * 1000), record["uuid"],
                                  str(record.get("job_uuid") or ""),
                                  str(record.get("staff_uuid") or ""), by_person,
@@ -603,10 +662,9 @@ class ServiceM8Simulator(SimServer):
             return SimReply(200, {"success": False, "message": exc.message})
         raise exc
 
-    def _maybe_lose_answer(self) -> None:
-        """Mark this request's answer as lost, with the dialect's chance. The rng is rolled only
+    def _maybe_lose_answer(self, rate: float) -> None:
+        """Mark this request's answer as lost, with the chance ``rate``. The rng is rolled only
         when the chance is set, so the seeded uuids of other tests stay as they were."""
-        rate = self.dialect.lost_delete_answer_rate
         if rate and self.rng.random() < rate:
             self._answer.lost = True
 
@@ -631,11 +689,10 @@ class ServiceM8Simulator(SimServer):
             wanted = {f.strip() for f in sub.get("fields", "").split(",") if f.strip()}
             if wanted and not wanted.intersection(changed):
                 continue
+            when = self._delivery_time(record["edit_date"])
             body = {
                 "object": obj,
-                "entry": [
-                    {"uuid": record["uuid"], "changed_fields": changed, "time": record["edit_date"]}
-                ],
+                "entry": [{"uuid": record["uuid"], "changed_fields": changed, "time": when}],
                 "resource_url": f"{self.root_url}/api_1.0/{obj}/{record['uuid']}.json",
             }
             self.deliverer.post(
@@ -643,6 +700,12 @@ class ServiceM8Simulator(SimServer):
                 json.dumps(body).encode(),
                 on_result=partial(self._delivered, sub["uuid"]),
             )
+
+    def _delivery_time(self, edit_date: str) -> str:
+        if self.dialect.delivery_time == "local":
+            return edit_date
+        local = datetime.strptime(edit_date, "%Y-%m-%d %H:%M:%S").replace(tzinfo=self.tz)
+        return local.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def _delivered(self, sub_uuid: str, ok: bool, reason: str) -> None:
         """One delivery's outcome, from the deliverer's thread: a success resets the count of
@@ -688,6 +751,9 @@ class ServiceM8Simulator(SimServer):
     def _served(self, obj: str, rows: list[dict[str, Any]]) -> None:
         if obj in ("joballocation", "jobactivity"):
             self.served_active.update(r["uuid"] for r in rows if str(r.get("active", 1)) == "1")
+            now_ms = int(self.now() * 1000)
+            for row in rows:
+                self.served_ms.setdefault(row["uuid"], []).append(now_ms)
 
     # --- routes ------------------------------------------------------------------------------
     def _routes_api(self) -> None:
@@ -697,6 +763,12 @@ class ServiceM8Simulator(SimServer):
             obj = p["obj"]
             raw_filter = req.arg("$filter")
             conditions = parse_filter(raw_filter) if raw_filter else []
+            if obj == self.dialect.edit_date_filter_refused and any(
+                c[0] == "edit_date" for c in conditions
+            ):
+                raise SimError(400, "Unsupported $filter field: edit_date")
+            if obj == self.dialect.edit_date_filter_ignored:  # accepted, then ignored
+                conditions = [c for c in conditions if c[0] != "edit_date"]
             rows = [r for r in self._ordered(obj) if _matches(r, conditions)]
             cursor = req.arg("cursor")
             headers: dict[str, str] = {}
@@ -728,11 +800,18 @@ class ServiceM8Simulator(SimServer):
             data = req.fields()
             if self.dialect.record_uuid_header == "server":  # a uuid of its own, whatever is sent
                 data = {k: v for k, v in data.items() if k != "uuid"}
+            taken = str(data.get("uuid") or "").lower() in self.records[p["obj"]]
             try:
+                if taken and self.dialect.duplicate_uuid != "update":
+                    raise SimError(
+                        409 if self.dialect.duplicate_uuid == "conflict" else 400, RECORD_EXISTS
+                    )
                 with self._api_write():
                     uuid = self.create(p["obj"], data)
             except SimError as exc:
                 return self._refusal(exc)
+            if not taken:
+                self._maybe_lose_answer(self.dialect.lost_create_answer_rate)
             return SimReply(200, {"errorCode": 0, "message": "OK"}, {"x-record-uuid": uuid})
 
         def update(req: SimRequest, p: dict[str, str]) -> SimReply:
@@ -751,7 +830,7 @@ class ServiceM8Simulator(SimServer):
                 raise SimError(405, "Method not allowed")
             with self._api_write():
                 self.delete(p["obj"], p["uuid"])
-            self._maybe_lose_answer()
+            self._maybe_lose_answer(self.dialect.lost_delete_answer_rate)
             return SimReply(200, {"errorCode": 0, "message": "OK"})
 
         def subscribe_object(req: SimRequest, p: dict[str, str]) -> SimReply:
@@ -941,6 +1020,8 @@ class ServiceM8Simulator(SimServer):
             self.changed_ms.clear()
             self.journal.clear()
             self.served_active.clear()
+            self.versions.clear()
+            self.served_ms.clear()
             self.failures.clear()
             self.deactivated = 0
             self._put("vendor", vendor)

@@ -3,7 +3,8 @@
 One class per consumer, over one ``Keys`` object that owns every key name (the key schema is its
 docstring): ``JobStore`` (job records and links, by compare-and-set; dirty marks), ``StaffStore``
 (the staff ⇄ user map, directories), ``ParkedStore`` (pending pairs, unreadable records),
-``BudgetStore`` (API budget slots and pauses, keyed by account), ``WorkStore`` (queue claims,
+``ScopeStore`` (jobs left out by hand), ``BudgetStore`` (API budget slots and pauses, keyed by
+account), ``WorkStore`` (queue claims,
 locks, failures, deferred work, dead letters) and ``ActivityStore`` (cursors, counters, accounts,
 deliveries, heartbeats). ``Stores`` bundles them for one connection.
 """
@@ -20,6 +21,7 @@ from bridge.store.jobs import JobStore, StoreBusy
 from bridge.store.keys import ALIVE_SECONDS, Keys, account_prefix
 from bridge.store.legacy import upgrade_layout
 from bridge.store.parked import ParkedStore
+from bridge.store.scope import ScopeStore
 from bridge.store.staff import StaffMap, StaffStore
 from bridge.store.work import WorkStore
 
@@ -32,6 +34,7 @@ __all__ = [
     "JobStore",
     "Keys",
     "ParkedStore",
+    "ScopeStore",
     "Slot",
     "SlotWindow",
     "StaffMap",
@@ -55,6 +58,7 @@ class Stores:
     work: WorkStore
     activity: ActivityStore
     hints: HintStore
+    scope: ScopeStore
 
     @classmethod
     def connect(cls, redis: Any, connection_id: str) -> Stores:
@@ -72,6 +76,7 @@ class Stores:
             work=WorkStore(redis, keys),
             activity=ActivityStore(redis, keys),
             hints=HintStore(redis, keys),
+            scope=ScopeStore(redis, keys),
         )
 
     def upgrade_layout(self) -> int:

@@ -10,6 +10,7 @@ from typing import Any
 from bridge.store.keys import Keys
 
 TIMEZONE_SECONDS = 86_400  # how long a read timezone is trusted before it is read again
+OBJECT_STATE = "object:"  # cursor entries of objects refused, or read whole (object_states)
 
 
 def resolved_accounts(redis: Any, connections: Sequence[str]) -> dict[str, dict[str, str]]:
@@ -141,6 +142,24 @@ class ActivityStore:
 
     def set_poll_plan(self, plan: Mapping[str, Any]) -> None:
         self.set_cursor("poll-plan", json.dumps(dict(plan), sort_keys=True))
+
+    # --- objects the account refuses, or reads in full (bridge.sync.ingest) ----------------------
+    def object_states(self, known: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+        """What is known of each polled object that does not poll as planned, by name
+        (``servicem8.joballocation``): ``{"state": "unavailable" | "read-in-full", "reason",
+        "since", "checked"}``. From ``known`` (the cursors, already read) when given."""
+        rows = self.cursors() if known is None else known
+        return {
+            name.removeprefix(OBJECT_STATE): json.loads(raw)
+            for name, raw in rows.items()
+            if name.startswith(OBJECT_STATE)
+        }
+
+    def set_object_state(self, name: str, state: Mapping[str, Any]) -> None:
+        self.set_cursor(f"{OBJECT_STATE}{name}", json.dumps(dict(state), sort_keys=True))
+
+    def clear_object_state(self, name: str) -> None:
+        self.r.hdel(self.keys.cursor, f"{OBJECT_STATE}{name}")
 
     # --- what ``sm8cd probe`` found (bridge.probe) ---------------------------------------------
     def probe(self) -> dict[str, Any] | None:

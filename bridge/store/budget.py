@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.store.keys import budget_key, pause_key
+from bridge.store.keys import blocks_key, budget_key, pause_key
 from bridge.store.parked import dump
 
 # Take (or reserve) one call in every window of an API, atomically for every process on every
@@ -129,6 +129,35 @@ class BudgetStore:
         """The first pause in force among ``accounts``, in one round trip."""
         raws = self.r.mget([pause_key(api, a) for a in accounts])
         return next((json.loads(raw) for raw in raws if raw), None)
+
+    def gate_state(
+        self, api: str, accounts: Sequence[str], credential: str, operation: str, now: float
+    ) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """The first pause in force among ``accounts`` and the block in force on ``operation``
+        for ``credential`` (a missing scope), in one round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.mget([pause_key(api, a) for a in accounts])
+            pipe.hget(blocks_key(api, credential), operation)
+            raws, raw_block = pipe.execute()
+        pause = next((json.loads(raw) for raw in raws if raw), None)
+        block = json.loads(raw_block) if raw_block else None
+        return pause, block if block and float(block["until"]) > now else None
+
+    def set_block(self, api: str, credential: str, operation: str, seconds: float,
+                  reason: str, scope: str | None, now: float) -> None:  # fmt: skip
+        key = blocks_key(api, credential)
+        value = dump({"until": now + seconds, "reason": reason, "scope": scope})
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hset(key, operation, value)
+            # Every block lasts as long, so the newest outlives the others.
+            pipe.expire(key, max(1, int(seconds) + 1))
+            pipe.execute()
+
+    def blocks(self, api: str, credential: str, now: float) -> dict[str, dict[str, Any]]:
+        """The blocks in force for ``credential``, by operation."""
+        raw: dict[bytes, bytes] = self.r.hgetall(blocks_key(api, credential))
+        rows = {k.decode(): json.loads(v) for k, v in raw.items()}
+        return {op: row for op, row in rows.items() if float(row["until"]) > now}
 
     def merge_into(
         self,

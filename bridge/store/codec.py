@@ -8,7 +8,8 @@ job (``mappings.ids``).
 
 A record is a MessagePack array whose position 0 is its format; ``decode`` dispatches on it, so a
 later format can read every earlier one (format 2 is format 1 with appended fields in use,
-format 3 is format 2 with a held pair snapshot or ``own_ms``). The layout is driven by the
+format 3 is format 2 with a held pair snapshot or ``own_ms``, format 4 is format 3 with a job's
+status or category, which scope reads: docs/scope.md). The layout is driven by the
 state model's dataclasses:
 ``LAYOUT`` lists, per class, the fields in stored order (append only), ``IMPLIED`` the ones taken
 from the record's key instead, and a test fails when a dataclass field is in neither. A record
@@ -16,7 +17,8 @@ written before a field was appended reads that field as the dataclass's default.
 
     [1, details, staff, allocations, written, cd, fields_fp, pairs]
 
-    details      None | [active, number, description, address, lat, lng]
+    details      None | [active, number, description, address, lat, lng, status, category]
+                 (status and category appended with scope: an older row reads them as None)
     staff        [staff uuid, ...]: every staff member named below, once; referred to by position
     allocations  [[uuid, staff, active, date, window, completed, expires, edited, by_bridge,
                    fixed, end, own], ...] (fixed and end appended with fixed bookings, own with
@@ -49,7 +51,7 @@ from mappings.facts import AllocationFacts, JobFacts
 from mappings.presence import Presence
 from mappings.state import CdView, JobRecord, PairSnapshot
 
-FORMAT = 3  # the newest format this version writes and reads
+FORMAT = 4  # the newest format this version writes and reads
 # Format 2 is format 1's layout with rows longer than a class's first layout (the fields appended
 # for fixed bookings in use). A record that needs none of them is still written as format 1, byte
 # for byte as before; one that does is written as 2, so a worker of an older version meets
@@ -60,6 +62,10 @@ EXTENDED_FORMAT = 2
 # ``own_ms``: written only for a record that holds one, so an older worker meets ``NewerRecord``
 # rather than a code or a row it cannot read.
 HELD_FORMAT = 3
+# Format 4 is format 3 with a job's status or category (scope reads them): written only for a
+# record whose job holds one, so a worker of the previous version meets ``NewerRecord`` rather
+# than a details row longer than it knows.
+SCOPE_FORMAT = 4
 EPOCH_MS = 1_577_836_800_000  # 2020-01-01T00:00:00Z
 
 # Append only: stored records refer to these by position.
@@ -76,16 +82,19 @@ HELD = 16  # added to a pair's code when its snapshot is held (an older record h
 LAYOUT: dict[type, tuple[str, ...]] = {
     # "staff" is no field: the record's table of staff members, which the rest refer to by position
     JobRecord: ("details", "staff", "allocations", "written", "cd", "fields_fp", "pairs"),
-    JobFacts: ("active", "number", "description", "address", "lat", "lng"),
+    JobFacts: ("active", "number", "description", "address", "lat", "lng", "status",
+               "category_uuid"),
     AllocationFacts: ("uuid", "staff_uuid", "active", "date_ms", "window", "completed_ms",
                       "expires_ms", "edited_ms", "by_bridge", "fixed", "end_ms", "own_ms"),
     CdView: ("id", "uuid", "resources", "changed_ms", "modified_ms", "start_ms", "end_ms",
              "all_day"),
 }  # fmt: skip
 # How many fields each class had in its first layout: later ones may be left off (``row``).
-FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9, CdView: 6}
+FIRST_LENGTH: dict[type, int] = {AllocationFacts: 9, CdView: 6, JobFacts: 6}
 # How many fields format 2 holds: a longer row (``own_ms`` in use) is written as format 3.
 FORMAT2_LENGTH: dict[type, int] = {AllocationFacts: 11, CdView: 8}
+# How many fields format 3 holds: a longer row (a job's status or category) is format 4.
+FORMAT3_LENGTH: dict[type, int] = {AllocationFacts: 12, CdView: 8, JobFacts: 6}
 # Fields not stored because the record's key gives them (the job uuid).
 IMPLIED: dict[type, frozenset[str]] = {
     JobRecord: frozenset({"uuid"}),
@@ -155,6 +164,7 @@ class _Encoder:
         self.staff: dict[str, int] = {}
         self.extended = False  # a row holds a field appended after its class's first layout
         self.newer = False  # a row holds a field appended after format 2
+        self.newest = False  # a row holds a field appended after format 3
 
     def who(self, staff_uuid: str | None) -> int | None:
         if staff_uuid is None:
@@ -175,6 +185,8 @@ class _Encoder:
             self.extended = True
         if len(names) > FORMAT2_LENGTH.get(cls, len(names)):
             self.newer = True
+        if len(names) > FORMAT3_LENGTH.get(cls, len(names)):
+            self.newest = True
         return [packers.get(name, _same)(getattr(value, name)) for name in names]
 
 
@@ -214,7 +226,7 @@ def encode(record: JobRecord, derived_cd_uuid: str) -> bytes:
     }
     parts["staff"] = [pack_id(name) for name in enc.staff]
     held = any(p.held for p in record.pairs.values())
-    version = (HELD_FORMAT if held or enc.newer
+    version = (SCOPE_FORMAT if enc.newest else HELD_FORMAT if held or enc.newer
                else EXTENDED_FORMAT if enc.extended else BASE_FORMAT)  # fmt: skip
     packed = [version, *(parts[name] for name in LAYOUT[JobRecord])]
     return bytes(msgpack.packb(packed, use_bin_type=True))
@@ -297,6 +309,7 @@ DECODERS: dict[int, Callable[[str, list[Any], str], JobRecord]] = {
     1: _decode_v1,
     2: _decode_v1,
     3: _decode_v1,
+    4: _decode_v1,
 }
 
 

@@ -86,10 +86,21 @@ return n
 """
 # "Delete this dirty mark only if nobody bumped it since I read it" must be one atomic step:
 # WATCH/MULTI on a hash that every ingest writes would abort under load.
-_CLEAR_DIRTY = (
-    "if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then "
-    "return redis.call('HDEL', KEYS[1], ARGV[1]) end return 0"
-)
+# A sync has ended: its in-flight mark goes. Clears the dirty mark if unchanged since it was
+# read, and counts the job synced towards the backlog's progress (``catchup``), which goes once
+# no job is dirty.
+_CLEAR_DIRTY = """
+redis.call('HDEL', KEYS[3], ARGV[1])
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+if redis.call('HLEN', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('HSETNX', KEYS[2], 'since', ARGV[3])
+  redis.call('HINCRBY', KEYS[2], 'done', 1)
+end
+return 1
+"""
 
 
 class StoreBusy(RedisError):
@@ -123,25 +134,9 @@ class JobStore:
     def cd_uuid(self, job_uuid: str) -> str:
         return cd_job_uuid(self.ns, job_uuid)
 
-    def _decode(self, job_uuid: str, raw: bytes | None) -> tuple[JobRecord, bool]:
-        """The stored record, and whether its bytes were damaged. A record from a newer version
-        raises ``NewerRecord`` (never overwrite it with less). A damaged one is parked as
-        ``redis.job:{J}`` and read as empty, so the job is not blocked for good: its next change,
-        or ``sm8cd reconcile``, rebuilds it."""
-        if raw is None:
-            return JobRecord(job_uuid), False
-        try:
-            return decode(job_uuid, raw, self.cd_uuid(job_uuid)), False
-        except NewerRecord:
-            raise
-        except RecordError as exc:
-            log.error("store.record_unreadable", sm8_job_uuid=job_uuid, reason=str(exc))
-            self.parked.set_invalid(f"redis.job:{job_uuid}", str(exc)[:300], time.time())
-            return JobRecord(job_uuid), True
-
     # --- reading -------------------------------------------------------------------------------
     def load(self, job_uuid: str) -> JobRecord:
-        return self._decode(job_uuid, self.r.hget(*self._slot(job_uuid)))[0]
+        return _decode(self, job_uuid, self.r.hget(*self._slot(job_uuid)))[0]
 
     def has(self, job_uuid: str) -> bool:
         return id_bytes(job_uuid) is not None and bool(self.r.hexists(*self._slot(job_uuid)))
@@ -225,7 +220,7 @@ class JobStore:
             for job_uuid in jobs:
                 pipe.hget(*self._slot(job_uuid))
             raws = pipe.execute()
-        return {j: self._decode(j, raw)[0].cd for j, raw in zip(jobs, raws, strict=True)}
+        return {j: _decode(self, j, raw)[0].cd for j, raw in zip(jobs, raws, strict=True)}
 
     # --- changing records ------------------------------------------------------------------------
     def update(
@@ -262,7 +257,7 @@ class JobStore:
             damaged: set[str] = set()
             with self.r.pipeline(transaction=False) as pipe:
                 for job_uuid, (key, field_), raw in zip(pending, slots, raws, strict=True):
-                    record, broken = self._decode(job_uuid, raw)
+                    record, broken = _decode(self, job_uuid, raw)
                     if broken:
                         damaged.add(job_uuid)
                     outcome = change(record)
@@ -375,11 +370,25 @@ class JobStore:
         value = self.r.hget(self.keys.dirty, job_uuid)
         return int(value) if value is not None else None
 
-    def clear_dirty(self, job_uuid: str, generation: int | None) -> bool:
-        """Forget the dirty mark if nobody bumped it since ``generation`` was read."""
+    def clear_dirty(self, job_uuid: str, generation: int | None, now: float | None = None) -> bool:
+        """Forget the dirty mark if nobody bumped it since ``generation`` was read; the job
+        counts towards the backlog's progress (``catch_up``)."""
         if generation is None:
+            self.r.hdel(self.keys.inflight, job_uuid)
             return True
-        return bool(self._clear_dirty(keys=[self.keys.dirty], args=[job_uuid, str(generation)]))
+        at = time.time() if now is None else now
+        keys = [self.keys.dirty, self.keys.catchup, self.keys.inflight]
+        return bool(self._clear_dirty(keys=keys, args=[job_uuid, str(generation), repr(at)]))
+
+    def load_for_sync(self, job_uuid: str) -> tuple[JobRecord, str | None]:
+        """The record, and what a sync of it that did not end had on its way (None: nothing),
+        in one round trip."""
+        bucket, field_ = self._slot(job_uuid)
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hget(bucket, field_)
+            pipe.hget(self.keys.inflight, job_uuid)
+            raw, flight = pipe.execute()
+        return _decode(self, job_uuid, raw)[0], None if flight is None else flight.decode()
 
     def due_expiries(self, now_ms: int) -> set[str]:
         """Jobs with an allocation expired by now: mark them dirty and forget the reminder."""
@@ -395,3 +404,20 @@ class JobStore:
     def remind_expiry(self, job_uuid: str, expires_ms: int) -> None:
         """Mark the job dirty when ``expires_ms`` passes (unless an earlier reminder is set)."""
         self.r.zadd(self.keys.expiring, {job_uuid: expires_ms}, lt=True)
+
+
+def _decode(store: JobStore, job_uuid: str, raw: bytes | None) -> tuple[JobRecord, bool]:
+    """The stored record, and whether its bytes were damaged. A record from a newer version
+    raises ``NewerRecord`` (never overwrite it with less). A damaged one is parked as
+    ``redis.job:{J}`` and read as empty, so the job is not blocked for good: its next change,
+    or ``sm8cd reconcile``, rebuilds it."""
+    if raw is None:
+        return JobRecord(job_uuid), False
+    try:
+        return decode(job_uuid, raw, store.cd_uuid(job_uuid)), False
+    except NewerRecord:
+        raise
+    except RecordError as exc:
+        log.error("store.record_unreadable", sm8_job_uuid=job_uuid, reason=str(exc))
+        store.parked.set_invalid(f"redis.job:{job_uuid}", str(exc)[:300], time.time())
+        return JobRecord(job_uuid), True

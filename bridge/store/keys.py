@@ -21,16 +21,35 @@ key                        type    what it holds
                                    (the census compares it with the linked jobs a list shows)
 ``dirty``                  hash    ``J`` → generation; a job to sync. Ingest bumps it, a finished
                                    sync removes it only if unchanged, so no change is lost to a race
+``inflight``               hash    ``J`` → what a sync of ``J`` had on its way to an API: the body
+                                   digest of a ``PUT`` creating its Coredination job, else ``1``.
+                                   Set before its first write, gone when a sync of it ends; found
+                                   by the next sync, the job is read before anything is written
+``catchup``                hash    ``since`` (when the first job of a backlog was synced), ``done``
+                                   (jobs synced since): a first sync's or backfill's progress,
+                                   gone when no job is dirty
 ``expiring``               zset    ``J`` by the earliest future ``expiry_timestamp`` of its live
-                                   allocations: expiry changes nothing in ServiceM8, no poll sees it
+                                   allocations, or moment a dated booking of it leaves scope:
+                                   neither changes anything in ServiceM8, no poll sees it
 ``map:s2u`` / ``map:u2s``  hash    ``S`` → ``U`` (staff ⇄ user map) and its reverse
 ``map:manual``             set     ``S`` linked or unlinked by hand: matching leaves them be
 ``dir:{kind}``             hash    directories read from the APIs: ``staff``, ``users``,
                                    ``windows`` (allocation windows)
+``staff:match``            hash    the last whole staff match: ``at`` (when it read both lists)
+                                   and ``users`` (``listed``, or ``missing`` where Coredination
+                                   has no users list); absent until the first one
+``staff:asked:{P}``        string  a match was asked for person ``P`` (``S``, or ``u:U``) in the
+                                   last minute (expiring): at most one a minute each, whichever
+                                   process asks
+``staff:first-try``        string  set (expiring) when a job sync tried the connection's first
+                                   staff match: the syncs waiting for it try again after that
+``lock:staff``             string  one staff match at a time (redis-py ``Lock``: token + expiry)
 ``invalid``                hash    ``"{api}.{object}:{id}"`` → ``{"reason","since"}``: records an
                                    API returned that cannot be read; ``"redis.job:{J}"``, a job
                                    record found damaged (until rewritten)
 ``pending``                hash    ``"J|S"`` or ``"J|u:U"`` → ``{"reason","since"}``, parked pairs
+``excluded``               hash    ``J`` → ``{"by","at"[,"note"]}``: a job an operator left out of
+                                   the sync (``sm8cd exclude``; docs/scope.md)
 ``cursor``                 hash    poll high-water marks and times, by ``system:object``
 ``account``                hash    api → the account its budget belongs to, once resolved, and
                                    ``{api}~stand-in`` → the key's digest (the Coredination
@@ -143,6 +162,14 @@ class Keys:
         return self.key("dirty")
 
     @property
+    def catchup(self) -> str:
+        return self.key("catchup")
+
+    @property
+    def inflight(self) -> str:
+        return self.key("inflight")
+
+    @property
     def admission_slots(self) -> str:
         return self.key("admission:slots")
 
@@ -178,12 +205,31 @@ class Keys:
         return self.key(f"dir:{kind}")
 
     @property
+    def staff_match(self) -> str:
+        return self.key("staff:match")
+
+    def staff_asked(self, person: str) -> str:
+        return self.key(f"staff:asked:{person}")
+
+    @property
+    def staff_first_try(self) -> str:
+        return self.key("staff:first-try")
+
+    @property
+    def staff_lock(self) -> str:
+        return self.key("lock:staff")
+
+    @property
     def invalid(self) -> str:
         return self.key("invalid")
 
     @property
     def pending(self) -> str:
         return self.key("pending")
+
+    @property
+    def excluded(self) -> str:
+        return self.key("excluded")
 
     # --- work bookkeeping ------------------------------------------------------------------------
     @property
@@ -282,6 +328,12 @@ def budget_key(api: str, account: str, window: str) -> str:
 
 def pause_key(api: str, account: str) -> str:
     return account_prefix(api, account) + "pause"
+
+
+def blocks_key(api: str, account: str) -> str:
+    """Kinds of operation a credential may not do (a 403 naming a missing scope): a hash of
+    operation → ``{"until","reason","scope"}``, kept under the credential's stand-in."""
+    return account_prefix(api, account) + "blocks"
 
 
 # --- the fleet: keys of no single connection (docs/connections.md#the-registrys-keys) ----------

@@ -59,6 +59,24 @@ class WorkStore:
         self.keys = keys
         self._dead_letter_once = redis.register_script(_DEAD_LETTER_ONCE)
 
+    # --- work on its way -----------------------------------------------------------------------
+    def note_in_flight(self, job_uuid: str, what: str = "1") -> None:
+        """A sync of the job is about to send a write (``what``: the body digest of a ``PUT``
+        creating its Coredination job, else ``1``): kept until a sync of it ends, so a sync
+        after a worker died mid-write reads the job before writing again."""
+        self.r.hset(self.keys.inflight, job_uuid, what)
+
+    def catch_up(self) -> tuple[int, int, float | None]:
+        """A backlog's progress: jobs synced since its first was, jobs still to sync, and when
+        the first was synced (None: no backlog). One round trip."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.catchup, "since", "done")
+            pipe.hlen(self.keys.dirty)
+            (since, done), left = pipe.execute()
+        if since is None or not left:
+            return 0, int(left), None
+        return int(done or 0), int(left), float(since)
+
     # --- queue claims and locks ------------------------------------------------------------------
     def claim_enqueue(self, job_uuid: str, ttl: int = 300) -> bool:
         """True if no sync of this job is queued yet (and now one is)."""

@@ -61,11 +61,17 @@ class Engine:
 
     # decide and write
     def sync_job(self, sm8_job: str) -> Report:
+        """One job's sync, after the connection's first staff match (``staff.ensure_matched``):
+        a job is never created in Coredination with its people left off for want of a match."""
+        staff.ensure_matched(self.ctx)
         return jobsync.sync_job(self.ctx, sm8_job)
 
     # staff
-    def match_staff(self) -> Report:
-        return staff.match_staff(self.ctx)
+    def match_staff(self, asked_at: float | None = None) -> Report:
+        return staff.match_staff(self.ctx, asked_at)
+
+    def ask_match(self, sm8_job: str) -> float | None:
+        return staff.ask_match(self.ctx, sm8_job)
 
     def link_staff(self, staff_uuid: str, user_id: int) -> None:
         staff.link_staff(self.ctx, staff_uuid, user_id)

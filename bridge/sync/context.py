@@ -16,12 +16,14 @@ from uuid import UUID
 from redis.lock import Lock
 
 from bridge.errors import Api
+from bridge.http.fence import fenced
 from bridge.servicem8.models import AllocationWindow
 from bridge.store import Stores
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
 from mappings.decision import TieRule
 from mappings.planners import BookingKind
 from mappings.pollplan import PollBudget
+from mappings.scope import Horizon, Scope
 
 # Cursor names in the ``cursor`` hash (bridge.store.keys): one per polled object and system.
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
@@ -69,6 +71,9 @@ class SyncOptions:
     # The Coredination census: this often a poll lists every job instead of the changed ones,
     # which shows deleted jobs by their absence (docs/coredination-api.md); 0: never.
     cd_census_seconds: float = 300.0
+    # What the connection syncs: the horizon in days, job statuses and categories, staff left
+    # out (the SCOPE_* settings, docs/scope.md); jobs excluded by hand are in the store.
+    scope: Scope = field(default_factory=Scope)
 
 
 @dataclass
@@ -89,14 +94,28 @@ class Report:
 
 
 class Lease:
-    """A held job lock: renewed before each write, so a worker that lost the job stops."""
+    """A held job lock: renewed before each write, so a worker that lost the job stops. Before
+    the first write of the sync, ``first_write`` runs (the job's in-flight mark)."""
 
-    def __init__(self, lock: Lock | None) -> None:
+    def __init__(self, lock: Lock | None, first_write: Callable[[str], None] | None = None) -> None:
         self.lock = lock
+        self._first_write = first_write
 
     def renew(self) -> None:
         if self.lock is not None:
             self.lock.reacquire()
+
+    def before_write(self) -> None:
+        """The fence's check as a write leaves (``bridge.http.fence``)."""
+        self.renew()
+        self.note_write()
+
+    def note_write(self, what: str = "1") -> None:
+        """Mark the job's write as on its way, once per sync (``what``: see
+        ``WorkStore.note_in_flight``)."""
+        if self._first_write is not None:
+            first, self._first_write = self._first_write, None
+            first(what)
 
     def owned(self) -> bool:
         return self.lock is None or bool(self.lock.owned())
@@ -109,6 +128,9 @@ class Windows:
 
     rows: dict[str, AllocationWindow] | None = None
     at: float = 0.0
+    # Whether the account's allocations are unavailable, and when that was read (pull_booking).
+    allocations_unavailable: bool = False
+    allocations_at: float | None = None
 
 
 @dataclass
@@ -130,12 +152,34 @@ class SyncContext:
     def tz(self) -> tzinfo:
         return self.sm8.tz
 
+    def horizon(self, now_ms: int) -> Horizon:
+        """The connection's scope at ``now_ms``, in the account's timezone."""
+        return self.options.scope.at(now_ms, self.tz)
+
     @contextlib.contextmanager
     def locked(self, job_uuid: str) -> Iterator[Lease]:
         """One writer per job, for the length of the block."""
         lock = self.stores.work.job_lock(job_uuid, timeout=self.options.lock_seconds)
+        work = self.stores.work
         with lock:
-            yield Lease(lock)
+            lease = Lease(lock, lambda what: work.note_in_flight(job_uuid, what))
+            with fenced(lease.before_write):
+                yield lease
+
+    def pull_booking(self) -> BookingKind:
+        """The kind of booking made for a person scheduled in Coredination: the option, except
+        that ``auto`` makes fixed bookings while the account's allocations are unavailable (its
+        allocation list refused for good, ``bridge.sync.ingest``). Read from Redis at most once
+        a minute per process."""
+        kind = self.options.pull_booking
+        if kind != "auto":
+            return kind  # an operator's choice stands
+        now, cache = self.clock(), self.windows
+        if cache.allocations_at is None or now - cache.allocations_at >= 60:
+            row = self.stores.activity.object_states().get("servicem8.joballocation") or {}
+            cache.allocations_unavailable = row.get("state") == "unavailable"
+            cache.allocations_at = now
+        return "fixed" if cache.allocations_unavailable else kind
 
     def allocation_windows(self, refresh: bool = False) -> dict[str, AllocationWindow]:
         """Listed once an hour, or when an allocation names one we do not know (at most once a

@@ -3,6 +3,7 @@ without Celery (``sm8cd sync --once``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
 from datetime import datetime
@@ -11,17 +12,19 @@ from bridge.errors import ApiError, BudgetExhausted
 from bridge.log import get_logger
 from bridge.store.activity import subscription_field
 from bridge.sync.context import SYSTEMS, Report, SyncContext, polled
-from bridge.sync.ingest import SM8_POLLED, poll_servicem8
+from bridge.sync.ingest import SM8_POLLED, poll_servicem8, withheld
 from bridge.sync.jobsync import sync_job
 from bridge.sync.pull import poll_coredination
-from bridge.sync.staff import match_staff
+from bridge.sync.scope import rescope
+from bridge.sync.staff import match_staff, poll_users
 from mappings.pollplan import plan_polls
 
 log = get_logger(__name__)
 
 
 def _poll_coredination(ctx: SyncContext, objects: Collection[str]) -> set[str]:
-    return poll_coredination(ctx)
+    """Coredination's jobs, then its users: a user added there is matched within one poll."""
+    return poll_coredination(ctx) | poll_users(ctx)
 
 
 Poll = Callable[[SyncContext, Collection[str]], set[str]]
@@ -52,17 +55,22 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
     now = ctx.clock()
     activity = ctx.stores.activity
     dirty = ctx.stores.jobs.due_expiries(ctx.now_ms())
+    known = activity.cursors()  # one read: last polls, webhooks, subscriptions, pages
     try:
-        planned = _planned_waits(ctx, now)
+        planned = _planned_waits(ctx, now, known)
     except BudgetExhausted:
         # The account's timezone is not known yet and ServiceM8 is paused: its poll below waits
         # for the budget as before, and Coredination's is not held up.
         planned = {}
-    known = activity.cursors()  # one read: last polls, webhooks, subscriptions
+    # Objects the account refuses for good are not due until their recheck (bridge.sync.ingest).
+    refused = withheld(activity.object_states(known), SM8_POLLED, now)
+    dirty |= rescope(ctx, known)  # scope settings changed: every job syncs once
     for system in SYSTEMS:
         interval = intervals.get(system, 0)
         due = []
         for obj in POLLED[system]:
+            if system == "servicem8" and obj in refused:
+                continue
             name = f"{system}.{obj}"
             if name in planned:
                 wait = planned[name]
@@ -78,6 +86,7 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
         with ctx.stores.work.poll_lock(system) as held:
             if not held:
                 continue
+            read_before = Counter(ctx.sm8.pages) if system == "servicem8" else Counter()
             try:
                 dirty |= POLLS[system](ctx, due)
             except BudgetExhausted as exc:
@@ -86,9 +95,12 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
                 log.info("poll.waiting_for_budget", system=system, retry_in=round(exc.retry_in, 1))
                 continue
             stamps = {polled(f"{system}.{obj}"): repr(now) for obj in due}
+            if system == "servicem8":  # a call per page of each object's list (1,000 records)
+                pages = {obj: max(1, ctx.sm8.pages[f"{obj}.list"] - read_before[f"{obj}.list"])
+                         for obj in due}  # fmt: skip
+                stamps |= {pages_field(f"{system}.{obj}"): str(n) for obj, n in pages.items()}
+                activity.count_polls(_account_day(ctx, now), sum(pages.values()))
             activity.set_cursors({**stamps, polled(system): repr(now)})
-            if system == "servicem8":  # one list call per object (a page holds 5,000 records)
-                activity.count_polls(_account_day(ctx, now), len(due))
     return dirty
 
 
@@ -96,9 +108,15 @@ def _account_day(ctx: SyncContext, now: float) -> str:
     return datetime.fromtimestamp(now, ctx.tz).date().isoformat()
 
 
-def _planned_waits(ctx: SyncContext, now: float) -> dict[str, float]:
-    """Each ServiceM8 object's interval from the day's budget (``mappings.pollplan``), recorded
-    for ``sm8cd status``; nothing when the intervals are fixed."""
+def pages_field(name: str) -> str:
+    """The cursor field holding how many pages the last poll of object ``name`` read."""
+    return f"poll-pages:{name}"
+
+
+def _planned_waits(ctx: SyncContext, now: float, known: Mapping[str, str]) -> dict[str, float]:
+    """Each ServiceM8 object's interval from the day's budget (``mappings.pollplan``), each
+    poll costing the pages its last one read, recorded for ``sm8cd status``; nothing when the
+    intervals are fixed."""
     budget = ctx.options.poll_budget
     if budget is None:
         return {}
@@ -117,24 +135,33 @@ def _planned_waits(ctx: SyncContext, now: float) -> dict[str, float]:
         budget,
         polls_spent_today=activity.polls_on(_account_day(ctx, now)),
         calls_last_day=ctx.calls_last_day(),
+        pages={name: int(known.get(pages_field(name)) or 1) for name in names},
     )
     activity.set_poll_plan({**asdict(plan), "at": now})
     return plan.intervals
 
 
-def run_cycle(ctx: SyncContext, *, staff: bool = True) -> Report:
-    """One complete cycle both ways: staff map, both polls, then every dirty job."""
+def run_cycle(
+    ctx: SyncContext, *, staff: bool = True, synced: Callable[[str, Report], None] | None = None
+) -> Report:
+    """One complete cycle both ways: staff map, both polls, then every dirty job. ``synced`` is
+    told each job's own report as soon as its sync is done (the preview reads the cycle by it,
+    ``bridge.sync.preview``)."""
     report = Report()
     if staff:
         report.merge(match_staff(ctx))
+    rescope(ctx)
     poll_servicem8(ctx)
     poll_coredination(ctx)
     ctx.stores.jobs.due_expiries(ctx.now_ms())
     for sm8_job in sorted(ctx.stores.jobs.dirty()):
         try:
-            report.merge(sync_job(ctx, sm8_job))
+            done = sync_job(ctx, sm8_job)
         except ApiError as exc:
             # The job stays dirty, so the next cycle (or a retry) tries it again.
-            report.add(f"failed.{type(exc).__name__}")
+            done = Report(Counter({f"failed.{type(exc).__name__}": 1}))
             log.warning("sync.job_failed", sm8_job_uuid=sm8_job, **exc.describe())
+        report.merge(done)
+        if synced is not None:
+            synced(sm8_job, done)
     return report

@@ -14,14 +14,22 @@ import threading
 import uuid as uuidlib
 from datetime import datetime, timedelta
 
-from bridge.errors import InvalidRecord, NotFound
+from bridge.errors import InvalidRecord, NotFound, Rejected
 from bridge.log import get_logger
 from bridge.servicem8 import where
 from bridge.servicem8.models import JobActivity, JobAllocation
 from bridge.servicem8.translate import job_facts
 from bridge.store import HintBatch, HintStore
 from bridge.sync.context import SyncContext
-from bridge.sync.ingest import facts_of, parker, push_activity, push_allocation, push_job
+from bridge.sync.ingest import (
+    facts_of,
+    filter_refused,
+    parker,
+    push_activity,
+    push_allocation,
+    push_job,
+    read_in_full,
+)
 from mappings.stamps import StampError, parse_sm8_stamp
 
 log = get_logger(__name__)
@@ -69,25 +77,37 @@ def _read(ctx: SyncContext, obj: str, batch: HintBatch) -> set[str]:
     if not batch.uuids:
         return set()
     stamps = [s for s in (_stamp(ctx, t) for t in batch.times) if s is not None]
-    if len(batch.uuids) == 1 or not stamps:
-        ctx.stores.activity.count({"hints.servicem8.by_id": len(batch.uuids)})
-        return _by_id(ctx, obj, batch.uuids)
+    if len(batch.uuids) == 1 or not stamps:  # one hint, or no change time to filter by
+        return _each_by_id(ctx, obj, batch.uuids)
+    name, started = f"servicem8.{obj}.filter", ctx.clock()
+    state = ctx.stores.activity.object_states().get(name)
+    if filter_refused(state, started):  # the list cannot be narrowed: each hint alone
+        return _each_by_id(ctx, obj, batch.uuids)
     since = min(stamps) - MARGIN
-    started = ctx.clock()
     dirty: set[str] = set()
     seen: set[str] = set()
     flt = where("edit_date", "gt", since)
-    if obj == "job":
-        jobs = list(ctx.sm8.iter_jobs(flt, parker(ctx)))
-        dirty |= ctx.stores.jobs.ingest_jobs([job_facts(j) for j in jobs], only_known=True)
-        seen = {j.uuid.lower() for j in jobs}
-    else:
-        listing = ctx.sm8.iter_activities if obj == "jobactivity" else ctx.sm8.iter_allocations
-        staff_map = ctx.stores.staff.staff_map()
-        bookings: list[JobAllocation | JobActivity] = list(listing(flt, parker(ctx)))
-        facts = [facts_of(ctx, b, staff_map) for b in bookings]
-        dirty |= ctx.stores.jobs.ingest_allocations(facts, read_started=started)
-        seen = {b.uuid.lower() for b in bookings}
+    try:
+        if obj == "job":
+            jobs = list(ctx.sm8.iter_jobs(flt, parker(ctx)))
+            dirty |= ctx.stores.jobs.ingest_jobs([job_facts(j) for j in jobs], only_known=True)
+            seen = {j.uuid.lower() for j in jobs}
+        else:
+            listing = ctx.sm8.iter_activities if obj == "jobactivity" else ctx.sm8.iter_allocations
+            staff_map = ctx.stores.staff.staff_map()
+            bookings: list[JobAllocation | JobActivity] = list(listing(flt, parker(ctx)))
+            facts = [facts_of(ctx, b, staff_map) for b in bookings]
+            dirty |= ctx.stores.jobs.ingest_allocations(facts, read_started=started)
+            seen = {b.uuid.lower() for b in bookings}
+    except Rejected as exc:
+        if "filter" not in exc.reason.lower():
+            raise
+        # The object's change filter is refused (docs/servicem8-api.md#paging): recorded as the
+        # poll records it, and the hinted records are read one by one.
+        read_in_full(ctx, name, state, started, refused=True,
+                     reason=f"its edit_date filter is refused (HTTP {exc.status}): "
+                            f"{exc.reason}")  # fmt: skip
+        return _each_by_id(ctx, obj, batch.uuids)
     missed = [u for u in batch.uuids if u not in seen]
     ctx.stores.activity.count({"hints.servicem8.list_reads": 1,
                                "hints.servicem8.by_list": len(batch.uuids) - len(missed),
@@ -104,6 +124,12 @@ def _stamp(ctx: SyncContext, text: str) -> datetime | None:
         return parse_sm8_stamp(text, ctx.tz) if text else None
     except StampError:
         return None
+
+
+def _each_by_id(ctx: SyncContext, obj: str, uuids: list[str]) -> set[str]:
+    """The whole batch read one record at a time, counted as such."""
+    ctx.stores.activity.count({"hints.servicem8.by_id": len(uuids)})
+    return _by_id(ctx, obj, uuids)
 
 
 def _by_id(ctx: SyncContext, obj: str, uuids: list[str]) -> set[str]:

@@ -1,10 +1,13 @@
 """The job sync: bring one job's pairs in step, under the job's lease. Safe to run twice.
 
 Planned first, then applied (``mappings.plan``): the Coredination job's fields, then every pair's
-writes in order. If a write fails or the budget runs dry half-way, what was done is kept (the
-written allocations with their write markers, the view as far as it went, the snapshots of the
-pairs that finished), so the retry neither repeats a write nor mistakes the bridge's own write
-for a change.
+writes in order. Scope decides first (docs/scope.md): a job excluded by hand or of a status or
+category the connection does not sync is left alone; a job with no booking in scope gets no
+Coredination job, and a linked one only takes Coredination's changes back.
+
+If a write fails or the budget runs dry half-way, what was done is kept (the written allocations
+with their write markers, the view as far as it went, the snapshots of the pairs that finished),
+so the retry neither repeats a write nor mistakes the bridge's own write for a change.
 """
 
 from __future__ import annotations
@@ -14,28 +17,32 @@ from collections import Counter
 from bridge.coredination.translate import view_of
 from bridge.errors import NotFound, Rejected, Unavailable
 from bridge.log import get_logger
+from bridge.servicem8.creates import UuidTaken
 from bridge.servicem8.translate import job_facts
 from bridge.store.codec import id_bytes
 from bridge.sync.context import CD_DELETED, Lease, Report, SyncContext
+from bridge.sync.ingest import record_holder
+from bridge.sync.preflight import WAITING_JOB_LIST, job_list_first, read_after_crash
 from bridge.sync.pull import job_deleted_in_coredination
+from bridge.sync.scope import CURSOR_SCOPE
 from mappings.facts import AllocationFacts
 from mappings.plan import (
     PairPlan,
-    ReadBack,
-    ResourceOp,
     booked_since,
     changed_since,
     deleted_since,
     hold,
+    in_scope,
     job_deleted,
     later_expiry,
     needs_link,
     plan_job_fields,
     plan_pairs,
-    read_back,
 )
 from mappings.planners import Sm8Write, after_write
 from mappings.presence import in_step
+from mappings.readback import ReadBack, ResourceOp, read_back, take_read
+from mappings.scope import EXCLUDED, HISTORY, Horizon
 from mappings.state import CdView, JobRecord, PairSnapshot
 from mappings.transitions import SyncWrite
 
@@ -51,10 +58,15 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
         log.warning("sync.bad_job_id", sm8_job_uuid=sm8_job[:60])
         jobs.clear_dirty(sm8_job, jobs.dirty_generation(sm8_job))
         return Report(Counter({"skipped.bad_job_id": 1}))
+    excluded, settled = ctx.stores.scope.state(sm8_job, CURSOR_SCOPE)
+    if settled is not None and settled != ctx.options.scope.fingerprint():
+        # The connection's scope settings changed and this process has not read them yet (it
+        # does within seconds): the job stays marked and syncs at the next cycle, under them.
+        return Report(Counter({"skipped.scope_changing": 1}))
     with ctx.locked(sm8_job) as lease:
         generation = jobs.dirty_generation(sm8_job)
         try:
-            report = _sync_locked(ctx, sm8_job, lease)
+            report = _sync_locked(ctx, sm8_job, lease, excluded)
         except NotFound as exc:
             view = jobs.load(sm8_job).cd
             if exc.api != "coredination" or view is None or not _cd_job_gone(ctx, view):
@@ -62,8 +74,9 @@ def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
             # The Coredination job was deleted there (a dispatcher). The sync runs again without
             # it: a ServiceM8 change since the deletion creates it afresh, else it stays parked.
             job_deleted_in_coredination(ctx, sm8_job, view)
-            report = _sync_locked(ctx, sm8_job, lease)
-        jobs.clear_dirty(sm8_job, generation)
+            report = _sync_locked(ctx, sm8_job, lease, excluded)
+        if WAITING_JOB_LIST not in report.counts:
+            jobs.clear_dirty(sm8_job, generation, ctx.clock())
     ctx.stores.activity.count(report.counts)
     return report
 
@@ -103,11 +116,30 @@ def _why_recreated(record: JobRecord, since_ms: int) -> dict[str, object]:
     return {"since_ms": since_ms, "changed": counted}
 
 
-def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
+def _out_of_scope(report: Report, reason: str) -> Report:
+    report.add(f"skipped.out_of_scope.{reason}")
+    return report
+
+
+def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease, excluded: bool) -> Report:
     report = Report()
     jobs, parked = ctx.stores.jobs, ctx.stores.parked
-    record = jobs.load(sm8_job)
+    if excluded:  # left alone by hand, both ways
+        return _out_of_scope(report, EXCLUDED)
+    record, flight = jobs.load_for_sync(sm8_job)
     now_ms = ctx.now_ms()
+    horizon = ctx.horizon(now_ms)
+    live = any(a.live(now_ms) for a in record.allocations.values())
+    unread = record.details is None and record.cd is None
+    if unread and live and not in_scope(record, horizon, now_ms):
+        # Not one booking in scope even if the job were open: history costs no job read.
+        return _out_of_scope(report, HISTORY)
+    if record.details is None and job_list_first(ctx):
+        # Kept dirty: the poll's read of the job list, a page of 1,000 jobs a call, brings its
+        # details, and the poll queues the sync again (a first sync of 5,000 jobs would
+        # otherwise read them one call each, at the account's 180 a minute).
+        report.add(WAITING_JOB_LIST)
+        return report
     if record.details is None:
         try:
             details = job_facts(ctx.sm8.get_job(sm8_job))
@@ -118,35 +150,54 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease) -> Report:
             return report
         jobs.save_details(details)
         record.details = details
-    expiry = later_expiry(record, now_ms)
-    if expiry is not None:  # the reminder fires once: set it again for the next expiry
+    if flight is not None:
+        read_after_crash(ctx, record, flight, report)
+    expiry = later_expiry(record, now_ms, horizon, ctx.tz)
+    if expiry is not None:  # the reminder fires once: set it again for the next one
         jobs.remind_expiry(record.uuid, expiry)
-    if not needs_link(record, now_ms):
-        report.add("skipped.nothing_to_link")
-        return report
-    if record.cd is None and not _may_link(ctx, record, report):
-        return report
     if job_deleted(record) and record.cd is not None:
         # Everyone off the job first, then the state override: a resource change after it would
-        # derive the job's state again (docs/coredination-api.md#states).
-        _sync_pairs(ctx, record, lease, now_ms, report)
-        _upsert_fields(ctx, record, lease, now_ms, report)
+        # derive the job's state again (docs/coredination-api.md#states). A deletion is a
+        # change, not a job leaving scope.
+        _sync_pairs(ctx, record, lease, now_ms, horizon, report)
+        _upsert_fields(ctx, record, lease, now_ms, horizon, report)
         return report
-    if not _upsert_fields(ctx, record, lease, now_ms, report):
+    left_out = horizon.left_out(record.details)
+    if left_out is not None:  # its status or category: left alone, nothing undone
+        return _out_of_scope(report, left_out)
+    if not needs_link(record, horizon, now_ms):
+        if job_deleted(record) or not live:
+            report.add("skipped.nothing_to_link")
+            return report
+        return _out_of_scope(report, HISTORY)
+    if record.cd is None and not _may_link(ctx, record, report):
         return report
-    written = _sync_pairs(ctx, record, lease, now_ms, report)
-    if written and lease.owned():
+    current = in_scope(record, horizon, now_ms)
+    if not current:
+        # Linked, with every booking now history: its fields stay as they are and only what
+        # Coredination changes flows back (the pairs are silent on the ServiceM8 side).
+        report.add(f"skipped.out_of_scope.{HISTORY}")
+    elif not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
+        return report
+    written = _sync_pairs(ctx, record, lease, now_ms, horizon, report)
+    if written and lease.owned() and (current or in_scope(_with(record, written), horizon, now_ms)):
         # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
         # or dated by a pull): its fields follow in the same sync, not at some later change;
         # and so do the bridge's own fixed bookings, which follow the job's time (once: what
         # they write moves no job time, as they follow it).
         record.allocations.update({fact.uuid: fact for fact in written})
         before = _job_time(record.cd)
-        if not _upsert_fields(ctx, record, lease, now_ms, report):
+        if not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
             return report
         if lease.owned() and _job_time(record.cd) != before:
-            _sync_pairs(ctx, record, lease, now_ms, report)
+            _sync_pairs(ctx, record, lease, now_ms, horizon, report)
     return report
+
+
+def _with(record: JobRecord, written: list[AllocationFacts]) -> JobRecord:
+    """The record as the bridge's own writes leave its bookings (not stored)."""
+    return JobRecord(record.uuid, record.details,
+                     {**record.allocations, **{a.uuid: a for a in written}})  # fmt: skip
 
 
 def _job_time(view: CdView | None) -> tuple[int | None, int | None, bool] | None:
@@ -154,16 +205,19 @@ def _job_time(view: CdView | None) -> tuple[int | None, int | None, bool] | None
 
 
 def _upsert_fields(
-    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
-) -> bool:
+    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, horizon: Horizon,
+    report: Report,
+) -> bool:  # fmt: skip
     """Write the Coredination job's fields unless it already holds them (the fingerprint). A
     state override Coredination refuses (the canceled state of a deleted job) is left out, and
     the job is parked with the reason, where ``sm8cd status`` shows it. False: the job turned
     out deleted in Coredination and stays so (nothing more to sync)."""
-    upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms)
+    upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms, horizon)
     if upsert is None:
         return True
     lease.renew()
+    if upsert.creates:  # a later sync that finds it in flight knows what body landed
+        lease.note_write(upsert.digest)
     parked = ctx.stores.parked
     try:
         job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
@@ -207,13 +261,15 @@ def _upsert_fields(
 
 
 def _sync_pairs(
-    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, report: Report
-) -> list[AllocationFacts]:
+    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, horizon: Horizon,
+    report: Report,
+) -> list[AllocationFacts]:  # fmt: skip
     """Every pair's plan, applied in order; returns the allocations the bridge wrote."""
     assert record.cd is not None
     staff_map = ctx.stores.staff.staff_map()
     plan = plan_pairs(record, staff_map.s2u, staff_map.u2s, ns=ctx.ns, tz=ctx.tz, now_ms=now_ms,
-                      tie=ctx.options.tie, booking=ctx.options.pull_booking)  # fmt: skip
+                      tie=ctx.options.tie, horizon=horizon,
+                      booking=ctx.pull_booking())  # fmt: skip
     parked = ctx.stores.parked
     for user in plan.unmapped_users:
         parked.set_pending(
@@ -320,13 +376,7 @@ def _resource_op(
             if lost is not None:
                 raise lost from None
             raise
-        # The later of what was known and what the job shows: a Coredination without change
-        # stamps shows none, and the bridge's own last writes must still bound a deletion.
-        view.resources = seen.resources
-        view.changed_ms = {u: max(view.changed_ms.get(u, 0), seen.changed_ms.get(u, 0))
-                           for u in {*view.changed_ms, *seen.changed_ms}}  # fmt: skip
-        view.modified_ms = max((t for t in (view.modified_ms, seen.modified_ms) if t is not None),
-                               default=None)  # fmt: skip
+        take_read(view, seen)
         others = planned != {u: st for u, st in seen.resources.items() if u != write.user}
         outcome = read_back(write, seen.resources.get(write.user))
         report.add(f"coredination.read_back.{outcome}")
@@ -373,7 +423,11 @@ def _apply_sm8(ctx: SyncContext, write: Sm8Write, report: Report) -> None:
     sm8 = ctx.sm8
     if write.kind == "create":
         create = sm8.create_activity if write.fixed else sm8.create_allocation
-        create(write.fields, uuid=write.uuid)
+        try:
+            create(write.fields, uuid=write.uuid)
+        except UuidTaken as exc:  # the office gave our booking of that uuid to someone else
+            obj = "jobactivity" if write.fixed else "joballocation"
+            raise record_holder(ctx, obj, write.uuid, exc) from None
         done = "created"
     elif write.kind == "update":
         update = sm8.update_activity if write.fixed else sm8.update_allocation

@@ -4,6 +4,7 @@ so do the in-memory fakes the state-machine test drives (``tests/fakes.py``)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
@@ -24,6 +25,9 @@ class ChangedJobs(Iterator[CdJob], Protocol):
 class ServiceM8Port(Protocol):
     @property
     def tz(self) -> tzinfo: ...
+
+    # Pages read by each list operation (``jobactivity.list``) in this process: a poll's cost.
+    pages: Counter[str]
 
     def iter_allocations(
         self, flt: Filter | None = None, on_invalid: OnInvalid | None = None

@@ -9,6 +9,7 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
   missing token is 401 and enqueues nothing. Coredination's signing is undocumented
   (docs/coredination-api.md#webhooks): same scheme.
 - ServiceM8's ``mode=subscribe`` handshake is answered with the challenge alone.
+- No answer is ever a 410, which makes ServiceM8 delete the subscription at once (``NeverGone``).
 - Bodies over ``WEBHOOK_MAX_BODY_BYTES`` are 413, media types other than JSON, form, JWT or plain
   text are 415, unreadable bodies are 400; unknown objects and events are 200 and ignored.
 - Deliveries are de-duplicated in Redis by (record, change stamp) for ``WEBHOOK_DEDUPE_SECONDS``
@@ -36,7 +37,9 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import redis
 from fastapi import FastAPI, Request
@@ -55,7 +58,7 @@ from bridge.queues import (
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
 )
-from bridge.servicem8.webhooks import handshake, servicem8_hints
+from bridge.servicem8.webhooks import delivery_time, handshake, servicem8_hints
 from bridge.store import Stores
 from bridge.store.hints import Arrival
 from bridge.web.activation import activation_for, add_activation_routes
@@ -106,10 +109,11 @@ class Reply:
         return JSONResponse(self.body, status_code=self.status)
 
 
-def _changed_at(stamp: str) -> str:
-    """The change time a ServiceM8 hint's stamp starts with (``time|fields``), or ""."""
-    head = stamp.split("|", 1)[0].strip()
-    return head if SM8_STAMP.match(head) else ""
+def _zone(name: str | None) -> tzinfo | None:
+    try:
+        return ZoneInfo(name) if name else None
+    except (ZoneInfoNotFoundError, ValueError):
+        return None
 
 
 class Receiver:
@@ -196,10 +200,19 @@ class Receiver:
         elif window <= 0:
             self.send(TASKS[hint.kind], [hint.ref])
         else:
-            arrival = self.hints.add(hint.kind, hint.ref, _changed_at(hint.stamp), window)
+            arrival = self.hints.add(hint.kind, hint.ref, self._changed_at(hint.stamp), window)
             if arrival is not Arrival.NONE:
                 wait = window / 1000 if arrival is Arrival.AFTER_WINDOW else None
                 self.send(READ_HINTS, [hint.kind.removeprefix("servicem8.")], countdown=wait)
+
+    def _changed_at(self, stamp: str) -> str:
+        """The change time a ServiceM8 hint's stamp starts with (``time|fields``) as the
+        account's stamp, or "". Only a time with an offset (``…Z``) needs the account's zone,
+        read then from Redis where the connection's processes keep it."""
+        head = stamp.split("|", 1)[0].strip()
+        if not head or SM8_STAMP.match(head):
+            return delivery_time(head, None)
+        return delivery_time(head, _zone(self.activity.known_timezone()))
 
     def unusable(self, source: str, reason: str) -> Reply:
         """An authenticated delivery the bridge cannot use (unreadable, too large, another media
@@ -214,6 +227,29 @@ class Receiver:
     def _delivery_key(hint: Hint, raw: bytes) -> str:
         stamp = hint.stamp or "body:" + hashlib.sha256(raw).hexdigest()
         return hashlib.sha256(f"{hint.kind}|{hint.ref}|{stamp}".encode()).hexdigest()[:32]
+
+
+class NeverGone:
+    """ASGI wrapper: no answer of this app is ever a 410. ServiceM8 retries a failed delivery
+    for about three days but deletes a subscription at once on a 410
+    (docs/servicem8-api.md#webhooks), so whatever a route, FastAPI or a library would answer
+    410 goes out as 404 (logged, without the path: it holds the token)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def guarded(message: Any) -> None:
+            if message.get("type") == "http.response.start" and message.get("status") == 410:
+                log.error("web.gone_replaced", method=scope.get("method"))
+                message = {**message, "status": 404}
+            await send(message)
+
+        await self.app(scope, receive, guarded)
 
 
 class _Body(Exception):
@@ -260,6 +296,7 @@ def create_app(
     registry.register(StatusCollector(runtime))
     app = FastAPI(title="ServiceM8 ⇄ Coredination bridge", docs_url=None, redoc_url=None,
                   openapi_url=None)  # fmt: skip
+    app.add_middleware(NeverGone)
 
     @app.post("/webhooks/{source}/{token}", include_in_schema=False)
     async def webhook(source: str, token: str, request: Request) -> Response:

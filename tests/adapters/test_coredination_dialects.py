@@ -409,3 +409,19 @@ def test_the_staff_task_neither_retries_nor_dead_letters_a_missing_users_list(ap
     stores = app.bridge_runtime().stores
     assert stores.work.dead_letter_count() == 0
     assert stores.activity.stats()["staff.users_list_missing"] == 1
+
+
+def test_asked_staff_matches_failing_alike_hold_one_dead_letter(app, sm8_sim, cd_sim):
+    """Two asked matches differ only in when they were asked: one cause, one dead letter."""
+    from bridge.errors import Rejected
+
+    task = app.tasks[MATCH_STAFF]
+    refused = Rejected("refused", api="coredination", status=400, operation="user.list")
+    for n, asked in enumerate((1000.0, 1060.0)):
+        task.push_request(id=f"asked-{n}", args=[], kwargs={"asked_at": asked}, retries=0,
+                          called_directly=False, delivery_info={"routing_key": "q"})  # fmt: skip
+        try:
+            task._dead_letter(refused, asked, asked, "permanent error", 1)
+        finally:
+            task.pop_request()
+    assert app.bridge_runtime().stores.work.dead_letter_count() == 1

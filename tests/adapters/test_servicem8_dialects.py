@@ -5,6 +5,7 @@ supplied uuid, a refusal that answers 200 with ``success: false``, and the urgen
 
 from __future__ import annotations
 
+import threading
 import uuid as uuidlib
 from dataclasses import asdict
 from datetime import datetime
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import requests
 
-from bridge.errors import PermanentError, Rejected, RetryableError, Unavailable
+from bridge.errors import PermanentError, Rejected, RetryableError, Unavailable, Unconfirmed
 from bridge.servicem8 import ServiceM8Client
 from bridge.servicem8.classify import classify_servicem8
 from bridge.servicem8.client import UuidNotKept
@@ -31,6 +32,7 @@ from bridge.simulators.servicem8 import (
 from bridge.sync import Engine, SyncContext
 from mappings.ids import cd_job_uuid
 from mappings.jobfields import allocation_time
+from tests import days
 from tests.conftest import SM8_KEY
 
 SYD = ZoneInfo("Australia/Sydney")
@@ -94,6 +96,8 @@ def test_the_default_reading_is_the_evidence_and_the_first_reading_is_kept():
         {"record_uuid_header": "client"},
         {"lost_delete_answer_rate": 1.5},
         {"lost_delete_answer_rate": True},
+        {"lost_create_answer_rate": -0.1},
+        {"duplicate_uuid": "overwrite"},
         {"delete_restores": 1},
     ],
 )
@@ -259,7 +263,11 @@ def test_a_delete_tried_again_after_its_answer_was_lost_sends_nothing(
     assert active(sm8_sim, allocations[0]) == 0
 
 
-def test_a_delete_that_never_lands_gives_up_retryable(sm8: ServiceM8Client, sm8_sim, allocations):
+def test_a_delete_that_did_not_land_is_not_sent_again_until_it_has_settled(
+    sm8: ServiceM8Client, sm8_sim, allocations
+):
+    """One DELETE per try: after a lost answer the record is read once more, and while it still
+    reads active the task is told to come back after the settle time, from a read."""
     sm8.transport.sleep = lambda seconds: None
     original, refused = sm8_sim._api_call, []
 
@@ -270,10 +278,40 @@ def test_a_delete_that_never_lands_gives_up_retryable(sm8: ServiceM8Client, sm8_
         return original(name, handler, request, params, conn)
 
     sm8_sim._api_call = fail_deletes
-    with pytest.raises(Unavailable, match="still active"):
+    with pytest.raises(Unconfirmed, match="still reads active") as caught:
         sm8.delete_allocation(allocations[0])
+    assert caught.value.settle == 2 * sm8.transport.timeout[1]
     assert active(sm8_sim, allocations[0]) == 1
-    assert len(refused) == 3 and sm8_sim.count("GET", "joballocation.get") == 4
+    assert len(refused) == 1 and sm8_sim.count("GET", "joballocation.get") == 2
+
+
+def test_a_delete_still_on_its_way_after_its_answer_failed_is_never_doubled(
+    sm8: ServiceM8Client, sm8_sim, allocations
+):
+    """A slow server: the DELETE's answer fails before the DELETE itself lands. Sending it again
+    at once would land second and restore the record; the client waits for it instead."""
+    sm8_sim.set_dialect(delete_restores=True)  # a second DELETE would restore it
+    sm8.transport.sleep = lambda seconds: None
+    original, landed = sm8_sim._api_call, threading.Event()
+
+    def late_deletes(name, handler, request, params, conn):
+        if request.method != "DELETE":
+            return original(name, handler, request, params, conn)
+
+        def land():
+            original(name, handler, request, params, conn=None)
+            landed.set()
+
+        threading.Timer(0.3, land).start()
+        return sm8_sim.error_reply(504, "Gateway timeout")
+
+    sm8_sim._api_call = late_deletes
+    with pytest.raises(Unconfirmed):
+        sm8.delete_allocation(allocations[0])
+    assert landed.wait(5)
+    sm8.delete_allocation(allocations[0])  # the task's retry, after the settle time: a read
+    assert sm8_sim.count("DELETE", "joballocation.delete") == 1
+    assert active(sm8_sim, allocations[0]) == 0 and sm8_sim.restored == {}
 
 
 def test_under_the_first_reading_a_delete_reads_then_deletes_once(sm8, sm8_sim, allocations):
@@ -361,12 +399,75 @@ def test_an_allocation_in_the_urgent_window_makes_an_all_day_coredination_job(
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
     sm8_sim.seed({"allocationwindow": [{**URGENT, "start_time": 0, "end_time": 0}]})
     row = biz.allocations[0]
-    urgent = {"allocation_date": "2026-12-01 00:00:00", "allocation_window_uuid": URGENT["uuid"]}
+    urgent = {"allocation_date": days.stamp(3), "allocation_window_uuid": URGENT["uuid"]}
     sm8_sim.update("joballocation", row["uuid"], urgent)
     engine = Engine(SyncContext(store, sm8, cd, store.jobs.ns))
     engine.run_cycle()
     cd_job = next(j for j in cd_sim.snapshot()["jobs"]
                   if j["uuid"] == cd_job_uuid(engine.ctx.ns, biz.jobs[0]))  # fmt: skip
-    midnight = int(datetime(2026, 12, 1, tzinfo=SYD).timestamp() * 1000)
+    midnight = days.ms(3, tz=SYD)
     assert cd_job["allDay"] is True
     assert (cd_job["startTime"], cd_job["endTime"]) == (midnight, midnight)
+
+
+# --- a create whose uuid exists (docs/servicem8-api.md#writes) --------------------------------
+
+
+@pytest.mark.parametrize(("answer", "status"), [("conflict", 409), ("refused", 400)])
+def test_a_repeated_create_is_answered_as_the_dialect_says(sm8_sim, job, answer, status):
+    sm8_sim.set_dialect(duplicate_uuid=answer, refusal_as_success=False)
+    wanted = _u()
+    body = {"uuid": wanted, "job_uuid": job}
+    assert raw(sm8_sim, "POST", "joballocation.json", json=body).status_code == 200
+    again = raw(sm8_sim, "POST", "joballocation.json", json={**body, "staff_uuid": _u()})
+    assert again.status_code == status and "already exists" in again.json()["message"]
+    assert sm8_sim.records["joballocation"][wanted]["staff_uuid"] == ""  # left as it was
+
+
+def test_under_the_first_reading_a_repeated_create_updates(sm8_sim, job):
+    play(sm8_sim, FIRST_READING)
+    wanted, staff = _u(), _u()
+    raw(sm8_sim, "POST", "joballocation.json", json={"uuid": wanted, "job_uuid": job})
+    again = raw(sm8_sim, "POST", "joballocation.json",
+                json={"uuid": wanted, "job_uuid": job, "staff_uuid": staff})  # fmt: skip
+    assert again.status_code == 200 and again.headers["x-record-uuid"] == wanted
+    assert sm8_sim.records["joballocation"][wanted]["staff_uuid"] == staff
+
+
+@pytest.mark.parametrize("answer", ["conflict", "refused"])
+def test_a_create_found_existing_and_ours_is_done_with_one_read(
+    sm8: ServiceM8Client, sm8_sim, job, answer
+):
+    sm8_sim.set_dialect(duplicate_uuid=answer)
+    wanted, staff = _u(), _u()
+    fields = {"job_uuid": job, "staff_uuid": staff, "active": 1}
+    assert sm8.create_allocation(fields, uuid=wanted) == wanted
+    sm8_sim.reset_counts()
+    assert sm8.create_allocation(fields, uuid=wanted) == wanted
+    assert sm8_sim.count("GET", "joballocation.get") == 1
+    assert sm8_sim.count("POST", "joballocation.update") == 0
+
+
+def test_a_create_found_deleted_is_revived_by_one_update(sm8: ServiceM8Client, sm8_sim, job):
+    wanted, staff = _u(), _u()
+    fields = {"job_uuid": job, "staff_uuid": staff, "active": 1, "allocation_date": "2026-12-07"}
+    sm8.create_allocation(fields, uuid=wanted)
+    sm8_sim.delete("joballocation", wanted)
+    sm8_sim.reset_counts()
+    assert sm8.create_allocation(fields, uuid=wanted) == wanted
+    assert sm8_sim.count("POST", "joballocation.update") == 1
+    assert active(sm8_sim, wanted) == 1
+
+
+def test_a_create_whose_answer_is_lost_is_repeated_and_read_back(
+    sm8: ServiceM8Client, sm8_sim, job
+):
+    sm8_sim.set_dialect(lost_create_answer_rate=1.0)
+    wanted = _u()
+    assert sm8.create_allocation({"job_uuid": job, "staff_uuid": _u()}, uuid=wanted) == wanted
+    assert sm8_sim.injected["lost_answer"] == 1 and sm8_sim.statuses[409] == 1
+    assert len([r for r in sm8_sim.records["joballocation"].values() if r["job_uuid"] == job]) == 1
+
+
+def test_a_create_without_a_uuid_of_its_own_is_never_answered_exists(sm8: ServiceM8Client, job):
+    assert sm8.create_allocation({"job_uuid": job}) != sm8.create_allocation({"job_uuid": job})

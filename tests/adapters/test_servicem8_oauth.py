@@ -269,7 +269,7 @@ def test_a_revoked_grant_raises_grant_revoked_and_tells_the_registry_why(
         _vendor_via(account_sim, keeper, cid)
     assert caught_revoked.value.status == 400
     assert revoked == [(cid, caught_revoked.value.reason)]
-    assert "invalid_grant" in revoked[0][1] and "add-on was removed" in revoked[0][1]
+    assert "invalid_grant" in revoked[0][1] and "add-on removed" in revoked[0][1]
     assert grants.load(cid) == grant  # nothing overwritten
     assert not redis_client.exists(Keys(cid).key(REFRESH_LOCK_KEY))
 

@@ -109,7 +109,7 @@ def test_every_request_passes_the_gate(settings, sm8_sim):
     calls: list[tuple[str, str]] = []
 
     class Gate:
-        def before_call(self, api):
+        def before_call(self, api, operation=""):
             calls.append(("before", api))
 
         def after_call(self, api, outcome):

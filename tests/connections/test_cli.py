@@ -325,3 +325,25 @@ def test_a_misspelt_setting_is_warned_about_with_the_nearest_name(run, monkeypat
     monkeypatch.setenv("WEBHOOK_TOKN", "x")
     told = run("connections", "list").output
     assert "WEBHOOK_TOKN is not a setting of the bridge; did you mean WEBHOOK_TOKEN?" in told
+
+
+def test_removing_an_oauth_connection_says_to_remove_the_add_on_in_servicem8(
+    run, redis_client, box, fleet_keys
+):
+    registry = ConnectionRegistry(redis_client, box, keys=fleet_keys)
+    run("connections", "add", "oauth-2", "--status", "authorised")
+    registry.update_grant("oauth-2", ACCESS, REFRESH, 1_800_000_000)
+    said = run("connections", "remove", "oauth-2", "--yes").output
+    assert "removed oauth-2" in said
+    assert "remove the add-on in ServiceM8" in " ".join(said.split())
+    assert "no revoke endpoint" in " ".join(said.split())
+    _add(run, "acme")  # an API key's connection: nothing to say about add-ons
+    assert "add-on" not in run("connections", "remove", "acme", "--yes").output
+
+
+def test_a_grant_no_longer_valid_says_why_in_both_readings():
+    from bridge.connections.activation import REVOKED_REASON
+
+    assert REVOKED_REASON == (
+        "grant no longer valid (add-on removed in ServiceM8, or authorised again elsewhere)"
+    )

@@ -14,6 +14,7 @@ from bridge.cli import app as cli
 from bridge.queues import sender
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
+from tests import days
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.e2e.conftest import Stack, eventually, expected_booking
 
@@ -209,8 +210,8 @@ def test_one_refused_job_holds_one_dead_letter_resolved_once_it_syncs(
         member = biz.staff[day % len(biz.staff)]
         sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
                                        "activity_was_scheduled": 1,
-                                       "start_date": f"2026-12-{day:02d} 09:00:00",
-                                       "end_date": f"2026-12-{day:02d} 10:00:00"})  # fmt: skip
+                                       "start_date": days.stamp(day, 9),
+                                       "end_date": days.stamp(day, 10)})  # fmt: skip
 
     book(refused, 20)
     eventually(lambda: stack.stores.work.dead_letters(), timeout=30)

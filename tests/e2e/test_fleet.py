@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from bench.harness import Stack, cd_resources, eventually, expected_resources
+from bench.harness import Stack, book_and_wait, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, ConnectionSecrets, SecretBox, new_key
 from bridge.connections.models import Connection
 from bridge.simulators.coredination import CoredinationSimulator
@@ -18,6 +18,7 @@ from bridge.simulators.servicem8 import ServiceM8Simulator
 from bridge.store import Stores
 from bridge.store.keys import FleetKeys, budget_key
 from mappings.ids import cd_job_uuid, connection_namespace
+from tests import days
 
 pytestmark = pytest.mark.e2e
 
@@ -123,7 +124,6 @@ def test_adding_a_connection_by_the_cli_leaves_the_environments_connection_synci
     import os
     import subprocess
     import sys
-    import time
 
     from tests.conftest import CD_KEY, SM8_KEY
 
@@ -150,23 +150,8 @@ def test_adding_a_connection_by_the_cli_leaves_the_environments_connection_synci
         )  # fmt: skip
         assert done.returncode == 0, done.stdout + done.stderr
 
-        job = biz.jobs[0]
-        taken = {a["staff_uuid"] for a in biz.allocations if a["job_uuid"] == job}
-        member = next((s for s in biz.staff if s["uuid"] not in taken), biz.staff[0])
-        sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
-                                       "activity_was_scheduled": 1,
-                                       "start_date": "2026-12-20 09:00:00",
-                                       "end_date": "2026-12-20 11:00:00"})  # fmt: skip
-        user = biz.user_for(member["uuid"])["id"]
-        made = time.monotonic()
-
-        def scheduled() -> bool:
-            cd_job = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, job)]]
-            return any(r["userId"] == user and r["state"] == "SCHEDULED"
-                       for r in cd_job["resources"])  # fmt: skip
-
-        eventually(scheduled, timeout=30)
-        print(f"\nthe environment's change reached Coredination in {time.monotonic() - made:.1f} s")
+        took = book_and_wait(sm8_sim, cd_sim, biz, ns, days.stamp(13, 9), days.stamp(13, 11))
+        print(f"\nthe environment's change reached Coredination in {took:.1f} s")
         eventually(lambda: len(north_cd.jobs) == 2, timeout=60)  # the new one syncs as well
     finally:
         stack.stop()

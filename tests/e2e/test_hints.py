@@ -12,13 +12,14 @@ from bridge.process.runtime import build
 from bridge.queues import READ_HINTS, sender
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
+from tests import days
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.e2e.conftest import Stack, eventually
 
 TOKEN = "whk-e2e-hints-7d41c0"
 WINDOW_MS = 500
-FIXED = {"activity_was_scheduled": 1, "start_date": "2026-12-03 09:00:00",
-         "end_date": "2026-12-03 11:00:00"}  # fmt: skip
+FIXED = {"activity_was_scheduled": 1, "start_date": days.stamp(3, 9),
+         "end_date": days.stamp(3, 11)}  # fmt: skip
 
 
 def _reader(stack: Stack) -> str | None:

@@ -2,23 +2,30 @@
 receiver's activation page, the grant waits as an authorised connection that syncs nothing until
 an operator pairs it, then it syncs; its access token expires every few seconds and four worker
 processes refresh it exactly once per expiry; the add-on's removal pauses the connection with the
-reason. A forged or reused callback stores nothing, and no token reaches any output."""
+reason. A forged or reused callback stores nothing, and no token reaches any output. And an
+activation while the environment's own connection syncs another account on the same ServiceM8 host
+leaves that connection syncing."""
 
 from __future__ import annotations
 
 import itertools
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
 
-from bench.harness import Stack, cd_resources, eventually, expected_resources
+from bench.harness import Stack, book_and_wait, cd_resources, eventually, expected_resources
 from bridge.connections import ConnectionRegistry, SecretBox, new_key
 from bridge.connections.activation import ID_PREFIX, REVOKED_REASON
 from bridge.connections.models import Connection
 from bridge.redis.server import free_port
+from bridge.simulators.base import SimReply, SimRequest, SimServer
 from bridge.simulators.coredination import CoredinationSimulator
 from bridge.simulators.oauth import OAuthSimulator
 from bridge.simulators.scenario import seed_business
@@ -26,6 +33,7 @@ from bridge.simulators.servicem8 import ServiceM8Simulator
 from bridge.store import Stores
 from bridge.store.keys import FleetKeys
 from mappings.ids import cd_job_uuid, connection_namespace
+from tests import days
 
 pytestmark = pytest.mark.e2e
 
@@ -59,22 +67,31 @@ def stack(tmp_path, redis_url, oauth, account) -> Iterator[Stack]:
     sm8, cd = account
     port = free_port()
     oauth.redirect_uri = f"http://127.0.0.1:{port}/oauth/servicem8/callback"
-    stack = Stack(
-        tmp_path, redis_url, sm8, cd,
-        BRIDGE_SECRET_KEYS=new_key(),
-        SERVICEM8_OAUTH_CLIENT_ID=CLIENT_ID,
-        SERVICEM8_OAUTH_CLIENT_SECRET=CLIENT_SECRET,
-        SERVICEM8_OAUTH_REDIRECT_URI=oauth.redirect_uri,
-        SERVICEM8_OAUTH_AUTHORIZE_URL=oauth.authorize_url,
-        SERVICEM8_OAUTH_TOKEN_URL=oauth.token_url,
-        SERVICEM8_OAUTH_REFRESH_MARGIN_SECONDS=str(MARGIN),
-    )  # fmt: skip
+    stack = Stack(tmp_path, redis_url, sm8, cd, **_oauth_env(oauth))
     # The environment's own connection points at this same simulator with keys it refuses:
     # paused, so that only the grant's connection talks to it.
     _registry(stack).add(Connection(id=stack.connection, keys="environment", status="paused",
                                     reason="not this test's account"))  # fmt: skip
     stack.web_base = stack.web(port)  # type: ignore[attr-defined]
     yield stack
+    _teardown(stack)
+
+
+def _oauth_env(oauth: OAuthSimulator) -> dict[str, str]:
+    """The add-on's registration with the simulator's OAuth server, and a key for the grants."""
+    return {
+        "BRIDGE_SECRET_KEYS": new_key(),
+        "SERVICEM8_OAUTH_CLIENT_ID": CLIENT_ID,
+        "SERVICEM8_OAUTH_CLIENT_SECRET": CLIENT_SECRET,
+        "SERVICEM8_OAUTH_REDIRECT_URI": oauth.redirect_uri,
+        "SERVICEM8_OAUTH_AUTHORIZE_URL": oauth.authorize_url,
+        "SERVICEM8_OAUTH_TOKEN_URL": oauth.token_url,
+        "SERVICEM8_OAUTH_REFRESH_MARGIN_SECONDS": str(MARGIN),
+    }
+
+
+def _teardown(stack: Stack) -> None:
+    """The processes stopped, then every registry connection's keys and the registry's."""
     stack.stop()
     keys = FleetKeys.for_deployment(stack.connection)
     for connection in stack.client.hkeys(keys.connections):
@@ -184,3 +201,91 @@ def test_activation_pairing_sync_refresh_and_revocation(stack, oauth, account):
     assert leaks == []
     for code in parse_qs(urlsplit(callback).query)["code"]:
         assert code not in logs
+
+
+class ServiceM8Host(SimServer):
+    """ServiceM8's one API host: every account is reached at the same base URL (the one an
+    activation stores, the environment's ``SERVICEM8_BASE_URL``) and the credential says which.
+    A simulator holds one account, so each request goes whole to the account that accepts its
+    API key or access token, and is answered with that account's records, limits and counts;
+    one that no account accepts goes to the first, which refuses it."""
+
+    name = "servicem8-host"
+
+    def __init__(self, *accounts: ServiceM8Simulator) -> None:
+        super().__init__()
+        self.accounts = accounts
+
+    def dispatch(
+        self, request: SimRequest, conn: BaseHTTPRequestHandler | None = None
+    ) -> SimReply | None:
+        held = next((a for a in self.accounts if a.authenticate(request)), self.accounts[0])
+        return held.dispatch(request, conn)
+
+    def api_url(self) -> str:
+        return f"{self.root_url}/api_1.0"
+
+
+def test_adding_a_connection_by_an_activation_leaves_the_environments_connection_syncing(
+    tmp_path, redis_url, oauth, account, sm8_sim, cd_sim
+):
+    """The environment's connection syncs its own account (its API key) when a person activates
+    the add-on for a second account on the same ServiceM8 host (a grant), and an operator pairs
+    it: a booking made after the addition still reaches the environment's Coredination within
+    its usual poll time, its connection stays active and commands still know it, and the new one
+    syncs its own account into its own Coredination."""
+    from tests.conftest import CD_KEY as ENV_CD_KEY
+    from tests.conftest import SM8_KEY
+
+    granted_sm8, granted_cd = account
+    host = ServiceM8Host(sm8_sim, granted_sm8).start()
+    port = free_port()
+    oauth.redirect_uri = f"http://127.0.0.1:{port}/oauth/servicem8/callback"
+    stack = Stack(tmp_path, redis_url, host, cd_sim, sm8_key=SM8_KEY, cd_key=ENV_CD_KEY,
+                  **_oauth_env(oauth))  # fmt: skip
+    registry = _registry(stack)
+    try:
+        # The environment's connection, alone, syncing and in step.
+        biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=2, allocations=2)
+        stack.worker(concurrency=2)
+        stack.beat()
+        ns = connection_namespace(stack.connection)
+        eventually(lambda: cd_resources(cd_sim) == expected_resources(biz, ns), timeout=60)
+
+        # A person adds the add-on for the second account, through the web receiver.
+        granted_biz = seed_business(granted_sm8, granted_cd, staff=2, jobs=2, allocations=2)
+        base = stack.web(port)
+        done = requests.get(_approve(base), timeout=10)
+        assert done.status_code == 200, done.text
+        added = ID_PREFIX + granted_sm8.vendor_uuid.lower()
+        assert added in done.text
+        connection = registry.get(added)
+        assert (connection.status, connection.servicem8_base_url) == ("authorised", host.api_url())
+        assert registry.get(stack.connection).status == "active"
+        registry.pair(added, granted_cd.api_url(), CD_KEY)  # an operator pairs it: it syncs
+
+        took = book_and_wait(sm8_sim, cd_sim, biz, ns, days.stamp(13, 9), days.stamp(13, 11))
+        print(f"\nthe environment's change reached Coredination in {took:.1f} s")
+
+        # The new connection syncs its own account, and no job crosses between the two.
+        granted_ns = connection_namespace(added)
+        eventually(lambda: cd_resources(granted_cd) == expected_resources(granted_biz, granted_ns),
+                   timeout=60)  # fmt: skip
+        assert set(cd_resources(cd_sim)) == set(expected_resources(biz, ns))
+
+        # The environment's connection is still active, and a command still knows it.
+        assert registry.get(stack.connection).status == "active"
+        assert registry.get(added).status == "active"
+        shown = subprocess.run(
+            [sys.executable, "-m", "bridge", "-c", stack.connection, "status", "--json"],
+            env=stack.env, cwd=tmp_path, capture_output=True, text=True,
+            timeout=60,
+        )  # fmt: skip
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        status = json.loads(shown.stdout)
+        assert (status["connection"], status["links"], status["paused"]) == (
+            stack.connection, len(biz.jobs), {})  # fmt: skip
+        assert status["accounts"]["servicem8"] == sm8_sim.vendor_uuid  # its own, not the grant's
+    finally:
+        _teardown(stack)
+        host.stop()

@@ -19,6 +19,7 @@ from bench.harness import free_port
 from bridge.cli.demo import healthy
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, connection_namespace
+from tests import days
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.e2e.conftest import eventually
 
@@ -77,8 +78,8 @@ def test_bridge_run_on_embedded_redis_syncs_a_webhooked_booking_and_stops_cleanl
         user = biz.user_for(member["uuid"])["id"]
         sm8_sim.create("jobactivity", {"job_uuid": job, "staff_uuid": member["uuid"],
                                        "activity_was_scheduled": 1,
-                                       "start_date": "2026-12-03 09:00:00",
-                                       "end_date": "2026-12-03 11:00:00"})  # fmt: skip
+                                       "start_date": days.stamp(3, 9),
+                                       "end_date": days.stamp(3, 11)})  # fmt: skip
 
         def scheduled() -> bool:
             cd_job = cd_sim.jobs[cd_sim.by_uuid[cd_job_uuid(ns, job)]]
@@ -139,6 +140,10 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
     assert len(finished) == summary["pairs_in_step"]["finished"]
     assert Counter(str(a["staff_uuid"]) for a in live)  # allocations spread over staff
     assert summary["problems"] == [] and summary["answered_429"] == 0
+    # A year of finished work: previewed as left out, and nothing of it in Coredination.
+    assert summary["servicem8_history_jobs"] == 5 and summary["servicem8_history_bookings"] == 10
+    assert "preview of the first sync (nothing written)" in result.stdout
+    assert "left out as finished work: 5 job(s)" in result.stdout
     for line in ("SCHEDULED on the job", "allocation deleted", "user unscheduled",
                  "completion time set", "the job set to 13:00-15:00 exactly",
                  "fixed booking"):  # fmt: skip

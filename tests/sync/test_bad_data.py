@@ -11,6 +11,7 @@ from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid
 from mappings.state import JobRecord
 from mappings.transitions import Change
+from tests import days
 
 MISSING_JOB = "00000000-0000-4000-8000-000000000000"
 MISSING_STAFF = "11111111-1111-4111-8111-111111111111"
@@ -44,7 +45,7 @@ def test_bad_records_are_parked_with_reasons_and_the_rest_syncs(engine, sm8_sim,
         engine.push_allocation(impossible)
 
     # Fixed upstream: the next poll reads it, un-parks it and syncs it.
-    sm8_sim.update("joballocation", impossible, {"allocation_date": "2026-12-20 00:00:00"})
+    sm8_sim.update("joballocation", impossible, {"allocation_date": days.stamp(13)})
     engine.run_cycle(match_staff=False)
     assert store.parked.invalid() == {}
     user = biz.user_for(biz.allocations[0]["staff_uuid"])["id"]
@@ -64,7 +65,7 @@ def test_unknown_resource_state_and_a_deleted_job_do_not_stop_the_others(engine,
     engine.ctx.stores.jobs.mark_dirty([biz.jobs[1]])
     fresh = sm8_sim.create("joballocation", {"job_uuid": biz.jobs[2],
                                              "staff_uuid": biz.staff[1]["uuid"],
-                                             "allocation_date": "2026-12-22 00:00:00"})  # fmt: skip
+                                             "allocation_date": days.stamp(15)})  # fmt: skip
     report = engine.run_cycle(match_staff=False)
     assert report.counts["skipped.unknown_resource_state"] >= 1
     assert report.counts["skipped.job_missing"] == 1

@@ -8,7 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from bridge.errors import BudgetExhausted
+from bridge.errors import BudgetExhausted, ScopeMissing
 from bridge.http import Outcome
 from bridge.http.accounts import AccountIds
 from bridge.http.budget import Budget, Window, priority, servicem8_windows
@@ -166,6 +166,38 @@ def test_bad_credentials_pause_the_api_and_say_why(budget, store):
     assert b.pause("servicem8")["kind"] == "auth"
 
 
+def test_a_402_holds_the_api_for_hours_not_minutes(budget):
+    b = budget([Window("minute", 100, 60)], auth_pause_seconds=300, clock=time.time)
+    b.after_call("servicem8", Outcome("unpaid", "HTTP 402: Account not in good standing"))
+    pause = b.pause("servicem8")
+    assert pause["kind"] == "unpaid" and "held for 4 h" in pause["reason"]
+    assert pause["until"] - time.time() == pytest.approx(4 * 3600, abs=5)
+
+
+def test_refusals_of_one_record_or_of_webhooks_pause_nothing(budget):
+    b = budget([Window("minute", 100, 60)], clock=time.time)
+    for kind in ("forbidden", "webhooks_refused"):
+        b.after_call("servicem8", Outcome(kind, "HTTP 403: Access forbidden."))
+    assert b.pause("servicem8") is None
+    b.before_call("servicem8", "job.get")
+
+
+def test_a_missing_scope_blocks_that_operation_alone_and_says_which_scope(budget):
+    b = budget([Window("minute", 100, 60)], clock=time.time)
+    b.after_call("servicem8", Outcome("scope_missing", "HTTP 403: insufficient_scope",
+                                      scope="manage_schedule",
+                                      operation="jobactivity.create"))  # fmt: skip
+    with pytest.raises(ScopeMissing, match="manage_schedule") as refused:
+        b.before_call("servicem8", "jobactivity.create")  # refused unsent
+    assert refused.value.scope == "manage_schedule"
+    b.before_call("servicem8", "jobactivity.list")  # the rest goes on
+    b.before_call("servicem8", "joballocation.create")
+    assert b.pause("servicem8") is None
+    (row,) = b.blocks("servicem8").values()
+    assert row["scope"] == "manage_schedule"
+    assert list(b.blocks("servicem8")) == ["jobactivity.create"]
+
+
 def test_deferred_work_is_handed_out_once_when_due(store):
     now = time.time()
     store.work.defer(now - 1, {"task": "bridge.sync.job", "args": ["a"]})
@@ -173,3 +205,31 @@ def test_deferred_work_is_handed_out_once_when_due(store):
     assert [m["args"] for m in store.work.take_due(now)] == [["a"]]
     assert store.work.take_due(now) == []
     assert store.work.deferred_count() == 1
+
+
+def test_a_lists_later_pages_wait_for_their_window_instead_of_giving_up(
+    budget, clock, settings, sm8_sim
+):
+    """A first poll of a large account reads more pages than a window allows: each page after
+    the first waits in place for its slot (up to a minute), so the pages read are not thrown
+    away and read again; the first page still defers at once, as any call does."""
+    import uuid as uuidlib
+
+    from bridge.servicem8 import ServiceM8Client
+
+    b = budget([Window("10s", 2, 10, margin=0)], max_sleep=0.5)
+    client = ServiceM8Client.from_settings(settings)
+    client.transport.gate = b
+    client.tz  # noqa: B018 - the account's timezone read first: it is a call too
+    worked = [{"uuid": str(uuidlib.uuid4()), "activity_was_recorded": "1",
+               "job_uuid": str(uuidlib.uuid4())} for _ in range(2_100)]  # fmt: skip
+    sm8_sim.seed({"jobactivity": worked})
+    clock.now += 20  # a fresh window
+    started = clock.now
+    assert len(list(client.iter_activities())) == 2_100  # three pages, two slots a window
+    assert clock.now - started >= 9.5  # the third page waited for the window
+    clock.now += 20
+    b.before_call("servicem8")
+    b.before_call("servicem8")  # the window spent by other work
+    with pytest.raises(BudgetExhausted):  # a first page does not wait: its task defers
+        list(client.iter_activities())

@@ -44,6 +44,9 @@ SM8_DIALECTS: dict[str, dict[str, object]] = {
     "allocation webhooks": {"allocation_webhooks": True},
     "DELETE never restores": {"delete_restores": False},
     "DELETE answers lost": {"lost_delete_answer_rate": 0.3},
+    "create answers lost": {"lost_create_answer_rate": 0.3},
+    "delivery times in UTC": {"delivery_time": "utc"},
+    "repeated create refused": {"duplicate_uuid": "refused", "lost_create_answer_rate": 0.3},
     "refusals as 4xx": {"refusal_as_success": False},
     "null clears dates": {"null_clears": True},
 }

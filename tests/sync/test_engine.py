@@ -10,10 +10,14 @@ import time
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import pytest
+from redis.exceptions import LockError
 from redis.lock import Lock
 
 from bridge.simulators.scenario import seed_business
+from bridge.sync.context import Lease
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
+from tests import days
 
 SYD = ZoneInfo("Australia/Sydney")
 
@@ -49,9 +53,11 @@ def test_job_time_comes_from_the_earliest_dated_allocation(engine, sm8_sim, cd_s
     biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
     engine.run_cycle()
     job = _cd_jobs_by_uuid(cd_sim)[cd_job_uuid(engine.ctx.ns, biz.jobs[0])]
-    # allocation 0: 2026-12-01 with the "Early Morning" window (07:00-09:00), Sydney time
-    assert job["startTime"] == int(datetime(2026, 12, 1, 7, tzinfo=SYD).timestamp() * 1000)
-    assert job["endTime"] == int(datetime(2026, 12, 1, 9, tzinfo=SYD).timestamp() * 1000)
+    # allocation 0: the seed's first day with the "Early Morning" window (07:00-09:00), Sydney
+    assert biz.day0 is not None
+    first = biz.day0.replace(tzinfo=SYD)
+    assert job["startTime"] == int(first.replace(hour=7).timestamp() * 1000)
+    assert job["endTime"] == int(first.replace(hour=9).timestamp() * 1000)
     assert job["title"].endswith(
         sm8_sim.records["job"][biz.jobs[0]]["job_description"].splitlines()[0]
     )
@@ -269,7 +275,7 @@ def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
     before = engine.ctx.stores.jobs.load(job)
     free = next(s for s in biz.staff if s["uuid"] != biz.allocations[0]["staff_uuid"])
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
-                                     "allocation_date": "2026-12-22 00:00:00"})  # fmt: skip
+                                     "allocation_date": days.stamp(15)})  # fmt: skip
     engine.poll_servicem8()
     monkeypatch.setattr(Lock, "owned", lambda self: False)  # another worker took the job over
     engine.sync_job(job)
@@ -320,7 +326,9 @@ def test_planned_polls_give_the_poll_only_object_the_budget_and_record_the_plan(
     engine.run_cycle()
     all_day = PollBudget(20_000, 0.5, clock_time(0), clock_time(23, 59), 5.0, 300.0)
     engine.ctx.options = replace(engine.ctx.options, poll_budget=all_day)
-    activity, now = engine.ctx.stores.activity, time.time()
+    activity, tz = engine.ctx.stores.activity, engine.ctx.tz
+    # Noon in the account's zone today: busy hours, and a day's rest to spread the share over.
+    now = datetime.combine(datetime.now(tz).date(), clock_time(12), tzinfo=tz).timestamp()
     activity.set_subscription("servicem8.joballocation", "poll-only: refused (HTTP 400)")
     activity.set_subscription("servicem8.job", "active")
     activity.set_subscription("servicem8.jobactivity", "active")
@@ -363,3 +371,34 @@ def test_with_servicem8_paused_before_its_timezone_is_known_coredination_is_stil
     engine.poll_due({"coredination": 60.0})
     assert cd_sim.count("GET", "job.list") == 1
     assert engine.ctx.stores.activity.cursor("polled:coredination") is not None
+
+
+def test_a_sync_whose_lease_is_taken_after_it_decided_sends_no_write(
+    engine, sm8_sim, cd_sim, monkeypatch
+):
+    """A worker starved of CPU between deciding a write and sending it: another worker took the
+    job meanwhile. The fence renews the lease as the write leaves, finds it gone, and nothing is
+    sent; the task retries from a read (the LockError)."""
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=1, allocations=1)
+    engine.run_cycle()
+    job = biz.jobs[0]
+    free = next(s for s in biz.staff if s["uuid"] != biz.allocations[0]["staff_uuid"])
+    sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
+                                     "allocation_date": days.stamp(15)})  # fmt: skip
+    engine.poll_servicem8()
+    stores, renew = engine.ctx.stores, Lease.renew
+
+    def renew_then_lose(lease):
+        renew(lease)  # the sync's own renewal as it decides: still ours
+        stores.redis.set(stores.keys.job_lock(job), "another-worker", px=60_000)
+
+    monkeypatch.setattr(Lease, "renew", renew_then_lose)
+    cd_sim.reset_counts()
+    with pytest.raises(LockError):
+        engine.sync_job(job)
+    assert cd_sim.write_count() == 0, cd_sim.counts  # no write of any kind
+    monkeypatch.setattr(Lease, "renew", renew)
+    stores.redis.delete(stores.keys.job_lock(job))  # the other worker is done
+    engine.sync_job(job)  # the retry, from a read
+    user = biz.user_for(free["uuid"])["id"]
+    assert _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job))[user] == "SCHEDULED"

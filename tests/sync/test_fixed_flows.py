@@ -4,23 +4,23 @@ the earliest of either, bookings made back from Coredination, opened bookings, d
 
 from __future__ import annotations
 
-from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from bridge.errors import Rejected
 from bridge.simulators.scenario import seed_business
 from mappings.ids import cd_job_uuid, sm8_activity_uuid
+from tests import days
 
 SYD = ZoneInfo("Australia/Sydney")
 EMPTY = "0000-00-00 00:00:00"
 
 
 def _ms(day: int, hour: int) -> int:
-    return int(datetime(2026, 12, day, hour, tzinfo=SYD).timestamp() * 1000)
+    return days.ms(day, hour, tz=SYD)  # upcoming: day 1 is tomorrow
 
 
 def _stamp(day: int, hour: int) -> str:
-    return f"2026-12-{day:02d} {hour:02d}:00:00"
+    return days.stamp(day, hour, tz=SYD)
 
 
 def _cd_job(cd_sim, uuid):
@@ -69,7 +69,7 @@ def test_a_fixed_booking_schedules_the_user_at_its_exact_time_and_moves_the_job(
 
     # Another live booking of the same person keeps her scheduled when this one goes.
     other = sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": ava,
-                                             "allocation_date": "2026-12-04 00:00:00"})  # fmt: skip
+                                             "allocation_date": _stamp(4, 0)})  # fmt: skip
     _cycle(engine)
     sm8_sim.delete("jobactivity", booking)
     sm8_sim.reset_counts()
@@ -87,7 +87,7 @@ def test_the_job_starts_at_the_earliest_booking_of_either_kind(engine, sm8_sim, 
                    if w["name"] == "Morning")  # fmt: skip  # 08:00-12:00
     _fixed(sm8_sim, job, ben, 3, 9, 11)
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": ava,
-                                     "allocation_date": "2026-12-02 00:00:00",
+                                     "allocation_date": _stamp(2, 0),
                                      "allocation_window_uuid": morning["uuid"]})  # fmt: skip
     _cycle(engine)
     cd = _cd_job(cd_sim, cd_job)
@@ -224,7 +224,7 @@ def test_a_deleted_job_books_nobody_and_a_restored_one_books_them_again(engine, 
     job, cd_job, [(ava, ava_id), (ben, ben_id), (cat, cat_id)] = _one_job(sm8_sim, cd_sim, engine)
     _fixed(sm8_sim, job, ava, 3, 9, 11)
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": ben,
-                                     "allocation_date": "2026-12-03 00:00:00"})  # fmt: skip
+                                     "allocation_date": _stamp(3, 0)})  # fmt: skip
     _cycle(engine)
     assert _resources(cd_sim, cd_job) == {ava_id: "SCHEDULED", ben_id: "SCHEDULED"}
 

@@ -10,10 +10,11 @@ from bridge.queues import READ_HINTS
 from bridge.simulators.scenario import seed_business
 from bridge.store.hints import Arrival
 from mappings.ids import cd_job_uuid
+from tests import days
 from tests.sync.conftest import documented, post
 
-FIXED = {"activity_was_scheduled": 1, "start_date": "2026-12-02 09:00:00",
-         "end_date": "2026-12-02 11:00:00"}  # fmt: skip
+FIXED = {"activity_was_scheduled": 1, "start_date": days.stamp(2, 9),
+         "end_date": days.stamp(2, 11)}  # fmt: skip
 
 
 def _activities(sm8_sim, biz, n):
@@ -56,6 +57,35 @@ def test_many_hints_cost_one_list_read_and_every_booking_reaches_coredination(
     people = {r["userId"] for j in cd_sim.snapshot()["jobs"] for r in j["resources"]}
     assert people == {u["id"] for u in biz.users}
     assert store.hints.oldest_ms("servicem8.jobactivity") is None
+
+
+def test_hints_of_an_object_whose_change_filter_is_refused_are_read_one_by_one(
+    engine, store, sm8_sim, cd_sim
+):
+    """The list read with ``edit_date`` answers 400 Unsupported $filter field: the refusal is
+    recorded as the poll records it (status shows it), the hinted records are read by id, and
+    the next batch does not ask the list again; nothing is dead-lettered (found by a chaos
+    run with the hostile dialect)."""
+    biz = seed_business(sm8_sim, cd_sim, staff=3, jobs=3, allocations=0)
+    engine.run_cycle()
+    sm8_sim.set_dialect(edit_date_filter_refused="jobactivity")
+    made = _activities(sm8_sim, biz, 4)
+    for uuid in made:
+        _hint(store, sm8_sim, uuid)
+    sm8_sim.reset_counts()
+    dirty, waiting = engine.read_hints("jobactivity", lease_ms=1000)
+    assert waiting == 0 and dirty == set(biz.jobs)
+    assert sm8_sim.count("GET", "jobactivity.list") == 1  # refused
+    assert sm8_sim.count("GET", "jobactivity.get") == 4
+    state = store.activity.object_states()["servicem8.jobactivity.filter"]
+    assert state["refused"] is True and "Unsupported $filter field" in state["reason"]
+    more = _activities(sm8_sim, biz, 2)
+    for uuid in more:
+        _hint(store, sm8_sim, uuid)
+    sm8_sim.reset_counts()
+    engine.read_hints("jobactivity", lease_ms=1000)
+    assert sm8_sim.count("GET", "jobactivity.list") == 0  # not asked again
+    assert sm8_sim.count("GET", "jobactivity.get") == 2
 
 
 def test_one_hint_is_read_by_id(engine, store, sm8_sim, cd_sim):

@@ -164,3 +164,54 @@ def test_a_refusal_that_echoes_the_webhook_token_is_reported_without_it():
     report = Report(writes=True, probed_at=0.0)
     report.add("servicem8", "allocation_webhooks", "q?", f"refused: bad url /webhooks/x/{TOKEN}")
     assert TOKEN not in json.dumps(report.as_dict())
+
+
+def _finding(report, name):
+    return next(f for f in report.findings if f.name == name)
+
+
+@pytest.mark.parametrize("replaces", [False, True], ids=["coexist", "replaced"])
+def test_the_scratch_subscriptions_leave_the_bridges_own_in_place_and_say_what_happened(
+    env, sm8_sim, monkeypatch, replaces
+):
+    from bridge.ops.subscriptions import subscribe_webhooks
+
+    if replaces:  # one subscription per object: a new one takes the old one's place
+        store = sm8_sim._store_subscription
+
+        def one_per_object(obj, fields, callback, unique_id):
+            sm8_sim.subscriptions[:] = [s for s in sm8_sim.subscriptions if s["object"] != obj]
+            store(obj, fields, callback, unique_id)
+
+        monkeypatch.setattr(sm8_sim, "_store_subscription", one_per_object)
+    with command_runtime() as rt:
+        subscribe_webhooks(rt)
+        before = sorted((s["object"], s["callback_url"]) for s in sm8_sim.subscriptions)
+        report = probe(rt, writes=True)
+    after = sorted((s["object"], s["callback_url"]) for s in sm8_sim.subscriptions)
+    assert after == before and all(s["active"] for s in sm8_sim.subscriptions)
+    assert report.left_behind == []
+    found = _finding(report, "subscriptions_coexist")
+    assert found.reading is (not replaces) and found.dialect is False
+    assert ("replaced the bridge's job, jobactivity" in found.saw) is replaces
+
+
+def test_without_subscriptions_of_its_own_the_probe_says_it_could_not_compare(env, sm8_sim):
+    with command_runtime() as rt:
+        report = probe(rt, writes=True)
+    found = _finding(report, "subscriptions_coexist")
+    assert found.reading is None and "no subscription" in found.saw
+    assert sm8_sim.subscriptions == []
+
+
+@pytest.mark.parametrize("ignored", ["joballocation", ""], ids=["ignored", "honoured"])
+def test_an_edit_date_filter_accepted_and_ignored_is_reported_as_ignored(env, sm8_sim, ignored):
+    sm8_sim.set_dialect(edit_date_filter_ignored=ignored)
+    with command_runtime() as rt:
+        report = probe(rt, writes=False)
+    found = _finding(report, "edit_date_filter_joballocation")
+    if ignored:
+        assert found.reading == "ignored" and "rows for a stamp in 2999" in found.saw
+    else:
+        assert found.reading is True and found.saw == "answered, no rows"
+    assert _finding(report, "edit_date_filter_jobactivity").reading is True

@@ -14,6 +14,7 @@ from bridge.sync.context import (
     CURSOR_SM8_JOBS,
 )
 from mappings.ids import cd_job_uuid
+from tests import days
 
 
 def _miss_everything_from_now(store):
@@ -33,7 +34,7 @@ def _drift_three_ways(ns, sm8_sim, cd_sim, biz):
     cd_sim.resource_op(cd_job_uuid(ns, kept["job_uuid"]), "unschedule", str(user))
     new_job = sm8_sim.create("job", {"job_address": "1 New St, Sydney NSW", "status": "Work Order"})
     sm8_sim.create("joballocation", {"job_uuid": new_job, "staff_uuid": biz.staff[0]["uuid"],
-                                     "allocation_date": "2026-12-24 00:00:00"})  # fmt: skip
+                                     "allocation_date": days.stamp(17)})  # fmt: skip
     return deleted, kept, new_job
 
 
@@ -83,7 +84,7 @@ def test_reconcile_finds_fixed_bookings_the_polls_missed(engine, sm8_sim, cd_sim
     sm8_sim.delete("jobactivity", gone["uuid"])
     new = sm8_sim.create("jobactivity", {
         "job_uuid": biz.jobs[3], "staff_uuid": biz.staff[0]["uuid"], "activity_was_scheduled": 1,
-        "start_date": "2026-12-24 09:00:00", "end_date": "2026-12-24 10:00:00",
+        "start_date": days.stamp(17, 9), "end_date": days.stamp(17, 10),
     })  # fmt: skip
     engine.run_cycle(match_staff=False)
     assert len(check(sm8_sim, cd_sim, engine.ctx.ns).problems) == 2  # the polls saw neither

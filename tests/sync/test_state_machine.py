@@ -10,14 +10,22 @@ between. After every sync nothing is booked twice by the bridge; in a quiet sync
 human action since the last one) the polls mark no job, nothing is written, both sides agree pair
 by pair, and syncing every job once more writes nothing either.
 
-The judge has its own presence table below: it imports none of the rules it judges (presence,
-decision, planners) nor any sync helper, only the derived job id (``mappings.ids``) to find the
-Coredination job, so a wrong rule cannot pass judgement on itself.
+Time passes by days too, bookings are made in the past as well as ahead, the office closes and
+reopens jobs, and the operator moves the horizon (``SCOPE_HORIZON_DAYS``): the bridge syncs only
+what is in scope (docs/scope.md). After every sync history has created no Coredination job, put
+nobody on one and taken nobody off, and no booking out of scope was deleted; in a quiet sync
+every pair with a booking in scope agrees.
+
+The judge has its own presence table and its own statement of scope below: it imports none of the
+rules it judges (presence, scope, decision, planners) nor any sync helper, only the derived job
+id (``mappings.ids``) to find the Coredination job, so a wrong rule cannot pass judgement on
+itself.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime, time, timedelta
 from typing import Any, Literal
 from zoneinfo import ZoneInfo
@@ -77,6 +85,31 @@ def servicem8_presence(allocations: list[dict[str, Any]], activities: list[dict[
     return SCHEDULED if any(r["allocation_date"] != EMPTY for r in open_(allocations)) else ASSIGNED
 
 
+# --- the judge's own statement of scope (docs/scope.md) -------------------------------------------
+SYNCED_STATUSES = ("Quote", "Work Order")  # the default SCOPE_JOB_STATUSES
+CLOSED = ("Completed", "Unsuccessful")
+
+
+def when(stamp: str) -> datetime | None:
+    return (
+        None
+        if stamp in (EMPTY, "")
+        else datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=TZ)
+    )
+
+
+def in_scope(row: dict[str, Any], horizon: datetime, job_open: bool) -> bool:
+    """A booking (live or not) that is current or upcoming: a fixed one ending after the
+    horizon, a flexible one dated on or after it, an undated one not completed on an open job."""
+    if "start_date" in row:
+        end = when(row["end_date"]) or when(row["start_date"])
+        return end is not None and end > horizon
+    dated = when(row["allocation_date"])
+    if dated is not None:
+        return dated >= horizon
+    return row["completion_timestamp"] == EMPTY and job_open
+
+
 def agree(servicem8: str, coredination: str, finishable: bool = False) -> bool:
     # Coredination has no way to finish a resource: finished work matches anyone still present;
     # and ServiceM8 has no way to finish a fixed booking: it matches a finished resource.
@@ -91,9 +124,10 @@ def agree(servicem8: str, coredination: str, finishable: bool = False) -> bool:
 JOB = st.integers(0, 2)
 PERSON = st.integers(0, 2)
 PICK = st.integers(0, 3)  # which of a pair's live bookings a person touches
-DATED = st.sampled_from(["all day", "window", "10:30"])
+DATED = st.sampled_from(["all day", "window", "10:30", "last week"])
 WHEN = st.just("undated") | DATED
-SLOT = st.sampled_from(["09:00-11:00", "13:00-15:00", "next day 08:00-09:00"])
+SLOT = st.sampled_from(["09:00-11:00", "13:00-15:00", "next day 08:00-09:00",
+                        "last week 09:00-11:00"])  # fmt: skip
 
 
 class SyncMachine(RuleBasedStateMachine):
@@ -123,6 +157,8 @@ class SyncMachine(RuleBasedStateMachine):
         self.engine.match_staff()
         assert self.stores.staff.staff_map().s2u == dict(zip(self.staff, self.users, strict=True))
         self.synced = False  # a sync ran and no one has acted since
+        self.horizon_days = 1  # SCOPE_HORIZON_DAYS, as the operator last set it
+        self.ever_in_scope: set[str] = set()  # jobs the judge found in scope at some sync
 
     def teardown(self) -> None:
         self.redis.close()
@@ -142,19 +178,27 @@ class SyncMachine(RuleBasedStateMachine):
         return [(j, u) for j in self.jobs for u in self.users
                 if u in self.cd.resources(self.cd_job(j))]  # fmt: skip
 
+    def tomorrow(self) -> datetime:
+        """Bookings are made from the clock's today: ahead (tomorrow on) or a week ago."""
+        today = datetime.fromtimestamp(self.clock(), TZ).date()
+        return datetime.combine(today + timedelta(days=1), time(0), tzinfo=TZ)
+
     def date(self, when: str) -> tuple[datetime | None, str]:
-        day = datetime.combine(START.date() + timedelta(days=1), time(0), tzinfo=TZ)
+        day = self.tomorrow()
         return {
             "undated": (None, ""),
             "all day": (day, ""),
             "window": (day, self.window),
             "10:30": (day + timedelta(days=1, hours=10, minutes=30), ""),
+            "last week": (day - timedelta(days=8), self.window),
         }[when]
 
     def slot(self, slot: str) -> tuple[datetime, datetime]:
-        day = datetime.combine(START.date() + timedelta(days=1), time(0), tzinfo=TZ)
+        day = self.tomorrow()
         if slot.startswith("next day "):
             day, slot = day + timedelta(days=1), slot.removeprefix("next day ")
+        if slot.startswith("last week "):
+            day, slot = day - timedelta(days=8), slot.removeprefix("last week ")
         start, end = (datetime.strptime(t, "%H:%M").time() for t in slot.split("-"))
         return (datetime.combine(day.date(), start, tzinfo=TZ),
                 datetime.combine(day.date(), end, tzinfo=TZ))  # fmt: skip
@@ -169,13 +213,60 @@ class SyncMachine(RuleBasedStateMachine):
     def deleted(self, job: str) -> bool:
         return self.sm8.records["job"][job]["active"] != 1
 
-    def judge(self, job: str, staff: str) -> tuple[str, bool]:
-        """The person's presence on the job in ServiceM8, and whether it is in step with a
-        person finished in Coredination (every live booking finished or fixed)."""
+    # --- the judge's scope ---------------------------------------------------------------------
+    def horizon(self) -> datetime:
+        """The start of the local day ``horizon_days`` before today, in the account's zone."""
+        today = datetime.fromtimestamp(self.clock(), TZ).date()
+        return datetime.combine(today - timedelta(days=self.horizon_days), time(0), tzinfo=TZ)
+
+    def job_open(self, job: str) -> bool:
+        record = self.sm8.records["job"][job]
+        return record["active"] == 1 and record.get("status") not in CLOSED
+
+    def left_out(self, job: str) -> bool:
+        return self.sm8.records["job"][job].get("status") not in SYNCED_STATUSES
+
+    def bookings(self, job: str, staff: str) -> list[dict[str, Any]]:
+        """Every booking row of the pair, live or not: allocations and fixed activities."""
+        flags = ("activity_was_recorded", "activity_was_automated")
+        activities = [r for r in self.sm8.activities(job, staff)
+                      if str(r["activity_was_scheduled"]) == "1"
+                      and all(str(r[f]) != "1" for f in flags)]  # fmt: skip
+        return self.sm8.allocations(job, staff) + activities
+
+    def speaks(self, job: str, staff: str) -> bool:
+        """Some booking of the pair, live or gone, is in scope (else its side is silent)."""
+        horizon, opened = self.horizon(), self.job_open(job)
+        return any(in_scope(r, horizon, opened) for r in self.bookings(job, staff))
+
+    def current(self, job: str, staff: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The pair's live allocations and fixed bookings in scope."""
+        horizon, opened = self.horizon(), self.job_open(job)
+        allocations = [r for r in live(self.sm8.allocations(job, staff))
+                       if in_scope(r, horizon, opened)]  # fmt: skip
+        activities = [r for r in fixed(self.sm8.activities(job, staff))
+                      if in_scope(r, horizon, opened)]  # fmt: skip
+        return allocations, activities
+
+    def job_in_scope(self, job: str) -> bool:
+        return (
+            not self.deleted(job)
+            and not self.left_out(job)
+            and any(a or f for a, f in (self.current(job, s) for s in self.staff))
+        )
+
+    def judge(self, job: str, staff: str, *, whole: bool = False) -> tuple[str, bool]:
+        """The person's presence on the job in ServiceM8 from their bookings in scope (every
+        live one with ``whole``), and whether it is in step with a person finished in
+        Coredination (every such booking finished or fixed)."""
         if self.deleted(job):  # nobody booked; work finished before it was deleted stays
             return ABSENT, True
-        allocations, activities = self.sm8.allocations(job, staff), self.sm8.activities(job, staff)
-        finishable = bool(live(allocations) or fixed(activities)) and not open_(allocations)
+        if whole:
+            allocations = live(self.sm8.allocations(job, staff))
+            activities = fixed(self.sm8.activities(job, staff))
+        else:
+            allocations, activities = self.current(job, staff)
+        finishable = bool(allocations or activities) and not open_(allocations)
         return servicem8_presence(allocations, activities), finishable
 
     def describe(self, job: str, staff: str, user: int) -> str:
@@ -240,6 +331,13 @@ class SyncMachine(RuleBasedStateMachine):
             self.clock.advance(STEP)
             self.sm8.open_booking(uuid)
 
+    @rule(job=JOB, status=st.sampled_from(["Work Order", "Quote", "Completed"]))
+    def office_sets_status(self, job: int, status: str) -> None:
+        """Closing a job takes it out of scope (it is left as it is); reopening brings it back."""
+        if self.sm8.records["job"][self.jobs[job]].get("status") != status:
+            self.act()
+            self.sm8._put("job", self.jobs[job], {"status": status})
+
     @rule(job=JOB, active=st.sampled_from([0, 1]))
     def office_deletes_or_restores_job(self, job: int, active: int) -> None:
         if self.sm8.records["job"][self.jobs[job]]["active"] != active:
@@ -268,13 +366,33 @@ class SyncMachine(RuleBasedStateMachine):
     # --- time and the bridge ---------------------------------------------------------------------
     @rule(minutes=st.sampled_from([2, 20]))
     def time_passes(self, minutes: int) -> None:
+        day = datetime.fromtimestamp(self.clock(), TZ).date()
         self.clock.advance(minutes * 60)
+        if datetime.fromtimestamp(self.clock(), TZ).date() != day:
+            self.synced = False  # a new day: bookings may have left scope since the last sync
+
+    @rule(days=st.sampled_from([1, 2, 3]))
+    def days_pass(self, days: int) -> None:
+        """Bookings age: yesterday's stay in scope (the default horizon), older ones leave it."""
+        self.clock.advance(days * 86_400)
+        self.synced = False
+
+    @rule(days=st.sampled_from([0, 1, 3]))
+    def operator_sets_horizon(self, days: int) -> None:
+        """SCOPE_HORIZON_DAYS changed: every job syncs once at the next cycle."""
+        if days != self.horizon_days:
+            self.horizon_days = days
+            options = self.engine.ctx.options
+            options.scope = replace(options.scope, horizon_days=days)
+            self.synced = False
 
     @rule(cycles=st.integers(1, 2))
     def sync(self, cycles: int) -> None:
         for _ in range(cycles):
             self.clock.advance(1.0)
+            before = self.world()
             self.engine.run_cycle(match_staff=False)
+            self.check_scope_kept(before)
         self.synced = True
         self.check_no_duplicate()
 
@@ -304,12 +422,50 @@ class SyncMachine(RuleBasedStateMachine):
         assert (self.sm8.writes(), self.cd.writes()) == writes, "a repeated sync wrote again"
 
     # --- the invariants --------------------------------------------------------------------------
+    def world(self) -> dict[str, Any]:
+        """What the judge reads before a cycle: each pair's Coredination presence, whether it
+        speaks (a booking in scope), and the booking rows in scope; jobs in scope."""
+        pairs: dict[tuple[str, str], tuple[str, bool]] = {}
+        for job in self.jobs:
+            resources = self.cd.resources(self.cd_job(job))
+            for staff, user in zip(self.staff, self.users, strict=True):
+                pairs[(job, staff)] = (CD_STATES[resources.get(user)], self.speaks(job, staff))
+        horizon = self.horizon()
+        admitted = {r["uuid"] for job in self.jobs for staff in self.staff
+                    for r in self.bookings(job, staff)
+                    if in_scope(r, horizon, self.job_open(job))}  # fmt: skip
+        active = {r["uuid"] for obj in ("joballocation", "jobactivity")
+                  for r in self.sm8.records[obj].values() if r["active"] == 1}  # fmt: skip
+        scoped = {job for job in self.jobs if self.job_in_scope(job)}
+        self.ever_in_scope |= scoped
+        return {"pairs": pairs, "admitted": admitted, "active": active, "scoped": scoped}
+
+    def check_scope_kept(self, before: dict[str, Any]) -> None:
+        """What the bridge did in one cycle (no one else acted): history created no
+        Coredination job, put nobody on a job, took nobody off, and lost no booking."""
+        for job in self.jobs:
+            if self.cd.job(self.cd_job(job)) is not None:
+                assert job in self.ever_in_scope, f"a job never in scope was linked: {job}"
+            for staff, user in zip(self.staff, self.users, strict=True):
+                was, spoke = before["pairs"][(job, staff)]
+                now = CD_STATES[self.cd.resources(self.cd_job(job)).get(user)]
+                if was == ABSENT and now != ABSENT:
+                    allocations, activities = self.current(job, staff)
+                    assert allocations or activities, (
+                        f"put on a job by history: {self.describe(job, staff, user)}"
+                    )
+                if was != ABSENT and now == ABSENT and not self.deleted(job):
+                    assert spoke, f"taken off by history: {self.describe(job, staff, user)}"
+        active = {r["uuid"] for obj in ("joballocation", "jobactivity")
+                  for r in self.sm8.records[obj].values() if r["active"] == 1}  # fmt: skip
+        lost = before["active"] - active
+        assert lost <= before["admitted"], f"bookings out of scope deleted: {sorted(lost)}"
+
     def check_no_duplicate(self) -> None:
         for job in self.jobs:
             for staff, user in zip(self.staff, self.users, strict=True):
-                rows = open_(self.sm8.allocations(job, staff)) + fixed(
-                    self.sm8.activities(job, staff)
-                )
+                allocations, activities = self.current(job, staff)
+                rows = open_(allocations) + activities  # history next to a new one is none
                 ours = [r for r in rows if r["uuid"] in self.sm8.by_bridge]
                 assert not (ours and len(rows) > 1), (
                     f"duplicate booking: {self.describe(job, staff, user)}"
@@ -319,10 +475,24 @@ class SyncMachine(RuleBasedStateMachine):
         pending = self.stores.parked.pending()
         for job in self.jobs:
             resources = self.cd.resources(self.cd_job(job))
+            if self.job_in_scope(job):
+                assert self.cd.job(self.cd_job(job)) is not None, f"job in scope not linked: {job}"
+            if self.left_out(job) and not self.deleted(job):
+                continue  # its status is not synced: left as it is
             for staff, user in zip(self.staff, self.users, strict=True):
+                if (
+                    not self.deleted(job)
+                    and self.bookings(job, staff)
+                    and not self.speaks(job, staff)
+                ):
+                    continue  # silent: history is left as it is (no booking at all: absent)
                 servicem8, finishable = self.judge(job, staff)
                 coredination = CD_STATES[resources.get(user)]
                 if agree(servicem8, coredination, finishable):
+                    continue
+                # A presence only bookings leaving scope moved is kept (no one unscheduled):
+                # in step with every live booking, as before they left.
+                if agree(*self.judge(job, staff, whole=True)[:1], coredination):
                     continue
                 # The return-visit rule: Coredination kept a resource at work out of the
                 # bridge's last op on it (the fake says so, not the bridge), and the bridge

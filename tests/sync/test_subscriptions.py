@@ -149,3 +149,41 @@ def test_an_empty_webhook_token_is_no_token(env, sm8_sim, monkeypatch):
     assert result.exit_code == 2
     assert "WEBHOOK_PUBLIC_URL and WEBHOOK_TOKEN are needed" in result.output
     assert sm8_sim.count() == 0
+
+
+def test_a_subscription_listed_with_other_fields_than_the_rules_read_is_posted_again(
+    env, sm8_sim, receiver, monkeypatch
+):
+    from bridge.servicem8 import webhooks
+
+    with command_runtime() as rt:
+        subscribe_webhooks(rt)
+        job_sub = next(s for s in sm8_sim.subscriptions if s["object"] == "job")
+        uuid_before = job_sub["uuid"]
+        # A release reads one more job field than the subscription was posted with.
+        wanted = [*webhooks.SUBSCRIBED_FIELDS["job"], "status"]
+        monkeypatch.setitem(webhooks.SUBSCRIBED_FIELDS, "job", wanted)
+        sm8_sim.reset_counts()
+        health = check_subscriptions(rt)
+        assert rt.stores.activity.stats()["webhook.servicem8.fields_updated"] == 1
+    assert (
+        health["servicem8.job"]["active"] is True and health["servicem8.job"]["fields_updated_at"]
+    )
+    assert "fields_updated_at" not in health["servicem8.jobactivity"]  # as the rules read: left
+    assert sm8_sim.count("POST", "webhook.subscribe") == 1
+    job_sub = next(s for s in sm8_sim.subscriptions if s["object"] == "job")
+    assert job_sub["uuid"] == uuid_before and job_sub["fields"].split(",") == wanted
+    with command_runtime() as rt:  # the next check finds them equal: the list alone
+        sm8_sim.reset_counts()
+        check_subscriptions(rt)
+    assert sm8_sim.count() == 1
+
+
+def test_a_subscription_listed_without_fields_is_not_compared(env, sm8_sim, receiver):
+    with command_runtime() as rt:
+        subscribe_webhooks(rt)
+        for sub in sm8_sim.subscriptions:
+            sub.pop("fields")
+        sm8_sim.reset_counts()
+        check_subscriptions(rt)
+    assert sm8_sim.count() == 1

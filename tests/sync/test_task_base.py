@@ -8,7 +8,7 @@ import time
 import pytest
 from celery.exceptions import Retry
 
-from bridge.errors import BudgetExhausted
+from bridge.errors import BudgetExhausted, Unconfirmed
 from bridge.queues import MATCH_STAFF, SYNC_JOB
 
 
@@ -106,3 +106,22 @@ def test_a_staff_match_without_budget_waits_for_its_next_turn(app, monkeypatch):
         assert task() is None  # no Retry raised: beat sends the next one
     finally:
         task.pop_request()
+
+
+def test_a_write_whose_answer_was_lost_comes_back_no_sooner_than_its_settle_time(app, monkeypatch):
+    """A retry of an unconfirmed DELETE starts from a read, and not before a DELETE still on its
+    way could have landed: the settle time stands over the backoff's first short steps."""
+    task = app.tasks[SYNC_JOB]
+
+    def lost(*args, **kwargs):
+        raise Unconfirmed("answer lost", settle=4.5, api="servicem8", operation="x.delete")
+
+    monkeypatch.setattr(task, "run", lost)
+    task.push_request(id="task-settle", args=["job-1"], kwargs={}, retries=0,
+                      called_directly=False, delivery_info={"routing_key": "q"})  # fmt: skip
+    try:
+        with pytest.raises(Retry) as caught:
+            task._run(["job-1"], {})
+    finally:
+        task.pop_request()
+    assert caught.value.when >= 4.5

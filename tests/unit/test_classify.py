@@ -6,7 +6,17 @@ import pytest
 import requests
 
 from bridge.coredination.classify import classify_coredination
-from bridge.errors import AuthError, NotFound, RateLimited, Rejected, Unavailable
+from bridge.errors import (
+    AuthError,
+    Forbidden,
+    NotFound,
+    NotInGoodStanding,
+    RateLimited,
+    Rejected,
+    ScopeMissing,
+    Unavailable,
+    WebhooksRefused,
+)
 from bridge.http import Outcome, raise_for
 from bridge.servicem8.classify import classify_servicem8
 
@@ -37,7 +47,7 @@ DAY_TEXT = "Number of allowed API requests per day exceeded"
         (503, "", None, "unavailable", None),
         (400, '{"errorCode":"1000","message":"bad"}', None, "rejected", None),
         (401, '{"errorCode":"401","message":"Authentication failed."}', None, "auth", None),
-        (402, "Account not in good standing", None, "auth", None),
+        (402, "Account not in good standing", None, "unpaid", None),
         (403, '{"errorCode":"403","message":"Access forbidden."}', None, "auth", None),
         (404, '{"errorCode":"404","message":"Resource not found"}', None, "not_found", None),
         (406, "Not acceptable", None, "rejected", None),
@@ -91,6 +101,10 @@ def test_coredination_transport_failures_are_retryable():
         (Outcome("auth", "HTTP 401"), AuthError),
         (Outcome("not_found", "HTTP 404"), NotFound),
         (Outcome("rejected", "HTTP 400"), Rejected),
+        (Outcome("unpaid", "HTTP 402"), NotInGoodStanding),
+        (Outcome("forbidden", "HTTP 403"), Forbidden),
+        (Outcome("scope_missing", "HTTP 403", scope="manage_schedule"), ScopeMissing),
+        (Outcome("webhooks_refused", "HTTP 403"), WebhooksRefused),
     ],
 )
 def test_raise_for_maps_outcomes_to_the_tree(outcome, error):
@@ -104,3 +118,76 @@ def test_raise_for_maps_outcomes_to_the_tree(outcome, error):
 
 def test_raise_for_is_quiet_when_ok():
     raise_for(Outcome("ok", "ok"), api="coredination", status=200, operation="job.get")
+
+
+# --- refusals belong to what was refused (docs/how-it-works.md#refusals) ------------------------
+FORBIDDEN = '{"errorCode":403,"message":"Access forbidden."}'
+NO_SCOPE = '{"errorCode":403,"message":"insufficient_scope: manage_schedule scope required"}'
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "operation", "kind"),
+    [
+        (401, "", "jobactivity.create", "auth"),  # the key: whatever was asked
+        (401, "", "joballocation.list", "auth"),
+        (403, FORBIDDEN, "vendor.list", "auth"),  # the account's own record
+        (403, FORBIDDEN, "jobactivity.list", "auth"),  # a whole list
+        (403, FORBIDDEN, "probe.joballocation.list", "auth"),
+        (403, FORBIDDEN, "", "auth"),  # unnamed: the credential's, as before
+        (403, FORBIDDEN, "job.get", "forbidden"),  # one record
+        (403, FORBIDDEN, "jobactivity.update", "forbidden"),
+        (403, FORBIDDEN, "joballocation.delete", "forbidden"),
+        (403, NO_SCOPE, "jobactivity.create", "scope_missing"),
+        (403, NO_SCOPE, "staff.list", "scope_missing"),  # a scope, not the key
+        (401, "", "webhook.subscribe", "webhooks_refused"),
+        (403, FORBIDDEN, "webhook.subscribe", "webhooks_refused"),
+        (403, FORBIDDEN, "webhook.list", "webhooks_refused"),
+        (402, "Account not in good standing", "job.get", "unpaid"),
+        (402, "Account not in good standing", "webhook.subscribe", "unpaid"),
+        (400, '{"errorCode":400,"message":"bad"}', "joballocation.list", "rejected"),
+    ],
+)
+def test_servicem8_refusals_by_operation(status, body, operation, kind):
+    assert classify_servicem8(status, {}, body, None, operation).kind == kind
+
+
+@pytest.mark.parametrize(
+    ("headers", "message", "scope"),
+    [
+        ({}, "insufficient_scope: manage_schedule scope required", "manage_schedule"),
+        ({}, "The read_staff scope required for this call", "read_staff"),
+        (
+            {"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="manage_jobs"'},
+            "Forbidden",
+            "manage_jobs",
+        ),
+        ({}, "insufficient_scope", "?"),
+        ({}, "Access forbidden.", None),
+        ({}, "You may not see this job", None),
+    ],
+)
+def test_a_403_names_its_missing_scope(headers, message, scope):
+    body = '{"errorCode":403,"message":"' + message + '"}'
+    outcome = classify_servicem8(403, headers, body, None, "jobactivity.create")
+    assert outcome.scope == scope
+    if scope is not None:
+        assert outcome.kind == "scope_missing" and outcome.operation == "jobactivity.create"
+
+
+@pytest.mark.parametrize(
+    ("status", "operation", "kind"),
+    [
+        (401, "job.put", "auth"),
+        (403, "job.list", "auth"),  # a whole list
+        (403, "job.get", "forbidden"),  # one job
+        (403, "job.put", "forbidden"),
+        (403, "job.schedule", "forbidden"),
+        (403, "user.list", "forbidden"),  # partner-only: staff are linked by hand
+        (404, "user.list", "not_found"),
+        (401, "webhook.create", "webhooks_refused"),
+        (403, "webhook.list", "webhooks_refused"),
+    ],
+)
+def test_coredination_refusals_by_operation(status, operation, kind):
+    body = f'{{"status": {status}, "message": "m"}}'
+    assert classify_coredination(status, {}, body, None, operation).kind == kind

@@ -88,6 +88,7 @@ def test_a_pull_to_assigned_never_moves_a_booking_it_deletes():
     """Found in review: the dispatcher moved a timed job and then only assigned the person; the
     plan deleted our fixed booking and then updated it to the job's new time."""
     from mappings.plan import plan_pair
+    from mappings.scope import Horizon
     from mappings.state import CdView, JobRecord
 
     ns = UUID("6f1c2a70-1b2c-4d3e-8f90-a1b2c3d4e5f6")
@@ -97,7 +98,8 @@ def test_a_pull_to_assigned_never_moves_a_booking_it_deletes():
     ours = replace(fixed("2026-12-01 09:00:00", "2026-12-01 10:00:00"), by_bridge=True)
     in_step = PairSnapshot(Presence.SCHEDULED, Presence.SCHEDULED)
     record = JobRecord(JOB, cd=view, allocations={ours.uuid: ours}, pairs={BEN: in_step})
-    plan = plan_pair(record, BEN, [ours], 5, ns=ns, tz=SYD, now_ms=NOW, tie="servicem8")
+    plan = plan_pair(record, BEN, [ours], 5, ns=ns, tz=SYD, now_ms=NOW, tie="servicem8",
+                     horizon=Horizon.everything())  # fmt: skip
     touched = [(w.kind, w.uuid) for w in plan.writes if w.uuid == ours.uuid]
     assert touched == [("delete", ours.uuid)]
     assert plan.snapshot == PairSnapshot(Presence.ASSIGNED, Presence.ASSIGNED)

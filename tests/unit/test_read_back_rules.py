@@ -1,5 +1,5 @@
-"""The read-back and hold rules (``mappings.plan``), and the deletion rule's two times: pure,
-table-driven."""
+"""The read-back and hold rules (``mappings.readback``, ``mappings.plan``), and the deletion
+rule's two times: pure, table-driven."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ from dataclasses import replace
 import pytest
 
 from mappings.facts import AllocationFacts
-from mappings.plan import (
-    PairPlan,
-    ResourceOp,
-    booked_since,
-    deleted_since,
-    hold,
-    read_back,
-)
+from mappings.plan import PairPlan, booked_since, deleted_since, hold
 from mappings.presence import Presence
+from mappings.readback import ResourceOp, read_back
 from mappings.state import CdView, JobRecord, PairSnapshot
 
 JOB = "4f1c2a70-1b2c-4d3e-8f90-a1b2c3d4e5f6"

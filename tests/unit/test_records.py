@@ -173,6 +173,9 @@ def test_records_written_by_format_1_before_the_store_was_split_read_back_unchan
                           row["repr"])  # fmt: skip
         expected = re.sub(r"(CdView\(.*?start_ms=[^,)]*)\)", r"\1, end_ms=None, all_day=False)",
                           expected)  # fmt: skip
+        # and with scope: a job's ``status`` and ``category_uuid``.
+        expected = re.sub(r"(JobFacts\(.*?lng=[^,)]*)\)", r"\1, status=None, category_uuid=None)",
+                          expected)  # fmt: skip
         assert repr(record) == expected, row["name"]
         assert encode(record, derived) == raw, row["name"]  # and are stored as before
 
