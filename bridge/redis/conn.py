@@ -30,7 +30,7 @@ from urllib.parse import parse_qs, quote, unquote, urlencode
 import redis
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelManagedConnection
 
 from bridge.errors import ConfigError
 
@@ -158,6 +158,31 @@ class SentinelMaster(redis.Redis):
                 manager.close()
 
 
+class FollowingConnection(SentinelManagedConnection):
+    """A connection to the group's master that asks the sentinels where the master is every time
+    it connects. redis-py's own reconnects a command in flight (a write whose answer died with
+    the old primary, then retried) to the address it had before, bypassing the sentinels: after a
+    kill, each retry went to the dead primary and the call failed when its retries ran out,
+    though the group had promoted the replica seconds after the kill."""
+
+    _addressed = False  # set while connect_to() connects to the address the sentinels gave
+
+    def connect_to(self, address: Any) -> None:
+        self._addressed = True
+        try:
+            super().connect_to(address)  # type: ignore[no-untyped-call]
+        finally:
+            self._addressed = False
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock is not None or self._addressed:
+            super().connect_check_health(check_health, retry_socket_connect)
+        else:
+            self.connect()  # type: ignore[no-untyped-call]  # asks the sentinels first
+
+
 def client(url: str, **options: Any) -> redis.Redis:
     """A redis-py client for ``url``: ``Redis.from_url`` for one server, the group's master
     (``Sentinel.master_for``) for a ``sentinel://`` URL. ``options`` go to every connection to
@@ -182,6 +207,7 @@ def client(url: str, **options: Any) -> redis.Redis:
     master: SentinelMaster = sentinel.master_for(
         group.master_name,
         redis_class=SentinelMaster,
+        connection_class=FollowingConnection,
         db=group.db,
         # A Sentinel pool retries nothing by default. This one rides over a failover: a
         # connection to a master that died or was demoted fails, and each attempt asks the

@@ -71,8 +71,17 @@ def test_the_store_client_rides_over_a_killed_primary_and_redbeat_follows(cluste
         assert get_redis(beat).set("redbeat-before", "1")
         client.set("before", "1")
         assert client.wait(1, 2000) == 1  # on the replica too, so the kill loses nothing
+        # A connection whose command was in flight at the kill: redis-py reconnects it by
+        # itself, once the command's answer failed, to the address it had (the dead primary).
+        in_flight: Any = client.connection_pool.get_connection()
         writer = _Writer(client)
         new = cluster.kill_primary()
+        in_flight.disconnect()
+        started = time.monotonic()
+        in_flight.send_command("INCR", "in-flight")
+        assert in_flight.read_response() == 1  # to the new primary, asked of the sentinels
+        assert time.monotonic() - started < 5.0
+        client.connection_pool.release(in_flight)
         at_switch = writer.done
         time.sleep(0.5)  # writes on the new primary
         writer.stop()
