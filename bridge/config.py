@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     poll_min_seconds: float = Field(5.0, gt=0, description="Shortest planned poll interval.")
     poll_max_seconds: float = Field(300.0, gt=0, description="Longest planned poll interval.")
     coredination_poll_seconds: float = Field(60.0, gt=0, description="Coredination poll interval.")
+    trail_entries: int = Field(12, ge=0, le=1000, description="Entries kept per job's trail "
+                               "('sm8cd explain'), newest, 30 days at most. 0: none.")  # fmt: skip
     coredination_census_seconds: float = Field(
         300.0,
         ge=0,

@@ -49,7 +49,7 @@ from mappings.presence import (
     sm8_presence,
 )
 from mappings.readback import ResourceOp, held_reason
-from mappings.scope import Horizon, job_open, leaves_scope_ms
+from mappings.scope import Horizon, job_open
 from mappings.state import CdView, JobRecord, PairSnapshot
 
 
@@ -91,25 +91,17 @@ class PairPlan:
     reason: str = ""
     target: Presence | None = None
     skipped: str | None = None  # a report counter name when the pair is left alone
+    # what the rule read, for the trail (``mappings.trail``)
+    sm8_side: Side | None = None
+    cd_side: Side | None = None
+    state: str | None = None
+    bookings: tuple[AllocationFacts, ...] = ()
 
 
 @dataclass
 class PairsPlan:
     pairs: list[PairPlan]
     unmapped_users: list[int]  # present in Coredination, no ServiceM8 staff member
-
-
-def later_expiry(record: JobRecord, now_ms: int, horizon: Horizon, tz: tzinfo) -> int | None:
-    """The next moment the job must sync though nothing changes in either system (its reminder
-    fires once): a live allocation expires, or a dated booking in scope leaves it, which may
-    move the job's time to its next booking (docs/scope.md#jobs-in-scope)."""
-    later = [a.expires_ms for a in record.allocations.values()
-             if a.live(now_ms) and a.expires_ms is not None]  # fmt: skip
-    for booking in horizon.current(record.allocations.values(), now_ms, record.details):
-        if not booking.by_bridge:  # the bridge's own bookings never time the job
-            leaves = leaves_scope_ms(booking, horizon.scope.horizon_days, tz)
-            later += [leaves] if leaves is not None else []
-    return min(later) if later else None
 
 
 def job_deleted(record: JobRecord) -> bool:
@@ -236,7 +228,10 @@ def plan_pair(
     spoken = [a for a in everything if a.uuid in history and horizon.admits(a, opened)]
     snapshot = record.pairs.get(staff)
     silent = not deleted and current_presence(everything, now_ms, horizon, record.details) is None
-    for write in redundant_writes(facts, now_ms):  # a double booking: drop our own copy
+    # A double booking: drop our own copy, among bookings in scope only (on a deleted job too:
+    # history is never deleted)
+    current = facts if not deleted else horizon.current(everything, now_ms, record.details)
+    for write in redundant_writes(current, now_ms):
         plan.writes.append(write)
         facts = [after_write(a, write, record.uuid, staff) if a.uuid == write.uuid else a
                  for a in facts]  # fmt: skip
@@ -252,6 +247,7 @@ def plan_pair(
         max((a.edited_ms or 0 for a in facts + spoken), default=None),
         finishable=not deleted and finish_in_step(basis, now_ms),
     )
+    plan.sm8_side, plan.bookings = sm8, tuple(facts)
     if user is None:
         reason = "staff member has no Coredination user"
         pending = not silent and sm8.presence != Presence.ABSENT
@@ -266,6 +262,7 @@ def plan_pair(
         return plan
     plan.park = Park(staff, None)
     cd = Side(presence, view.changed_ms.get(user, view.modified_ms))
+    plan.cd_side, plan.state = cd, state
     if silent:
         return _plan_silent(plan, record, view, everything, cd, ns=ns, tz=tz, now_ms=now_ms,
                             booking=booking)  # fmt: skip

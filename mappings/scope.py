@@ -32,9 +32,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING
 
 from mappings.facts import AllocationFacts, JobFacts
 from mappings.stamps import day_start_ms
+
+if TYPE_CHECKING:  # mappings.state reads mappings.presence, which reads this module
+    from mappings.state import JobRecord
 
 DEFAULT_STATUSES = ("Quote", "Work Order")
 CLOSED_STATUSES = frozenset({"completed", "unsuccessful"})  # lower case
@@ -165,3 +169,16 @@ def job_open(job: JobFacts | None) -> bool:
     if job is None:
         return True
     return job.active and (job.status or "").strip().lower() not in CLOSED_STATUSES
+
+
+def later_expiry(record: JobRecord, now_ms: int, horizon: Horizon, tz: tzinfo) -> int | None:
+    """The next moment the job must sync though nothing changes in either system (its reminder
+    fires once): a live allocation expires, or a dated booking in scope leaves it, which may
+    move the job's time to its next booking (docs/scope.md#jobs-in-scope)."""
+    later = [a.expires_ms for a in record.allocations.values()
+             if a.live(now_ms) and a.expires_ms is not None]  # fmt: skip
+    for booking in horizon.current(record.allocations.values(), now_ms, record.details):
+        if not booking.by_bridge:  # the bridge's own bookings never time the job
+            leaves = leaves_scope_ms(booking, horizon.scope.horizon_days, tz)
+            later += [leaves] if leaves is not None else []
+    return min(later) if later else None

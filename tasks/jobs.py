@@ -28,6 +28,7 @@ from bridge.queues import (
     WEBHOOK_SERVICEM8_ALLOCATION,
     WEBHOOK_SERVICEM8_JOB,
     Enqueuer,
+    lane_of,
     waiting,
 )
 from bridge.sync.hints import HINTED
@@ -38,13 +39,16 @@ log = get_logger(__name__)
 
 # A sync that counted one of these left a pair parked for want of a mapped person.
 UNMAPPED = ("pending.unmapped_staff", "pending.unmapped_user")
+# What asked for a job's sync, by the lane its task came on (for the job's trail)
+TRIGGERS = {"interactive": "webhook", "sync": "poll", "bulk": "backlog"}
 
 
 @shared_task(base=BridgeTask, bind=True, name=SYNC_JOB)
 def sync_job(task: BridgeTask, sm8_job_uuid: str, connection: str | None = None) -> None:
     work = task.runtime.stores.work
     work.release_enqueue(sm8_job_uuid)
-    report = task.runtime.engine.sync_job(sm8_job_uuid)
+    lane = lane_of(str((task.request.delivery_info or {}).get("routing_key") or ""))
+    report = task.runtime.engine.sync_job(sm8_job_uuid, TRIGGERS.get(lane, "command"))
     if work.resolve_failed_job(sm8_job_uuid, time.time()) is not None:
         log.info("sync.dead_letter_resolved", sm8_job_uuid=sm8_job_uuid)
     if any(report.counts[name] for name in UNMAPPED):

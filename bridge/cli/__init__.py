@@ -10,7 +10,19 @@ from __future__ import annotations
 
 import sys
 
-from bridge.cli import doctor, sync, preview, scope, staff, dlq, serve, webhooks, probe, connections
+from bridge.cli import (
+    doctor,
+    sync,
+    preview,
+    explain,
+    scope,
+    staff,
+    dlq,
+    serve,
+    webhooks,
+    probe,
+    connections,
+)
 from bridge.cli.base import app
 
 __all__ = [
@@ -18,6 +30,7 @@ __all__ = [
     "connections",
     "dlq",
     "doctor",
+    "explain",
     "main",
     "preview",
     "probe",

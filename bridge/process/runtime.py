@@ -180,6 +180,7 @@ def build(
         poll_budget=None if settings.servicem8_poll_seconds else _poll_budget(settings),
         cd_census_seconds=settings.coredination_census_seconds,
         scope=scope(settings),
+        trail_entries=settings.trail_entries,
     )
     cd_client = CoredinationClient.from_settings(settings, gate=budget, session=session)
     _apply_probe(stores.activity.probe(), cd_client)

@@ -23,6 +23,7 @@ from bridge.store.legacy import upgrade_layout
 from bridge.store.parked import ParkedStore
 from bridge.store.scope import ScopeStore
 from bridge.store.staff import StaffMap, StaffStore
+from bridge.store.trail import TrailStore
 from bridge.store.work import WorkStore
 
 __all__ = [
@@ -59,6 +60,7 @@ class Stores:
     activity: ActivityStore
     hints: HintStore
     scope: ScopeStore
+    trail: TrailStore
 
     @classmethod
     def connect(cls, redis: Any, connection_id: str) -> Stores:
@@ -66,10 +68,11 @@ class Stores:
         # take the client as Any to keep their decoding readable.
         keys = Keys(connection_id)
         parked = ParkedStore(redis, keys)
+        trail = TrailStore(redis, keys)
         return cls(
             redis=redis,
             keys=keys,
-            jobs=JobStore(redis, keys, parked),
+            jobs=JobStore(redis, keys, parked, trail),
             staff=StaffStore(redis, keys),
             parked=parked,
             budget=BudgetStore(redis),
@@ -77,6 +80,7 @@ class Stores:
             activity=ActivityStore(redis, keys),
             hints=HintStore(redis, keys),
             scope=ScopeStore(redis, keys),
+            trail=trail,
         )
 
     def upgrade_layout(self) -> int:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bridge.store.keys import FleetKeys, Keys
+from bridge.store.lua import queue
 
 WORST = 5  # the connections a reader names, per figure: the worst few, never all of them
 LATENESS_SAMPLE = 1000  # the newest start delays a reader looks at (the list keeps 20,000)
@@ -175,7 +176,7 @@ class FleetHealth:
         for connection, allowance in active.items():
             args += [connection, repr(allowance)]
         with self.r.pipeline(transaction=True) as pipe:
-            self._watch(keys=self._figure_keys(), args=args, client=pipe)
+            queue(pipe, self._watch, self._figure_keys(), args)
             pipe.hset(self.keys.health, mapping={f"status:{s}": n for s, n in statuses.items()})
             pipe.execute()
 
@@ -195,7 +196,7 @@ class FleetHealth:
                     keys += [own.cursor, own.dlq]
                     keys += [own.admission_waiting(lane) for lane in self.lanes]
                     args += [connection, repr(allowance)]
-                self._observe(keys=keys, args=args, client=pipe)
+                queue(pipe, self._observe, keys, args)
             pipe.execute()
 
     # --- the readers (/healthz, /metrics, sm8cd status) ----------------------------------------

@@ -19,7 +19,9 @@ from redis.exceptions import RedisError
 from bridge.log import get_logger
 from bridge.store.codec import NewerRecord, RecordError, decode, encode, id_bytes, unpack_id
 from bridge.store.keys import Keys
+from bridge.store.lua import queue
 from bridge.store.parked import ParkedStore
+from bridge.store.trail import Kept, TrailStore
 from mappings import transitions
 from mappings.facts import AllocationFacts, JobFacts
 from mappings.ids import cd_job_uuid, connection_namespace
@@ -108,10 +110,8 @@ class StoreBusy(RedisError):
 
 
 class JobStore:
-    def __init__(self, redis: Any, keys: Keys, parked: ParkedStore) -> None:
-        self.r = redis
-        self.keys = keys
-        self.parked = parked
+    def __init__(self, redis: Any, keys: Keys, parked: ParkedStore, trail: TrailStore) -> None:
+        self.r, self.keys, self.parked, self.trail = redis, keys, parked, trail
         self.ns = connection_namespace(keys.connection)
         self._put_job = redis.register_script(_PUT_JOB)
         self._clear_dirty = redis.register_script(_CLEAR_DIRTY)
@@ -193,8 +193,7 @@ class JobStore:
             for cd_uuid in cd_uuids:
                 slot = self._ref_slot(cd_uuid)
                 if slot is not None:
-                    self._link(keys=[slot[0], self.keys.cd_links_count],
-                               args=[slot[1], b""], client=pipe)  # fmt: skip
+                    queue(pipe, self._link, [slot[0], self.keys.cd_links_count], [slot[1], b""])
             pipe.execute()
 
     def linked_cd(self) -> dict[str, str]:
@@ -268,12 +267,11 @@ class JobStore:
                         new = b""  # the same bytes: nothing to write, only the marks
                         if not outcome.dirty and outcome.expires_ms is None:
                             continue
-                    self._put_job(
-                        keys=[key, self.keys.dirty, self.keys.expiring, self.keys.links_count],
-                        args=[field_, raw or b"", new, job_uuid, "1" if outcome.dirty else "0",
-                              "" if outcome.expires_ms is None else str(outcome.expires_ms)],
-                        client=pipe,
-                    )  # fmt: skip
+                    marks = [key, self.keys.dirty, self.keys.expiring, self.keys.links_count]
+                    queue(pipe, self._put_job, marks, [
+                        field_, raw or b"", new, job_uuid, "1" if outcome.dirty else "0",
+                        "" if outcome.expires_ms is None else str(outcome.expires_ms),
+                    ])  # fmt: skip
                     writes.append((job_uuid, outcome))
                 results = pipe.execute() if writes else []
             pending = []
@@ -320,8 +318,7 @@ class JobStore:
             with self.r.pipeline(transaction=False) as pipe:
                 slot = self._ref_slot(view.uuid)
                 if slot is not None:
-                    self._link(keys=[slot[0], self.keys.cd_links_count],
-                               args=[slot[1], b""], client=pipe)  # fmt: skip
+                    queue(pipe, self._link, [slot[0], self.keys.cd_links_count], [slot[1], b""])
                 slot = self._ref_slot(str(view.id)) if view.id is not None else None
                 if slot is not None:
                     pipe.hdel(slot[0], slot[1])
@@ -341,15 +338,7 @@ class JobStore:
     def write_links(self, views: Mapping[str, CdView]) -> None:
         """Reverse links: each view's Coredination uuid and id → its ServiceM8 job."""
         with self.r.pipeline(transaction=False) as pipe:
-            for job_uuid, view in views.items():
-                target = id_bytes(job_uuid)
-                slot = self._ref_slot(view.uuid)
-                if slot is not None:  # by uuid: counted
-                    self._link(keys=[slot[0], self.keys.cd_links_count],
-                               args=[slot[1], target], client=pipe)  # fmt: skip
-                slot = self._ref_slot(str(view.id)) if view.id is not None else None
-                if slot is not None:
-                    pipe.hset(slot[0], slot[1], target)
+            queue_links(self, views, pipe)
             pipe.execute()
 
     # --- dirty marks and expiry reminders ------------------------------------------------------
@@ -370,15 +359,20 @@ class JobStore:
         value = self.r.hget(self.keys.dirty, job_uuid)
         return int(value) if value is not None else None
 
-    def clear_dirty(self, job_uuid: str, generation: int | None, now: float | None = None) -> bool:
+    def clear_dirty(self, job_uuid: str, generation: int | None, now: float | None = None,
+                    trail: Kept | None = None) -> bool:  # fmt: skip
         """Forget the dirty mark if nobody bumped it since ``generation`` was read; the job
-        counts towards the backlog's progress (``catch_up``)."""
-        if generation is None:
-            self.r.hdel(self.keys.inflight, job_uuid)
-            return True
-        at = time.time() if now is None else now
+        counts towards the backlog's progress (``catch_up``). ``trail``: the sync's entry."""
         keys = [self.keys.dirty, self.keys.catchup, self.keys.inflight]
-        return bool(self._clear_dirty(keys=keys, args=[job_uuid, str(generation), repr(at)]))
+        at = repr(time.time() if now is None else now)
+        with self.r.pipeline(transaction=False) as pipe:  # one round trip
+            if generation is None:
+                pipe.hdel(self.keys.inflight, job_uuid)
+            else:
+                queue(pipe, self._clear_dirty, keys, [job_uuid, str(generation), at])
+            if trail is not None:
+                self.trail.append(job_uuid, trail, pipe)
+            return generation is None or bool(pipe.execute()[0])
 
     def load_for_sync(self, job_uuid: str) -> tuple[JobRecord, str | None]:
         """The record, and what a sync of it that did not end had on its way (None: nothing),
@@ -404,6 +398,18 @@ class JobStore:
     def remind_expiry(self, job_uuid: str, expires_ms: int) -> None:
         """Mark the job dirty when ``expires_ms`` passes (unless an earlier reminder is set)."""
         self.r.zadd(self.keys.expiring, {job_uuid: expires_ms}, lt=True)
+
+
+def queue_links(store: JobStore, views: Mapping[str, CdView], pipe: Any) -> None:
+    """Queue on ``pipe`` the reverse links of ``views`` (``JobStore.write_links``)."""
+    for job_uuid, view in views.items():
+        target = id_bytes(job_uuid)
+        slot = store._ref_slot(view.uuid)
+        if slot is not None:  # by uuid: counted
+            queue(pipe, _LINK, [slot[0], store.keys.cd_links_count], [slot[1], target])
+        slot = store._ref_slot(str(view.id)) if view.id is not None else None
+        if slot is not None:
+            pipe.hset(slot[0], slot[1], target)
 
 
 def _decode(store: JobStore, job_uuid: str, raw: bytes | None) -> tuple[JobRecord, bool]:

@@ -252,6 +252,13 @@ class Keys:
     def cd_links_count(self) -> str:
         return self.key("cdlinks")
 
+    def trail(self, job_uuid: str) -> str:
+        return self.key(f"trail:{job_uuid}")
+
+    @property
+    def job_numbers(self) -> str:
+        return self.key("trail-numbers")
+
     def queued(self, job_uuid: str) -> str:
         return self.key(f"queued:{job_uuid}")
 

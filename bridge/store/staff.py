@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +31,16 @@ class StaffStore:
 
     def staff_map(self) -> StaffMap:
         with self.r.pipeline(transaction=False) as pipe:
-            pipe.hgetall(self.keys.staff_to_user)
-            pipe.smembers(self.keys.manual_links)
-            s2u_raw, manual_raw = pipe.execute()
+            self.queue_map(pipe)
+            return self.read_map(pipe.execute())
+
+    def queue_map(self, pipe: Any) -> None:
+        """The staff map's reads, on a pipeline the caller executes (``read_map`` its replies)."""
+        pipe.hgetall(self.keys.staff_to_user)
+        pipe.smembers(self.keys.manual_links)
+
+    def read_map(self, replies: Sequence[Any]) -> StaffMap:
+        s2u_raw, manual_raw = replies
         s2u = {k.decode(): int(v) for k, v in s2u_raw.items()}
         return StaffMap(
             s2u, {u: s for s, u in s2u.items()}, frozenset(m.decode() for m in manual_raw)

@@ -8,10 +8,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from redis.exceptions import LockError, RedisError
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
 from redis.lock import Lock
 
 from bridge.store.keys import Keys
+from bridge.store.lua import queue
 from bridge.store.parked import dump
 
 FAILURE_MEMORY_SECONDS = 7200  # longer than the retry policy's hour
@@ -65,6 +66,20 @@ class WorkStore:
         creating its Coredination job, else ``1``): kept until a sync of it ends, so a sync
         after a worker died mid-write reads the job before writing again."""
         self.r.hset(self.keys.inflight, job_uuid, what)
+
+    def renew_noting(self, lock: Lock | None, job_uuid: str, what: str) -> None:
+        """``lock`` renewed (redis-py's own renewal script) and the job's in-flight mark kept, in
+        one round trip; raises ``LockNotOwnedError`` when the lock is no longer ours."""
+        with self.r.pipeline(transaction=False) as pipe:
+            if lock is not None:
+                script = lock.lua_reacquire  # registered when the lock was made
+                assert script is not None
+                token, ttl = lock.local.token, int((lock.timeout or 0) * 1000)
+                queue(pipe, script, [lock.name], [token, ttl])
+            pipe.hset(self.keys.inflight, job_uuid, what)
+            renewed = pipe.execute()[0]
+        if lock is not None and not renewed:
+            raise LockNotOwnedError("the job's lease is no longer ours", lock_name=lock.name)
 
     def catch_up(self) -> tuple[int, int, float | None]:
         """A backlog's progress: jobs synced since its first was, jobs still to sync, and when

@@ -60,11 +60,12 @@ class Engine:
         return pull.pull_webhook(self.ctx, ref, event)
 
     # decide and write
-    def sync_job(self, sm8_job: str) -> Report:
+    def sync_job(self, sm8_job: str, trigger: str = "command") -> Report:
         """One job's sync, after the connection's first staff match (``staff.ensure_matched``):
-        a job is never created in Coredination with its people left off for want of a match."""
+        a job is never created in Coredination with its people left off for want of a match.
+        ``trigger``: what asked for it, for the job's trail."""
         staff.ensure_matched(self.ctx)
-        return jobsync.sync_job(self.ctx, sm8_job)
+        return jobsync.sync_job(self.ctx, sm8_job, trigger)
 
     # staff
     def match_staff(self, asked_at: float | None = None) -> Report:

@@ -19,11 +19,14 @@ from bridge.errors import Api
 from bridge.http.fence import fenced
 from bridge.servicem8.models import AllocationWindow
 from bridge.store import Stores
+from bridge.store.settle import Settlement
+from bridge.store.work import WorkStore
 from bridge.sync.ports import CoredinationPort, ServiceM8Port
 from mappings.decision import TieRule
 from mappings.planners import BookingKind
 from mappings.pollplan import PollBudget
 from mappings.scope import Horizon, Scope
+from mappings.trail import KEEP, Draft
 
 # Cursor names in the ``cursor`` hash (bridge.store.keys): one per polled object and system.
 CURSOR_SM8_ALLOCATIONS = "servicem8:joballocation"
@@ -74,6 +77,8 @@ class SyncOptions:
     # What the connection syncs: the horizon in days, job statuses and categories, staff left
     # out (the SCOPE_* settings, docs/scope.md); jobs excluded by hand are in the store.
     scope: Scope = field(default_factory=Scope)
+    # Each job's trail (``mappings.trail``): the entries kept, newest; 0: none (TRAIL_ENTRIES).
+    trail_entries: int = KEEP
 
 
 @dataclass
@@ -81,6 +86,9 @@ class Report:
     """What a use case did, by ``side.outcome`` (``coredination.scheduled``, ``skipped.reason``)."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    trail: Draft = field(default_factory=Draft)  # a job sync's decisions (``mappings.trail``)
+    # What a job sync leaves in the store, written in one step at its end
+    settle: Settlement = field(default_factory=Settlement)
 
     def add(self, name: str, n: int = 1) -> None:
         self.counts[name] += n
@@ -94,28 +102,35 @@ class Report:
 
 
 class Lease:
-    """A held job lock: renewed before each write, so a worker that lost the job stops. Before
-    the first write of the sync, ``first_write`` runs (the job's in-flight mark)."""
+    """A held job lock, renewed as each write leaves (the fence, ``bridge.http.fence``), so a
+    worker that lost the job stops before sending. The sync's first write also leaves the job's
+    in-flight mark (``WorkStore.note_in_flight``), in the same round trip as its renewal."""
 
-    def __init__(self, lock: Lock | None, first_write: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, lock: Lock | None, work: WorkStore | None = None, job_uuid: str = ""
+    ) -> None:
         self.lock = lock
-        self._first_write = first_write
+        self._work, self._job = work, job_uuid
+        self._mark: str | None = "1" if work is not None else None  # None: sent, or none kept
 
     def renew(self) -> None:
         if self.lock is not None:
             self.lock.reacquire()
 
     def before_write(self) -> None:
-        """The fence's check as a write leaves (``bridge.http.fence``)."""
-        self.renew()
-        self.note_write()
+        """The fence's check as a write leaves: the lease renewed (raises when it is lost), and
+        before the sync's first write, the in-flight mark with it."""
+        if self._mark is None or self._work is None:
+            self.renew()
+            return
+        mark, self._mark = self._mark, None
+        self._work.renew_noting(self.lock, self._job, mark)
 
-    def note_write(self, what: str = "1") -> None:
-        """Mark the job's write as on its way, once per sync (``what``: see
-        ``WorkStore.note_in_flight``)."""
-        if self._first_write is not None:
-            first, self._first_write = self._first_write, None
-            first(what)
+    def note_write(self, what: str) -> None:
+        """What the in-flight mark says once the first write leaves (a create's body digest),
+        unless a write has left already."""
+        if self._mark is not None:
+            self._mark = what
 
     def owned(self) -> bool:
         return self.lock is None or bool(self.lock.owned())
@@ -160,9 +175,8 @@ class SyncContext:
     def locked(self, job_uuid: str) -> Iterator[Lease]:
         """One writer per job, for the length of the block."""
         lock = self.stores.work.job_lock(job_uuid, timeout=self.options.lock_seconds)
-        work = self.stores.work
         with lock:
-            lease = Lease(lock, lambda what: work.note_in_flight(job_uuid, what))
+            lease = Lease(lock, self.stores.work, job_uuid)
             with fenced(lease.before_write):
                 yield lease
 

@@ -20,21 +20,22 @@ from bridge.log import get_logger
 from bridge.servicem8.creates import UuidTaken
 from bridge.servicem8.translate import job_facts
 from bridge.store.codec import id_bytes
+from bridge.store.settle import Settlement, SyncLoad, load, settle
+from bridge.store.trail import Kept
 from bridge.sync.context import CD_DELETED, Lease, Report, SyncContext
 from bridge.sync.ingest import record_holder
 from bridge.sync.preflight import WAITING_JOB_LIST, job_list_first, read_after_crash
-from bridge.sync.pull import job_deleted_in_coredination
+from bridge.sync.pull import cd_job_gone, job_deleted_in_coredination, may_link, why_recreated
 from bridge.sync.scope import CURSOR_SCOPE
+from bridge.sync.trail import READ_BACK, Sent, trail_entry
 from mappings.facts import AllocationFacts
 from mappings.plan import (
     PairPlan,
     booked_since,
-    changed_since,
     deleted_since,
     hold,
     in_scope,
     job_deleted,
-    later_expiry,
     needs_link,
     plan_job_fields,
     plan_pairs,
@@ -42,7 +43,7 @@ from mappings.plan import (
 from mappings.planners import Sm8Write, after_write
 from mappings.presence import in_step
 from mappings.readback import ReadBack, ResourceOp, read_back, take_read
-from mappings.scope import EXCLUDED, HISTORY, Horizon
+from mappings.scope import EXCLUDED, HISTORY, Horizon, later_expiry
 from mappings.state import CdView, JobRecord, PairSnapshot
 from mappings.transitions import SyncWrite
 
@@ -51,69 +52,64 @@ log = get_logger(__name__)
 JOB_STATE = "job-state"  # the pending entry of a job whose state override was refused
 
 
-def sync_job(ctx: SyncContext, sm8_job: str) -> Report:
-    """Bring one job's pairs in step, under the job's lock. Safe to run twice."""
+def sync_job(ctx: SyncContext, sm8_job: str, trigger: str = "command") -> Report:
+    """Bring one job's pairs in step, under the job's lock. Safe to run twice. What it decided
+    and wrote is kept as the job's trail entry (``mappings.trail``), saved with its cleared
+    dirty mark; ``trigger`` says what asked for the sync (webhook, poll, backlog, command)."""
     jobs = ctx.stores.jobs
     if id_bytes(sm8_job) is None:  # e.g. a mark left by a build that took any id
         log.warning("sync.bad_job_id", sm8_job_uuid=sm8_job[:60])
         jobs.clear_dirty(sm8_job, jobs.dirty_generation(sm8_job))
         return Report(Counter({"skipped.bad_job_id": 1}))
-    excluded, settled = ctx.stores.scope.state(sm8_job, CURSOR_SCOPE)
-    if settled is not None and settled != ctx.options.scope.fingerprint():
-        # The connection's scope settings changed and this process has not read them yet (it
-        # does within seconds): the job stays marked and syncs at the next cycle, under them.
-        return Report(Counter({"skipped.scope_changing": 1}))
     with ctx.locked(sm8_job) as lease:
-        generation = jobs.dirty_generation(sm8_job)
+        loaded = _load(ctx, sm8_job)
+        if loaded.settled is not None and loaded.settled != ctx.options.scope.fingerprint():
+            # The connection's scope settings changed and this process has not read them yet
+            # (it does within seconds): the job stays marked and syncs, under them, next cycle.
+            return Report(Counter({"skipped.scope_changing": 1}))
+        report = Report()
         try:
-            report = _sync_locked(ctx, sm8_job, lease, excluded)
-        except NotFound as exc:
-            view = jobs.load(sm8_job).cd
-            if exc.api != "coredination" or view is None or not _cd_job_gone(ctx, view):
-                raise  # a missing user answers 404 too: that is no deleted job
-            # The Coredination job was deleted there (a dispatcher). The sync runs again without
-            # it: a ServiceM8 change since the deletion creates it afresh, else it stays parked.
-            job_deleted_in_coredination(ctx, sm8_job, view)
-            report = _sync_locked(ctx, sm8_job, lease, excluded)
-        if WAITING_JOB_LIST not in report.counts:
-            jobs.clear_dirty(sm8_job, generation, ctx.clock())
-    ctx.stores.activity.count(report.counts)
+            try:
+                _sync_locked(ctx, loaded, lease, report)
+            except NotFound as exc:
+                view = loaded.record.cd
+                if exc.api != "coredination" or view is None or not cd_job_gone(ctx, view):
+                    raise  # a missing user answers 404 too: that is no deleted job
+                # The Coredination job was deleted there (a dispatcher). What was done is kept,
+                # and the sync runs again without it: a ServiceM8 change since the deletion
+                # creates it afresh, else it stays parked.
+                _settle(ctx, loaded, lease, report, clear=False)
+                job_deleted_in_coredination(ctx, sm8_job, view)
+                loaded, report = _load(ctx, sm8_job), Report(trail=report.trail)
+                _sync_locked(ctx, loaded, lease, report)
+        except Exception as exc:
+            _settle(
+                ctx,
+                loaded,
+                lease,
+                report,
+                clear=False,
+                trail=trail_entry(ctx, report, trigger, exc),
+            )
+            raise
+        _settle(ctx, loaded, lease, report, clear=WAITING_JOB_LIST not in report.counts,
+                trail=trail_entry(ctx, report, trigger), counted=True)  # fmt: skip
     return report
 
 
-def _cd_job_gone(ctx: SyncContext, view: CdView) -> bool:
-    """Whether the linked Coredination job is gone (read to be sure: an operation's 404 may be
-    about its user)."""
-    try:
-        ctx.cd.get_job(view.uuid)
-    except NotFound:
-        return True
-    return False
+def _load(ctx: SyncContext, sm8_job: str) -> SyncLoad:
+    loaded = load(ctx.stores.jobs, ctx.stores.staff, sm8_job, CURSOR_SCOPE, CD_DELETED)
+    return loaded
 
 
-def _may_link(ctx: SyncContext, record: JobRecord, report: Report) -> bool:
-    """Whether a job with no Coredination job may get one: unless a dispatcher deleted it there
-    and no booking on it has changed in ServiceM8 since (``CD_DELETED``)."""
-    parked = ctx.stores.parked
-    entry = parked.pending_entry(record.uuid, CD_DELETED)
-    if entry is None:
-        return True
-    since_ms = int(float(entry.get("since", 0)) * 1000)
-    if booked_since(record, since_ms):
-        parked.clear_pending(record.uuid, CD_DELETED)
-        report.add("coredination.job_recreated")
-        log.info("sync.coredination_job_recreated", sm8_job_uuid=record.uuid,
-                 **_why_recreated(record, since_ms))  # fmt: skip
-        return True
-    report.add("skipped.deleted_in_coredination")
-    return False
-
-
-def _why_recreated(record: JobRecord, since_ms: int) -> dict[str, object]:
-    """For the log: the deletion's bound and the bookings whose change counted after it."""
-    counted = [f"{a.uuid}@{a.edited_ms}(own {a.own_ms})"
-               for a in record.allocations.values() if changed_since(a, since_ms)]  # fmt: skip
-    return {"since_ms": since_ms, "changed": counted}
+def _settle(
+    ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Report, *, clear: bool,
+    trail: Kept | None = None, counted: bool = False,
+) -> None:  # fmt: skip
+    """Leave what the sync did in the store, in one round trip (``bridge.store.settle``)."""
+    settle(ctx.stores.jobs, loaded, report.settle, lock=lease.lock, clear=clear, trail=trail,
+           counts=report.counts if counted else {}, now=ctx.clock())  # fmt: skip
+    report.settle = Settlement()
 
 
 def _out_of_scope(report: Report, reason: str) -> Report:
@@ -121,12 +117,12 @@ def _out_of_scope(report: Report, reason: str) -> Report:
     return report
 
 
-def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease, excluded: bool) -> Report:
-    report = Report()
-    jobs, parked = ctx.stores.jobs, ctx.stores.parked
-    if excluded:  # left alone by hand, both ways
+def _sync_locked(ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Report) -> Report:
+    if loaded.excluded:  # left alone by hand, both ways
         return _out_of_scope(report, EXCLUDED)
-    record, flight = jobs.load_for_sync(sm8_job)
+    record, flight, sm8_job = loaded.record, loaded.flight, loaded.record.uuid
+    report.settle.staff = loaded.staff
+    report.trail.number = record.details.number if record.details else None
     now_ms = ctx.now_ms()
     horizon = ctx.horizon(now_ms)
     live = any(a.live(now_ms) for a in record.allocations.values())
@@ -145,16 +141,15 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease, excluded: bool) -
             details = job_facts(ctx.sm8.get_job(sm8_job))
         except NotFound:
             for staff in {a.staff_uuid for a in record.allocations.values() if a.staff_uuid}:
-                parked.set_pending(sm8_job, staff, "job not found in ServiceM8")
+                report.settle.park(staff, "job not found in ServiceM8")
             report.add("skipped.job_missing")
             return report
-        jobs.save_details(details)
-        record.details = details
+        ctx.stores.jobs.save_details(details)
+        record.details, report.trail.number = details, details.number
     if flight is not None:
         read_after_crash(ctx, record, flight, report)
     expiry = later_expiry(record, now_ms, horizon, ctx.tz)
-    if expiry is not None:  # the reminder fires once: set it again for the next one
-        jobs.remind_expiry(record.uuid, expiry)
+    report.settle.expiry_ms = expiry  # the reminder fires once: set again for the next one
     if job_deleted(record) and record.cd is not None:
         # Everyone off the job first, then the state override: a resource change after it would
         # derive the job's state again (docs/coredination-api.md#states). A deletion is a
@@ -170,7 +165,7 @@ def _sync_locked(ctx: SyncContext, sm8_job: str, lease: Lease, excluded: bool) -
             report.add("skipped.nothing_to_link")
             return report
         return _out_of_scope(report, HISTORY)
-    if record.cd is None and not _may_link(ctx, record, report):
+    if record.cd is None and not may_link(record, loaded.cd_deleted, report):
         return report
     current = in_scope(record, horizon, now_ms)
     if not current:
@@ -215,25 +210,27 @@ def _upsert_fields(
     upsert = plan_job_fields(record, ctx.ns, ctx.tz, now_ms, horizon)
     if upsert is None:
         return True
-    lease.renew()
     if upsert.creates:  # a later sync that finds it in flight knows what body landed
         lease.note_write(upsert.digest)
-    parked = ctx.stores.parked
+    settle = report.settle
+    what = "create job" if upsert.creates else "update job fields"
     try:
-        job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
-        parked.clear_pending(record.uuid, JOB_STATE)
+        with Sent(report, None, what, upsert.uuid):
+            job = ctx.cd.upsert_job(upsert.uuid, upsert.body)
+        settle.park(JOB_STATE, None)
     except Rejected as exc:
         if "state" not in upsert.body:
             raise
         body = {k: v for k, v in upsert.body.items() if k != "state"}
-        job = ctx.cd.upsert_job(upsert.uuid, body)
+        with Sent(report, None, f"{what}, the state left out", upsert.uuid):
+            job = ctx.cd.upsert_job(upsert.uuid, body)
         why = (f"deleted in ServiceM8, but Coredination refused the state {upsert.body['state']}"
                f" (HTTP {exc.status}): the job keeps no people")  # fmt: skip
-        parked.set_pending(record.uuid, JOB_STATE, why)
+        settle.park(JOB_STATE, why)
         report.add("skipped.state_refused")
     view = view_of(job, upsert.uuid)
     if upsert.creates:
-        parked.clear_pending(record.uuid, CD_DELETED)  # linked again, whichever way
+        settle.park(CD_DELETED, None)  # linked again, whichever way
     elif record.cd is not None and None not in (record.cd.id, view.id) and view.id != record.cd.id:
         # The update created the job afresh (``PUT`` creates a job that is missing): a dispatcher
         # deleted it and nothing had noticed. With no ServiceM8 booking change since, the
@@ -243,20 +240,21 @@ def _upsert_fields(
         # as new, which books the people the ServiceM8 bookings name.
         since_ms = deleted_since(record.cd)
         log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid,
-                    **_why_recreated(record, since_ms))  # fmt: skip
+                    **why_recreated(record, since_ms))  # fmt: skip
         if not booked_since(record, since_ms):
-            ctx.cd.delete_job(view.uuid)
+            with Sent(report, None, "delete job created again by an update", view.uuid):
+                ctx.cd.delete_job(view.uuid)
             job_deleted_in_coredination(ctx, record.uuid, record.cd)
             record.cd, record.pairs = None, {}
             report.add("skipped.deleted_in_coredination")
             return False
         ctx.stores.jobs.forget_cd(record.uuid)
         record.pairs = {}
-        parked.clear_pending(record.uuid, CD_DELETED)
+        settle.park(CD_DELETED, None)
         report.add("coredination.job_recreated")
     report.add("coredination.job_created" if upsert.creates else "coredination.job_updated")
     record.cd, record.fields_fp = view, upsert.digest
-    ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
+    settle.writes.append(SyncWrite(record.uuid, view=record.cd, fields_fp=upsert.digest))
     return True
 
 
@@ -266,15 +264,12 @@ def _sync_pairs(
 ) -> list[AllocationFacts]:  # fmt: skip
     """Every pair's plan, applied in order; returns the allocations the bridge wrote."""
     assert record.cd is not None
-    staff_map = ctx.stores.staff.staff_map()
+    staff_map = report.settle.staff or ctx.stores.staff.staff_map()
     plan = plan_pairs(record, staff_map.s2u, staff_map.u2s, ns=ctx.ns, tz=ctx.tz, now_ms=now_ms,
                       tie=ctx.options.tie, horizon=horizon,
                       booking=ctx.pull_booking())  # fmt: skip
-    parked = ctx.stores.parked
     for user in plan.unmapped_users:
-        parked.set_pending(
-            record.uuid, f"u:{user}", "Coredination user has no ServiceM8 staff member"
-        )
+        report.settle.park(f"u:{user}", "Coredination user has no ServiceM8 staff member")
         report.add("pending.unmapped_user")
     view = record.cd
     snapshots: dict[str, PairSnapshot] = {}
@@ -282,7 +277,8 @@ def _sync_pairs(
     again = False
     try:
         for pair in plan.pairs:
-            again = _apply_pair(ctx, record, view, pair, lease, now_ms, report, written)
+            again = _apply_pair(ctx, record, view, pair, now_ms, report, written)
+            report.trail.decided(pair, record.pairs.get(pair.staff))
             if pair.snapshot is not None:
                 snapshots[pair.staff] = pair.snapshot
             if again:
@@ -290,18 +286,13 @@ def _sync_pairs(
                 # left are decided at the next sync, on the view just read, not on the old one.
                 break
     finally:
-        # Keep what was done even when a write failed half-way. If our lease ran out meanwhile,
-        # another worker may have stored a newer view (a pull): keep only our write markers, and
-        # leave the view and snapshots to its sync.
-        owned = lease.owned()
-        ctx.stores.jobs.save_sync(SyncWrite(
-            record.uuid, written=written, at=ctx.clock(),
-            view=view if owned else None, pairs=snapshots if owned else {}, dirty=again,
+        # Kept even when a write failed half-way, in the sync's one write at its end; if the
+        # lease ran out meanwhile, another worker may have stored a newer view (a pull): only
+        # the write markers are kept then, and the view and snapshots left to its sync.
+        report.settle.writes.append(SyncWrite(
+            record.uuid, written=written, at=ctx.clock(), view=view, pairs=snapshots, dirty=again,
         ))  # fmt: skip
-        if owned:
-            record.pairs.update(snapshots)  # a second pass of this sync plans from them
-        else:
-            log.warning("sync.lease_lost", sm8_job_uuid=record.uuid)
+        record.pairs.update(snapshots)  # a second pass of this sync plans from them
     # Pairs the plan left out of step (a write that cannot bring them there), not those in step
     # by the rules' finer reading (a fixed booking next to a person finished in Coredination).
     left = sum(1 for p in plan.pairs if p.direction != "in_step" and p.snapshot is not None
@@ -316,7 +307,6 @@ def _apply_pair(
     record: JobRecord,
     view: CdView,
     pair: PairPlan,
-    lease: Lease,
     now_ms: int,
     report: Report,
     written: list[AllocationFacts],
@@ -328,16 +318,19 @@ def _apply_pair(
     for done, write in enumerate(pair.writes):
         if done == pair.park_after:
             _park(ctx, record, view, pair, report)
-        lease.renew()
         if isinstance(write, ResourceOp):
-            outcome, others = _resource_op(ctx, view, pair, write, now_ms, report)
+            with Sent(report, pair.staff, write.op, f"user {write.user}") as sent:
+                outcome, others = _resource_op(ctx, view, pair, write, now_ms, report)
+                sent.answer = READ_BACK[outcome]
             if outcome == "ignored":
                 _park(ctx, record, view, pair, report)  # held: the reason replaces the plan's
             if outcome != "took":
                 return outcome == "moved" or others
             again |= others
         else:
-            _apply_sm8(ctx, write, report)
+            kind = "activity" if write.fixed else "allocation"
+            with Sent(report, pair.staff, f"{write.kind} {kind}", write.uuid):
+                _apply_sm8(ctx, write, report)
             facts[write.uuid] = after_write(facts.get(write.uuid), write, record.uuid, pair.staff)
             written.append(facts[write.uuid])
     if len(pair.writes) <= pair.park_after:
@@ -404,12 +397,8 @@ def _park(
     ctx: SyncContext, record: JobRecord, view: CdView, pair: PairPlan, report: Report
 ) -> None:
     """Park the pair, or clear its parking, as planned (after its double-booking writes)."""
-    parked = ctx.stores.parked
     if pair.park is not None:
-        if pair.park.reason is None:
-            parked.clear_pending(record.uuid, pair.park.who)
-        else:
-            parked.set_pending(record.uuid, pair.park.who, pair.park.reason)
+        report.settle.park(pair.park.who, pair.park.reason)
     if pair.skipped:
         report.add(pair.skipped)
     if pair.skipped == "skipped.unknown_resource_state":

@@ -59,6 +59,6 @@ def read_after_crash(ctx: SyncContext, record: JobRecord, flight: str, report: R
     if record.cd is None:
         record.cd = seen
         record.fields_fp = flight if flight != "1" else None
-        ctx.stores.jobs.save_sync(SyncWrite(record.uuid, view=seen, fields_fp=record.fields_fp))
+        report.settle.writes.append(SyncWrite(record.uuid, view=seen, fields_fp=record.fields_fp))
         return
     take_read(record.cd, seen)

@@ -3,6 +3,8 @@ resources and time, and mark the job dirty when they differ from what the bridge
 
 from __future__ import annotations
 
+from typing import Any
+
 from bridge.coredination.client import DEFAULT_PAGE
 from bridge.coredination.models import CdJob
 from bridge.coredination.translate import view_of
@@ -14,10 +16,11 @@ from bridge.sync.context import (
     CURSOR_CD_CENSUS,
     CURSOR_CD_CENSUS_SIZE,
     CURSOR_CD_JOBS,
+    Report,
     SyncContext,
 )
 from bridge.sync.ingest import parker
-from mappings.plan import deleted_since
+from mappings.plan import booked_since, changed_since, deleted_since
 from mappings.stamps import to_epoch_ms
 from mappings.state import CdView, JobRecord
 from mappings.transitions import SyncWrite
@@ -195,3 +198,37 @@ def pull_webhook(ctx: SyncContext, ref: str, event: CdEvent | None = None) -> se
     """A Coredination webhook named job ``ref`` (and maybe the event: type, user, state)."""
     sm8_job = ctx.stores.jobs.job_for_cd(ref)
     return pull_job(ctx, sm8_job, event) if sm8_job else set()
+
+
+def cd_job_gone(ctx: SyncContext, view: CdView) -> bool:
+    """Whether the linked Coredination job is gone (read to be sure: an operation's 404 may be
+    about its user)."""
+    try:
+        ctx.cd.get_job(view.uuid)
+    except NotFound:
+        return True
+    return False
+
+
+def may_link(record: JobRecord, entry: dict[str, Any] | None, report: Report) -> bool:
+    """Whether a job with no Coredination job may get one: unless a dispatcher deleted it there
+    and no booking on it has changed in ServiceM8 since (``entry``: its ``CD_DELETED`` parking,
+    as loaded)."""
+    if entry is None:
+        return True
+    since_ms = int(float(entry.get("since", 0)) * 1000)
+    if booked_since(record, since_ms):
+        report.settle.park(CD_DELETED, None)
+        report.add("coredination.job_recreated")
+        log.info("sync.coredination_job_recreated", sm8_job_uuid=record.uuid,
+                 **why_recreated(record, since_ms))  # fmt: skip
+        return True
+    report.add("skipped.deleted_in_coredination")
+    return False
+
+
+def why_recreated(record: JobRecord, since_ms: int) -> dict[str, object]:
+    """For the log: the deletion's bound and the bookings whose change counted after it."""
+    counted = [f"{a.uuid}@{a.edited_ms}(own {a.own_ms})"
+               for a in record.allocations.values() if changed_since(a, since_ms)]  # fmt: skip
+    return {"since_ms": since_ms, "changed": counted}

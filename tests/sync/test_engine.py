@@ -12,10 +12,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from redis.exceptions import LockError
-from redis.lock import Lock
 
 from bridge.simulators.scenario import seed_business
-from bridge.sync.context import Lease
+from bridge.sync import jobsync
 from mappings.ids import cd_job_uuid, sm8_allocation_uuid
 from tests import days
 
@@ -277,8 +276,15 @@ def test_a_sync_that_lost_its_lease_keeps_its_writes_but_not_its_view(
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
                                      "allocation_date": days.stamp(15)})  # fmt: skip
     engine.poll_servicem8()
-    monkeypatch.setattr(Lock, "owned", lambda self: False)  # another worker took the job over
-    engine.sync_job(job)
+    cd, send = engine.ctx.cd, engine.ctx.cd.resource_op
+
+    def taken_over(*args, **kwargs):  # the write leaves, then another worker takes the job over
+        send(*args, **kwargs)
+        engine.ctx.stores.redis.set(engine.ctx.stores.keys.job_lock(job), "another-worker")
+
+    monkeypatch.setattr(cd, "resource_op", taken_over)
+    with pytest.raises(LockError):  # its release finds the lock another's: the task retries
+        engine.sync_job(job)
     user = biz.user_for(free["uuid"])["id"]
     assert _resources(cd_sim, cd_job_uuid(engine.ctx.ns, job))[user] == "SCHEDULED"  # it went
     after = engine.ctx.stores.jobs.load(job)
@@ -386,18 +392,19 @@ def test_a_sync_whose_lease_is_taken_after_it_decided_sends_no_write(
     sm8_sim.create("joballocation", {"job_uuid": job, "staff_uuid": free["uuid"],
                                      "allocation_date": days.stamp(15)})  # fmt: skip
     engine.poll_servicem8()
-    stores, renew = engine.ctx.stores, Lease.renew
+    stores, plan = engine.ctx.stores, jobsync.plan_job_fields
 
-    def renew_then_lose(lease):
-        renew(lease)  # the sync's own renewal as it decides: still ours
+    def decide_then_lose(*args, **kwargs):
+        decided = plan(*args, **kwargs)  # decided while the lease is ours, then starved
         stores.redis.set(stores.keys.job_lock(job), "another-worker", px=60_000)
+        return decided
 
-    monkeypatch.setattr(Lease, "renew", renew_then_lose)
+    monkeypatch.setattr(jobsync, "plan_job_fields", decide_then_lose)
     cd_sim.reset_counts()
     with pytest.raises(LockError):
         engine.sync_job(job)
     assert cd_sim.write_count() == 0, cd_sim.counts  # no write of any kind
-    monkeypatch.setattr(Lease, "renew", renew)
+    monkeypatch.setattr(jobsync, "plan_job_fields", plan)
     stores.redis.delete(stores.keys.job_lock(job))  # the other worker is done
     engine.sync_job(job)  # the retry, from a read
     user = biz.user_for(free["uuid"])["id"]

@@ -239,3 +239,31 @@ def test_a_held_pair_or_a_read_back_write_is_format_3_which_a_format_2_reader_re
                 patch.setattr(codec, "DECODERS", older)
                 with pytest.raises(codec.NewerRecord):
                     decode(JOB, raw, DERIVED)
+
+
+def test_a_job_with_a_status_or_category_is_format_4_which_a_format_3_reader_refuses():
+    """Job facts are on the ladder too: a job whose status or category is known (scope reads
+    them) is written as format 4, so a worker of the previous release (formats 1 to 3, during a
+    rolling upgrade) meets ``NewerRecord`` and steps over it, rather than reading a details row
+    longer than it knows as damaged."""
+    from bridge.store import codec
+
+    bare = JobFacts(JOB, True, "1001", "Fix tap", "1 George St", None, None)
+    category = "4ad1e7b2-0c0e-4d6f-8a9b-2c3d4e5f6a7b"
+    for record, version in [
+        (JobRecord(JOB, details=bare), 1),
+        (JobRecord(JOB, details=replace(bare, status="Work Order")), 4),
+        (JobRecord(JOB, details=replace(bare, category_uuid=category)), 4),
+    ]:  # fmt: skip
+        raw = encode(record, DERIVED)
+        assert msgpack.unpackb(raw, strict_map_key=False)[0] == version
+        assert decode(JOB, raw, DERIVED) == record
+        older = {k: v for k, v in codec.DECODERS.items() if k < 4}
+        with pytest.MonkeyPatch.context() as patch:  # the previous release's reader
+            patch.setattr(codec, "FORMAT", 3)
+            patch.setattr(codec, "DECODERS", older)
+            if version == 4:
+                with pytest.raises(codec.NewerRecord):
+                    decode(JOB, raw, DERIVED)
+            else:
+                assert decode(JOB, raw, DERIVED) == record
