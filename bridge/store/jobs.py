@@ -37,17 +37,20 @@ UPDATE_ATTEMPTS = 20  # compare-and-set attempts before a busy record is given u
 # ARGV: field, the bytes read ('' = absent), the new bytes ('' = leave as is), the job uuid, '1'
 # to bump its dirty mark, an expiry reminder in epoch ms ('' = none). Returns 1 if done, 0 if the
 # record changed. A record written where there was none counts one link more.
-_PUT_JOB = """
-local held = redis.call('HGET', KEYS[1], ARGV[1]) or ''
-if held ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' and redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) == 1
-    and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('INCR', KEYS[4])
+# As a Lua function, so that a sync's settle script (``bridge.store.settle``) runs the same.
+PUT_JOB_FN = """
+local function put_job()
+  if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
+  if ARGV[3] ~= '' and redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) == 1
+      and redis.call('EXISTS', KEYS[4]) == 1 then
+    redis.call('INCR', KEYS[4])
+  end
+  if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
+  if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
+  return 1
 end
-if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
-if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
-return 1
 """
+_PUT_JOB = PUT_JOB_FN + "return put_job()\n"
 # The links count, made from the buckets where none is kept yet. KEYS: the count, every bucket.
 # One script, so no record is written between the counting and the count being kept.
 _RECOUNT = """
@@ -91,18 +94,24 @@ return n
 # A sync has ended: its in-flight mark goes. Clears the dirty mark if unchanged since it was
 # read, and counts the job synced towards the backlog's progress (``catchup``), which goes once
 # no job is dirty.
-_CLEAR_DIRTY = """
-redis.call('HDEL', KEYS[3], ARGV[1])
-if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-redis.call('HDEL', KEYS[1], ARGV[1])
-if redis.call('HLEN', KEYS[1]) == 0 then
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('HSETNX', KEYS[2], 'since', ARGV[3])
-  redis.call('HINCRBY', KEYS[2], 'done', 1)
+# (``generation`` '-': there is no dirty mark to clear, only the in-flight one.)
+CLEAR_DIRTY_FN = """
+local function clear_dirty(dirty, catchup, inflight, job, generation, at)
+  redis.call('HDEL', inflight, job)
+  if generation == '-' or redis.call('HGET', dirty, job) ~= generation then return 0 end
+  redis.call('HDEL', dirty, job)
+  if redis.call('HLEN', dirty) == 0 then
+    redis.call('DEL', catchup)
+  else
+    redis.call('HSETNX', catchup, 'since', at)
+    redis.call('HINCRBY', catchup, 'done', 1)
+  end
+  return 1
 end
-return 1
 """
+_CLEAR_DIRTY = CLEAR_DIRTY_FN + (
+    "return clear_dirty(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3])\n"
+)
 
 
 class StoreBusy(RedisError):

@@ -19,7 +19,7 @@ from typing import Any
 
 from bridge.log import get_logger
 from bridge.store.codec import encode
-from bridge.store.jobs import JobStore, _decode, queue_links
+from bridge.store.jobs import CLEAR_DIRTY_FN, PUT_JOB_FN, JobStore, _decode, queue_links
 from bridge.store.lua import queue
 from bridge.store.staff import StaffMap, StaffStore
 from bridge.store.trail import Kept
@@ -34,29 +34,16 @@ log = get_logger(__name__)
 # expiry reminder in ms (''), the dirty generation to clear ('' = keep the marks, '-' = none to
 # clear but the in-flight mark), now, the lock's token ('' = no lock).
 # Returns -1 when the lock is not the sync's, 0 when the record changed since it was loaded.
-_SETTLE = """
+_SETTLE = (
+    PUT_JOB_FN
+    + CLEAR_DIRTY_FN
+    + """
 if ARGV[9] ~= '' and redis.call('GET', KEYS[7]) ~= ARGV[9] then return -1 end
-if (redis.call('HGET', KEYS[1], ARGV[1]) or '') ~= ARGV[2] then return 0 end
-if ARGV[3] ~= '' and redis.call('HSET', KEYS[1], ARGV[1], ARGV[3]) == 1
-    and redis.call('EXISTS', KEYS[4]) == 1 then
-  redis.call('INCR', KEYS[4])
-end
-if ARGV[5] == '1' then redis.call('HINCRBY', KEYS[2], ARGV[4], 1) end
-if ARGV[6] ~= '' then redis.call('ZADD', KEYS[3], 'LT', ARGV[6], ARGV[4]) end
-if ARGV[7] ~= '' then
-  redis.call('HDEL', KEYS[6], ARGV[4])
-  if ARGV[7] ~= '-' and redis.call('HGET', KEYS[2], ARGV[4]) == ARGV[7] then
-    redis.call('HDEL', KEYS[2], ARGV[4])
-    if redis.call('HLEN', KEYS[2]) == 0 then
-      redis.call('DEL', KEYS[5])
-    else
-      redis.call('HSETNX', KEYS[5], 'since', ARGV[8])
-      redis.call('HINCRBY', KEYS[5], 'done', 1)
-    end
-  end
-end
+if put_job() == 0 then return 0 end
+if ARGV[7] ~= '' then clear_dirty(KEYS[2], KEYS[5], KEYS[6], ARGV[4], ARGV[7], ARGV[8]) end
 return 1
 """
+)
 # Pairs parked or cleared (``ParkedStore.set_pending``: the same reason keeps its first time).
 # KEYS: the pending hash. ARGV: now, then a field and a reason per pair ('' clears it).
 _PARKS = """

@@ -115,6 +115,9 @@ def test_demo_runs_to_completion_and_its_summary_matches_the_simulators(tmp_path
     print(f"\ndemo: exit {result.returncode} in {took:.1f}s")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "Both systems agree." in result.stdout
+    why = " ".join(result.stdout.split("5. Why")[-1].split())  # the moved visit's trail
+    assert "in Coredination: Coredination's side is taken." in why, result.stdout[-3000:]
+    assert "Unschedule" not in why and "(ok)." in why
     summary = json.loads((tmp_path / "summary.json").read_text())
     allocations = summary["simulators"]["servicem8_joballocations"]
     activities = summary["simulators"]["servicem8_jobactivities"]

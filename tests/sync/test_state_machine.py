@@ -38,7 +38,7 @@ from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
 from bridge.store import Stores
 from bridge.sync import Engine, SyncContext
 from mappings.ids import cd_job_uuid
-from mappings.trail import decode
+from mappings.trail import decode, sentences
 from tests.conftest import CD_KEY, SM8_KEY
 from tests.fakes import EMPTY, Clock, FakeCoredination, FakeServiceM8
 
@@ -567,6 +567,11 @@ def test_an_assign_coredination_ignores_is_read_back_and_held():
         assert machine.cd.resources(machine.cd_job(job))[user] == "ACCEPTED"
         reason = machine.stores.parked.pending()[f"{job}|{staff}"]["reason"]
         assert "keeps the user ACCEPTED" in reason
+        # and its trail tells it (sm8cd explain)
+        told = [line for raw in machine.stores.trail.entries(job)
+                for line in sentences(decode(raw), TZ)]  # fmt: skip
+        assert any("(ignored: the person is at work)." in line for line in told)
+        assert any("Held: Coredination keeps the user ACCEPTED" in line for line in told)
     finally:
         machine.teardown()
 

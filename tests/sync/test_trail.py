@@ -1,6 +1,7 @@
 """The job's trail and ``sm8cd explain``: each sync that decided anything leaves one entry, told
 in plain sentences that name the rule and each write, for every kind of flow (push, pull, both
-sides changed with both times, echo, held at work, pending staff, out of scope, refused)."""
+sides changed with both times, echo, pending staff, out of scope, refused; held at work: the
+state machine's test of it)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ from bridge.simulators.scenario import seed_business, seed_history
 from mappings.ids import cd_job_uuid
 from mappings.trail import Entry, decode, sentences
 from tests.conftest import CD_KEY, SM8_KEY
-from tests.sync.test_state_machine import KeptAtWork
 
 SYD = ZoneInfo("Australia/Sydney")
 
@@ -123,22 +123,6 @@ def test_a_refused_job_keeps_the_apis_message_in_its_trail(engine, store, sm8_si
     assert entry.error is not None and "No permission here" in entry.error
     assert [(w.what, w.answer.split(":")[0]) for w in entry.job] == [("create job", "Forbidden")]
     assert "Stopped: Forbidden" in _told(store, job)
-
-
-def test_a_pair_coredination_keeps_at_work_is_told_as_held():
-    machine = KeptAtWork()
-    try:
-        machine.office_books(job=0, person=0, when="all day")
-        machine.sync(cycles=1)
-        machine.worker_acts(pick=0, state="ACCEPTED")
-        machine.office_undates(job=0, person=0, pick=0)
-        machine.sync(cycles=1)
-        job = machine.jobs[0]
-        told = _told(machine.stores, job)
-        assert "Assign user" in told and "(ignored: the person is at work)." in told
-        assert "Held: Coredination keeps the user ACCEPTED" in told
-    finally:
-        machine.teardown()
 
 
 def test_explain_tells_the_story_and_where_each_pair_stands(cli_env, sm8_sim, cd_sim, redis_client):
