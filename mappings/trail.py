@@ -24,6 +24,7 @@ VERSION = 1
 KEEP = 12  # entries per job, newest first
 KEEP_DAYS = 30  # a job's trail expires this long after its last entry
 MESSAGE_CHARS = 200  # an API's message, at most
+LEFT_OUT = "skipped.out_of_scope."
 
 
 @dataclass(frozen=True)
@@ -73,9 +74,12 @@ class Entry:
 
     @property
     def decided(self) -> bool:
-        """Worth keeping: something was written, refused, or decided (an echo found in step
-        included: "why did nothing happen" is a question too)."""
-        return bool(self.job or self.error or self.verdicts or self.pairs)
+        """Worth keeping: something was written, refused, or decided about a pair (an echo
+        found in step included: "why did nothing happen" is a question too). A job left out of
+        scope as a whole and nothing else keeps none: ``explain`` tells that from the job itself,
+        and the history of a large account costs no trail."""
+        scope_only = all(v.startswith(LEFT_OUT) for v in self.verdicts)
+        return bool(self.job or self.error or self.pairs or not scope_only)
 
 
 @dataclass
@@ -235,6 +239,8 @@ VERDICTS = {
     " and no booking changed in ServiceM8 since.",
     "skipped.job_missing": "Left alone: the job is not found in ServiceM8.",
     "skipped.nothing_to_link": "Nothing to link: no live booking.",
+    "pending.job_list": "Waiting: the first poll has not read the job list yet; the job syncs"
+    " once it has.",
     "skipped.state_refused": "Coredination refused the job's state override.",
     "skipped.not_in_step": "Some pairs could not be brought in step by a write.",
     "coredination.job_recreated": "The Coredination job was created again: a booking changed in"

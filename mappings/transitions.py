@@ -82,6 +82,11 @@ def ingest_allocations(
             fact = replace(fact, by_bridge=False)
         elif previous is not None and previous.by_bridge and not fact.by_bridge:
             fact = replace(fact, by_bridge=True)
+        elif previous is None and fact.by_bridge and fact.own_ms is None:
+            # The bridge's own booking met before its write marker was kept (the sync that made
+            # it was killed just after the write): only the bridge makes a booking of a uuid it
+            # derives, so its change time is the bridge's, which the deletion rule never counts.
+            fact = replace(fact, own_ms=fact.edited_ms)
         if previous is not None and previous.edited_ms is not None and previous.same_state(fact):
             # Only edit_date moved (a booking opened on the phone): the change time stays when
             # the fields the rules read last changed, so it wins no conflict.

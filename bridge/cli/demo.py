@@ -195,7 +195,7 @@ class Demo:
             _wait("both sides to agree", lambda: check(self.sm8, self.cd, self.ns).converged)
             result = check(self.sm8, self.cd, self.ns)
             print_summary(self, result, runtime.stores.activity.stats())
-            self._explain(runtime, self.business.jobs[1])
+            show_why(self.console, runtime, self.business.jobs[1])
             if summary_json is not None:
                 data = summary_data(self.sm8, self.cd, result, self.history)
                 summary_json.write_text(json.dumps(data, indent=2))
@@ -334,21 +334,6 @@ class Demo:
                           for a in self.live_allocations(job, staff)))  # fmt: skip
         self.done("ServiceM8: allocation completion time set", time.monotonic() - started)
 
-    def _explain(self, runtime: Runtime, job: str) -> None:
-        """Why the moved visit is as it is: the job's trail, as ``sm8cd explain`` tells it."""
-        from mappings.trail import decode, sentences
-
-        self.say(
-            f"\n[bold]5. Why[/] (sm8cd explain {job}: the sync that took the dispatcher's move)"
-        )
-        names = {k: str(v.get("name")) for k, v in runtime.stores.staff.directory("staff").items()}
-        entries = [e for e in map(decode, runtime.stores.trail.entries(job)) if e is not None]
-        moved = [e for e in entries if any(p.rule == "pull" for p in e.pairs)]
-        for line in (
-            sentences((moved or entries)[-1], runtime.engine.ctx.tz, names) if entries else []
-        ):
-            self.console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
-
     def _keep_running(self) -> None:
         self.say(f"\nStill running (Ctrl-C to stop). Logs in {self.state_dir / 'logs'}.")
         self.say(f"  metrics  http://127.0.0.1:{self.port}/metrics")
@@ -360,6 +345,19 @@ class Demo:
         signal.signal(signal.SIGTERM, self.supervisor.request_stop)
         signal.signal(signal.SIGINT, self.supervisor.request_stop)
         self.supervisor.wait()
+
+
+def show_why(console: Console, runtime: Runtime, job: str) -> None:
+    """Why the moved visit is as it is: the job's trail, as ``sm8cd explain`` tells it."""
+    from mappings.trail import decode, sentences
+
+    console.print(f"\n[bold]5. Why[/] (sm8cd explain {job}: the sync that took the dispatcher's "
+                  "move)", highlight=False)  # fmt: skip
+    names = {k: str(v.get("name")) for k, v in runtime.stores.staff.directory("staff").items()}
+    entries = [e for e in map(decode, runtime.stores.trail.entries(job)) if e is not None]
+    moved = [e for e in entries if any(p.rule == "pull" for p in e.pairs)] or entries
+    for line in sentences(moved[-1], runtime.engine.ctx.tz, names) if moved else []:
+        console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
 
 
 def print_summary(demo: Demo, result: Convergence, stats: dict[str, int]) -> None:

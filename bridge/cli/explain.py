@@ -15,7 +15,8 @@ import typer
 
 from bridge.cli.base import app, command_runtime, fail, handles_errors, out
 from bridge.store.codec import id_bytes
-from mappings.trail import Entry, decode, sentences
+from mappings.scope import HISTORY
+from mappings.trail import LEFT_OUT, VERDICTS, Entry, decode, sentences
 
 if TYPE_CHECKING:
     from bridge.process.runtime import Runtime
@@ -54,6 +55,7 @@ def explain(
         raw = rt.stores.trail.entries(sm8_job)
         names = _names(rt)
         tz = rt.engine.ctx.tz
+        verdict = _scope_verdict(rt, record)
         excluded = rt.stores.scope.is_excluded(sm8_job)
         parked = {k.split("|", 1)[1]: v for k, v in rt.stores.parked.pending().items()
                   if k.startswith(f"{sm8_job}|")}  # fmt: skip
@@ -74,7 +76,7 @@ def explain(
     if excluded:
         out.print("Excluded by hand: nothing of it syncs ('sm8cd include' takes it back).")
     if not raw:
-        out.print(_untouched(record), highlight=False)
+        out.print(_untouched(record, verdict), highlight=False)
     for entry in entries:
         out.print("")
         for line in sentences(entry, tz, names):
@@ -123,12 +125,26 @@ def _heading(sm8_job: str, record: Any) -> str:
     return f"{head}, Coredination job {record.cd.uuid}{cd_id}"
 
 
-def _untouched(record: Any) -> str:
+def _scope_verdict(rt: Runtime, record: Any) -> str | None:
+    """Why the job is out of scope as a whole now, as the sync decides it (None: it is not)."""
+    from mappings.plan import in_scope
+
+    ctx = rt.engine.ctx
+    now_ms = ctx.now_ms()
+    horizon = ctx.horizon(now_ms)
+    reason = horizon.left_out(record.details)
+    if reason is None and record.allocations and not in_scope(record, horizon, now_ms):
+        reason = HISTORY
+    return None if reason is None else VERDICTS.get(f"{LEFT_OUT}{reason}", reason)
+
+
+def _untouched(record: Any, verdict: str | None) -> str:
     if record.empty:
         return "Unknown: the bridge has not seen this job (not polled yet, or not in ServiceM8)."
+    if verdict is not None:
+        return f"{verdict} No sync decides anything about it while it is."
     if record.cd is None:
-        return ("No sync has decided anything about it yet: it is out of scope (history, or a "
-                "status or category not synced), or waiting for its first sync.")  # fmt: skip
+        return "No sync has decided anything about it yet: it waits for its first sync."
     return "No trail kept for it (none since this release, or older than its keep time)."
 
 

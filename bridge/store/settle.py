@@ -88,6 +88,12 @@ class Settlement:
     def park(self, who: str, reason: str | None) -> None:
         self.parks[who] = reason
 
+    def forget_view(self) -> None:
+        """The Coredination job turned out gone while the sync ran: of what it meant to leave,
+        only the write markers stay, so its end cannot put the old view or snapshots back over
+        the job's forgetting (written at once: ``JobStore.forget_cd``)."""
+        self.writes = [SyncWrite(w.job_uuid, w.written, w.at) for w in self.writes if w.written]
+
 
 def load(jobs: JobStore, staff: StaffStore, job_uuid: str, settled: str,
          deleted: str) -> SyncLoad:  # fmt: skip
@@ -162,6 +168,7 @@ def settle(
             pipe.hincrby(keys.stats, name, n)
         outcome = pipe.execute()[at]
     if outcome == 1:
+        loaded.raw = new or loaded.raw  # what a later settle of the same sync compares with
         return
     if outcome == -1:  # another worker holds the job: keep our write markers only
         log.warning("sync.lease_lost", sm8_job_uuid=job)
@@ -174,6 +181,7 @@ def settle(
         jobs.remind_expiry(job, done.expiry_ms)
     if clear:
         jobs.clear_dirty(job, loaded.generation, now)
+    loaded.raw = jobs.r.hget(bucket, field_)
 
 
 def _applied(

@@ -83,14 +83,11 @@ def sync_job(ctx: SyncContext, sm8_job: str, trigger: str = "command") -> Report
                 loaded, report = _load(ctx, sm8_job), Report(trail=report.trail)
                 _sync_locked(ctx, loaded, lease, report)
         except Exception as exc:
-            _settle(
-                ctx,
-                loaded,
-                lease,
-                report,
-                clear=False,
-                trail=trail_entry(ctx, report, trigger, exc),
-            )
+            try:  # what was done is kept, its marks with it; the sync's error is the one raised
+                _settle(ctx, loaded, lease, report, clear=False,
+                        trail=trail_entry(ctx, report, trigger, exc))  # fmt: skip
+            except Exception:
+                log.warning("sync.settle_failed", sm8_job_uuid=sm8_job, exc_info=True)
             raise
         _settle(ctx, loaded, lease, report, clear=WAITING_JOB_LIST not in report.counts,
                 trail=trail_entry(ctx, report, trigger), counted=True)  # fmt: skip
@@ -109,7 +106,7 @@ def _settle(
     """Leave what the sync did in the store, in one round trip (``bridge.store.settle``)."""
     settle(ctx.stores.jobs, loaded, report.settle, lock=lease.lock, clear=clear, trail=trail,
            counts=report.counts if counted else {}, now=ctx.clock())  # fmt: skip
-    report.settle = Settlement()
+    report.settle = Settlement(staff=report.settle.staff)
 
 
 def _out_of_scope(report: Report, reason: str) -> Report:
@@ -154,7 +151,7 @@ def _sync_locked(ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Repor
         # Everyone off the job first, then the state override: a resource change after it would
         # derive the job's state again (docs/coredination-api.md#states). A deletion is a
         # change, not a job leaving scope.
-        _sync_pairs(ctx, record, lease, now_ms, horizon, report)
+        _sync_pairs(ctx, loaded, lease, now_ms, horizon, report)
         _upsert_fields(ctx, record, lease, now_ms, horizon, report)
         return report
     left_out = horizon.left_out(record.details)
@@ -174,7 +171,7 @@ def _sync_locked(ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Repor
         report.add(f"skipped.out_of_scope.{HISTORY}")
     elif not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
         return report
-    written = _sync_pairs(ctx, record, lease, now_ms, horizon, report)
+    written = _sync_pairs(ctx, loaded, lease, now_ms, horizon, report)
     if written and lease.owned() and (current or in_scope(_with(record, written), horizon, now_ms)):
         # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
         # or dated by a pull): its fields follow in the same sync, not at some later change;
@@ -185,7 +182,7 @@ def _sync_locked(ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Repor
         if not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
             return report
         if lease.owned() and _job_time(record.cd) != before:
-            _sync_pairs(ctx, record, lease, now_ms, horizon, report)
+            _sync_pairs(ctx, loaded, lease, now_ms, horizon, report)
     return report
 
 
@@ -241,6 +238,7 @@ def _upsert_fields(
         since_ms = deleted_since(record.cd)
         log.warning("sync.coredination_job_recreated_by_update", sm8_job_uuid=record.uuid,
                     **why_recreated(record, since_ms))  # fmt: skip
+        settle.forget_view()  # the old view and snapshots this sync meant to keep go too
         if not booked_since(record, since_ms):
             with Sent(report, None, "delete job created again by an update", view.uuid):
                 ctx.cd.delete_job(view.uuid)
@@ -259,10 +257,11 @@ def _upsert_fields(
 
 
 def _sync_pairs(
-    ctx: SyncContext, record: JobRecord, lease: Lease, now_ms: int, horizon: Horizon,
+    ctx: SyncContext, loaded: SyncLoad, lease: Lease, now_ms: int, horizon: Horizon,
     report: Report,
 ) -> list[AllocationFacts]:  # fmt: skip
     """Every pair's plan, applied in order; returns the allocations the bridge wrote."""
+    record = loaded.record
     assert record.cd is not None
     staff_map = report.settle.staff or ctx.stores.staff.staff_map()
     plan = plan_pairs(record, staff_map.s2u, staff_map.u2s, ns=ctx.ns, tz=ctx.tz, now_ms=now_ms,
@@ -293,6 +292,8 @@ def _sync_pairs(
             record.uuid, written=written, at=ctx.clock(), view=view, pairs=snapshots, dirty=again,
         ))  # fmt: skip
         record.pairs.update(snapshots)  # a second pass of this sync plans from them
+        if written:  # the markers of ServiceM8 writes are kept at once, as the writes are done
+            _settle(ctx, loaded, lease, report, clear=False)
     # Pairs the plan left out of step (a write that cannot bring them there), not those in step
     # by the rules' finer reading (a fixed booking next to a person finished in Coredination).
     left = sum(1 for p in plan.pairs if p.direction != "in_step" and p.snapshot is not None

@@ -104,14 +104,20 @@ def test_a_person_without_a_coredination_user_is_pending(engine, store, sm8_sim,
     assert "Pending: staff member has no Coredination user." in _told(store, job)
 
 
-def test_history_is_told_as_left_out(engine, store, sm8_sim, cd_sim):
+def test_history_keeps_no_trail_and_explain_tells_why_it_is_left_out(
+    cli_env, sm8_sim, cd_sim, redis_client
+):
+    from bridge.store import Stores
+
     biz = seed_business(sm8_sim, cd_sim, staff=2, jobs=1, allocations=1)
     old = seed_history(sm8_sim, biz, jobs=6)
-    engine.run_cycle()
-    told = {job: _told(store, job) for job in old}
-    assert any("Left out: every booking is history" in t for t in told.values())
-    assert any("Left out: its job status is not synced." in t for t in told.values())
-    assert all(not e.job and not e.pairs for job in old for e in _story(store, job))
+    runner = CliRunner()
+    assert runner.invoke(cli, ["sync", "--once"]).exit_code == 0
+    stores = Stores.connect(redis_client, cli_env["BRIDGE_CONNECTION_ID"])
+    assert all(not stores.trail.entries(job) for job in old)  # a large account's history: free
+    told = {job: _flat(runner.invoke(cli, ["explain", job]).output) for job in old}
+    assert any("Left out: every booking is history" in t for t in told.values()), told
+    assert any("Left out: its job status is not synced." in t for t in told.values()), told
 
 
 def test_a_refused_job_keeps_the_apis_message_in_its_trail(engine, store, sm8_sim, cd_sim):

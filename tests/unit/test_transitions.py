@@ -33,6 +33,23 @@ def test_a_new_live_allocation_is_a_change():
     assert record.allocations[allocation().uuid] == allocation()
 
 
+def test_the_bridges_own_booking_met_without_its_write_marker_is_no_persons_change():
+    """Found by the chaos run: a worker killed just after creating a booking left no write
+    marker; read back, the booking counted as a person's change, and the deletion rule then
+    created again a job a dispatcher had deleted. A booking of a uuid the bridge derives is the
+    bridge's own from its first sight; any other new booking is a person's."""
+    record = JobRecord(JOB)
+    ours, theirs = allocation(1, by_bridge=True), allocation(2)
+    ingest_allocations(record, [ours, theirs], read_started=1.0)
+    assert not record.allocations[ours.uuid].changed_by_person
+    assert record.allocations[ours.uuid].own_ms == ours.edited_ms
+    assert record.allocations[theirs.uuid].changed_by_person
+    # a person's later change to the bridge's booking counts again
+    moved = replace(ours, date_ms=1796130000000, edited_ms=1795423705000)
+    ingest_allocations(record, [moved], read_started=2.0)
+    assert record.allocations[ours.uuid].changed_by_person
+
+
 def test_an_allocation_deleted_before_the_bridge_saw_it_is_not_kept():
     """Found by the state machine: kept, it made its job known, and the job poll then marked the
     job to sync though nothing of it had changed."""
