@@ -172,16 +172,17 @@ def _sync_locked(ctx: SyncContext, loaded: SyncLoad, lease: Lease, report: Repor
     elif not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
         return report
     written = _sync_pairs(ctx, loaded, lease, now_ms, horizon, report)
-    if written and lease.owned() and (current or in_scope(_with(record, written), horizon, now_ms)):
+    if written and (current or in_scope(_with(record, written), horizon, now_ms)):
         # The bridge's own ServiceM8 writes may move the job's time (an office booking undated
         # or dated by a pull): its fields follow in the same sync, not at some later change;
         # and so do the bridge's own fixed bookings, which follow the job's time (once: what
-        # they write moves no job time, as they follow it).
+        # they write moves no job time, as they follow it). A lease lost meanwhile stops any
+        # write of this pass at the fence, and its record at the settle.
         record.allocations.update({fact.uuid: fact for fact in written})
         before = _job_time(record.cd)
         if not _upsert_fields(ctx, record, lease, now_ms, horizon, report):
             return report
-        if lease.owned() and _job_time(record.cd) != before:
+        if _job_time(record.cd) != before:
             _sync_pairs(ctx, loaded, lease, now_ms, horizon, report)
     return report
 
