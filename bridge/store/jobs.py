@@ -383,16 +383,6 @@ class JobStore:
                 self.trail.append(job_uuid, trail, pipe)
             return generation is None or bool(pipe.execute()[0])
 
-    def load_for_sync(self, job_uuid: str) -> tuple[JobRecord, str | None]:
-        """The record, and what a sync of it that did not end had on its way (None: nothing),
-        in one round trip."""
-        bucket, field_ = self._slot(job_uuid)
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hget(bucket, field_)
-            pipe.hget(self.keys.inflight, job_uuid)
-            raw, flight = pipe.execute()
-        return _decode(self, job_uuid, raw)[0], None if flight is None else flight.decode()
-
     def due_expiries(self, now_ms: int) -> set[str]:
         """Jobs with an allocation expired by now: mark them dirty and forget the reminder."""
         due = {j.decode() for j in self.r.zrangebyscore(self.keys.expiring, "-inf", now_ms)}

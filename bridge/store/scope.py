@@ -28,15 +28,6 @@ class ScopeStore:
     def is_excluded(self, job_uuid: str) -> bool:
         return bool(self.r.hexists(self.keys.excluded, job_uuid))
 
-    def state(self, job_uuid: str, settled: str) -> tuple[bool, str | None]:
-        """One round trip for a job sync: whether the job is excluded, and the scope settings
-        the connection's jobs were last marked under (the ``settled`` cursor entry)."""
-        with self.r.pipeline(transaction=False) as pipe:
-            pipe.hexists(self.keys.excluded, job_uuid)
-            pipe.hget(self.keys.cursor, settled)
-            excluded, held = pipe.execute()
-        return bool(excluded), held.decode() if held is not None else None
-
     def excluded(self) -> dict[str, dict[str, Any]]:
         """Every excluded job → ``{"by", "at"[, "note"]}``."""
         raw: dict[bytes, bytes] = self.r.hgetall(self.keys.excluded)

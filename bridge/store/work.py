@@ -61,15 +61,12 @@ class WorkStore:
         self._dead_letter_once = redis.register_script(_DEAD_LETTER_ONCE)
 
     # --- work on its way -----------------------------------------------------------------------
-    def note_in_flight(self, job_uuid: str, what: str = "1") -> None:
-        """A sync of the job is about to send a write (``what``: the body digest of a ``PUT``
-        creating its Coredination job, else ``1``): kept until a sync of it ends, so a sync
-        after a worker died mid-write reads the job before writing again."""
-        self.r.hset(self.keys.inflight, job_uuid, what)
-
     def renew_noting(self, lock: Lock | None, job_uuid: str, what: str) -> None:
         """``lock`` renewed (redis-py's own renewal script) and the job's in-flight mark kept, in
-        one round trip; raises ``LockNotOwnedError`` when the lock is no longer ours."""
+        one round trip; raises ``LockNotOwnedError`` when the lock is no longer ours. The mark
+        (``what``: the body digest of a ``PUT`` creating the job's Coredination job, else ``1``)
+        stays until a sync of the job ends, so a sync after a worker died mid-write reads the
+        job before writing again."""
         with self.r.pipeline(transaction=False) as pipe:
             if lock is not None:
                 script = lock.lua_reacquire  # registered when the lock was made

@@ -104,7 +104,7 @@ class Report:
 class Lease:
     """A held job lock, renewed as each write leaves (the fence, ``bridge.http.fence``), so a
     worker that lost the job stops before sending. The sync's first write also leaves the job's
-    in-flight mark (``WorkStore.note_in_flight``), in the same round trip as its renewal."""
+    in-flight mark (``WorkStore.renew_noting``), in the same round trip as its renewal."""
 
     def __init__(
         self, lock: Lock | None, work: WorkStore | None = None, job_uuid: str = ""

@@ -95,8 +95,7 @@ def sync_job(ctx: SyncContext, sm8_job: str, trigger: str = "command") -> Report
 
 
 def _load(ctx: SyncContext, sm8_job: str) -> SyncLoad:
-    loaded = load(ctx.stores.jobs, ctx.stores.staff, sm8_job, CURSOR_SCOPE, CD_DELETED)
-    return loaded
+    return load(ctx.stores.jobs, ctx.stores.staff, sm8_job, CURSOR_SCOPE, CD_DELETED)
 
 
 def _settle(
