@@ -13,14 +13,9 @@ app.add_typer(dlq_app, name="dlq")
 
 
 def _dlq_rows(rt: Any, count: int) -> list[dict[str, Any]]:
-    """Each dead letter, with ``count`` (how often its cause failed: one entry per cause) and
-    ``resolved_at`` once its job synced after all."""
-    resolved = rt.stores.work.resolved()
-    return [
-        {"id": entry_id, "count": "1", **fields,
-         **({"resolved_at": str(resolved[entry_id])} if entry_id in resolved else {})}
-        for entry_id, fields in rt.stores.work.dead_letters(count)
-    ]  # fmt: skip
+    from bridge.ops.actions import dead_letter_rows
+
+    return dead_letter_rows(rt.stores, count)
 
 
 @dlq_app.command("list")
@@ -69,17 +64,17 @@ def dlq_show(
 
 
 def _selected(rt: Any, entry_ids: list[str], everything: bool) -> list[dict[str, Any]]:
-    rows = _dlq_rows(rt, 100_000)
+    from bridge.ops.actions import NoSuchEntry, selected
+
     if everything:
-        return rows
-    wanted = set(entry_ids)
-    found = [r for r in rows if r["id"] in wanted]
-    missing = wanted - {r["id"] for r in found}
-    if missing:
-        fail(f"no dead letter {', '.join(sorted(missing))}", 1)
-    if not found:
+        return _dlq_rows(rt, 100_000)
+    if not entry_ids:
         fail("name entry ids, or say --all", 2)
-    return found
+    try:
+        return selected(rt.stores, entry_ids)
+    except NoSuchEntry as exc:
+        fail(str(exc), 1)
+        raise AssertionError from None  # fail() exits
 
 
 @dlq_app.command("replay")
@@ -92,15 +87,11 @@ def dlq_replay(
     """Queue the operations again (for the workers) and remove them from the dead letters."""
     import json
 
+    from bridge.ops.actions import replay
+
     with command_runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
-        enqueue = command_enqueuer(rt)
-        replayed = []
-        for row in rows:
-            enqueue.send(row["task"], json.loads(row.get("args", "[]")),
-                         kwargs=json.loads(row.get("kwargs", "{}")))  # fmt: skip
-            rt.stores.work.drop_dead_letter(row["id"])
-            replayed.append(row["id"])
+        replayed = replay(rt.stores, command_enqueuer(rt).send, rows)
     if as_json:
         out.print_json(json.dumps({"replayed": replayed}))
     else:
@@ -117,9 +108,11 @@ def dlq_drop(
     """Remove dead letters without replaying them."""
     import json
 
+    from bridge.ops.actions import drop
+
     with command_runtime() as rt:
         rows = _selected(rt, entry_ids or [], everything)
-        dropped = [row["id"] for row in rows if rt.stores.work.drop_dead_letter(row["id"])]
+        dropped = drop(rt.stores, rows)
     if as_json:
         out.print_json(json.dumps({"dropped": dropped}))
     else:

@@ -68,8 +68,10 @@ def staff_link(
     cd_user_id: Annotated[int, typer.Argument(help="Coredination user id.")],
 ) -> None:
     """Link a staff member to a user by hand; automatic matching will leave it alone."""
+    from bridge.ops.actions import link_staff
+
     with command_runtime() as rt:
-        rt.engine.link_staff(sm8_staff_uuid, cd_user_id)
+        link_staff(rt.stores, sm8_staff_uuid, cd_user_id)
     out.print(f"linked {sm8_staff_uuid} → {cd_user_id}; parked allocations will be retried")
 
 

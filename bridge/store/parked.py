@@ -60,6 +60,13 @@ class ParkedStore:
         raw: dict[bytes, bytes] = self.r.hgetall(self.keys.pending)
         return {k.decode(): json.loads(v) for k, v in raw.items()}
 
+    def pending_of(self, job_uuid: str, who: list[str]) -> dict[str, dict[str, Any]]:
+        """Of these people on the job, those parked → ``{"reason","since"}`` (one command)."""
+        if not who:
+            return {}
+        found = self.r.hmget(self.keys.pending, [f"{job_uuid}|{w}" for w in who])
+        return {w: json.loads(v) for w, v in zip(who, found, strict=True) if v is not None}
+
     def pending_count(self) -> int:
         return int(self.r.hlen(self.keys.pending))
 

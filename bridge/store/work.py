@@ -247,3 +247,10 @@ class WorkStore:
         """Dead letter id → when it was resolved."""
         raw: dict[bytes, bytes] = self.r.hgetall(self.keys.dlq_resolved)
         return {k.decode(): float(v) for k, v in raw.items()}
+
+    def resolved_of(self, entry_ids: list[str]) -> dict[str, float]:
+        """Of these dead letters, those resolved → when (one command, however many are kept)."""
+        if not entry_ids:
+            return {}
+        found = self.r.hmget(self.keys.dlq_resolved, entry_ids)
+        return {e: float(at) for e, at in zip(entry_ids, found, strict=True) if at is not None}

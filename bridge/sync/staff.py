@@ -24,7 +24,7 @@ from bridge.coredination.models import CdUser
 from bridge.errors import ApiError, BudgetExhausted, PermanentError
 from bridge.log import get_logger
 from bridge.servicem8.models import Staff
-from bridge.store import StaffMap
+from bridge.store import StaffMap, Stores
 from bridge.sync.context import Report, SyncContext
 from mappings.presence import Presence, cd_presence
 from mappings.state import JobRecord
@@ -330,15 +330,25 @@ def ask_match(ctx: SyncContext, sm8_job: str) -> float | None:
 
 def requeue_pending(ctx: SyncContext) -> set[str]:
     """Mark every job with a parked pair dirty again (after the staff map changed)."""
-    jobs = ctx.stores.parked.pending_jobs()
+    return _requeue(ctx.stores)
+
+
+def _requeue(stores: Stores) -> set[str]:
+    jobs = stores.parked.pending_jobs()
     if jobs:
-        ctx.stores.jobs.mark_dirty(jobs)
+        stores.jobs.mark_dirty(jobs)
     return jobs
 
 
+def relink(stores: Stores, staff_uuid: str, user_id: int) -> set[str]:
+    """Link a staff member to a user by hand, and sync again every job with a parked pair (the
+    jobs marked). ``sm8cd staff link`` and the console's form both come here."""
+    stores.staff.link(staff_uuid.lower(), user_id, manual=True)
+    return _requeue(stores)
+
+
 def link_staff(ctx: SyncContext, staff_uuid: str, user_id: int) -> None:
-    ctx.stores.staff.link(staff_uuid.lower(), user_id, manual=True)
-    requeue_pending(ctx)
+    relink(ctx.stores, staff_uuid, user_id)
 
 
 def unlink_staff(ctx: SyncContext, staff_uuid: str) -> None:
