@@ -76,9 +76,7 @@ class Settings(BaseSettings):
         COREDINATION_DEFAULT_URL, description="Coredination REST base URL."
     )
     servicem8_timezone: str | None = Field(
-        None,
-        description="IANA timezone for ServiceM8's naive stamps; default: the account's "
-        "vendor timezone_name.",
+        None, description="IANA zone of ServiceM8's stamps; default: the vendor's timezone_name."
     )
 
     # --- the bridge ------------------------------------------------------------------------------
@@ -112,10 +110,12 @@ class Settings(BaseSettings):
         86_400, gt=0, description="How long a webhook delivery is remembered to drop repeats."
     )
     metrics_token: SecretStr | None = Field(
-        None,
-        description="Bearer token /metrics requires; unset: /metrics answers only requests from "
-        "loopback.",
+        None, description="Bearer token /metrics requires; unset: loopback clients only."
     )
+    console_password: SecretStr | None = Field(
+        None, description="Operator console password (/console on the web port); unset: off."
+    )
+    console_user: str = Field("operator", min_length=1, description="The console's user name.")
     bridge_connection_id: str = Field(
         "default",
         pattern=r"^[A-Za-z0-9_.-]{1,64}$",
@@ -340,6 +340,7 @@ class Settings(BaseSettings):
             self.coredination_api_key,
             self.webhook_token,
             self.metrics_token,
+            self.console_password,
             self.redis_sentinel_password,
             self.servicem8_oauth_client_secret,
         ]

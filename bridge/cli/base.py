@@ -124,7 +124,6 @@ def open_registry() -> Iterator[tuple[ConnectionRegistry, Settings]]:
     settings. It may add connections: the environment's own joins it first."""
     import redis
 
-    from bridge.connections.secrets import SecretBox
     from bridge.process.runtime import resolve_redis
     from bridge.redis import conn as redis_conn
     from bridge.store.keys import FleetKeys
@@ -216,19 +215,12 @@ def _registry_runtime(settings: Settings, connection: str) -> Runtime:
 
 
 def command_enqueuer(rt: Runtime) -> Enqueuer:
-    """Sends a command's tasks for its connection to the deployment's lanes, within the
-    connection's fair share while the deployment has several (docs/connections.md#fair-shares)."""
-    from bridge.connections import registry
-    from bridge.connections.admission import Admission
-    from bridge.queues import Enqueuer
-    from bridge.store.keys import FleetKeys
+    """Sends a command's tasks for its connection to the deployment's lanes
+    (``bridge.ops.actions.enqueuer``)."""
+    from bridge.ops.actions import enqueuer
 
-    keys = FleetKeys.for_deployment(rt.lanes)
-    connections = registry.ConnectionRegistry(rt.redis, SecretBox(()), keys=keys).list()
-    admit = None
-    if sum(1 for c in connections if c.status == "active") > 1:
-        admit = Admission(rt.redis, keys, rt.settings.connection_max_tasks).offer
-    return Enqueuer.for_broker(rt.redis_url, rt.lanes, rt.connection, admit)
+    return enqueuer(rt.redis, rt.redis_url, rt.lanes, rt.connection,
+                    rt.settings.connection_max_tasks)  # fmt: skip
 
 
 def print_report(counts: dict[str, int]) -> None:

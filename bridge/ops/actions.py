@@ -12,7 +12,12 @@ import json
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from bridge.connections.admission import Admission
+from bridge.connections.registry import ConnectionRegistry
+from bridge.connections.secrets import SecretBox
+from bridge.queues import Enqueuer
 from bridge.store import Stores
+from bridge.store.keys import FleetKeys
 from bridge.sync.staff import relink
 
 # ``Enqueuer.send`` of the connection's lanes: (task, args, kwargs=…).
@@ -21,6 +26,19 @@ Send = Callable[..., None]
 
 class NoSuchEntry(LookupError):
     """A dead letter named that is not there (dropped or replayed already)."""
+
+
+def enqueuer(
+    redis: Any, redis_url: str, deployment: str, connection: str, max_tasks: int
+) -> Enqueuer:
+    """Sends an operator's tasks for ``connection`` to the deployment's lanes, within the
+    connection's fair share while the deployment has several (docs/connections.md#fair-shares)."""
+    keys = FleetKeys.for_deployment(deployment)
+    connections = ConnectionRegistry(redis, SecretBox(()), keys=keys).list()
+    admit = None
+    if sum(1 for c in connections if c.status == "active") > 1:
+        admit = Admission(redis, keys, max_tasks).offer
+    return Enqueuer.for_broker(redis_url, deployment, connection, admit)
 
 
 def dead_letter_rows(stores: Stores, count: int) -> list[dict[str, Any]]:

@@ -52,6 +52,7 @@ class FleetStatus:
     unreadable: list[str] = field(default_factory=list)
     lateness_p99: float | None = None
     lateness_polls: int = 0
+    listed: int = 0  # readable connections in all (a page's rows are some of them)
 
     def by_status(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -83,11 +84,17 @@ class FleetStatus:
         }
 
 
-def fleet_status(registry: ConnectionRegistry, now: float | None = None) -> FleetStatus:
+def fleet_status(
+    registry: ConnectionRegistry, now: float | None = None, rows: slice | None = None
+) -> FleetStatus:
+    """Every connection's row, or with ``rows`` those of that slice of them by id (a page)."""
     now = time.time() if now is None else now
     found, bad = registry.readable()
+    listed = len(found)
+    if rows is not None:
+        found = sorted(found, key=lambda c: c.id)[rows]
     health = FleetHealth(registry.r, registry.keys)
-    status = FleetStatus(unreadable=bad)
+    status = FleetStatus(unreadable=bad, listed=listed)
     for start in range(0, len(found), BATCH):
         chunk = found[start : start + BATCH]
         with registry.r.pipeline(transaction=False) as pipe:

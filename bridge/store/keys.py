@@ -89,6 +89,8 @@ key                        type    what it holds
                                    cannot grow Redis without bound)
 ``b:fleet:{d}:oauth:starts:{c}``   string: activation starts of client ``c`` this minute (at most
                                    10; an IPv6 client by its /64), expiring
+``b:fleet:{d}:console:key``        string: 32 random bytes the console's sessions are signed with
+``b:fleet:{d}:console:fails:{c}``  string: failed console sign-ins of client ``c`` this minute
 ``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
 ``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task
                                    the fleet tick claimed started (the newest 20,000)
@@ -379,6 +381,13 @@ class FleetKeys:
     def waiting(self) -> str:
         """Set: connections with messages waiting for a slot (``bridge.connections.admission``)."""
         return self.prefix + "waiting"
+
+    @property
+    def console_key(self) -> str:
+        return self.prefix + "console:key"
+
+    def console_fails(self, client: str) -> str:
+        return self.prefix + f"console:fails:{client}"
 
     @property
     def lateness(self) -> str:

@@ -23,7 +23,8 @@ lost, duplicated or reordered delivery can delay a change but never corrupt one.
   both read, at a fixed cost per scrape: ``bridge/web/health.py``.
 
 With ``SERVICEM8_OAUTH_*`` set it also serves the ServiceM8 add-on's activation pages
-(``bridge/web/activation.py``).
+(``bridge/web/activation.py``); with ``CONSOLE_PASSWORD`` set, the operator console
+(``bridge/web/console``, ``/console``).
 
 Everything blocking (Redis, the broker) runs in the thread pool, so the event loop only reads
 bodies and answers well inside ServiceM8's 10-second limit.
@@ -62,6 +63,7 @@ from bridge.servicem8.webhooks import delivery_time, handshake, servicem8_hints
 from bridge.store import Stores
 from bridge.store.hints import Arrival
 from bridge.web.activation import activation_for, add_activation_routes
+from bridge.web.console import add_console_routes
 from bridge.web.fleet import Receivers
 from bridge.web.health import StatusCollector, health
 from bridge.web.metrics import metrics_refusal
@@ -351,6 +353,7 @@ def create_app(
     activation = activation_for(settings, runtime)
     if activation is not None:
         add_activation_routes(app, activation)
+    add_console_routes(app, settings, runtime, receivers.view)
 
     def answer(request: Request, connections: bool) -> Response:
         # Anyone may ask (load balancers, orchestrators); stale connections are named only to
