@@ -33,8 +33,10 @@ def console(redis_url: str) -> Iterator[Any]:
 def _signed_in(web: TestClient) -> TestClient:
     page = web.get("/console/sign-in")
     token = re.search(r'name="token" value="([^"]+)"', page.text)[1]
-    answer = web.post("/console/sign-in", data={"user": "operator", "password": PASSWORD,
-                                                "token": token, "next": "/console"})
+    answer = web.post(
+        "/console/sign-in",
+        data={"user": "operator", "password": PASSWORD, "token": token, "next": "/console"},
+    )
     assert answer.status_code == 303 and answer.headers["location"] == "/console"
     return web
 
