@@ -53,41 +53,32 @@ run: $(RUNTIME_STAMP) ## the bridge for real: settings from the environment or .
 
 # promtool (from Debian's prometheus package) checks and unit-tests deploy/prometheus/alerts.yml;
 # redis-sentinel (Debian's redis-sentinel package) runs the three sentinels of the failover tests
-# (tests/sentinel.py). Each is installed here when missing; without apt-get (or root) it says how,
-# and the tests that need it skip locally and fail in CI.
-tools: ## promtool, redis-sentinel (apt-get when missing) and the ServiceM8 SDK (npm) for the tests
-	@if command -v promtool >/dev/null 2>&1; then \
-		echo "promtool: $$(command -v promtool)"; \
+# (tests/sentinel.py); chromium and chromedriver (Debian's chromium and chromium-driver) run the
+# console's browser test (tests/e2e/test_console_browser.py). Each is installed here when missing;
+# without apt-get (or root) it says how, and the tests that need it skip locally and fail in CI.
+# $(call apt_tool,COMMAND,PACKAGES,WHAT IT IS FOR)
+define apt_tool
+	@if command -v $(1) >/dev/null 2>&1; then \
+		echo "$(1): $$(command -v $(1))"; \
 	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "promtool not found and apt-get is not available: install Prometheus's promtool" \
-			"(Debian/Ubuntu package 'prometheus', or a Prometheus release) to run the alert tests"; \
+		echo "$(1) not found and apt-get is not available: install Debian/Ubuntu's '$(2)'" \
+			"(or the upstream release) to run $(3)"; \
 	elif [ "$$(id -u)" != 0 ]; then \
-		echo "promtool not found: run 'sudo apt-get update &&" \
-			"sudo apt-get install -y --no-install-recommends prometheus' to run the alert tests"; \
+		echo "$(1) not found: run 'sudo apt-get update &&" \
+			"sudo apt-get install -y --no-install-recommends $(2)' to run $(3)"; \
 	else \
-		echo "promtool not found: installing Debian's prometheus package"; \
+		echo "$(1) not found: installing Debian's $(2)"; \
 		apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			prometheus >/dev/null && \
-		echo "promtool: $$(command -v promtool)"; \
+			$(2) >/dev/null && \
+		echo "$(1): $$(command -v $(1))"; \
 	fi
-	@if command -v redis-sentinel >/dev/null 2>&1; then \
-		echo "redis-sentinel: $$(command -v redis-sentinel)"; \
-	elif ! command -v apt-get >/dev/null 2>&1; then \
-		echo "redis-sentinel not found and apt-get is not available: install Redis's" \
-			"redis-sentinel (Debian/Ubuntu package 'redis-sentinel', or a Redis release)" \
-			"to run the failover tests"; \
-	elif [ "$$(id -u)" != 0 ]; then \
-		echo "redis-sentinel not found: run 'sudo apt-get update &&" \
-			"sudo apt-get install -y --no-install-recommends redis-sentinel' to run the" \
-			"failover tests"; \
-	else \
-		echo "redis-sentinel not found: installing Debian's redis-sentinel package"; \
-		apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-			redis-sentinel >/dev/null && \
-		echo "redis-sentinel: $$(command -v redis-sentinel)"; \
-	fi
+endef
+
+tools: ## promtool, redis-sentinel, chromium (apt-get when missing) and the ServiceM8 SDK (npm)
+	$(call apt_tool,promtool,prometheus,the alert tests)
+	$(call apt_tool,redis-sentinel,redis-sentinel,the failover tests)
+	$(call apt_tool,chromedriver,chromium chromium-driver,the console's browser test)
 
 	@# ServiceM8's own TypeScript SDK (npm servicem8, generated from the official spec, validating
 	@# every answer) for the simulator's conformance check; skipped by that test without node.

@@ -57,8 +57,9 @@ def run(
             embedded.release()
         raise
     where = embedded.describe() if embedded else "REDIS_URL"
+    console = ", /console" if settings.console_password else ""
     out.print(f"bridge: Redis {where}; webhook server on http://{host}:{port} "
-              f"(/healthz, /metrics); Ctrl-C stops", highlight=False)  # fmt: skip
+              f"(/healthz, /metrics{console}); Ctrl-C stops", highlight=False)  # fmt: skip
     supervisor = Supervisor(settings, redis_url, host=host, port=port, concurrency=concurrency,
                             embedded=embedded)  # fmt: skip
     code = supervisor.run()

@@ -115,9 +115,9 @@ def _budget(stores: Stores, settings: Settings, seen: Overview, now: float) -> l
     minute = settings.servicem8_rate_window_seconds
     rows = []
     for key, name, limit, seconds in (  # named as bridge.http.budget.servicem8_windows names them
-        ("minute" if minute == 60 else f"{minute:g}s", "minute",
+        ("minute" if minute == 60 else f"{minute:g}s", f"the last {minute:g} s",
          settings.servicem8_rate_per_minute, minute),
-        ("day", "day", settings.servicem8_rate_per_day, 86_400),
+        ("day", "the last 24 h", settings.servicem8_rate_per_day, 86_400),
     ):  # fmt: skip
         window = SlotWindow(key, limit, limit, seconds + margin)
         used, _ = stores.budget.slots_used("servicem8", account, window, now)
