@@ -27,7 +27,7 @@ log = get_logger(__name__)
 
 PREFIX = "/console"
 MAX_FORM_BYTES = 16_384
-OFF = "the operator console is off: set CONSOLE_PASSWORD to turn it on (docs/console.md#turning-it-on)\n"
+OFF = "the operator console is off: set CONSOLE_PASSWORD to turn it on (docs/console.md)\n"
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
