@@ -39,7 +39,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -50,6 +50,7 @@ from rich.console import Console
 
 from bench.harness import Stack, eventually, free_port
 from bench.sentinel import SentinelCluster
+from bridge.ops.explain import tell
 from bridge.queues import POLL_CYCLE
 from bridge.redis.server import EmbeddedRedis
 from bridge.simulators import (
@@ -62,6 +63,7 @@ from bridge.simulators.checker import Convergence, check
 from bridge.simulators.scenario import Business, seed_business
 from bridge.sync.context import polled
 from mappings.ids import cd_job_uuid, connection_namespace
+from mappings.scope import Scope
 
 # Distinctive fakes, so the secret scan cannot miss one.
 SM8_KEY = "smk-CHAOS-5ec7e7-a1b2c3d4e5f6"
@@ -86,6 +88,8 @@ class ChaosReport:
     held: int = 0  # pairs held by the return-visit rule (Coredination kept a resource at work)
     deleted_in_cd: int = 0  # jobs a dispatcher deleted that wait for the office (deletion rule)
     unreported: list[str] = field(default_factory=list)  # of those, the ones status lacks
+    explained: int = 0  # held or diverged pairs whose story ``sm8cd explain`` tells
+    unexplained: list[str] = field(default_factory=list)  # those it does not
     converge_seconds: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)  # seconds of each step of the end
     secrets_found: list[str] = field(default_factory=list)
@@ -99,7 +103,7 @@ class ChaosReport:
     @property
     def clean(self) -> bool:
         return not (self.lost or self.duplicated or self.diverged or self.resurrected
-                    or self.secrets_found or self.unreported)  # fmt: skip
+                    or self.secrets_found or self.unreported or self.unexplained)  # fmt: skip
 
 
 RedisMode = Literal["single", "sentinel"]
@@ -602,6 +606,7 @@ class Chaos:
             if f"{job}|cd-deleted" not in pending:
                 self.report.unreported.append(f"deleted in Coredination: job {job[:8]}")
         self.report.problems += self.report.unreported[:20]
+        self._explain(result, stack)
         self.report.dead_letters = stack.stores.work.dead_letter_count()
         self.report.resurrected = sum(self.sm8.restored.values())
         if self.report.resurrected:
@@ -611,6 +616,26 @@ class Chaos:
                 self.report.faults[f"{sim.name} {kind}"] += n
             for kind in ("dropped", "duplicated"):
                 self.report.faults[f"{sim.name} webhooks {kind}"] += sim.deliverer.stats[kind]
+
+    def _explain(self, result: Convergence, stack: Stack) -> None:
+        """Each pair the checker found held or out of step must be told by ``sm8cd explain``: a
+        held pair as held (in an entry's rule, or now), a diverged one in an entry of its own."""
+        named = [(job, staff, True) for job, staff in result.held]
+        for problem in [*result.disagree, *result.recreated_early]:
+            job_prefix, staff_prefix = problem.split(":")[0].split()[1::2]
+            job = next((j for j in self.sm8.records["job"] if j.startswith(job_prefix)), job_prefix)
+            named.append((job, staff_prefix, False))
+        for job, staff, held in named:
+            story = tell(stack.stores, job, scope=Scope(), tz=UTC)
+            pairs = [p for e in story.entries for p in e.pairs if p.staff.startswith(staff)]
+            now = [s for who, s in story.record.pairs.items() if who.startswith(staff)]
+            told = (any(p.rule == "held" for p in pairs) or any(s.held for s in now)) if held \
+                else bool(pairs)  # fmt: skip
+            if told:
+                self.report.explained += 1
+            else:
+                self.report.unexplained.append(f"job {job[:8]} staff {staff[:8]}")
+        self.report.problems += [f"not told by explain: {u}" for u in self.report.unexplained[:20]]
 
     def _scan(self, stack: Stack) -> None:
         texts = {path.name: path.read_text(errors="replace") for path in stack.tmp.glob("*.log")}
@@ -681,6 +706,8 @@ def main(
     console.print(f"held by the rules, each listed in status: {report.held} pair(s) kept at work"
                   f" in Coredination, {report.deleted_in_cd} job(s) deleted there waiting for the"
                   f" office; not listed: {len(report.unreported)}")  # fmt: skip
+    console.print(f"held or diverged pairs told by explain: {report.explained}; not told: "
+                  f"{len(report.unexplained)}")  # fmt: skip
     console.print(
         f"time to converge after the faults stopped: {report.converge_seconds:.1f} s"
         f" {report.phases}"
