@@ -142,6 +142,10 @@ def test_the_fleet_and_a_job_page_show_what_the_commands_show(console):
     job = web.get(f"/console/c/{cid}/job", params={"ref": JOB})
     assert job.status_code == 200 and "Unknown: the bridge has not seen this job" in job.text
     assert web.get("/console/c/nope").status_code == 404
+    said = web.get(f"/console/c/{cid}", params={"said": "<script>alert(1)</script>"}).text
+    assert "<script>" not in said and "&lt;script&gt;alert(1)&lt;/script&gt;" in said
+    off_site = web.get("/console/sign-in", params={"next": "https://evil.example/console"})
+    assert 'value="/console"' in off_site.text and "evil" not in off_site.text
 
 
 class Counting:
