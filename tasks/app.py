@@ -22,6 +22,9 @@ The configuration, deliberately at-least-once:
   message stranded by a killed worker comes back within five minutes. The dirty-job sweep makes
   even that wait harmless: a stranded sync is queued again by the next sweep.
 - Celery does not take over logging: ``bridge.log`` renders its records, secrets redacted.
+- Task events off until someone watches: Flower turns them on in every worker while it runs (its
+  ``enable_events``, every few seconds), so an idle fleet does not pay three published events per
+  task (about a tenth of its CPU) for a monitor nobody runs; no "sent" event either.
 - Queues by kind of work, checked in priority order: interactive (webhooks) before sync (polls)
   before poll before bulk (backfill).
 - Beat runs celery-redbeat: the schedule and a lock live in Redis, so a second beat waits as a
@@ -93,8 +96,8 @@ FIXED: dict[str, Any] = {
     "task_soft_time_limit": SOFT_TIME_LIMIT,
     "task_time_limit": HARD_TIME_LIMIT,
     "worker_hijack_root_logger": False,
-    "worker_send_task_events": True,
-    "task_send_sent_event": True,
+    "worker_send_task_events": False,  # Flower enables them while it runs
+    "task_send_sent_event": False,
     "beat_scheduler": "redbeat.RedBeatScheduler",
 }
 
@@ -149,7 +152,9 @@ def periodic_work(settings: Settings) -> dict[str, float]:
         # One cycle task ingests both systems (each at its own interval) before syncing.
         POLL_CYCLE: tick,
         MATCH_STAFF: float(settings.staff_match_seconds),
-        RELEASE_DEFERRED: 2.0,
+        # Deferred work is released when due by the deployment's index of it (the fleet tick
+        # reads it every second); this is the safety net for a release that died on its way.
+        RELEASE_DEFERRED: 60.0,
         SWEEP: max(2.0, min(30.0, tick)),
     }
     if settings.reconcile_seconds:

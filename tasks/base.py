@@ -227,7 +227,8 @@ class BridgeTask(Task):  # type: ignore[misc]
         keeps counting its failures), not as an ETA message a worker would hold meanwhile."""
         message = self._message()
         message.pop("headers", None)  # its due time was its first start's
-        self.runtime.stores.work.defer(self.clock() + wait, message)
+        index = self.app.fleet().view.keys.deferred  # the fleet tick releases it when due
+        self.runtime.stores.work.defer(self.clock() + wait, message, index)
         log.info("task.deferred", seconds=round(wait, 1), reason=reason)
 
     def _dead_letter(

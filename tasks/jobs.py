@@ -205,7 +205,8 @@ def release_deferred(task: BridgeTask, connection: str | None = None) -> None:
     queue (routed by name if it recorded none)."""
     rt = task.runtime
     enqueue = task.enqueuer()
-    for message in rt.stores.work.take_due(time.time()):
+    index = task.app.fleet().view.keys.deferred  # what is left, indexed for the tick again
+    for message in rt.stores.work.take_due(time.time(), index=index):
         enqueue.send(
             message["task"],
             message.get("args") or [],

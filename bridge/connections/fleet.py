@@ -127,7 +127,9 @@ class FleetView:
             schedule.due_again(starting, now)
         if not active:
             return []
-        return self.worth_a_task(schedule.claim(now), now)
+        released = [Claimed(connection, RELEASE_DEFERRED, due)
+                    for connection, due in schedule.take_deferred(now)]  # fmt: skip
+        return self.worth_a_task(schedule.claim(now), now) + released
 
     def shared(self) -> bool:
         """More than one active connection: each then runs within its fair share of the lanes

@@ -39,6 +39,15 @@ end
 return due
 """
 
+# KEYS: the deployment's deferred index. ARGV: now, limit. Takes the connections whose earliest
+# deferred work is due (each handed out once), returning connection, due time, ...
+_TAKE_DEFERRED = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[2]))
+for i = 1, #due, 2 do redis.call('ZREM', KEYS[1], due[i]) end
+return due
+"""
+
 CLAIM_LIMIT = 1000  # items one tick takes at most; the rest are taken by the next
 
 
@@ -70,6 +79,7 @@ class FleetSchedule:
         self.r = redis
         self.keys = keys or FleetKeys()
         self._claim = redis.register_script(_CLAIM)
+        self._take_deferred = redis.register_script(_TAKE_DEFERRED)
 
     def plan(self, work: Mapping[str, float], now: float) -> None:
         """Make the schedule hold exactly ``work`` (member → interval in seconds): new members
@@ -106,6 +116,13 @@ class FleetSchedule:
             connection, task = split(raw.decode() if isinstance(raw, bytes) else raw)
             items.append(Claimed(connection, task, float(due)))
         return items
+
+    def take_deferred(self, now: float, limit: int = CLAIM_LIMIT) -> list[tuple[str, float]]:
+        """The connections with deferred work due by ``now`` (``FleetKeys.deferred``), each
+        taken from the index: its release task indexes again whatever it leaves."""
+        flat = self._take_deferred(keys=[self.keys.deferred], args=[repr(now), limit])
+        return [(raw.decode() if isinstance(raw, bytes) else raw, float(due))
+                for raw, due in zip(flat[::2], flat[1::2], strict=True)]  # fmt: skip
 
     def due_again(self, items: list[Claimed], now: float) -> None:
         """Claimed items that were not queued after all (the tick failed part-way): due now."""

@@ -3,8 +3,10 @@ budgets belong to, webhook deliveries seen, worker heartbeats and beat's lock.""
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from bridge.store.keys import Keys
@@ -36,22 +38,53 @@ class ActivityStore:
     def __init__(self, redis: Any, keys: Keys) -> None:
         self.r = redis
         self.keys = keys
+        self._local = threading.local()  # ``held``: the cursor hash a poll read once
 
     # --- cursors and counters --------------------------------------------------------------------
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[dict[str, str]]:
+        """The cursor hash, read once for a poll that holds its system's lock: until the block
+        ends, this thread's cursor reads answer from it and its writes here keep it current.
+        Another process's writes meanwhile (a webhook's mark) are seen by the next poll."""
+        self._local.held = self.cursors()
+        try:
+            yield self._local.held
+        finally:
+            self._local.held = None
+
+    def _held(self) -> dict[str, str] | None:
+        return getattr(self._local, "held", None)
+
     def cursor(self, name: str) -> str | None:
+        held = self._held()
+        if held is not None:
+            return held.get(name)
         value = self.r.hget(self.keys.cursor, name)
         return value.decode() if value is not None else None
 
     def cursors(self) -> dict[str, str]:
+        held = self._held()
+        if held is not None:
+            return dict(held)
         raw: dict[bytes, bytes] = self.r.hgetall(self.keys.cursor)
         return {k.decode(): v.decode() for k, v in raw.items()}
 
     def set_cursor(self, name: str, value: str) -> None:
-        self.r.hset(self.keys.cursor, name, value)
+        self.set_cursors({name: value})
 
     def set_cursors(self, values: Mapping[str, str]) -> None:
         """Several cursor entries in one write."""
         self.r.hset(self.keys.cursor, mapping=dict(values))
+        held = self._held()
+        if held is not None:
+            held.update(values)
+
+    def _forget_cursors(self, *names: str) -> None:
+        self.r.hdel(self.keys.cursor, *names)
+        held = self._held()
+        if held is not None:
+            for name in names:
+                held.pop(name, None)
 
     def count(self, counts: Mapping[str, int]) -> None:
         if not counts:
@@ -103,7 +136,7 @@ class ActivityStore:
         """A valid webhook arrived from a system about the objects named (``servicem8``,
         ``servicem8.jobactivity``): their polls may then run less often."""
         names = [names] if isinstance(names, str) else list(names)
-        self.r.hset(self.keys.cursor, mapping={f"webhook:{n}": repr(now) for n in names})
+        self.set_cursors({f"webhook:{n}": repr(now) for n in names})
 
     def subscription(self, name: str) -> str | None:
         """What is known of the webhook subscription for ``name`` (``servicem8.jobactivity``):
@@ -122,16 +155,22 @@ class ActivityStore:
         self.set_cursor(f"subscription-health:{name}", json.dumps(dict(health), sort_keys=True))
 
     def forget_subscription(self, name: str) -> None:
-        self.r.hdel(self.keys.cursor, f"subscription:{name}", f"subscription-health:{name}")
+        self._forget_cursors(f"subscription:{name}", f"subscription-health:{name}")
 
     # --- the poll plan (mappings.pollplan) -------------------------------------------------------
-    def count_polls(self, day: str, calls: int) -> None:
-        """Calls ServiceM8's polls made on ``day`` (the account's date), kept two days."""
+    def count_polls(self, day: str, calls: int, cursors: Mapping[str, str] | None = None) -> None:
+        """Calls ServiceM8's polls made on ``day`` (the account's date), kept two days; with
+        ``cursors``, those entries written in the same round trip (``set_cursors``)."""
         key = self.keys.key(f"poll-calls:{day}")
         with self.r.pipeline(transaction=False) as pipe:
             pipe.incrby(key, calls)
             pipe.expire(key, 2 * 86_400)
+            if cursors:
+                pipe.hset(self.keys.cursor, mapping=dict(cursors))
             pipe.execute()
+        held = self._held()
+        if cursors and held is not None:
+            held.update(cursors)
 
     def polls_on(self, day: str) -> int:
         return int(self.r.get(self.keys.key(f"poll-calls:{day}")) or 0)
@@ -159,7 +198,7 @@ class ActivityStore:
         self.set_cursor(f"{OBJECT_STATE}{name}", json.dumps(dict(state), sort_keys=True))
 
     def clear_object_state(self, name: str) -> None:
-        self.r.hdel(self.keys.cursor, f"{OBJECT_STATE}{name}")
+        self._forget_cursors(f"{OBJECT_STATE}{name}")
 
     # --- what ``sm8cd probe`` found (bridge.probe) ---------------------------------------------
     def probe(self) -> dict[str, Any] | None:

@@ -91,6 +91,8 @@ key                        type    what it holds
                                    10; an IPv6 client by its /64), expiring
 ``b:fleet:{d}:console:key``        string: 32 random bytes the console's sessions are signed with
 ``b:fleet:{d}:console:fails:{c}``  string: failed console sign-ins of client ``c`` this minute
+``b:fleet:{d}:deferred``          zset: connection → when its earliest deferred task is due; the
+                                   fleet tick takes each as it falls due and queues its release
 ``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
 ``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task
                                    the fleet tick claimed started (the newest 20,000)
@@ -381,6 +383,11 @@ class FleetKeys:
     def waiting(self) -> str:
         """Set: connections with messages waiting for a slot (``bridge.connections.admission``)."""
         return self.prefix + "waiting"
+
+    @property
+    def deferred(self) -> str:
+        """Zset: connection → its earliest deferred task's due time (``WorkStore.defer``)."""
+        return self.prefix + "deferred"
 
     @property
     def console_key(self) -> str:

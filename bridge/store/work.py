@@ -153,16 +153,30 @@ class WorkStore:
         self.r.delete(self.keys.failure(task_id))
 
     # --- deferred work ---------------------------------------------------------------------------
-    def defer(self, due: float, message: Mapping[str, Any]) -> None:
-        self.r.zadd(self.keys.deferred, {dump(dict(message)): due})
+    def defer(self, due: float, message: Mapping[str, Any], index: str | None = None) -> None:
+        """Keep ``message`` until ``due``; ``index``: the deployment's zset of connections by
+        their earliest deferred work (``FleetKeys.deferred``), which the fleet tick reads
+        instead of asking every connection every few seconds."""
+        with self.r.pipeline(transaction=False) as pipe:
+            pipe.zadd(self.keys.deferred, {dump(dict(message)): due})
+            if index is not None:
+                pipe.zadd(index, {self.keys.connection: due}, lt=True)
+            pipe.execute()
 
-    def take_due(self, now: float, limit: int = 500) -> list[dict[str, Any]]:
+    def take_due(
+        self, now: float, limit: int = 500, index: str | None = None
+    ) -> list[dict[str, Any]]:
         """Deferred messages now due. Each is handed out once: only the caller whose ZREM
-        removed it gets it, so two releasers never enqueue the same message."""
+        removed it gets it, so two releasers never enqueue the same message. With ``index``,
+        what is left is indexed again by its earliest due time."""
         due = []
         for raw in self.r.zrangebyscore(self.keys.deferred, "-inf", now, start=0, num=limit):
             if self.r.zrem(self.keys.deferred, raw):
                 due.append(json.loads(raw))
+        if index is not None:
+            left = self.r.zrange(self.keys.deferred, 0, 0, withscores=True)
+            if left:
+                self.r.zadd(index, {self.keys.connection: float(left[0][1])}, lt=True)
         return due
 
     def deferred_count(self) -> int:

@@ -3,6 +3,7 @@ without Celery (``sm8cd sync --once``)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
@@ -83,9 +84,10 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
                 due.append(obj)
         if not due:
             continue
-        with ctx.stores.work.poll_lock(system) as held:
+        with ctx.stores.work.poll_lock(system) as held, contextlib.ExitStack() as reading:
             if not held:
                 continue
+            reading.enter_context(activity.holding())  # the cursors, read once under the lock
             read_before = Counter(ctx.sm8.pages) if system == "servicem8" else Counter()
             try:
                 dirty |= POLLS[system](ctx, due)
@@ -99,8 +101,10 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
                 pages = {obj: max(1, ctx.sm8.pages[f"{obj}.list"] - read_before[f"{obj}.list"])
                          for obj in due}  # fmt: skip
                 stamps |= {pages_field(f"{system}.{obj}"): str(n) for obj, n in pages.items()}
-                activity.count_polls(_account_day(ctx, now), sum(pages.values()))
-            activity.set_cursors({**stamps, polled(system): repr(now)})
+                activity.count_polls(_account_day(ctx, now), sum(pages.values()),
+                                     {**stamps, polled(system): repr(now)})  # fmt: skip
+            else:
+                activity.set_cursors({**stamps, polled(system): repr(now)})
     return dirty
 
 

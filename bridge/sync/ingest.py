@@ -6,6 +6,7 @@ ingested: the dirty mark, not a queued message, is what guarantees the job is sy
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -231,8 +232,7 @@ def poll_servicem8(ctx: SyncContext, objects: Collection[str] = SM8_POLLED) -> s
     any other failure is raised once the other objects are read. A spent budget stops them all
     (it is the account's)."""
     stores, park = ctx.stores, parker(ctx)
-    staff_map = stores.staff.staff_map()
-    parked = set(stores.parked.invalid())
+    staff_map = functools.cache(stores.staff.staff_map)  # read once, and only for bookings read
     dirty: set[str] = set()
     read: set[str] = set()
     failed: list[ApiError] = []
@@ -254,6 +254,7 @@ def poll_servicem8(ctx: SyncContext, objects: Collection[str] = SM8_POLLED) -> s
             stores.activity.clear_object_state(ALLOCATIONS)
             ctx.windows.allocations_at = None
             log.info("poll.object_available", object=obj)
+    parked = set(stores.parked.invalid()) if read else set()
     if parked:  # read cleanly now: no longer parked
         stores.parked.clear_invalid(parked & read)
     if failed:
@@ -264,7 +265,7 @@ def poll_servicem8(ctx: SyncContext, objects: Collection[str] = SM8_POLLED) -> s
 def _poll_object(
     ctx: SyncContext,
     obj: str,
-    staff_map: StaffMap,
+    staff_map: Callable[[], StaffMap],
     park: Callable[[InvalidRecord], None],
     dirty: set[str],
 ) -> set[str]:
@@ -290,7 +291,7 @@ def _poll_object(
         else _read(ctx, obj, ctx.sm8.iter_activities, cursor, park)
     )
     for booking in bookings:
-        facts.append(facts_of(ctx, booking, staff_map))
+        facts.append(facts_of(ctx, booking, staff_map()))
         newest = _max_stamp(newest, booking.edit_date)
     dirty |= stores.jobs.ingest_allocations(facts, read_started=started)
     _save_cursor(ctx, cursor_name, cursor, newest)

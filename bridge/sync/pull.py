@@ -45,7 +45,7 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     census = _census_due(ctx)
     since = max(0, int(cursor) - ctx.options.cd_overlap_ms) if cursor and not census else 0
     newest = int(cursor) if cursor else None
-    parked = {r for r in stores.parked.invalid() if r.startswith("coredination.")}
+    parked: set[str] | None = None  # read at the first job listed: an idle poll lists none
     linked: list[tuple[str, CdJob]] = []
     listed: set[str] = set()
     park = parker(ctx)
@@ -65,6 +65,8 @@ def poll_coredination(ctx: SyncContext) -> set[str]:
     for job in jobs:
         if job.uuid:
             listed.add(job.uuid.lower())
+        if parked is None:
+            parked = {r for r in stores.parked.invalid() if r.startswith("coredination.")}
         if parked:  # read cleanly now: no longer parked
             refs = {f"coredination.job:{r}" for r in (job.uuid and job.uuid.lower(), job.id)}
             stores.parked.clear_invalid(parked & refs)

@@ -211,6 +211,35 @@ def test_the_fleet_tick_claims_the_other_connections_periodic_work(
         stores.wipe()
 
 
+def test_deferred_work_is_released_by_the_tick_when_due_not_by_asking_every_connection(
+    deployment, other_sm8, other_cd, redis_client
+):
+    """The tick reads the deployment's index of deferred work: a connection's release is queued
+    once its earliest deferred task falls due, taken from the index as it is queued; the release
+    indexes again what it leaves. The per-connection release is a safety net a minute apart."""
+    import time
+
+    other = _add_other(deployment, other_sm8, other_cd)
+    now = time.time()
+    deployment.fleet_due(now)  # plans
+    index = deployment.fleet().view.keys.deferred
+    stores = Stores.connect(redis_client, other)
+    stores.work.defer(now + 5, {"task": POLL_CYCLE, "args": ["soon"]}, index)
+    stores.work.defer(now + 50, {"task": POLL_CYCLE, "args": ["later"]}, index)
+    try:
+        assert redis_client.zscore(index, other) == pytest.approx(now + 5)
+        released = [c for c, task, _ in deployment.fleet_due(now + 1) if task == RELEASE_DEFERRED]
+        assert other not in released
+        released = [c for c, task, _ in deployment.fleet_due(now + 6) if task == RELEASE_DEFERRED]
+        assert other in released and redis_client.zscore(index, other) is None
+        taken = stores.work.take_due(now + 6, index=index)
+        assert [m["args"] for m in taken] == [["soon"]]
+        assert redis_client.zscore(index, other) == pytest.approx(now + 50)
+    finally:
+        stores.wipe()
+        redis_client.zrem(index, other)
+
+
 def test_new_keys_reach_the_workers_runtime_at_the_next_task(deployment, other_sm8, other_cd):
     import time
 

@@ -150,7 +150,7 @@ def test_the_factory_configures_the_app_from_the_given_settings():
     assert periodic_work(_settings(servicem8_poll_seconds=20, coredination_poll_seconds=8)) == {
         "bridge.poll.cycle": 8,
         "bridge.staff.match": 900.0,
-        "bridge.deferred.release": 2.0,
+        "bridge.deferred.release": 60.0,  # the safety net: the tick releases it when due
         "bridge.reconcile": 86_400.0,
         "bridge.sweep": 8,
     }
