@@ -629,8 +629,10 @@ class Chaos:
             story = tell(stack.stores, job, scope=Scope(), tz=UTC)
             pairs = [p for e in story.entries for p in e.pairs if p.staff.startswith(staff)]
             now = [s for who, s in story.record.pairs.items() if who.startswith(staff)]
-            told = (any(p.rule == "held" for p in pairs) or any(s.held for s in now)) if held \
-                else bool(pairs)  # fmt: skip
+            if held:
+                told = any(p.rule == "held" for p in pairs) or any(s.held for s in now)
+            else:
+                told = bool(pairs)
             if told:
                 self.report.explained += 1
             else:

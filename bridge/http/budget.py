@@ -46,6 +46,7 @@ from bridge.http.accounts import AccountIds
 from bridge.http.transport import Outcome
 from bridge.log import get_logger
 from bridge.store import BudgetStore, SlotWindow
+from bridge.store.budget import short_window
 from mappings.localtime import day_start
 
 log = get_logger(__name__)
@@ -242,7 +243,7 @@ def servicem8_windows(
 ) -> list[Window]:
     return [
         Window(
-            "minute" if minute_seconds == 60 else f"{minute_seconds:g}s",
+            short_window(minute_seconds),
             per_minute,
             minute_seconds,
             margin,

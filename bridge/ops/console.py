@@ -21,7 +21,7 @@ from bridge.connections.registry import ConnectionRegistry
 from bridge.ops.fleet_status import FleetStatus, fleet_status
 from bridge.ops.subscriptions import SUBSCRIBED
 from bridge.store import Stores
-from bridge.store.budget import SlotWindow
+from bridge.store.budget import SlotWindow, short_window
 from bridge.store.overview import Overview, OverviewStore, Some
 from bridge.sync.context import SYSTEMS, polled
 
@@ -114,9 +114,9 @@ def _budget(stores: Stores, settings: Settings, seen: Overview, now: float) -> l
     margin = settings.budget_margin_seconds
     minute = settings.servicem8_rate_window_seconds
     rows = []
-    for key, name, limit, seconds in (  # named as bridge.http.budget.servicem8_windows names them
-        ("minute" if minute == 60 else f"{minute:g}s", f"the last {minute:g} s",
-         settings.servicem8_rate_per_minute, minute),
+    for key, name, limit, seconds in (
+        (short_window(minute), f"the last {minute:g} s", settings.servicem8_rate_per_minute,
+         minute),
         ("day", "the last 24 h", settings.servicem8_rate_per_day, 86_400),
     ):  # fmt: skip
         window = SlotWindow(key, limit, limit, seconds + margin)

@@ -12,6 +12,7 @@ from typing import Any
 
 from bridge.store import Stores
 from bridge.store.codec import id_bytes
+from bridge.sync.context import CD_DELETED
 from mappings.plan import in_scope
 from mappings.scope import HISTORY, Scope
 from mappings.state import JobRecord
@@ -145,8 +146,10 @@ def untouched(record: JobRecord, verdict: str | None) -> str:
 
 def _parked(stores: Stores, job: str, record: JobRecord) -> dict[str, dict[str, Any]]:
     """The job's parked pairs, of the people it names (its bookings, its pairs, its
-    Coredination resources): one command however many pairs the account has parked."""
-    who = set(record.pairs) | {a.staff_uuid for a in record.allocations.values() if a.staff_uuid}
+    Coredination resources) and the job itself deleted in Coredination: one command however many
+    pairs the account has parked."""
+    who = {CD_DELETED, *record.pairs}  # the job's own park too: deleted in Coredination
+    who |= {a.staff_uuid for a in record.allocations.values() if a.staff_uuid}
     if record.cd is not None:
         who |= {f"u:{user}" for user in record.cd.resources}
     return stores.parked.pending_of(job, sorted(who))

@@ -87,6 +87,12 @@ return #all
 """
 
 
+def short_window(seconds: float) -> str:
+    """The name ServiceM8's short window goes by in budget keys: ``minute``, or ``10s`` where
+    tests shorten it (``bridge.http.budget.servicem8_windows``)."""
+    return "minute" if seconds == 60 else f"{seconds:g}s"
+
+
 class BudgetStore:
     def __init__(self, redis: Any) -> None:
         self.r = redis

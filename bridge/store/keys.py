@@ -91,7 +91,7 @@ key                        type    what it holds
                                    10; an IPv6 client by its /64), expiring
 ``b:fleet:{d}:console:key``        string: 32 random bytes the console's sessions are signed with
 ``b:fleet:{d}:console:fails:{c}``  string: failed console sign-ins of client ``c`` this minute
-``b:fleet:{d}:deferred``          zset: connection → when its earliest deferred task is due; the
+``b:fleet:{d}:deferred``           zset: connection → when its earliest deferred task is due; the
                                    fleet tick takes each as it falls due and queues its release
 ``b:fleet:{d}:waiting``            set: registry connections with tasks waiting for a slot
 ``b:fleet:{d}:lateness``           list, newest first: ``"at task seconds"``, how late each task

@@ -3,7 +3,6 @@ without Celery (``sm8cd sync --once``)."""
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import asdict
@@ -84,27 +83,34 @@ def poll_due(ctx: SyncContext, intervals: dict[str, float], with_webhooks: float
                 due.append(obj)
         if not due:
             continue
-        with ctx.stores.work.poll_lock(system) as held, contextlib.ExitStack() as reading:
-            if not held:
-                continue
-            reading.enter_context(activity.holding())  # the cursors, read once under the lock
-            read_before = Counter(ctx.sm8.pages) if system == "servicem8" else Counter()
-            try:
-                dirty |= POLLS[system](ctx, due)
-            except BudgetExhausted as exc:
-                # This system waits for its budget; the other is still polled now. The poll
-                # stays due, so the next tick tries again.
-                log.info("poll.waiting_for_budget", system=system, retry_in=round(exc.retry_in, 1))
-                continue
-            stamps = {polled(f"{system}.{obj}"): repr(now) for obj in due}
-            if system == "servicem8":  # a call per page of each object's list (1,000 records)
-                pages = {obj: max(1, ctx.sm8.pages[f"{obj}.list"] - read_before[f"{obj}.list"])
-                         for obj in due}  # fmt: skip
-                stamps |= {pages_field(f"{system}.{obj}"): str(n) for obj, n in pages.items()}
-                activity.count_polls(_account_day(ctx, now), sum(pages.values()),
-                                     {**stamps, polled(system): repr(now)})  # fmt: skip
-            else:
-                activity.set_cursors({**stamps, polled(system): repr(now)})
+        with ctx.stores.work.poll_lock(system) as held:
+            if held:
+                dirty |= _poll(ctx, system, due, now)
+    return dirty
+
+
+def _poll(ctx: SyncContext, system: str, due: list[str], now: float) -> set[str]:
+    """One system's due objects, under its poll lock, its cursors read once
+    (``ActivityStore.holding``); the jobs made dirty."""
+    activity = ctx.stores.activity
+    with activity.holding():
+        read_before = Counter(ctx.sm8.pages) if system == "servicem8" else Counter()
+        try:
+            dirty = POLLS[system](ctx, due)
+        except BudgetExhausted as exc:
+            # This system waits for its budget; the other is still polled now. The poll stays
+            # due, so the next tick tries again.
+            log.info("poll.waiting_for_budget", system=system, retry_in=round(exc.retry_in, 1))
+            return set()
+        stamps = {polled(f"{system}.{obj}"): repr(now) for obj in due}
+        stamps[polled(system)] = repr(now)
+        if system == "servicem8":  # a call per page of each object's list (1,000 records)
+            pages = {obj: max(1, ctx.sm8.pages[f"{obj}.list"] - read_before[f"{obj}.list"])
+                     for obj in due}  # fmt: skip
+            stamps |= {pages_field(f"{system}.{obj}"): str(n) for obj, n in pages.items()}
+            activity.count_polls(_account_day(ctx, now), sum(pages.values()), stamps)
+        else:
+            activity.set_cursors(stamps)
     return dirty
 
 

@@ -84,7 +84,6 @@ def test_a_wrong_password_is_refused_and_a_client_is_held_after_ten(console):
     answer = console.post("/console/sign-in", data={"user": "operator", "password": PASSWORD,
                                                     "token": token})  # fmt: skip
     assert answer.status_code == 429
-    FleetKeys.for_deployment(console.runtime.lanes)
     console.runtime.redis.delete(
         FleetKeys.for_deployment(console.runtime.lanes).console_fails("127.0.0.1")
     )
@@ -146,6 +145,23 @@ def test_the_fleet_and_a_job_page_show_what_the_commands_show(console):
     assert "<script>" not in said and "&lt;script&gt;alert(1)&lt;/script&gt;" in said
     off_site = web.get("/console/sign-in", params={"next": "https://evil.example/console"})
     assert 'value="/console"' in off_site.text and "evil" not in off_site.text
+
+
+def test_a_job_deleted_in_coredination_is_parked_in_its_story(console):
+    """Its own park (``cd-deleted``, not a person's) is read with the people's, in one command."""
+    from datetime import UTC
+
+    from bridge.ops.explain import tell
+    from bridge.sync.context import CD_DELETED
+    from mappings.scope import Scope
+
+    stores = console.runtime.stores
+    stores.parked.set_pending(JOB, CD_DELETED, "deleted in Coredination: waits for the office")
+    story = tell(stores, JOB, scope=Scope(), tz=UTC)
+    assert story.parked[CD_DELETED]["reason"] == "deleted in Coredination: waits for the office"
+    assert any(
+        line.startswith("parked cd-deleted: deleted in Coredination") for line in story.now()
+    )
 
 
 class Counting:

@@ -27,6 +27,7 @@ log = get_logger(__name__)
 
 PREFIX = "/console"
 MAX_FORM_BYTES = 16_384
+DONE = {"replay": "replayed", "drop": "dropped"}  # what a dead-letter button did
 OFF = "the operator console is off: set CONSOLE_PASSWORD to turn it on (docs/console.md)\n"
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self'; "
@@ -206,7 +207,7 @@ def add_console_routes(app: FastAPI, settings: Settings, runtime: Runtime, view:
     async def dead_letter(request: Request, cid: str, verb: str) -> Response:
         session = c.signed_in(request)
         fields = await c.form(request, session)
-        if verb not in ("replay", "drop"):
+        if verb not in DONE:
             return PlainTextResponse("replay or drop\n", status_code=404, headers=HEADERS)
         _, stores, conn_settings = c.connection(cid)
         try:
@@ -220,7 +221,7 @@ def add_console_routes(app: FastAPI, settings: Settings, runtime: Runtime, view:
         else:
             done = actions.drop(stores, rows)
         log.info(f"console.dead_letter_{verb}", connection=cid, entries=done)
-        return _back(cid, f"{verb}ed {', '.join(done) or 'nothing'}".replace("droped", "dropped"))
+        return _back(cid, f"{DONE[verb]} {', '.join(done) or 'nothing'}")
 
 
 def _local(target: str) -> str:
