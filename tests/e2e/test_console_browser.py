@@ -124,7 +124,7 @@ def test_an_operator_signs_in_links_a_person_reads_a_trail_and_replays_a_dead_le
     Select(row.find_element(By.TAG_NAME, "select")).select_by_value(str(user["id"]))
     _shot(browser, "connection")
     row.find_element(By.CSS_SELECTOR, "button.link").click()
-    assert "linked" in browser.find_element(By.ID, "said").text
+    assert "linked" in _said(browser)
     eventually(lambda: _scheduled(cd_sim, cd_job_uuid(ns, job)) >= {user["id"]}, timeout=30)
 
     # A dispatcher unschedules someone in Coredination; the job's page tells what followed.
@@ -157,11 +157,20 @@ def test_an_operator_signs_in_links_a_person_reads_a_trail_and_replays_a_dead_le
     assert "refused by the browser test" in letters.text
     _shot(browser, "dead-letters")
     letters.find_element(By.CSS_SELECTOR, "button.replay").click()
-    assert "replayed" in browser.find_element(By.ID, "said").text
+    assert "replayed" in _said(browser)
     eventually(lambda: biz.jobs[2] not in stack.stores.work.failed_jobs(), timeout=30)
     wanted = biz.user_for(biz.staff[0]["uuid"])["id"]
     eventually(lambda: _scheduled(cd_sim, refused) >= {wanted}, timeout=30)
     assert stack.stores.work.dead_letters() == []
+
+
+def _said(browser: Any) -> str:
+    """What the page the form's post led to says: waited for, since a click that submits a form
+    returns before the next page has loaded."""
+    from selenium.webdriver.common.by import By
+
+    found = eventually(lambda: browser.find_elements(By.ID, "said"), timeout=15, interval=0.1)
+    return str(found[0].text)
 
 
 def _scheduled(cd_sim: Any, cd_job: str) -> set[int]:
